@@ -1,0 +1,242 @@
+//! Configuration: a TOML file, overridden by command-line flags.
+//!
+//! Unknown keys are rejected (`deny_unknown_fields`) so a typo names the key instead of being
+//! silently ignored; `validate` checks what serde cannot.
+
+use serde::Deserialize;
+use std::path::Path;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AuthMethod {
+    Trust,
+    Md5,
+    ScramSha256,
+}
+
+impl std::str::FromStr for AuthMethod {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "trust" => Ok(AuthMethod::Trust),
+            "md5" => Ok(AuthMethod::Md5),
+            "scram-sha-256" => Ok(AuthMethod::ScramSha256),
+            other => Err(format!("unknown auth method {other:?} (trust, md5, scram-sha-256)")),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Address clients connect to.
+    pub listen: String,
+    /// Address of the Prometheus /metrics endpoint; empty disables it.
+    pub metrics_listen: String,
+    /// How clients authenticate to pgsplit.
+    pub auth: AuthMethod,
+    pub servers: Servers,
+    pub pool: PoolConfig,
+    pub routing: RoutingConfig,
+    pub monitor: MonitorConfig,
+    pub users: Vec<UserConfig>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Servers {
+    pub primary: String,
+    pub replicas: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PoolConfig {
+    /// Server connections per server and (user, database).
+    pub size: usize,
+    /// How long a client waits for a server connection before it gets an error.
+    pub checkout_timeout_ms: u64,
+    /// How long opening a server connection may take.
+    pub connect_timeout_ms: u64,
+    /// Idle server connections older than this are closed.
+    pub idle_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoutingConfig {
+    /// A replica further behind the primary than this many bytes of WAL gets no reads.
+    pub max_lag_bytes: u64,
+    /// A replica whose replay is this many milliseconds behind gets no reads.
+    pub max_lag_ms: u64,
+    /// Entries in the classification cache (by query text).
+    pub cache_size: usize,
+    /// Queries longer than this are not parsed and go to the primary (bounds parse cost).
+    pub max_parse_len: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MonitorConfig {
+    /// How often each server is checked for health and lag.
+    pub interval_ms: u64,
+    /// Credentials of the monitor's own connections (health, lag, catalog look-ups).
+    pub user: String,
+    pub password: String,
+    pub database: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserConfig {
+    pub name: String,
+    /// The password clients give (plain text).
+    pub password: String,
+    /// The role pgsplit logs into the servers as; defaults to `name`.
+    pub server_user: Option<String>,
+    /// The password pgsplit gives the servers; defaults to `password`.
+    pub server_password: Option<String>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: "127.0.0.1:6432".into(),
+            metrics_listen: String::new(),
+            auth: AuthMethod::Trust,
+            servers: Servers::default(),
+            pool: PoolConfig::default(),
+            routing: RoutingConfig::default(),
+            monitor: MonitorConfig::default(),
+            users: Vec::new(),
+        }
+    }
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        PoolConfig { size: 20, checkout_timeout_ms: 5000, connect_timeout_ms: 3000, idle_timeout_ms: 600_000 }
+    }
+}
+
+impl Default for RoutingConfig {
+    fn default() -> Self {
+        RoutingConfig { max_lag_bytes: 16 * 1024 * 1024, max_lag_ms: 5000, cache_size: 10_000, max_parse_len: 256 * 1024 }
+    }
+}
+
+impl Default for MonitorConfig {
+    fn default() -> Self {
+        MonitorConfig { interval_ms: 500, user: "postgres".into(), password: String::new(), database: "postgres".into() }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {err}")]
+    Read { path: String, err: std::io::Error },
+    #[error("{path}: {err}")]
+    Parse { path: String, err: String },
+    #[error("invalid config: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|err| ConfigError::Read { path: path.display().to_string(), err })?;
+        Config::parse(&text).map_err(|e| match e {
+            ConfigError::Parse { err, .. } => ConfigError::Parse { path: path.display().to_string(), err },
+            other => other,
+        })
+    }
+
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse { path: "config".into(), err: e.to_string() })
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let addr_ok = |key: &str, v: &str| -> Result<(), ConfigError> {
+            if v.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).is_none() {
+                return Err(ConfigError::Invalid(format!("{key} = {v:?} is not HOST:PORT")));
+            }
+            Ok(())
+        };
+        addr_ok("listen", &self.listen)?;
+        if !self.metrics_listen.is_empty() {
+            addr_ok("metrics_listen", &self.metrics_listen)?;
+        }
+        if self.servers.primary.is_empty() {
+            return Err(ConfigError::Invalid(
+                "servers.primary is not set (config file or --primary HOST:PORT)".into(),
+            ));
+        }
+        addr_ok("servers.primary", &self.servers.primary)?;
+        for r in &self.servers.replicas {
+            addr_ok("servers.replicas", r)?;
+        }
+        if self.pool.size == 0 {
+            return Err(ConfigError::Invalid("pool.size must be at least 1".into()));
+        }
+        if self.routing.cache_size == 0 {
+            return Err(ConfigError::Invalid("routing.cache_size must be at least 1".into()));
+        }
+        if self.monitor.interval_ms == 0 {
+            return Err(ConfigError::Invalid("monitor.interval_ms must be at least 1".into()));
+        }
+        if self.auth != AuthMethod::Trust && self.users.is_empty() {
+            return Err(ConfigError::Invalid(
+                "auth is md5 or scram-sha-256 but no [[users]] are configured".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn user(&self, name: &str) -> Option<&UserConfig> {
+        self.users.iter().find(|u| u.name == name)
+    }
+
+    /// The role and password pgsplit uses on the servers for a client user.
+    pub fn server_credentials(&self, client_user: &str) -> (String, Option<String>) {
+        match self.user(client_user) {
+            Some(u) => (
+                u.server_user.clone().unwrap_or_else(|| u.name.clone()),
+                Some(u.server_password.clone().unwrap_or_else(|| u.password.clone())),
+            ),
+            None => (client_user.to_string(), None),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_config_parses_and_validates() {
+        let text = include_str!("../config/pgsplit.toml");
+        let c = Config::parse(text).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.servers.replicas.len(), 2);
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = Config::parse("[pool]\nsise = 3\n").unwrap_err().to_string();
+        assert!(err.contains("sise"), "{err}");
+    }
+
+    #[test]
+    fn bad_value_is_named() {
+        let err = Config::parse("[routing]\nmax_lag_bytes = \"lots\"\n").unwrap_err().to_string();
+        assert!(err.contains("max_lag_bytes"), "{err}");
+        let err = Config::parse("auth = \"password\"\n").unwrap_err().to_string();
+        assert!(err.contains("auth"), "{err}");
+    }
+
+    #[test]
+    fn missing_primary_is_explained() {
+        let err = Config::default().validate().unwrap_err().to_string();
+        assert!(err.contains("servers.primary"), "{err}");
+    }
+}

@@ -1,0 +1,329 @@
+//! PostgreSQL v3 wire-protocol framing.
+//!
+//! The hot path never decodes rows: a [`Frame`] is the raw bytes of one message (tag, length,
+//! body) and is forwarded as-is. Only the handful of messages the router and the pools must
+//! understand are looked into, through the small accessors below.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+/// Messages larger than this are refused (PostgreSQL's own limit for most messages is 1 GB).
+pub const MAX_MESSAGE_LEN: usize = 1 << 30;
+pub const PROTOCOL_V3: i32 = 196608;
+pub const SSL_REQUEST: i32 = 80877103;
+pub const GSSENC_REQUEST: i32 = 80877104;
+pub const CANCEL_REQUEST: i32 = 80877102;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProtocolError {
+    #[error("connection closed")]
+    Closed,
+    #[error("i/o error: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("invalid message: {0}")]
+    Invalid(String),
+}
+
+/// One complete protocol message, tag byte included.
+#[derive(Clone, Debug)]
+pub struct Frame {
+    pub bytes: Bytes,
+}
+
+impl Frame {
+    pub fn tag(&self) -> u8 {
+        self.bytes[0]
+    }
+    /// The message body after the tag and the length word.
+    pub fn body(&self) -> &[u8] {
+        &self.bytes[5..]
+    }
+}
+
+/// A cancel-safe frame reader: the only await point is `read_buf`, and all partial input stays
+/// in `buf`, so it can sit in a `tokio::select!` next to other sources.
+pub struct FrameReader<R> {
+    inner: R,
+    buf: BytesMut,
+}
+
+impl<R: AsyncRead + Unpin> FrameReader<R> {
+    pub fn new(inner: R) -> Self {
+        FrameReader { inner, buf: BytesMut::with_capacity(16 * 1024) }
+    }
+
+    pub fn with_buffer(inner: R, buf: BytesMut) -> Self {
+        FrameReader { inner, buf }
+    }
+
+    /// Returns the next message, or `Closed` on a clean EOF between messages.
+    pub async fn next(&mut self) -> Result<Frame, ProtocolError> {
+        loop {
+            if let Some(frame) = self.try_frame()? {
+                return Ok(frame);
+            }
+            let n = self.inner.read_buf(&mut self.buf).await?;
+            if n == 0 {
+                return if self.buf.is_empty() {
+                    Err(ProtocolError::Closed)
+                } else {
+                    Err(ProtocolError::Invalid("connection closed in the middle of a message".into()))
+                };
+            }
+        }
+    }
+
+    /// Bytes already buffered but not yet returned as frames.
+    pub fn buffered(&self) -> usize {
+        self.buf.len()
+    }
+
+    fn try_frame(&mut self) -> Result<Option<Frame>, ProtocolError> {
+        if self.buf.len() < 5 {
+            return Ok(None);
+        }
+        let len = u32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]]) as usize;
+        if !(4..=MAX_MESSAGE_LEN).contains(&len) {
+            return Err(ProtocolError::Invalid(format!("invalid message length {len}")));
+        }
+        if self.buf.len() < len + 1 {
+            self.buf.reserve(len + 1 - self.buf.len());
+            return Ok(None);
+        }
+        Ok(Some(Frame { bytes: self.buf.split_to(len + 1).freeze() }))
+    }
+
+    pub fn into_inner(self) -> (R, BytesMut) {
+        (self.inner, self.buf)
+    }
+}
+
+/// Reads the untagged first message of a connection (startup, SSL/GSS/cancel request).
+pub async fn read_startup<R: AsyncRead + Unpin>(r: &mut R) -> Result<Bytes, ProtocolError> {
+    let mut len = [0u8; 4];
+    match r.read_exact(&mut len).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Err(ProtocolError::Closed),
+        Err(e) => return Err(e.into()),
+    }
+    let len = u32::from_be_bytes(len) as usize;
+    if !(8..=10_000).contains(&len) {
+        return Err(ProtocolError::Invalid(format!("invalid startup packet length {len}")));
+    }
+    let mut body = vec![0u8; len - 4];
+    r.read_exact(&mut body).await?;
+    Ok(Bytes::from(body))
+}
+
+/// The parsed StartupMessage: protocol version and its key/value parameters in order.
+#[derive(Debug, Clone)]
+pub struct Startup {
+    pub params: Vec<(String, String)>,
+}
+
+impl Startup {
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.params.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+    }
+}
+
+pub fn parse_startup_params(mut body: &[u8]) -> Result<Startup, ProtocolError> {
+    let mut params = Vec::new();
+    loop {
+        let key = read_cstr(&mut body)?;
+        if key.is_empty() {
+            break;
+        }
+        let value = read_cstr(&mut body)?;
+        params.push((key.to_string(), value.to_string()));
+    }
+    Ok(Startup { params })
+}
+
+/// Reads a NUL-terminated UTF-8 string and advances the slice past it.
+pub fn read_cstr<'a>(buf: &mut &'a [u8]) -> Result<&'a str, ProtocolError> {
+    let end = buf
+        .iter()
+        .position(|&b| b == 0)
+        .ok_or_else(|| ProtocolError::Invalid("missing string terminator".into()))?;
+    let s = std::str::from_utf8(&buf[..end])
+        .map_err(|_| ProtocolError::Invalid("invalid UTF-8 in string".into()))?;
+    *buf = &buf[end + 1..];
+    Ok(s)
+}
+
+pub fn read_i32(buf: &mut &[u8]) -> Result<i32, ProtocolError> {
+    if buf.len() < 4 {
+        return Err(ProtocolError::Invalid("message too short".into()));
+    }
+    Ok(buf.get_i32())
+}
+
+pub fn read_i16(buf: &mut &[u8]) -> Result<i16, ProtocolError> {
+    if buf.len() < 2 {
+        return Err(ProtocolError::Invalid("message too short".into()));
+    }
+    Ok(buf.get_i16())
+}
+
+/// Builds a tagged message: the closure writes the body, the length is filled in after.
+pub fn message(tag: u8, body: impl FnOnce(&mut BytesMut)) -> Bytes {
+    let mut b = BytesMut::with_capacity(64);
+    b.put_u8(tag);
+    b.put_u32(0);
+    body(&mut b);
+    let len = (b.len() - 1) as u32;
+    b[1..5].copy_from_slice(&len.to_be_bytes());
+    b.freeze()
+}
+
+pub fn put_cstr(b: &mut BytesMut, s: &str) {
+    b.put_slice(s.as_bytes());
+    b.put_u8(0);
+}
+
+pub fn ready_for_query(status: u8) -> Bytes {
+    message(b'Z', |b| b.put_u8(status))
+}
+
+pub fn command_complete(tag: &str) -> Bytes {
+    message(b'C', |b| put_cstr(b, tag))
+}
+
+pub fn parameter_status(name: &str, value: &str) -> Bytes {
+    message(b'S', |b| {
+        put_cstr(b, name);
+        put_cstr(b, value);
+    })
+}
+
+pub fn backend_key_data(pid: i32, secret: i32) -> Bytes {
+    message(b'K', |b| {
+        b.put_i32(pid);
+        b.put_i32(secret);
+    })
+}
+
+pub fn auth_request(code: i32, extra: &[u8]) -> Bytes {
+    message(b'R', |b| {
+        b.put_i32(code);
+        b.put_slice(extra);
+    })
+}
+
+/// An ErrorResponse with severity, SQLSTATE and message.
+pub fn error_response(severity: &str, code: &str, msg: &str) -> Bytes {
+    message(b'E', |b| {
+        b.put_u8(b'S');
+        put_cstr(b, severity);
+        b.put_u8(b'V');
+        put_cstr(b, severity);
+        b.put_u8(b'C');
+        put_cstr(b, code);
+        b.put_u8(b'M');
+        put_cstr(b, msg);
+        b.put_u8(0);
+    })
+}
+
+pub fn error(code: &str, msg: &str) -> Bytes {
+    error_response("ERROR", code, msg)
+}
+
+pub fn fatal(code: &str, msg: &str) -> Bytes {
+    error_response("FATAL", code, msg)
+}
+
+pub fn simple_query(sql: &str) -> Bytes {
+    message(b'Q', |b| put_cstr(b, sql))
+}
+
+pub fn terminate() -> Bytes {
+    message(b'X', |_| {})
+}
+
+pub fn sync() -> Bytes {
+    message(b'S', |_| {})
+}
+
+/// Fields of an ErrorResponse or NoticeResponse body, looked up by field code.
+pub fn error_field(body: &[u8], field: u8) -> Option<&str> {
+    let mut rest = body;
+    while let Some(&code) = rest.first() {
+        if code == 0 {
+            return None;
+        }
+        rest = &rest[1..];
+        let value = read_cstr(&mut rest).ok()?;
+        if code == field {
+            return Some(value);
+        }
+    }
+    None
+}
+
+/// The untagged CancelRequest body (after the length): code, pid, secret.
+pub fn cancel_request(pid: i32, secret: i32) -> Bytes {
+    let mut b = BytesMut::with_capacity(16);
+    b.put_u32(16);
+    b.put_i32(CANCEL_REQUEST);
+    b.put_i32(pid);
+    b.put_i32(secret);
+    b.freeze()
+}
+
+pub fn startup_message(params: &[(&str, &str)]) -> Bytes {
+    let mut b = BytesMut::with_capacity(128);
+    b.put_u32(0);
+    b.put_i32(PROTOCOL_V3);
+    for (k, v) in params {
+        put_cstr(&mut b, k);
+        put_cstr(&mut b, v);
+    }
+    b.put_u8(0);
+    let len = b.len() as u32;
+    b[0..4].copy_from_slice(&len.to_be_bytes());
+    b.freeze()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn frames_split_across_reads() {
+        let mut all = Vec::new();
+        all.extend_from_slice(&simple_query("select 1"));
+        all.extend_from_slice(&sync());
+        let (a, b) = all.split_at(7);
+        let stream = tokio_test_stream(vec![a.to_vec(), b.to_vec()]);
+        let mut r = FrameReader::new(stream);
+        let f = r.next().await.unwrap();
+        assert_eq!(f.tag(), b'Q');
+        assert_eq!(f.body(), b"select 1\0");
+        assert_eq!(r.next().await.unwrap().tag(), b'S');
+        assert!(matches!(r.next().await, Err(ProtocolError::Closed)));
+    }
+
+    #[tokio::test]
+    async fn bad_length_is_an_error() {
+        let stream = tokio_test_stream(vec![vec![b'Q', 0, 0, 0, 1]]);
+        let mut r = FrameReader::new(stream);
+        assert!(matches!(r.next().await, Err(ProtocolError::Invalid(_))));
+    }
+
+    #[test]
+    fn error_fields() {
+        let e = error("42P01", "no such table");
+        let f = Frame { bytes: e };
+        assert_eq!(error_field(f.body(), b'C'), Some("42P01"));
+        assert_eq!(error_field(f.body(), b'M'), Some("no such table"));
+        assert_eq!(error_field(f.body(), b'D'), None);
+    }
+
+    fn tokio_test_stream(chunks: Vec<Vec<u8>>) -> impl AsyncRead + Unpin {
+        let mut b = tokio::io::BufReader::new(std::io::Cursor::new(chunks.concat()));
+        let _ = &mut b;
+        b
+    }
+}

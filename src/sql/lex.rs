@@ -1,0 +1,221 @@
+//! A small SQL lexer: enough to split a multi-statement string, find routing hints in leading
+//! comments, and read the first keywords of session commands (SET, BEGIN, ...), whose grammar is
+//! simple and whose tracking must never depend on a full parser accepting the statement.
+
+/// Splits on top-level semicolons, honouring quotes, dollar quotes and comments. Empty
+/// statements (only whitespace or comments) are dropped.
+pub fn split_statements(sql: &str) -> Vec<&str> {
+    let b = sql.as_bytes();
+    let mut out = Vec::new();
+    let mut start = 0;
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b';' => {
+                push_nonempty(&mut out, &sql[start..i]);
+                start = i + 1;
+                i += 1;
+            }
+            _ => i = skip_token(b, i),
+        }
+    }
+    push_nonempty(&mut out, &sql[start..]);
+    out
+}
+
+fn push_nonempty<'a>(out: &mut Vec<&'a str>, s: &'a str) {
+    let t = s.trim();
+    if !t.is_empty() && !strip_leading_comments(t).is_empty() {
+        out.push(t);
+    }
+}
+
+/// Skips one lexical unit starting at `i` (a quoted string, a comment, or one byte) and returns
+/// the index after it. Unterminated constructs run to the end of input.
+fn skip_token(b: &[u8], i: usize) -> usize {
+    match b[i] {
+        b'\'' => skip_quoted(b, i, b'\'', i > 0 && (b[i - 1] == b'E' || b[i - 1] == b'e')),
+        b'"' => skip_quoted(b, i, b'"', false),
+        b'-' if b.get(i + 1) == Some(&b'-') => {
+            let mut j = i + 2;
+            while j < b.len() && b[j] != b'\n' {
+                j += 1;
+            }
+            j
+        }
+        b'/' if b.get(i + 1) == Some(&b'*') => skip_block_comment(b, i),
+        b'$' => skip_dollar(b, i),
+        _ => i + 1,
+    }
+}
+
+fn skip_quoted(b: &[u8], i: usize, q: u8, backslash: bool) -> usize {
+    let mut j = i + 1;
+    while j < b.len() {
+        if backslash && b[j] == b'\\' {
+            j += 2;
+            continue;
+        }
+        if b[j] == q {
+            if b.get(j + 1) == Some(&q) {
+                j += 2;
+                continue;
+            }
+            return j + 1;
+        }
+        j += 1;
+    }
+    b.len()
+}
+
+fn skip_block_comment(b: &[u8], i: usize) -> usize {
+    // Block comments nest in PostgreSQL.
+    let mut depth = 0;
+    let mut j = i;
+    while j < b.len() {
+        if b[j] == b'/' && b.get(j + 1) == Some(&b'*') {
+            depth += 1;
+            j += 2;
+        } else if b[j] == b'*' && b.get(j + 1) == Some(&b'/') {
+            depth -= 1;
+            j += 2;
+            if depth == 0 {
+                return j;
+            }
+        } else {
+            j += 1;
+        }
+    }
+    b.len()
+}
+
+fn skip_dollar(b: &[u8], i: usize) -> usize {
+    // $tag$ ... $tag$ where tag is empty or an identifier not starting with a digit. A `$1`
+    // parameter is not a dollar quote.
+    let mut j = i + 1;
+    while j < b.len() && (b[j].is_ascii_alphanumeric() || b[j] == b'_' || b[j] >= 0x80) {
+        j += 1;
+    }
+    if j >= b.len() || b[j] != b'$' || (j > i + 1 && b[i + 1].is_ascii_digit()) {
+        return i + 1;
+    }
+    let tag = &b[i..=j];
+    let mut k = j + 1;
+    while k + tag.len() <= b.len() {
+        if &b[k..k + tag.len()] == tag {
+            return k + tag.len();
+        }
+        k += 1;
+    }
+    b.len()
+}
+
+/// The statement with leading whitespace and comments removed.
+pub fn strip_leading_comments(s: &str) -> &str {
+    let b = s.as_bytes();
+    let mut i = 0;
+    loop {
+        while i < b.len() && b[i].is_ascii_whitespace() {
+            i += 1;
+        }
+        if b[i..].starts_with(b"--") || b[i..].starts_with(b"/*") {
+            i = skip_token(b, i);
+        } else {
+            return &s[i..];
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hint {
+    Primary,
+    Replica,
+}
+
+/// A routing hint in a comment before the first keyword: `/* pgsplit:primary */` or
+/// `-- pgsplit:replica`.
+pub fn leading_hint(sql: &str) -> Option<Hint> {
+    let b = sql.as_bytes();
+    let mut i = 0;
+    let mut hint = None;
+    loop {
+        while i < b.len() && b[i].is_ascii_whitespace() {
+            i += 1;
+        }
+        if b[i..].starts_with(b"--") || b[i..].starts_with(b"/*") {
+            let end = skip_token(b, i);
+            let comment = &sql[i..end];
+            if comment.contains("pgsplit:primary") {
+                hint = Some(Hint::Primary);
+            } else if comment.contains("pgsplit:replica") {
+                hint = Some(Hint::Replica);
+            }
+            i = end;
+        } else {
+            return hint;
+        }
+    }
+}
+
+/// Lower-cased words of the statement, up to `n`, skipping comments. Quoted strings end the
+/// scan (session commands never need words past their first value).
+pub fn keywords(stmt: &str, n: usize) -> Vec<String> {
+    let s = strip_leading_comments(stmt);
+    let b = s.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() && out.len() < n {
+        let c = b[i];
+        if c.is_ascii_alphabetic() || c == b'_' {
+            let st = i;
+            while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'_' || b[i] == b'.' || b[i] == b'$') {
+                i += 1;
+            }
+            out.push(s[st..i].to_ascii_lowercase());
+        } else if c == b'"' {
+            let end = skip_quoted(b, i, b'"', false);
+            out.push(s[i + 1..end.saturating_sub(1).max(i + 1)].replace("\"\"", "\""));
+            i = end;
+        } else if c == b'=' {
+            out.push("=".into());
+            i += 1;
+        } else if c == b'\'' || c == b'$' || c == b'-' && b.get(i + 1) == Some(&b'-') || c == b'/' && b.get(i + 1) == Some(&b'*') {
+            break;
+        } else {
+            i += 1;
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_respecting_quotes_and_comments() {
+        let s = "select ';' ; insert into t values ($$a;b$$); -- c;\n/* x; /* y; */ */ select 1;;";
+        assert_eq!(
+            split_statements(s),
+            vec!["select ';'", "insert into t values ($$a;b$$)", "-- c;\n/* x; /* y; */ */ select 1"]
+        );
+        assert_eq!(split_statements("  ;  ; -- only a comment"), Vec::<&str>::new());
+        assert_eq!(split_statements("select $1; select E'\\';'"), vec!["select $1", "select E'\\';'"]);
+        assert_eq!(split_statements("select $tag$ $x$ ; $tag$"), vec!["select $tag$ $x$ ; $tag$"]);
+    }
+
+    #[test]
+    fn hints() {
+        assert_eq!(leading_hint("/* pgsplit:primary */ select 1"), Some(Hint::Primary));
+        assert_eq!(leading_hint("-- pgsplit:replica\nselect 1"), Some(Hint::Replica));
+        assert_eq!(leading_hint("select 1 /* pgsplit:replica */"), None);
+        assert_eq!(leading_hint("/* app=x */ select 1"), None);
+    }
+
+    #[test]
+    fn keyword_scan() {
+        assert_eq!(keywords("/* c */ SET  Search_Path = 'x'", 5), vec!["set", "search_path", "="]);
+        assert_eq!(keywords("set \"TimeZone\" to 'UTC'", 5), vec!["set", "TimeZone", "to"]);
+        assert_eq!(keywords("BEGIN ISOLATION LEVEL SERIALIZABLE, READ ONLY", 9).len(), 6);
+    }
+}

@@ -1,0 +1,76 @@
+//! Statement classification: what a statement needs (primary, any replica, any server) and
+//! what it does to the session. Pure functions of the query text, cached by text.
+
+pub mod cache;
+pub mod classify;
+pub mod functions;
+pub mod lex;
+pub mod session_cmd;
+
+pub use lex::Hint;
+
+/// What a statement needs from the server it runs on. Ordered from least to most strict, so a
+/// batch of statements needs the `max` of its members.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Target {
+    /// Session bookkeeping (SET, SHOW, COMMIT outside a transaction...): any server will do.
+    Any,
+    /// A read: a replica may run it.
+    Replica,
+    /// Needs the primary.
+    Primary,
+}
+
+/// The session's routing mode, set with `SET pgsplit.route = ...`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RouteMode {
+    #[default]
+    Auto,
+    Primary,
+    Replica,
+}
+
+/// What a statement does to the client's session, beyond its own result.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Effect {
+    None,
+    /// A session-level setting, replayed on every server connection the client uses next.
+    /// `name` is lower-cased; `sql` is the statement that re-applies it.
+    Set { name: String, sql: String },
+    Reset { name: String },
+    ResetAll,
+    /// DISCARD ALL: forget settings and prepared statements.
+    DiscardAll,
+    /// Session state that lives only on one server (temp table, session advisory lock, SQL
+    /// PREPARE, WITH HOLD cursor, LISTEN): the client stays on the primary connection for good.
+    Pin(&'static str),
+    /// DEALLOCATE name / DEALLOCATE ALL (None).
+    Deallocate(Option<String>),
+    /// A transaction-level statement (BEGIN ... READ ONLY etc.) is tracked by ReadyForQuery;
+    /// nothing to record here.
+    Begin { read_only: bool },
+}
+
+/// The classification of one statement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Class {
+    pub target: Target,
+    /// Why, for logs, metrics and tests.
+    pub reason: &'static str,
+    pub effect: Effect,
+    /// Functions whose safety is decided by their volatility in pg_proc (looked up once and
+    /// cached); any that is volatile or unknown sends the statement to the primary.
+    pub lookup_functions: Vec<String>,
+    /// `SET pgsplit.route = ...`
+    pub route_mode: Option<RouteMode>,
+}
+
+impl Class {
+    pub fn new(target: Target, reason: &'static str) -> Class {
+        Class { target, reason, effect: Effect::None, lookup_functions: Vec::new(), route_mode: None }
+    }
+    pub fn with_effect(mut self, effect: Effect) -> Class {
+        self.effect = effect;
+        self
+    }
+}
