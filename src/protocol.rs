@@ -93,6 +93,15 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         Ok(Some(Frame { bytes: self.buf.split_to(len + 1).freeze() }))
     }
 
+    pub fn get_ref(&self) -> &R {
+        &self.inner
+    }
+
+    /// The next frame if one is already complete in the buffer; never waits.
+    pub fn try_next(&mut self) -> Result<Option<Frame>, ProtocolError> {
+        self.try_frame()
+    }
+
     pub fn into_inner(self) -> (R, BytesMut) {
         (self.inner, self.buf)
     }

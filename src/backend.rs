@@ -1,0 +1,229 @@
+//! One server connection: opening it (startup, authentication with trust, cleartext, md5 or
+//! SCRAM-SHA-256) and what pgsplit tracks about it while it is pooled.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use bytes::{BufMut, Bytes};
+use postgres_protocol::authentication::sasl::{ChannelBinding, SCRAM_SHA_256, ScramSha256};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+
+use crate::protocol::{self, Frame, FrameReader, ProtocolError, message, put_cstr};
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    /// The server could not be reached or broke the protocol: try another server.
+    #[error("server {addr} unreachable: {msg}")]
+    Unreachable { addr: String, msg: String },
+    /// The server answered with an ErrorResponse (bad password, no such database...): the
+    /// client should see it as is.
+    #[error("server refused the connection")]
+    Refused(Frame),
+}
+
+pub struct ServerConn {
+    pub node: usize,
+    pub addr: String,
+    pub reader: FrameReader<OwnedReadHalf>,
+    pub writer: OwnedWriteHalf,
+    /// The server's BackendKeyData, for forwarding cancel requests.
+    pub pid: i32,
+    pub secret: i32,
+    /// ParameterStatus values as last reported by the server.
+    pub params: Vec<(String, String)>,
+    /// Prepared statements (pgsplit's names) that exist on this connection.
+    pub prepared: HashSet<String>,
+    /// Hash of the statement in this connection's unnamed slot, if known.
+    pub unnamed: Option<u64>,
+    /// Hash of the session settings applied here (0 = server defaults).
+    pub settings: u64,
+    pub created: Instant,
+    pub last_used: Instant,
+}
+
+pub struct ConnectParams<'a> {
+    pub node: usize,
+    pub addr: &'a str,
+    pub user: &'a str,
+    pub database: &'a str,
+    pub password: Option<&'a str>,
+    pub timeout: Duration,
+}
+
+impl ServerConn {
+    pub async fn connect(p: ConnectParams<'_>) -> Result<ServerConn, BackendError> {
+        let unreachable = |msg: String| BackendError::Unreachable { addr: p.addr.to_string(), msg };
+        match tokio::time::timeout(p.timeout, Self::connect_inner(&p)).await {
+            Ok(r) => r,
+            Err(_) => Err(unreachable(format!("no answer within {} ms", p.timeout.as_millis()))),
+        }
+    }
+
+    async fn connect_inner(p: &ConnectParams<'_>) -> Result<ServerConn, BackendError> {
+        let unreachable = |msg: String| BackendError::Unreachable { addr: p.addr.to_string(), msg };
+        let stream = TcpStream::connect(p.addr).await.map_err(|e| unreachable(e.to_string()))?;
+        let _ = stream.set_nodelay(true);
+        let (r, mut w) = stream.into_split();
+        let mut reader = FrameReader::new(r);
+        let startup = protocol::startup_message(&[("user", p.user), ("database", p.database)]);
+        w.write_all(&startup).await.map_err(|e| unreachable(e.to_string()))?;
+        let mut scram: Option<ScramSha256> = None;
+        let mut conn_params = Vec::new();
+        let (mut pid, mut secret) = (0, 0);
+        loop {
+            let f = reader.next().await.map_err(|e| unreachable(e.to_string()))?;
+            match f.tag() {
+                b'R' => {
+                    let mut body = f.body();
+                    let code = protocol::read_i32(&mut body).map_err(|e| unreachable(e.to_string()))?;
+                    let reply = match code {
+                        0 => None,
+                        3 => Some(password_message(need_password(p)?.as_bytes())),
+                        5 => {
+                            let salt: [u8; 4] = body.try_into().map_err(|_| unreachable("bad md5 salt".into()))?;
+                            let hash = postgres_protocol::authentication::md5_hash(
+                                p.user.as_bytes(),
+                                need_password(p)?.as_bytes(),
+                                salt,
+                            );
+                            Some(password_message(hash.as_bytes()))
+                        }
+                        10 => {
+                            let mechanisms = String::from_utf8_lossy(body);
+                            if !mechanisms.split('\0').any(|m| m == SCRAM_SHA_256) {
+                                return Err(unreachable(format!("unsupported SASL mechanisms {mechanisms:?}")));
+                            }
+                            let s = ScramSha256::new(need_password(p)?.as_bytes(), ChannelBinding::unsupported());
+                            let msg = message(b'p', |b| {
+                                put_cstr(b, SCRAM_SHA_256);
+                                b.put_i32(s.message().len() as i32);
+                                b.put_slice(s.message());
+                            });
+                            scram = Some(s);
+                            Some(msg)
+                        }
+                        11 => {
+                            let s = scram.as_mut().ok_or_else(|| unreachable("SASL out of order".into()))?;
+                            s.update(body).map_err(|e| unreachable(format!("SCRAM: {e}")))?;
+                            Some(message(b'p', |b| b.put_slice(s.message())))
+                        }
+                        12 => {
+                            let s = scram.as_mut().ok_or_else(|| unreachable("SASL out of order".into()))?;
+                            s.finish(body).map_err(|e| unreachable(format!("SCRAM: {e}")))?;
+                            None
+                        }
+                        other => return Err(unreachable(format!("unsupported authentication request {other}"))),
+                    };
+                    if let Some(reply) = reply {
+                        w.write_all(&reply).await.map_err(|e| unreachable(e.to_string()))?;
+                    }
+                }
+                b'S' => {
+                    if let Some(kv) = parse_parameter_status(&f) {
+                        conn_params.push(kv);
+                    }
+                }
+                b'K' => {
+                    let mut body = f.body();
+                    pid = protocol::read_i32(&mut body).unwrap_or(0);
+                    secret = protocol::read_i32(&mut body).unwrap_or(0);
+                }
+                b'E' => return Err(BackendError::Refused(f)),
+                b'Z' => break,
+                _ => {} // NoticeResponse, NegotiateProtocolVersion: nothing to do
+            }
+        }
+        let now = Instant::now();
+        Ok(ServerConn {
+            node: p.node,
+            addr: p.addr.to_string(),
+            reader,
+            writer: w,
+            pid,
+            secret,
+            params: conn_params,
+            prepared: HashSet::new(),
+            unnamed: None,
+            settings: 0,
+            created: now,
+            last_used: now,
+        })
+    }
+
+    /// Records a ParameterStatus the server sent.
+    pub fn note_parameter(&mut self, f: &Frame) {
+        if let Some((k, v)) = parse_parameter_status(f) {
+            match self.params.iter_mut().find(|(name, _)| *name == k) {
+                Some(slot) => slot.1 = v,
+                None => self.params.push((k, v)),
+            }
+        }
+    }
+
+    /// An idle pooled connection that has something to read (a FATAL on server shutdown) or
+    /// has reached EOF is dead; one with nothing to read is presumed alive.
+    pub fn is_stale(&self) -> bool {
+        if self.reader.buffered() > 0 {
+            return true;
+        }
+        let mut probe = [0u8; 1];
+        match self.reader_half().try_read(&mut probe) {
+            Ok(_) => true,
+            Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
+        }
+    }
+
+    fn reader_half(&self) -> &OwnedReadHalf {
+        self.reader.get_ref()
+    }
+
+    pub async fn send(&mut self, bytes: &[u8]) -> Result<(), ProtocolError> {
+        self.writer.write_all(bytes).await?;
+        Ok(())
+    }
+
+    /// Runs a simple query to completion, discarding its results. Returns the first
+    /// ErrorResponse, if any. ParameterStatus messages are recorded.
+    pub async fn run_silently(&mut self, sql: &str) -> Result<Option<Frame>, ProtocolError> {
+        self.send(&protocol::simple_query(sql)).await?;
+        let mut error = None;
+        loop {
+            let f = self.reader.next().await?;
+            match f.tag() {
+                b'Z' => return Ok(error),
+                b'E' if error.is_none() => error = Some(f),
+                b'S' => self.note_parameter(&f),
+                _ => {}
+            }
+        }
+    }
+
+    pub async fn terminate(mut self) {
+        let _ = self.writer.write_all(&protocol::terminate()).await;
+    }
+}
+
+fn need_password<'a>(p: &ConnectParams<'a>) -> Result<&'a str, BackendError> {
+    p.password.ok_or_else(|| BackendError::Refused(Frame {
+        bytes: protocol::fatal(
+            "28P01",
+            &format!("server {} asks for a password for user \"{}\" and pgsplit has none configured", p.addr, p.user),
+        ),
+    }))
+}
+
+fn password_message(pw: &[u8]) -> Bytes {
+    message(b'p', |b| {
+        b.put_slice(pw);
+        b.put_u8(0);
+    })
+}
+
+pub fn parse_parameter_status(f: &Frame) -> Option<(String, String)> {
+    let mut body = f.body();
+    let k = protocol::read_cstr(&mut body).ok()?;
+    let v = protocol::read_cstr(&mut body).ok()?;
+    Some((k.to_string(), v.to_string()))
+}
