@@ -1,11 +1,20 @@
-pub mod config;
-pub mod protocol;
-pub mod sql;
-pub mod router;
-pub mod topology;
-pub mod backend;
-pub mod metrics;
-pub mod pool;
-pub mod catalog;
-pub mod monitor;
+//! pgsplit: a PostgreSQL wire-protocol proxy that sends writes, locking reads and transactions
+//! to the primary and plain reads to streaming replicas. See docs/architecture.md.
+
 pub mod auth;
+pub mod backend;
+pub mod cancel;
+pub mod catalog;
+pub mod cluster;
+pub mod config;
+pub mod metrics;
+pub mod monitor;
+pub mod pool;
+pub mod protocol;
+pub mod proxy;
+pub mod router;
+pub mod session;
+pub mod sql;
+pub mod topology;
+
+pub use proxy::Shared;

@@ -29,13 +29,19 @@ const PROBE_SQL: &str = "SELECT pg_is_in_recovery(), \
      (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END)::text, \
      (extract(epoch FROM now() - pg_last_xact_replay_timestamp()) * 1000)::float8";
 
-pub fn spawn(config: Arc<Config>, cluster: Arc<Cluster>, pools: Arc<Pools>, metrics: Arc<Metrics>) {
+pub fn spawn(
+    config: Arc<Config>,
+    cluster: Arc<Cluster>,
+    pools: Arc<Pools>,
+    metrics: Arc<Metrics>,
+) -> Vec<tokio::task::JoinHandle<()>> {
     let n = cluster.load().nodes.len();
     let probes = Arc::new(Mutex::new(vec![Probe::default(); n]));
+    let mut tasks = Vec::new();
     for node in 0..n {
         let (config, cluster, pools, metrics, probes) =
             (config.clone(), cluster.clone(), pools.clone(), metrics.clone(), probes.clone());
-        tokio::spawn(async move {
+        tasks.push(tokio::spawn(async move {
             let addr = cluster.load().nodes[node].addr.clone();
             let interval = Duration::from_millis(config.monitor.interval_ms);
             let mut client: Option<tokio_postgres::Client> = None;
@@ -53,8 +59,9 @@ pub fn spawn(config: Arc<Config>, cluster: Arc<Cluster>, pools: Arc<Pools>, metr
                 }
                 tokio::time::sleep(interval).await;
             }
-        });
+        }));
     }
+    tasks
 }
 
 async fn probe(config: &Config, addr: &str, client: &mut Option<tokio_postgres::Client>) -> Probe {

@@ -1,0 +1,167 @@
+//! Extended-protocol bookkeeping: the client's prepared statements and the rewriting that lets
+//! them run on any pooled server connection.
+//!
+//! A client's named statement "s1" becomes "pgsplit_<hash>" on the servers, the hash covering
+//! the query text and parameter types: two clients preparing the same statement share it, and
+//! no client's names can collide with another's. pgsplit keeps each client's Parse message and
+//! prepares it (silently) on whichever connection runs a Bind or Describe that needs it.
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+
+use bytes::{BufMut, Bytes};
+
+use crate::protocol::{Frame, ProtocolError, message, put_cstr, read_cstr};
+use crate::sql::cache::Analysis;
+
+#[derive(Debug)]
+pub struct Prepared {
+    /// The name on the servers; empty for the unnamed statement.
+    pub server_name: String,
+    /// The Parse message that creates it on a server (with `server_name`).
+    pub parse: Bytes,
+    pub analysis: Arc<Analysis>,
+    /// Identifies query text + parameter types.
+    pub key: u64,
+}
+
+#[derive(Default)]
+pub struct Statements {
+    pub named: HashMap<String, Arc<Prepared>>,
+    pub unnamed: Option<Arc<Prepared>>,
+}
+
+impl Statements {
+    pub fn get(&self, name: &str) -> Option<&Arc<Prepared>> {
+        if name.is_empty() { self.unnamed.as_ref() } else { self.named.get(name) }
+    }
+}
+
+/// The fields of a Parse message.
+pub struct ParseMsg<'a> {
+    pub name: &'a str,
+    pub query: &'a str,
+    /// Parameter count and types, as sent.
+    pub types: &'a [u8],
+}
+
+pub fn read_parse(f: &Frame) -> Result<ParseMsg<'_>, ProtocolError> {
+    let mut body = f.body();
+    let name = read_cstr(&mut body)?;
+    let query = read_cstr(&mut body)?;
+    if body.len() < 2 {
+        return Err(ProtocolError::Invalid("Parse message too short".into()));
+    }
+    let n = i16::from_be_bytes([body[0], body[1]]);
+    if n < 0 || body.len() != 2 + 4 * n as usize {
+        return Err(ProtocolError::Invalid("bad parameter types in Parse".into()));
+    }
+    Ok(ParseMsg { name, query, types: body })
+}
+
+pub fn prepared_from(p: &ParseMsg<'_>, analysis: Arc<Analysis>) -> Prepared {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    p.query.hash(&mut h);
+    p.types.hash(&mut h);
+    let key = h.finish();
+    let server_name = if p.name.is_empty() { String::new() } else { format!("pgsplit_{key:016x}") };
+    let parse = message(b'P', |b| {
+        put_cstr(b, &server_name);
+        put_cstr(b, p.query);
+        b.put_slice(p.types);
+    });
+    Prepared { server_name, parse, analysis, key }
+}
+
+/// Portal and statement names of a Bind, and the offset of the rest of the body.
+pub fn read_bind(f: &Frame) -> Result<(&str, &str, usize), ProtocolError> {
+    let body = f.body();
+    let mut rest = body;
+    let portal = read_cstr(&mut rest)?;
+    let stmt = read_cstr(&mut rest)?;
+    Ok((portal, stmt, body.len() - rest.len()))
+}
+
+pub fn rewrite_bind(f: &Frame, server_name: &str) -> Result<Bytes, ProtocolError> {
+    let (portal, _, rest_at) = read_bind(f)?;
+    let rest = &f.body()[rest_at..];
+    Ok(message(b'B', |b| {
+        put_cstr(b, portal);
+        put_cstr(b, server_name);
+        b.put_slice(rest);
+    }))
+}
+
+/// Describe and Close: a kind byte ('S' statement, 'P' portal) and a name.
+pub fn read_target(f: &Frame) -> Result<(u8, &str), ProtocolError> {
+    let body = f.body();
+    let (&kind, mut rest) = body.split_first().ok_or_else(|| ProtocolError::Invalid("empty Describe/Close".into()))?;
+    if kind != b'S' && kind != b'P' {
+        return Err(ProtocolError::Invalid("Describe/Close must name 'S' or 'P'".into()));
+    }
+    Ok((kind, read_cstr(&mut rest)?))
+}
+
+pub fn target_message(tag: u8, kind: u8, name: &str) -> Bytes {
+    message(tag, |b| {
+        b.put_u8(kind);
+        put_cstr(b, name);
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(b: Bytes) -> Frame {
+        Frame { bytes: b }
+    }
+
+    #[test]
+    fn parse_and_rename() {
+        let f = frame(message(b'P', |b| {
+            put_cstr(b, "s1");
+            put_cstr(b, "select $1::int");
+            b.put_i16(1);
+            b.put_i32(23);
+        }));
+        let p = read_parse(&f).unwrap();
+        assert_eq!((p.name, p.query), ("s1", "select $1::int"));
+        let a = Arc::new(Analysis::of(p.query, 1000));
+        let prep = prepared_from(&p, a.clone());
+        assert!(prep.server_name.starts_with("pgsplit_"));
+        let again_frame = frame(prep.parse.clone());
+        let again = read_parse(&again_frame).unwrap();
+        assert_eq!(again.name, prep.server_name);
+        assert_eq!(again.types, p.types);
+        // Same text and types: same server statement, whatever the client called it.
+        let other = frame(message(b'P', |b| {
+            put_cstr(b, "other");
+            put_cstr(b, "select $1::int");
+            b.put_i16(1);
+            b.put_i32(23);
+        }));
+        assert_eq!(prepared_from(&read_parse(&other).unwrap(), a).server_name, prep.server_name);
+    }
+
+    #[test]
+    fn bind_rewrite_keeps_parameters() {
+        let f = frame(message(b'B', |b| {
+            put_cstr(b, "");
+            put_cstr(b, "s1");
+            b.put_slice(&[0, 0, 0, 1, 0, 0, 0, 1, b'7', 0, 0]);
+        }));
+        let r = frame(rewrite_bind(&f, "pgsplit_x").unwrap());
+        let (portal, stmt, at) = read_bind(&r).unwrap();
+        assert_eq!((portal, stmt), ("", "pgsplit_x"));
+        assert_eq!(&r.body()[at..], &[0, 0, 0, 1, 0, 0, 0, 1, b'7', 0, 0]);
+    }
+
+    #[test]
+    fn malformed_messages_are_errors() {
+        assert!(read_parse(&frame(message(b'P', |b| put_cstr(b, "s1")))).is_err());
+        assert!(read_target(&frame(message(b'D', |b| b.put_u8(b'X')))).is_err());
+        assert!(read_bind(&frame(message(b'B', |_| {}))).is_err());
+    }
+}

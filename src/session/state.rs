@@ -1,0 +1,194 @@
+//! What a client's session carries from one server connection to the next: its settings (SET,
+//! set_config, startup parameters), its routing mode. Effects of statements are collected per
+//! request and applied only once the server confirms them: at ReadyForQuery without error
+//! outside a transaction, or at COMMIT.
+
+use std::hash::{Hash, Hasher};
+
+use crate::sql::{Effect, RouteMode};
+
+#[derive(Debug, Default)]
+pub struct Settings {
+    /// Settings from the client's startup packet: what RESET goes back to.
+    base: Vec<(String, String)>,
+    /// Current settings in the order they were made, one entry per parameter name.
+    current: Vec<(String, String)>,
+    hash: u64,
+}
+
+impl Settings {
+    pub fn new(base: Vec<(String, String)>) -> Settings {
+        let mut s = Settings { current: base.clone(), base, hash: 0 };
+        s.rehash();
+        s
+    }
+
+    /// Identifies the settings: a server connection whose `settings` equals this needs no
+    /// replay. 0 means "server defaults".
+    pub fn hash(&self) -> u64 {
+        self.hash
+    }
+
+    /// The statement that brings a server connection to these settings.
+    pub fn replay_sql(&self) -> String {
+        let mut sql = String::from("RESET ALL");
+        for (_, stmt) in &self.current {
+            sql.push_str("; ");
+            sql.push_str(stmt);
+        }
+        sql
+    }
+
+    pub fn apply(&mut self, e: &Effect) {
+        match e {
+            Effect::Set { name, sql } => {
+                self.current.retain(|(n, _)| n != name);
+                self.current.push((name.clone(), sql.clone()));
+            }
+            Effect::Reset { name } => {
+                self.current.retain(|(n, _)| n != name);
+                if let Some(b) = self.base.iter().find(|(n, _)| n == name) {
+                    self.current.push(b.clone());
+                }
+            }
+            Effect::ResetAll | Effect::DiscardAll => self.current = self.base.clone(),
+            _ => return,
+        }
+        self.rehash();
+    }
+
+    fn rehash(&mut self) {
+        self.hash = if self.current.is_empty() {
+            0
+        } else {
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            self.current.hash(&mut h);
+            h.finish() | 1
+        };
+    }
+}
+
+/// Turns startup parameters into SET statements (the pooled server connections were opened
+/// with pgsplit's own startup packet).
+pub fn startup_settings(params: &[(String, String)]) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut push = |name: &str, value: &str| {
+        let lname = name.to_ascii_lowercase();
+        out.retain(|(n, _): &(String, String)| *n != lname);
+        out.push((lname, format!("SET {} TO {}", quote_ident(name), quote_literal(value))));
+    };
+    for (k, v) in params {
+        match k.as_str() {
+            "user" | "database" | "replication" => {}
+            "options" => {
+                // "-c name=value" and "--name=value" pairs.
+                let words: Vec<&str> = v.split_whitespace().collect();
+                let mut i = 0;
+                while i < words.len() {
+                    let kv = if words[i] == "-c" {
+                        i += 1;
+                        words.get(i).copied()
+                    } else {
+                        words[i].strip_prefix("--").or_else(|| words[i].strip_prefix("-c"))
+                    };
+                    if let Some((n, val)) = kv.and_then(|kv| kv.split_once('=')) {
+                        push(&n.replace('-', "_"), val);
+                    }
+                    i += 1;
+                }
+            }
+            _ => push(k, v),
+        }
+    }
+    out
+}
+
+pub fn quote_ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+pub fn quote_literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+/// Effects waiting for the server's confirmation.
+#[derive(Debug, Default)]
+pub struct PendingEffects {
+    /// Effects of statements sent since the last ReadyForQuery.
+    pub request: Vec<(Effect, Option<RouteMode>)>,
+    /// Effects of earlier requests in the open transaction.
+    pub transaction: Vec<(Effect, Option<RouteMode>)>,
+    pub error_in_request: bool,
+    /// The last CommandComplete of the request was ROLLBACK (also what a failed COMMIT says).
+    pub rolled_back: bool,
+}
+
+impl PendingEffects {
+    /// At ReadyForQuery: returns the effects that now hold, if the transaction is over.
+    pub fn settle(&mut self, status: u8) -> Vec<(Effect, Option<RouteMode>)> {
+        let request = std::mem::take(&mut self.request);
+        if !self.error_in_request {
+            self.transaction.extend(request);
+        }
+        let rolled_back = self.rolled_back || self.error_in_request;
+        self.error_in_request = false;
+        self.rolled_back = false;
+        if status != b'I' {
+            return Vec::new();
+        }
+        let done = std::mem::take(&mut self.transaction);
+        if rolled_back { Vec::new() } else { done }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(n: &str, v: &str) -> Effect {
+        Effect::Set { name: n.into(), sql: format!("SET {n} = {v}") }
+    }
+
+    #[test]
+    fn settings_replay_and_reset() {
+        let base = startup_settings(&[("user".into(), "u".into()), ("application_name".into(), "app".into())]);
+        let mut s = Settings::new(base);
+        let h0 = s.hash();
+        assert_ne!(h0, 0);
+        s.apply(&set("search_path", "a"));
+        s.apply(&set("search_path", "b"));
+        assert_eq!(s.replay_sql(), "RESET ALL; SET \"application_name\" TO 'app'; SET search_path = b");
+        s.apply(&Effect::Reset { name: "search_path".into() });
+        assert_eq!(s.hash(), h0);
+        s.apply(&set("x.y", "1"));
+        s.apply(&Effect::DiscardAll);
+        assert_eq!(s.hash(), h0);
+        assert_eq!(Settings::new(vec![]).hash(), 0);
+    }
+
+    #[test]
+    fn options_become_settings() {
+        let s = startup_settings(&[("options".into(), "-c search_path=x --statement-timeout=5".into())]);
+        assert_eq!(s.len(), 2);
+        assert_eq!(s[0].1, "SET \"search_path\" TO 'x'");
+        assert_eq!(s[1].0, "statement_timeout");
+    }
+
+    #[test]
+    fn effects_wait_for_commit() {
+        let mut p = PendingEffects::default();
+        p.request.push((set("a", "1"), None));
+        assert!(p.settle(b'T').is_empty());
+        p.request.push((set("b", "1"), None));
+        assert_eq!(p.settle(b'I').len(), 2);
+
+        p.request.push((set("a", "1"), None));
+        assert!(p.settle(b'T').is_empty());
+        p.rolled_back = true;
+        assert!(p.settle(b'I').is_empty());
+
+        p.request.push((set("a", "1"), None));
+        p.error_in_request = true;
+        assert!(p.settle(b'I').is_empty());
+    }
+}
