@@ -2,7 +2,9 @@
 
 use std::sync::Arc;
 
-use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
@@ -34,7 +36,10 @@ impl Metrics {
         let node = &["node"];
         Arc::new(Metrics {
             routed: reg!(IntCounterVec::new(
-                Opts::new("routed_total", "Queries and batches routed, by destination role and reason"),
+                Opts::new(
+                    "routed_total",
+                    "Queries and batches routed, by destination role and reason"
+                ),
                 &["role", "reason"]
             )),
             client_connections: reg!(IntGauge::new("client_connections", "Connected clients")),
@@ -54,13 +59,19 @@ impl Metrics {
                 "client_protocol_errors_total",
                 "Clients disconnected for malformed messages"
             )),
-            node_healthy: reg!(IntGaugeVec::new(Opts::new("node_healthy", "1 when the last health check passed"), node)),
+            node_healthy: reg!(IntGaugeVec::new(
+                Opts::new("node_healthy", "1 when the last health check passed"),
+                node
+            )),
             node_in_rotation: reg!(IntGaugeVec::new(
                 Opts::new("node_in_rotation", "1 when a replica takes reads"),
                 node
             )),
             replica_lag_bytes: reg!(IntGaugeVec::new(
-                Opts::new("replica_lag_bytes", "WAL bytes the replica has still to replay"),
+                Opts::new(
+                    "replica_lag_bytes",
+                    "WAL bytes the replica has still to replay"
+                ),
                 node
             )),
             replica_lag_ms: reg!(IntGaugeVec::new(
@@ -82,11 +93,14 @@ impl Metrics {
 /// request per connection, no keep-alive.
 pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
     loop {
-        let Ok((mut sock, _)) = listener.accept().await else { continue };
+        let Ok((mut sock, _)) = listener.accept().await else {
+            continue;
+        };
         let metrics = metrics.clone();
         tokio::spawn(async move {
             let mut req = [0u8; 4096];
-            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), sock.read(&mut req)).await;
+            let _ =
+                tokio::time::timeout(std::time::Duration::from_secs(5), sock.read(&mut req)).await;
             let body = metrics.render();
             let head = format!(
                 "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",

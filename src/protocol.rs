@@ -49,7 +49,10 @@ pub struct FrameReader<R> {
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
     pub fn new(inner: R) -> Self {
-        FrameReader { inner, buf: BytesMut::with_capacity(16 * 1024) }
+        FrameReader {
+            inner,
+            buf: BytesMut::with_capacity(16 * 1024),
+        }
     }
 
     pub fn with_buffer(inner: R, buf: BytesMut) -> Self {
@@ -67,7 +70,9 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                 return if self.buf.is_empty() {
                     Err(ProtocolError::Closed)
                 } else {
-                    Err(ProtocolError::Invalid("connection closed in the middle of a message".into()))
+                    Err(ProtocolError::Invalid(
+                        "connection closed in the middle of a message".into(),
+                    ))
                 };
             }
         }
@@ -84,13 +89,17 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         }
         let len = u32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]]) as usize;
         if !(4..=MAX_MESSAGE_LEN).contains(&len) {
-            return Err(ProtocolError::Invalid(format!("invalid message length {len}")));
+            return Err(ProtocolError::Invalid(format!(
+                "invalid message length {len}"
+            )));
         }
         if self.buf.len() < len + 1 {
             self.buf.reserve(len + 1 - self.buf.len());
             return Ok(None);
         }
-        Ok(Some(Frame { bytes: self.buf.split_to(len + 1).freeze() }))
+        Ok(Some(Frame {
+            bytes: self.buf.split_to(len + 1).freeze(),
+        }))
     }
 
     pub fn get_ref(&self) -> &R {
@@ -112,12 +121,16 @@ pub async fn read_startup<R: AsyncRead + Unpin>(r: &mut R) -> Result<Bytes, Prot
     let mut len = [0u8; 4];
     match r.read_exact(&mut len).await {
         Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Err(ProtocolError::Closed),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+            return Err(ProtocolError::Closed);
+        }
         Err(e) => return Err(e.into()),
     }
     let len = u32::from_be_bytes(len) as usize;
     if !(8..=10_000).contains(&len) {
-        return Err(ProtocolError::Invalid(format!("invalid startup packet length {len}")));
+        return Err(ProtocolError::Invalid(format!(
+            "invalid startup packet length {len}"
+        )));
     }
     let mut body = vec![0u8; len - 4];
     r.read_exact(&mut body).await?;
@@ -132,7 +145,10 @@ pub struct Startup {
 
 impl Startup {
     pub fn get(&self, key: &str) -> Option<&str> {
-        self.params.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+        self.params
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
     }
 }
 

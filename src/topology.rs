@@ -43,7 +43,10 @@ impl Topology {
     }
 
     pub fn primary(&self) -> usize {
-        self.nodes.iter().position(|n| n.role == Role::Primary).unwrap_or(0)
+        self.nodes
+            .iter()
+            .position(|n| n.role == Role::Primary)
+            .unwrap_or(0)
     }
 
     /// Round-robin over replicas in rotation, skipping `exclude`.
@@ -65,7 +68,14 @@ impl Topology {
 
 impl Node {
     fn new(addr: &str, role: Role) -> Node {
-        Node { addr: addr.to_string(), role, healthy: true, lag_bytes: None, lag_ms: None, in_rotation: true }
+        Node {
+            addr: addr.to_string(),
+            role,
+            healthy: true,
+            lag_bytes: None,
+            lag_ms: None,
+            in_rotation: true,
+        }
     }
 }
 
@@ -77,7 +87,10 @@ pub struct Cluster {
 
 impl Cluster {
     pub fn new(t: Topology) -> Arc<Cluster> {
-        Arc::new(Cluster { topology: ArcSwap::from_pointee(t), turn: AtomicUsize::new(0) })
+        Arc::new(Cluster {
+            topology: ArcSwap::from_pointee(t),
+            turn: AtomicUsize::new(0),
+        })
     }
 
     pub fn load(&self) -> arc_swap::Guard<Arc<Topology>> {

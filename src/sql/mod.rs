@@ -36,8 +36,13 @@ pub enum Effect {
     None,
     /// A session-level setting, replayed on every server connection the client uses next.
     /// `name` is lower-cased; `sql` is the statement that re-applies it.
-    Set { name: String, sql: String },
-    Reset { name: String },
+    Set {
+        name: String,
+        sql: String,
+    },
+    Reset {
+        name: String,
+    },
     ResetAll,
     /// DISCARD ALL: forget settings and prepared statements.
     DiscardAll,
@@ -48,7 +53,9 @@ pub enum Effect {
     Deallocate(Option<String>),
     /// A transaction-level statement (BEGIN ... READ ONLY etc.) is tracked by ReadyForQuery;
     /// nothing to record here.
-    Begin { read_only: bool },
+    Begin {
+        read_only: bool,
+    },
 }
 
 /// The classification of one statement.
@@ -67,7 +74,13 @@ pub struct Class {
 
 impl Class {
     pub fn new(target: Target, reason: &'static str) -> Class {
-        Class { target, reason, effect: Effect::None, lookup_functions: Vec::new(), route_mode: None }
+        Class {
+            target,
+            reason,
+            effect: Effect::None,
+            lookup_functions: Vec::new(),
+            route_mode: None,
+        }
     }
     pub fn with_effect(mut self, effect: Effect) -> Class {
         self.effect = effect;
