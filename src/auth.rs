@@ -43,11 +43,7 @@ where
         AuthMethod::Md5 => md5_exchange(user, &password, reader, writer).await?,
         AuthMethod::ScramSha256 => scram_exchange(&password, reader, writer).await?,
     };
-    if ok && known {
-        Ok(())
-    } else {
-        Err(AuthError::Failed(user.to_string()))
-    }
+    if ok && known { Ok(()) } else { Err(AuthError::Failed(user.to_string())) }
 }
 
 async fn md5_exchange<R, W>(
@@ -61,31 +57,20 @@ where
     W: AsyncWrite + Unpin,
 {
     let salt: [u8; 4] = rand::random();
-    writer
-        .write_all(&auth_request(5, &salt))
-        .await
-        .map_err(ProtocolError::from)?;
+    writer.write_all(&auth_request(5, &salt)).await.map_err(ProtocolError::from)?;
     let f = expect_password(reader).await?;
     let mut body = f.body();
     let given = protocol::read_cstr(&mut body)?;
-    let want =
-        postgres_protocol::authentication::md5_hash(user.as_bytes(), password.as_bytes(), salt);
+    let want = postgres_protocol::authentication::md5_hash(user.as_bytes(), password.as_bytes(), salt);
     Ok(constant_time_eq(given.as_bytes(), want.as_bytes()))
 }
 
-async fn scram_exchange<R, W>(
-    password: &str,
-    reader: &mut FrameReader<R>,
-    writer: &mut W,
-) -> Result<bool, AuthError>
+async fn scram_exchange<R, W>(password: &str, reader: &mut FrameReader<R>, writer: &mut W) -> Result<bool, AuthError>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    writer
-        .write_all(&auth_request(10, b"SCRAM-SHA-256\0\0"))
-        .await
-        .map_err(ProtocolError::from)?;
+    writer.write_all(&auth_request(10, b"SCRAM-SHA-256\0\0")).await.map_err(ProtocolError::from)?;
     // SASLInitialResponse: mechanism, length, client-first-message.
     let f = expect_password(reader).await?;
     let mut body = f.body();
@@ -97,40 +82,29 @@ where
     if len < 0 || len as usize != body.len() {
         return Err(invalid("bad SASLInitialResponse length"));
     }
-    let client_first =
-        std::str::from_utf8(body).map_err(|_| invalid("SCRAM message is not UTF-8"))?;
+    let client_first = std::str::from_utf8(body).map_err(|_| invalid("SCRAM message is not UTF-8"))?;
     // gs2 header: "n,," (no channel binding) or "y,," (client supports it, server does not).
     let bare = client_first
         .strip_prefix("n,,")
         .or_else(|| client_first.strip_prefix("y,,"))
         .ok_or_else(|| invalid("unsupported SCRAM channel binding"))?;
-    let client_nonce = bare
-        .split(',')
-        .find_map(|a| a.strip_prefix("r="))
-        .ok_or_else(|| invalid("SCRAM client nonce missing"))?;
+    let client_nonce =
+        bare.split(',').find_map(|a| a.strip_prefix("r=")).ok_or_else(|| invalid("SCRAM client nonce missing"))?;
 
     let salt: [u8; 16] = rand::random();
     let server_nonce: [u8; 18] = rand::random();
     let iterations = 4096;
     let nonce = format!("{client_nonce}{}", B64.encode(server_nonce));
     let server_first = format!("r={nonce},s={},i={iterations}", B64.encode(salt));
-    writer
-        .write_all(&auth_request(11, server_first.as_bytes()))
-        .await
-        .map_err(ProtocolError::from)?;
+    writer.write_all(&auth_request(11, server_first.as_bytes())).await.map_err(ProtocolError::from)?;
 
     let f = expect_password(reader).await?;
-    let client_final =
-        std::str::from_utf8(f.body()).map_err(|_| invalid("SCRAM message is not UTF-8"))?;
-    let (without_proof, proof) = client_final
-        .rsplit_once(",p=")
-        .ok_or_else(|| invalid("SCRAM proof missing"))?;
+    let client_final = std::str::from_utf8(f.body()).map_err(|_| invalid("SCRAM message is not UTF-8"))?;
+    let (without_proof, proof) = client_final.rsplit_once(",p=").ok_or_else(|| invalid("SCRAM proof missing"))?;
     if !without_proof.split(',').any(|a| a == format!("r={nonce}")) {
         return Ok(false);
     }
-    let proof = B64
-        .decode(proof)
-        .map_err(|_| invalid("SCRAM proof is not base64"))?;
+    let proof = B64.decode(proof).map_err(|_| invalid("SCRAM proof is not base64"))?;
 
     let salted = hi(password.as_bytes(), &salt, iterations);
     let client_key = hmac(&salted, b"Client Key");
@@ -140,27 +114,18 @@ where
     if proof.len() != client_signature.len() {
         return Ok(false);
     }
-    let recovered: Vec<u8> = proof
-        .iter()
-        .zip(client_signature.iter())
-        .map(|(a, b)| a ^ b)
-        .collect();
+    let recovered: Vec<u8> = proof.iter().zip(client_signature.iter()).map(|(a, b)| a ^ b).collect();
     if !constant_time_eq(&Sha256::digest(&recovered), &stored_key) {
         return Ok(false);
     }
     let server_key = hmac(&salted, b"Server Key");
     let server_signature = hmac(&server_key, auth_message.as_bytes());
     let fin = format!("v={}", B64.encode(server_signature));
-    writer
-        .write_all(&auth_request(12, fin.as_bytes()))
-        .await
-        .map_err(ProtocolError::from)?;
+    writer.write_all(&auth_request(12, fin.as_bytes())).await.map_err(ProtocolError::from)?;
     Ok(true)
 }
 
-async fn expect_password<R: AsyncRead + Unpin>(
-    reader: &mut FrameReader<R>,
-) -> Result<protocol::Frame, AuthError> {
+async fn expect_password<R: AsyncRead + Unpin>(reader: &mut FrameReader<R>) -> Result<protocol::Frame, AuthError> {
     let f = reader.next().await?;
     if f.tag() != b'p' {
         return Err(invalid("expected a password message"));
@@ -173,8 +138,8 @@ fn invalid(msg: &str) -> AuthError {
 }
 
 fn hmac(key: &[u8], msg: &[u8]) -> [u8; 32] {
-    let mut m = <Hmac<Sha256> as KeyInit>::new_from_slice(key)
-        .unwrap_or_else(|_| unreachable!("HMAC takes any key length"));
+    let mut m =
+        <Hmac<Sha256> as KeyInit>::new_from_slice(key).unwrap_or_else(|_| unreachable!("HMAC takes any key length"));
     m.update(msg);
     m.finalize().into_bytes().into()
 }
@@ -215,9 +180,7 @@ mod tests {
         let (sr, mut sw) = tokio::io::split(server);
         let srv = tokio::spawn(async move {
             let mut reader = FrameReader::new(sr);
-            scram_exchange(server_pw, &mut reader, &mut sw)
-                .await
-                .unwrap()
+            scram_exchange(server_pw, &mut reader, &mut sw).await.unwrap()
         });
         let (cr, mut cw) = tokio::io::split(client);
         let mut reader = FrameReader::new(cr);
@@ -231,9 +194,7 @@ mod tests {
         cw.write_all(&first).await.unwrap();
         let cont = reader.next().await.unwrap();
         scram.update(&cont.body()[4..]).unwrap();
-        cw.write_all(&protocol::message(b'p', |b| b.put_slice(scram.message())))
-            .await
-            .unwrap();
+        cw.write_all(&protocol::message(b'p', |b| b.put_slice(scram.message()))).await.unwrap();
         let ok = srv.await.unwrap();
         if ok {
             let fin = reader.next().await.unwrap();

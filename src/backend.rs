@@ -54,54 +54,35 @@ pub struct ConnectParams<'a> {
 
 impl ServerConn {
     pub async fn connect(p: ConnectParams<'_>) -> Result<ServerConn, BackendError> {
-        let unreachable = |msg: String| BackendError::Unreachable {
-            addr: p.addr.to_string(),
-            msg,
-        };
+        let unreachable = |msg: String| BackendError::Unreachable { addr: p.addr.to_string(), msg };
         match tokio::time::timeout(p.timeout, Self::connect_inner(&p)).await {
             Ok(r) => r,
-            Err(_) => Err(unreachable(format!(
-                "no answer within {} ms",
-                p.timeout.as_millis()
-            ))),
+            Err(_) => Err(unreachable(format!("no answer within {} ms", p.timeout.as_millis()))),
         }
     }
 
     async fn connect_inner(p: &ConnectParams<'_>) -> Result<ServerConn, BackendError> {
-        let unreachable = |msg: String| BackendError::Unreachable {
-            addr: p.addr.to_string(),
-            msg,
-        };
-        let stream = TcpStream::connect(p.addr)
-            .await
-            .map_err(|e| unreachable(e.to_string()))?;
+        let unreachable = |msg: String| BackendError::Unreachable { addr: p.addr.to_string(), msg };
+        let stream = TcpStream::connect(p.addr).await.map_err(|e| unreachable(e.to_string()))?;
         let _ = stream.set_nodelay(true);
         let (r, mut w) = stream.into_split();
         let mut reader = FrameReader::new(r);
         let startup = protocol::startup_message(&[("user", p.user), ("database", p.database)]);
-        w.write_all(&startup)
-            .await
-            .map_err(|e| unreachable(e.to_string()))?;
+        w.write_all(&startup).await.map_err(|e| unreachable(e.to_string()))?;
         let mut scram: Option<ScramSha256> = None;
         let mut conn_params = Vec::new();
         let (mut pid, mut secret) = (0, 0);
         loop {
-            let f = reader
-                .next()
-                .await
-                .map_err(|e| unreachable(e.to_string()))?;
+            let f = reader.next().await.map_err(|e| unreachable(e.to_string()))?;
             match f.tag() {
                 b'R' => {
                     let mut body = f.body();
-                    let code =
-                        protocol::read_i32(&mut body).map_err(|e| unreachable(e.to_string()))?;
+                    let code = protocol::read_i32(&mut body).map_err(|e| unreachable(e.to_string()))?;
                     let reply = match code {
                         0 => None,
                         3 => Some(password_message(need_password(p)?.as_bytes())),
                         5 => {
-                            let salt: [u8; 4] = body
-                                .try_into()
-                                .map_err(|_| unreachable("bad md5 salt".into()))?;
+                            let salt: [u8; 4] = body.try_into().map_err(|_| unreachable("bad md5 salt".into()))?;
                             let hash = postgres_protocol::authentication::md5_hash(
                                 p.user.as_bytes(),
                                 need_password(p)?.as_bytes(),
@@ -112,14 +93,9 @@ impl ServerConn {
                         10 => {
                             let mechanisms = String::from_utf8_lossy(body);
                             if !mechanisms.split('\0').any(|m| m == SCRAM_SHA_256) {
-                                return Err(unreachable(format!(
-                                    "unsupported SASL mechanisms {mechanisms:?}"
-                                )));
+                                return Err(unreachable(format!("unsupported SASL mechanisms {mechanisms:?}")));
                             }
-                            let s = ScramSha256::new(
-                                need_password(p)?.as_bytes(),
-                                ChannelBinding::unsupported(),
-                            );
+                            let s = ScramSha256::new(need_password(p)?.as_bytes(), ChannelBinding::unsupported());
                             let msg = message(b'p', |b| {
                                 put_cstr(b, SCRAM_SHA_256);
                                 b.put_i32(s.message().len() as i32);
@@ -129,31 +105,21 @@ impl ServerConn {
                             Some(msg)
                         }
                         11 => {
-                            let s = scram
-                                .as_mut()
-                                .ok_or_else(|| unreachable("SASL out of order".into()))?;
-                            s.update(body)
-                                .map_err(|e| unreachable(format!("SCRAM: {e}")))?;
+                            let s = scram.as_mut().ok_or_else(|| unreachable("SASL out of order".into()))?;
+                            s.update(body).map_err(|e| unreachable(format!("SCRAM: {e}")))?;
                             Some(message(b'p', |b| b.put_slice(s.message())))
                         }
                         12 => {
-                            let s = scram
-                                .as_mut()
-                                .ok_or_else(|| unreachable("SASL out of order".into()))?;
-                            s.finish(body)
-                                .map_err(|e| unreachable(format!("SCRAM: {e}")))?;
+                            let s = scram.as_mut().ok_or_else(|| unreachable("SASL out of order".into()))?;
+                            s.finish(body).map_err(|e| unreachable(format!("SCRAM: {e}")))?;
                             None
                         }
                         other => {
-                            return Err(unreachable(format!(
-                                "unsupported authentication request {other}"
-                            )));
+                            return Err(unreachable(format!("unsupported authentication request {other}")));
                         }
                     };
                     if let Some(reply) = reply {
-                        w.write_all(&reply)
-                            .await
-                            .map_err(|e| unreachable(e.to_string()))?;
+                        w.write_all(&reply).await.map_err(|e| unreachable(e.to_string()))?;
                     }
                 }
                 b'S' => {

@@ -35,20 +35,11 @@ pub struct CancelHandle {
 
 impl CancelRegistry {
     pub fn register(self: &Arc<Self>) -> CancelHandle {
-        let pid = self
-            .next_pid
-            .fetch_add(1, Ordering::Relaxed)
-            .wrapping_add(1)
-            & 0x7fff_ffff;
+        let pid = self.next_pid.fetch_add(1, Ordering::Relaxed).wrapping_add(1) & 0x7fff_ffff;
         let secret: i32 = rand::random();
         let slot: Slot = Arc::new(Mutex::new(None));
         self.lock().insert(pid, (secret, slot.clone()));
-        CancelHandle {
-            pid,
-            secret,
-            slot,
-            registry: self.clone(),
-        }
+        CancelHandle { pid, secret, slot, registry: self.clone() }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<i32, (i32, Slot)>> {
@@ -60,9 +51,7 @@ impl CancelRegistry {
         let key = {
             let map = self.lock();
             match map.get(&pid) {
-                Some((s, slot)) if *s == secret => {
-                    slot.lock().unwrap_or_else(|p| p.into_inner()).clone()
-                }
+                Some((s, slot)) if *s == secret => slot.lock().unwrap_or_else(|p| p.into_inner()).clone(),
                 _ => None,
             }
         };
@@ -73,15 +62,10 @@ impl CancelRegistry {
 }
 
 pub async fn send_cancel(k: &ServerKey) {
-    if let Ok(Ok(mut s)) = tokio::time::timeout(
-        std::time::Duration::from_secs(3),
-        tokio::net::TcpStream::connect(&k.addr),
-    )
-    .await
+    if let Ok(Ok(mut s)) =
+        tokio::time::timeout(std::time::Duration::from_secs(3), tokio::net::TcpStream::connect(&k.addr)).await
     {
-        let _ = s
-            .write_all(&protocol::cancel_request(k.pid, k.secret))
-            .await;
+        let _ = s.write_all(&protocol::cancel_request(k.pid, k.secret)).await;
         let _ = s.shutdown().await;
     }
 }

@@ -46,12 +46,7 @@ impl Catalog {
 
     async fn read_only(&self, database: &str, name: &str) -> bool {
         let key = (database.to_string(), name.to_string());
-        if let Some(&ro) = self
-            .cache
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&key)
-        {
+        if let Some(&ro) = self.cache.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
             return ro;
         }
         match self.lookup(database, name).await {
@@ -81,13 +76,10 @@ impl Catalog {
             clients.insert(database.to_string(), c);
         }
         let client = clients.get(database)?;
-        let row = tokio::time::timeout(
-            Duration::from_secs(2),
-            client.query_one(LOOKUP_SQL, &[&func, &schema]),
-        )
-        .await
-        .ok()?
-        .ok()?;
+        let row = tokio::time::timeout(Duration::from_secs(2), client.query_one(LOOKUP_SQL, &[&func, &schema]))
+            .await
+            .ok()?
+            .ok()?;
         let count: i64 = row.get(0);
         let volatile: bool = row.get(1);
         (count > 0).then_some(!volatile)

@@ -53,9 +53,7 @@ pub fn find_bin() -> Result<PathBuf, String> {
     if let Some((_, bin)) = versions.pop() {
         return Ok(bin);
     }
-    if let Ok(out) = Command::new("sh")
-        .args(["-c", "command -v initdb"])
-        .output()
+    if let Ok(out) = Command::new("sh").args(["-c", "command -v initdb"]).output()
         && out.status.success()
     {
         let p = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
@@ -63,11 +61,9 @@ pub fn find_bin() -> Result<PathBuf, String> {
             return Ok(dir.to_path_buf());
         }
     }
-    Err(
-        "PostgreSQL server binaries (initdb, pg_ctl, pg_basebackup) not found: install them with \
+    Err("PostgreSQL server binaries (initdb, pg_ctl, pg_basebackup) not found: install them with \
          `apt-get install postgresql` (Debian/Ubuntu), or point PGSPLIT_PG_BIN at their directory"
-            .into(),
-    )
+        .into())
 }
 
 pub fn free_port() -> Result<u16, String> {
@@ -76,11 +72,7 @@ pub fn free_port() -> Result<u16, String> {
 }
 
 fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-        .unwrap_or(false)
+    Command::new("id").arg("-u").output().map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0").unwrap_or(false)
 }
 
 /// The unprivileged user to run servers as when we are root.
@@ -89,33 +81,16 @@ fn server_user() -> Result<Option<String>, String> {
         return Ok(None);
     }
     for u in ["postgres", "pgsplit"] {
-        if Command::new("id")
-            .arg(u)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-        {
+        if Command::new("id").arg(u).stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success()) {
             return Ok(Some(u.into()));
         }
     }
     let out = Command::new("useradd")
-        .args([
-            "--system",
-            "--no-create-home",
-            "--home-dir",
-            "/nonexistent",
-            "--shell",
-            "/usr/sbin/nologin",
-            "pgsplit",
-        ])
+        .args(["--system", "--no-create-home", "--home-dir", "/nonexistent", "--shell", "/usr/sbin/nologin", "pgsplit"])
         .output()
         .map_err(|e| format!("useradd: {e}"))?;
     if !out.status.success() {
-        return Err(format!(
-            "cannot create the pgsplit OS user: {}",
-            String::from_utf8_lossy(&out.stderr)
-        ));
+        return Err(format!("cannot create the pgsplit OS user: {}", String::from_utf8_lossy(&out.stderr)));
     }
     Ok(Some("pgsplit".into()))
 }
@@ -129,36 +104,14 @@ impl LocalCluster {
         let _ = std::fs::remove_dir_all(base);
         std::fs::create_dir_all(base).map_err(|e| format!("{}: {e}", base.display()))?;
         let base = base.canonicalize().map_err(|e| e.to_string())?;
-        let mut c = LocalCluster {
-            base: base.clone(),
-            bin,
-            run_as,
-            nodes: Vec::new(),
-            removed: false,
-        };
+        let mut c = LocalCluster { base: base.clone(), bin, run_as, nodes: Vec::new(), removed: false };
         if let Some(u) = &c.run_as {
-            c.run(
-                Command::new("chown").args([&format!("{u}:"), base.to_str().unwrap_or_default()]),
-            )?;
+            c.run(Command::new("chown").args([&format!("{u}:"), base.to_str().unwrap_or_default()]))?;
         }
-        let primary = LocalNode {
-            name: "primary".into(),
-            dir: base.join("primary"),
-            port: free_port()?,
-        };
+        let primary = LocalNode { name: "primary".into(), dir: base.join("primary"), port: free_port()? };
         c.pg(
             "initdb",
-            &[
-                "-D",
-                path(&primary.dir),
-                "-U",
-                "postgres",
-                "--auth=trust",
-                "--no-sync",
-                "-E",
-                "UTF8",
-                "--locale=C",
-            ],
+            &["-D", path(&primary.dir), "-U", "postgres", "--auth=trust", "--no-sync", "-E", "UTF8", "--locale=C"],
         )?;
         let conf = format!(
             "listen_addresses = '127.0.0.1'\nport = {}\nunix_socket_directories = '{}'\nwal_level = replica\n\
@@ -186,11 +139,8 @@ impl LocalCluster {
             ),
         )?;
         for i in 1..=replicas {
-            let node = LocalNode {
-                name: format!("replica{i}"),
-                dir: base.join(format!("replica{i}")),
-                port: free_port()?,
-            };
+            let node =
+                LocalNode { name: format!("replica{i}"), dir: base.join(format!("replica{i}")), port: free_port()? };
             let primary_port = c.nodes[0].port.to_string();
             c.pg(
                 "pg_basebackup",
@@ -210,10 +160,7 @@ impl LocalCluster {
                     "fast",
                 ],
             )?;
-            c.append(
-                &node.dir.join("postgresql.conf"),
-                &format!("port = {}\n", node.port),
-            )?;
+            c.append(&node.dir.join("postgresql.conf"), &format!("port = {}\n", node.port))?;
             c.nodes.push(node);
             c.start_node(i)?;
         }
@@ -232,27 +179,13 @@ impl LocalCluster {
     pub fn start_node(&self, i: usize) -> Result<(), String> {
         let n = &self.nodes[i];
         let log = self.base.join(format!("{}.log", n.name));
-        self.pg(
-            "pg_ctl",
-            &[
-                "-D",
-                path(&n.dir),
-                "-l",
-                path(&log),
-                "-w",
-                "-t",
-                "60",
-                "start",
-            ],
-        )
-        .map(|_| ())
+        self.pg("pg_ctl", &["-D", path(&n.dir), "-l", path(&log), "-w", "-t", "60", "start"]).map(|_| ())
     }
 
     /// Stops a server: "fast" (clean) or "immediate" (as if it crashed).
     pub fn stop_node(&self, i: usize, mode: &str) -> Result<(), String> {
         let n = &self.nodes[i];
-        self.pg("pg_ctl", &["-D", path(&n.dir), "-m", mode, "-w", "stop"])
-            .map(|_| ())
+        self.pg("pg_ctl", &["-D", path(&n.dir), "-m", mode, "-w", "stop"]).map(|_| ())
     }
 
     /// Runs SQL on a node as the superuser and returns psql's unaligned output.
@@ -285,18 +218,12 @@ impl LocalCluster {
     fn wait_streaming(&self, replicas: usize) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            let n = self.psql(
-                0,
-                "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'",
-            )?;
+            let n = self.psql(0, "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'")?;
             if n.parse::<usize>().unwrap_or(0) >= replicas {
                 return Ok(());
             }
             if Instant::now() > deadline {
-                return Err(format!(
-                    "replicas did not start streaming (logs in {})",
-                    self.base.display()
-                ));
+                return Err(format!("replicas did not start streaming (logs in {})", self.base.display()));
             }
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -347,10 +274,7 @@ impl LocalCluster {
     }
 
     fn run(&self, cmd: &mut Command) -> Result<Output, String> {
-        let out = cmd
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|e| format!("{cmd:?}: {e}"))?;
+        let out = cmd.stdin(Stdio::null()).output().map_err(|e| format!("{cmd:?}: {e}"))?;
         if !out.status.success() {
             return Err(format!(
                 "{:?} failed: {}{}",
@@ -368,12 +292,9 @@ impl LocalCluster {
 
     fn append(&self, file: &Path, text: &str) -> Result<(), String> {
         use std::io::Write;
-        let mut f = std::fs::OpenOptions::new()
-            .append(true)
-            .open(file)
-            .map_err(|e| format!("{}: {e}", file.display()))?;
-        f.write_all(text.as_bytes())
-            .map_err(|e| format!("{}: {e}", file.display()))
+        let mut f =
+            std::fs::OpenOptions::new().append(true).open(file).map_err(|e| format!("{}: {e}", file.display()))?;
+        f.write_all(text.as_bytes()).map_err(|e| format!("{}: {e}", file.display()))
     }
 }
 

@@ -21,9 +21,7 @@ impl std::str::FromStr for AuthMethod {
             "trust" => Ok(AuthMethod::Trust),
             "md5" => Ok(AuthMethod::Md5),
             "scram-sha-256" => Ok(AuthMethod::ScramSha256),
-            other => Err(format!(
-                "unknown auth method {other:?} (trust, md5, scram-sha-256)"
-            )),
+            other => Err(format!("unknown auth method {other:?} (trust, md5, scram-sha-256)")),
         }
     }
 }
@@ -117,12 +115,7 @@ impl Default for Config {
 
 impl Default for PoolConfig {
     fn default() -> Self {
-        PoolConfig {
-            size: 20,
-            checkout_timeout_ms: 5000,
-            connect_timeout_ms: 3000,
-            idle_timeout_ms: 600_000,
-        }
+        PoolConfig { size: 20, checkout_timeout_ms: 5000, connect_timeout_ms: 3000, idle_timeout_ms: 600_000 }
     }
 }
 
@@ -160,35 +153,22 @@ pub enum ConfigError {
 
 impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|err| ConfigError::Read {
-            path: path.display().to_string(),
-            err,
-        })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|err| ConfigError::Read { path: path.display().to_string(), err })?;
         Config::parse(&text).map_err(|e| match e {
-            ConfigError::Parse { err, .. } => ConfigError::Parse {
-                path: path.display().to_string(),
-                err,
-            },
+            ConfigError::Parse { err, .. } => ConfigError::Parse { path: path.display().to_string(), err },
             other => other,
         })
     }
 
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
-        toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: "config".into(),
-            err: e.to_string(),
-        })
+        toml::from_str(text).map_err(|e| ConfigError::Parse { path: "config".into(), err: e.to_string() })
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
         let addr_ok = |key: &str, v: &str| -> Result<(), ConfigError> {
-            if v.rsplit_once(':')
-                .and_then(|(_, p)| p.parse::<u16>().ok())
-                .is_none()
-            {
-                return Err(ConfigError::Invalid(format!(
-                    "{key} = {v:?} is not HOST:PORT"
-                )));
+            if v.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).is_none() {
+                return Err(ConfigError::Invalid(format!("{key} = {v:?} is not HOST:PORT")));
             }
             Ok(())
         };
@@ -197,9 +177,7 @@ impl Config {
             addr_ok("metrics_listen", &self.metrics_listen)?;
         }
         if self.servers.primary.is_empty() {
-            return Err(ConfigError::Invalid(
-                "servers.primary is not set (config file or --primary HOST:PORT)".into(),
-            ));
+            return Err(ConfigError::Invalid("servers.primary is not set (config file or --primary HOST:PORT)".into()));
         }
         addr_ok("servers.primary", &self.servers.primary)?;
         for r in &self.servers.replicas {
@@ -209,19 +187,13 @@ impl Config {
             return Err(ConfigError::Invalid("pool.size must be at least 1".into()));
         }
         if self.routing.cache_size == 0 {
-            return Err(ConfigError::Invalid(
-                "routing.cache_size must be at least 1".into(),
-            ));
+            return Err(ConfigError::Invalid("routing.cache_size must be at least 1".into()));
         }
         if self.monitor.interval_ms == 0 {
-            return Err(ConfigError::Invalid(
-                "monitor.interval_ms must be at least 1".into(),
-            ));
+            return Err(ConfigError::Invalid("monitor.interval_ms must be at least 1".into()));
         }
         if self.auth != AuthMethod::Trust && self.users.is_empty() {
-            return Err(ConfigError::Invalid(
-                "auth is md5 or scram-sha-256 but no [[users]] are configured".into(),
-            ));
+            return Err(ConfigError::Invalid("auth is md5 or scram-sha-256 but no [[users]] are configured".into()));
         }
         Ok(())
     }
@@ -235,11 +207,7 @@ impl Config {
         match self.user(client_user) {
             Some(u) => (
                 u.server_user.clone().unwrap_or_else(|| u.name.clone()),
-                Some(
-                    u.server_password
-                        .clone()
-                        .unwrap_or_else(|| u.password.clone()),
-                ),
+                Some(u.server_password.clone().unwrap_or_else(|| u.password.clone())),
             ),
             None => (client_user.to_string(), None),
         }
@@ -266,13 +234,9 @@ mod tests {
 
     #[test]
     fn bad_value_is_named() {
-        let err = Config::parse("[routing]\nmax_lag_bytes = \"lots\"\n")
-            .unwrap_err()
-            .to_string();
+        let err = Config::parse("[routing]\nmax_lag_bytes = \"lots\"\n").unwrap_err().to_string();
         assert!(err.contains("max_lag_bytes"), "{err}");
-        let err = Config::parse("auth = \"password\"\n")
-            .unwrap_err()
-            .to_string();
+        let err = Config::parse("auth = \"password\"\n").unwrap_err().to_string();
         assert!(err.contains("auth"), "{err}");
     }
 

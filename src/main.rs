@@ -94,14 +94,10 @@ async fn run(cli: Cli) -> Result<(), String> {
     let mut cluster = None;
     if matches!(cli.command, Some(Cmd::Demo)) && config.servers.primary.is_empty() {
         let base = std::env::temp_dir().join(format!("pgsplit-demo-{}", std::process::id()));
-        println!(
-            "Creating a primary and two streaming replicas in {} ...",
-            base.display()
-        );
-        let c =
-            tokio::task::spawn_blocking(move || pgsplit::cluster::LocalCluster::start(&base, 2))
-                .await
-                .map_err(|e| e.to_string())??;
+        println!("Creating a primary and two streaming replicas in {} ...", base.display());
+        let c = tokio::task::spawn_blocking(move || pgsplit::cluster::LocalCluster::start(&base, 2))
+            .await
+            .map_err(|e| e.to_string())??;
         config.servers.primary = c.primary().addr();
         config.servers.replicas = c.replica_addrs();
         c.psql(0, "CREATE TABLE IF NOT EXISTS demo (id serial PRIMARY KEY, note text); INSERT INTO demo (note) VALUES ('hello from the primary');")?;
@@ -119,15 +115,9 @@ async fn run(cli: Cli) -> Result<(), String> {
     if cluster.is_some() {
         println!();
         println!("Connect with:");
-        println!(
-            "  psql \"host={} port={} user=postgres dbname=postgres\"",
-            proxy.addr.ip(),
-            proxy.addr.port()
-        );
+        println!("  psql \"host={} port={} user=postgres dbname=postgres\"", proxy.addr.ip(), proxy.addr.port());
         println!("Try: SELECT inet_server_port(), pg_is_in_recovery();   -- a read, on a replica");
-        println!(
-            "     BEGIN; SELECT inet_server_port(); COMMIT;          -- a transaction, on the primary"
-        );
+        println!("     BEGIN; SELECT inet_server_port(); COMMIT;          -- a transaction, on the primary");
         println!("Ctrl-C stops pgsplit and removes the demo cluster.");
     }
     wait_for_signal().await;

@@ -2,9 +2,7 @@
 
 use std::sync::Arc;
 
-use prometheus::{
-    Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
-};
+use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
@@ -36,10 +34,7 @@ impl Metrics {
         let node = &["node"];
         Arc::new(Metrics {
             routed: reg!(IntCounterVec::new(
-                Opts::new(
-                    "routed_total",
-                    "Queries and batches routed, by destination role and reason"
-                ),
+                Opts::new("routed_total", "Queries and batches routed, by destination role and reason"),
                 &["role", "reason"]
             )),
             client_connections: reg!(IntGauge::new("client_connections", "Connected clients")),
@@ -68,10 +63,7 @@ impl Metrics {
                 node
             )),
             replica_lag_bytes: reg!(IntGaugeVec::new(
-                Opts::new(
-                    "replica_lag_bytes",
-                    "WAL bytes the replica has still to replay"
-                ),
+                Opts::new("replica_lag_bytes", "WAL bytes the replica has still to replay"),
                 node
             )),
             replica_lag_ms: reg!(IntGaugeVec::new(
@@ -99,8 +91,7 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
         let metrics = metrics.clone();
         tokio::spawn(async move {
             let mut req = [0u8; 4096];
-            let _ =
-                tokio::time::timeout(std::time::Duration::from_secs(5), sock.read(&mut req)).await;
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), sock.read(&mut req)).await;
             let body = metrics.render();
             let head = format!(
                 "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",

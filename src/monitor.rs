@@ -17,6 +17,8 @@ use crate::topology::{Cluster, Role};
 
 #[derive(Debug, Clone, Default)]
 struct Probe {
+    /// At least one probe has completed: until then the node keeps its initial state.
+    done: bool,
     ok: bool,
     in_recovery: bool,
     /// pg_current_wal_lsn() on a primary, pg_last_wal_replay_lsn() on a replica.
@@ -39,13 +41,8 @@ pub fn spawn(
     let probes = Arc::new(Mutex::new(vec![Probe::default(); n]));
     let mut tasks = Vec::new();
     for node in 0..n {
-        let (config, cluster, pools, metrics, probes) = (
-            config.clone(),
-            cluster.clone(),
-            pools.clone(),
-            metrics.clone(),
-            probes.clone(),
-        );
+        let (config, cluster, pools, metrics, probes) =
+            (config.clone(), cluster.clone(), pools.clone(), metrics.clone(), probes.clone());
         tasks.push(tokio::spawn(async move {
             let addr = cluster.load().nodes[node].addr.clone();
             let interval = Duration::from_millis(config.monitor.interval_ms);
@@ -76,18 +73,14 @@ async fn probe(config: &Config, addr: &str, client: &mut Option<tokio_postgres::
     let Some(c) = client.as_ref() else {
         return Probe::default();
     };
-    let timeout = Duration::from_millis(
-        config
-            .pool
-            .connect_timeout_ms
-            .max(config.monitor.interval_ms),
-    );
+    let timeout = Duration::from_millis(config.pool.connect_timeout_ms.max(config.monitor.interval_ms));
     match tokio::time::timeout(timeout, c.query_one(PROBE_SQL, &[])).await {
         Ok(Ok(row)) => {
             let in_recovery: bool = row.get(0);
             let lsn: Option<String> = row.get(1);
             let age: Option<f64> = row.get(2);
             Probe {
+                done: true,
                 ok: true,
                 in_recovery,
                 lsn: lsn.as_deref().and_then(parse_lsn).unwrap_or(0),
@@ -96,17 +89,13 @@ async fn probe(config: &Config, addr: &str, client: &mut Option<tokio_postgres::
         }
         _ => {
             *client = None;
-            Probe::default()
+            Probe { done: true, ..Probe::default() }
         }
     }
 }
 
 /// Opens a monitor connection (also used for catalog look-ups).
-pub async fn connect(
-    config: &Config,
-    addr: &str,
-    database: &str,
-) -> Option<tokio_postgres::Client> {
+pub async fn connect(config: &Config, addr: &str, database: &str) -> Option<tokio_postgres::Client> {
     let (host, port) = addr.rsplit_once(':')?;
     let mut pg = tokio_postgres::Config::new();
     pg.host(host)
@@ -135,12 +124,12 @@ fn publish(config: &Config, cluster: &Cluster, metrics: &Metrics, probes: &[Prob
     cluster.topology.rcu(|t| {
         let mut t = (**t).clone();
         let primary = t.primary();
-        let primary_lsn = probes
-            .get(primary)
-            .filter(|p| p.ok && !p.in_recovery)
-            .map(|p| p.lsn);
+        let primary_lsn = probes.get(primary).filter(|p| p.ok && !p.in_recovery).map(|p| p.lsn);
         for (i, node) in t.nodes.iter_mut().enumerate() {
             let p = &probes[i];
+            if !p.done {
+                continue;
+            }
             node.healthy = p.ok;
             if node.role == Role::Replica {
                 // A node that says it is not in recovery is not a streaming replica any more:
@@ -151,9 +140,7 @@ fn publish(config: &Config, cluster: &Cluster, metrics: &Metrics, probes: &[Prob
                     Some(0) => Some(0),
                     _ => p.replay_age_ms,
                 };
-                let lag_ok = node
-                    .lag_bytes
-                    .is_none_or(|b| b <= config.routing.max_lag_bytes)
+                let lag_ok = node.lag_bytes.is_none_or(|b| b <= config.routing.max_lag_bytes)
                     && node.lag_ms.is_none_or(|ms| ms <= config.routing.max_lag_ms);
                 node.in_rotation = p.ok && p.in_recovery && lag_ok;
             } else {
@@ -165,23 +152,11 @@ fn publish(config: &Config, cluster: &Cluster, metrics: &Metrics, probes: &[Prob
     let t = cluster.load();
     for node in &t.nodes {
         let label = [node.addr.as_str()];
-        metrics
-            .node_healthy
-            .with_label_values(&label)
-            .set(node.healthy as i64);
-        metrics
-            .node_in_rotation
-            .with_label_values(&label)
-            .set(node.in_rotation as i64);
+        metrics.node_healthy.with_label_values(&label).set(node.healthy as i64);
+        metrics.node_in_rotation.with_label_values(&label).set(node.in_rotation as i64);
         if node.role == Role::Replica {
-            metrics
-                .replica_lag_bytes
-                .with_label_values(&label)
-                .set(node.lag_bytes.unwrap_or(0) as i64);
-            metrics
-                .replica_lag_ms
-                .with_label_values(&label)
-                .set(node.lag_ms.unwrap_or(0) as i64);
+            metrics.replica_lag_bytes.with_label_values(&label).set(node.lag_bytes.unwrap_or(0) as i64);
+            metrics.replica_lag_ms.with_label_values(&label).set(node.lag_ms.unwrap_or(0) as i64);
         }
     }
 }

@@ -51,11 +51,7 @@ pub struct Pools {
 
 impl Pools {
     pub fn new(config: Arc<Config>, metrics: Arc<Metrics>) -> Arc<Pools> {
-        let pools = Arc::new(Pools {
-            pools: Mutex::new(HashMap::new()),
-            config,
-            metrics,
-        });
+        let pools = Arc::new(Pools { pools: Mutex::new(HashMap::new()), config, metrics });
         let weak = Arc::downgrade(&pools);
         tokio::spawn(async move {
             // Close idle connections past idle_timeout, so a quiet pool gives them back.
@@ -89,37 +85,22 @@ impl Pools {
         user: &str,
         database: &str,
     ) -> Result<Checkout, CheckoutError> {
-        let key = PoolKey {
-            addr: addr.to_string(),
-            user: user.to_string(),
-            database: database.to_string(),
-        };
+        let key = PoolKey { addr: addr.to_string(), user: user.to_string(), database: database.to_string() };
         let pool = self.pool(&key);
         let timeout = self.config.pool.checkout_timeout_ms;
-        let permit = match tokio::time::timeout(
-            Duration::from_millis(timeout),
-            pool.permits.clone().acquire_owned(),
-        )
-        .await
-        {
-            Ok(Ok(p)) => p,
-            _ => {
-                self.metrics.checkout_timeouts.inc();
-                return Err(CheckoutError::Timeout(timeout));
-            }
-        };
+        let permit =
+            match tokio::time::timeout(Duration::from_millis(timeout), pool.permits.clone().acquire_owned()).await {
+                Ok(Ok(p)) => p,
+                _ => {
+                    self.metrics.checkout_timeouts.inc();
+                    return Err(CheckoutError::Timeout(timeout));
+                }
+            };
         while let Some(conn) = pool.pop_idle() {
             if conn.node == node && !conn.is_stale() {
-                return Ok(Checkout {
-                    conn,
-                    pool,
-                    _permit: permit,
-                });
+                return Ok(Checkout { conn, pool, _permit: permit });
             }
-            self.metrics
-                .server_connections
-                .with_label_values(&[addr])
-                .dec();
+            self.metrics.server_connections.with_label_values(&[addr]).dec();
         }
         let (server_user, password) = self.config.server_credentials(user);
         let conn = ServerConn::connect(ConnectParams {
@@ -131,40 +112,22 @@ impl Pools {
             timeout: Duration::from_millis(self.config.pool.connect_timeout_ms),
         })
         .await?;
-        self.metrics
-            .server_connections
-            .with_label_values(&[addr])
-            .inc();
-        Ok(Checkout {
-            conn,
-            pool,
-            _permit: permit,
-        })
+        self.metrics.server_connections.with_label_values(&[addr]).inc();
+        Ok(Checkout { conn, pool, _permit: permit })
     }
 
     fn reap_idle(&self) {
         let max_idle = Duration::from_millis(self.config.pool.idle_timeout_ms);
-        let pools: Vec<_> = self
-            .pools
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .cloned()
-            .collect();
+        let pools: Vec<_> = self.pools.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
         for pool in pools {
             let expired: Vec<ServerConn> = {
                 let mut idle = pool.idle.lock().unwrap_or_else(|p| p.into_inner());
-                let (keep, expired) = idle
-                    .drain(..)
-                    .partition(|c| c.last_used.elapsed() < max_idle && !c.is_stale());
+                let (keep, expired) = idle.drain(..).partition(|c| c.last_used.elapsed() < max_idle && !c.is_stale());
                 *idle = keep;
                 expired
             };
             for c in expired {
-                self.metrics
-                    .server_connections
-                    .with_label_values(&[&pool.key.addr])
-                    .dec();
+                self.metrics.server_connections.with_label_values(&[&pool.key.addr]).dec();
                 tokio::spawn(c.terminate());
             }
         }
@@ -172,24 +135,10 @@ impl Pools {
 
     /// Closes every idle connection to `addr` (the server died or changed role).
     pub fn drop_idle(&self, addr: &str) {
-        let pools: Vec<_> = self
-            .pools
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .cloned()
-            .collect();
+        let pools: Vec<_> = self.pools.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
         for pool in pools.iter().filter(|p| p.key.addr == addr) {
-            let n = pool
-                .idle
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .drain(..)
-                .count();
-            self.metrics
-                .server_connections
-                .with_label_values(&[addr])
-                .sub(n as i64);
+            let n = pool.idle.lock().unwrap_or_else(|p| p.into_inner()).drain(..).count();
+            self.metrics.server_connections.with_label_values(&[addr]).sub(n as i64);
         }
     }
 }
@@ -204,30 +153,17 @@ impl Checkout {
     /// Returns a connection that is idle ('I') with nothing unread to its pool.
     pub fn release(mut self, metrics: &Metrics) {
         if self.conn.reader.buffered() > 0 {
-            metrics
-                .server_connections
-                .with_label_values(&[&self.conn.addr])
-                .dec();
+            metrics.server_connections.with_label_values(&[&self.conn.addr]).dec();
             return;
         }
         self.conn.last_used = Instant::now();
-        let Checkout {
-            conn,
-            pool,
-            _permit,
-        } = self;
-        pool.idle
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(conn);
+        let Checkout { conn, pool, _permit } = self;
+        pool.idle.lock().unwrap_or_else(|p| p.into_inner()).push(conn);
     }
 
     /// Closes the connection (bad state, broken, or session state that must not leak).
     pub fn discard(self, metrics: &Metrics) {
-        metrics
-            .server_connections
-            .with_label_values(&[&self.conn.addr])
-            .dec();
+        metrics.server_connections.with_label_values(&[&self.conn.addr]).dec();
         tokio::spawn(self.conn.terminate());
     }
 }

@@ -49,10 +49,7 @@ pub struct FrameReader<R> {
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
     pub fn new(inner: R) -> Self {
-        FrameReader {
-            inner,
-            buf: BytesMut::with_capacity(16 * 1024),
-        }
+        FrameReader { inner, buf: BytesMut::with_capacity(16 * 1024) }
     }
 
     pub fn with_buffer(inner: R, buf: BytesMut) -> Self {
@@ -70,9 +67,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                 return if self.buf.is_empty() {
                     Err(ProtocolError::Closed)
                 } else {
-                    Err(ProtocolError::Invalid(
-                        "connection closed in the middle of a message".into(),
-                    ))
+                    Err(ProtocolError::Invalid("connection closed in the middle of a message".into()))
                 };
             }
         }
@@ -89,17 +84,13 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         }
         let len = u32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]]) as usize;
         if !(4..=MAX_MESSAGE_LEN).contains(&len) {
-            return Err(ProtocolError::Invalid(format!(
-                "invalid message length {len}"
-            )));
+            return Err(ProtocolError::Invalid(format!("invalid message length {len}")));
         }
         if self.buf.len() < len + 1 {
             self.buf.reserve(len + 1 - self.buf.len());
             return Ok(None);
         }
-        Ok(Some(Frame {
-            bytes: self.buf.split_to(len + 1).freeze(),
-        }))
+        Ok(Some(Frame { bytes: self.buf.split_to(len + 1).freeze() }))
     }
 
     pub fn get_ref(&self) -> &R {
@@ -128,9 +119,7 @@ pub async fn read_startup<R: AsyncRead + Unpin>(r: &mut R) -> Result<Bytes, Prot
     }
     let len = u32::from_be_bytes(len) as usize;
     if !(8..=10_000).contains(&len) {
-        return Err(ProtocolError::Invalid(format!(
-            "invalid startup packet length {len}"
-        )));
+        return Err(ProtocolError::Invalid(format!("invalid startup packet length {len}")));
     }
     let mut body = vec![0u8; len - 4];
     r.read_exact(&mut body).await?;
@@ -145,10 +134,7 @@ pub struct Startup {
 
 impl Startup {
     pub fn get(&self, key: &str) -> Option<&str> {
-        self.params
-            .iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.as_str())
+        self.params.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
     }
 }
 
@@ -167,12 +153,9 @@ pub fn parse_startup_params(mut body: &[u8]) -> Result<Startup, ProtocolError> {
 
 /// Reads a NUL-terminated UTF-8 string and advances the slice past it.
 pub fn read_cstr<'a>(buf: &mut &'a [u8]) -> Result<&'a str, ProtocolError> {
-    let end = buf
-        .iter()
-        .position(|&b| b == 0)
-        .ok_or_else(|| ProtocolError::Invalid("missing string terminator".into()))?;
-    let s = std::str::from_utf8(&buf[..end])
-        .map_err(|_| ProtocolError::Invalid("invalid UTF-8 in string".into()))?;
+    let end =
+        buf.iter().position(|&b| b == 0).ok_or_else(|| ProtocolError::Invalid("missing string terminator".into()))?;
+    let s = std::str::from_utf8(&buf[..end]).map_err(|_| ProtocolError::Invalid("invalid UTF-8 in string".into()))?;
     *buf = &buf[end + 1..];
     Ok(s)
 }

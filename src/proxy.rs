@@ -41,10 +41,7 @@ impl Proxy {
         config.validate().map_err(|e| e.to_string())?;
         let config = Arc::new(config);
         let metrics = Metrics::new();
-        let cluster = Cluster::new(Topology::new(
-            &config.servers.primary,
-            &config.servers.replicas,
-        ));
+        let cluster = Cluster::new(Topology::new(&config.servers.primary, &config.servers.replicas));
         let pools = Pools::new(config.clone(), metrics.clone());
         let shared = Arc::new(Shared {
             cache: AnalysisCache::new(config.routing.cache_size, config.routing.max_parse_len),
@@ -55,21 +52,15 @@ impl Proxy {
             pools: pools.clone(),
             metrics: metrics.clone(),
         });
-        let listener = TcpListener::bind(&config.listen)
-            .await
-            .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
+        let listener =
+            TcpListener::bind(&config.listen).await.map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
         let mut tasks = crate::monitor::spawn(config.clone(), cluster, pools, metrics.clone());
         let mut metrics_addr = None;
         if !config.metrics_listen.is_empty() {
             let l = TcpListener::bind(&config.metrics_listen)
                 .await
-                .map_err(|e| {
-                    format!(
-                        "cannot listen on {} (metrics_listen): {e}",
-                        config.metrics_listen
-                    )
-                })?;
+                .map_err(|e| format!("cannot listen on {} (metrics_listen): {e}", config.metrics_listen))?;
             metrics_addr = l.local_addr().ok();
             tasks.push(tokio::spawn(metrics::serve(l, metrics)));
         }
@@ -88,12 +79,7 @@ impl Proxy {
                 }
             }
         }));
-        Ok(Proxy {
-            addr,
-            metrics_addr,
-            shared,
-            tasks,
-        })
+        Ok(Proxy { addr, metrics_addr, shared, tasks })
     }
 
     /// Stops accepting clients and monitoring. Sessions already running finish on their own.

@@ -33,9 +33,7 @@ pub enum Decision {
 impl Decision {
     pub fn reason(&self) -> &'static str {
         match self {
-            Decision::Held { reason }
-            | Decision::Primary { reason, .. }
-            | Decision::Replica { reason, .. } => reason,
+            Decision::Held { reason } | Decision::Primary { reason, .. } | Decision::Replica { reason, .. } => reason,
         }
     }
     pub fn node(&self) -> Option<usize> {
@@ -58,35 +56,22 @@ pub fn route(
     exclude: &[usize],
 ) -> Decision {
     if session.in_transaction {
-        return Decision::Held {
-            reason: "inside a transaction",
-        };
+        return Decision::Held { reason: "inside a transaction" };
     }
     if session.pinned {
-        return Decision::Held {
-            reason: "session pinned to the primary",
-        };
+        return Decision::Held { reason: "session pinned to the primary" };
     }
     let primary = topology.primary();
     // Nothing overrides a statement that needs the primary: a hint only ever makes a read
     // stricter, never a write looser.
     if target == Target::Primary {
-        return Decision::Primary {
-            node: primary,
-            reason,
-        };
+        return Decision::Primary { node: primary, reason };
     }
     if hint == Some(Hint::Primary) {
-        return Decision::Primary {
-            node: primary,
-            reason: "pgsplit:primary hint",
-        };
+        return Decision::Primary { node: primary, reason: "pgsplit:primary hint" };
     }
     if session.mode == RouteMode::Primary && hint != Some(Hint::Replica) {
-        return Decision::Primary {
-            node: primary,
-            reason: "pgsplit.route = primary",
-        };
+        return Decision::Primary { node: primary, reason: "pgsplit.route = primary" };
     }
     let reason = match (hint, target) {
         (Some(Hint::Replica), _) => "pgsplit:replica hint",
@@ -95,10 +80,7 @@ pub fn route(
     };
     match topology.pick_replica(turn, exclude) {
         Some(node) => Decision::Replica { node, reason },
-        None => Decision::Primary {
-            node: primary,
-            reason: "no replica in rotation",
-        },
+        None => Decision::Primary { node: primary, reason: "no replica in rotation" },
     }
 }
 
@@ -120,22 +102,10 @@ mod tests {
     fn table() {
         let t = topo();
         let idle = SessionView::default();
-        let in_tx = SessionView {
-            in_transaction: true,
-            ..idle
-        };
-        let pinned = SessionView {
-            pinned: true,
-            ..idle
-        };
-        let mode_primary = SessionView {
-            mode: RouteMode::Primary,
-            ..idle
-        };
-        let mode_replica = SessionView {
-            mode: RouteMode::Replica,
-            ..idle
-        };
+        let in_tx = SessionView { in_transaction: true, ..idle };
+        let pinned = SessionView { pinned: true, ..idle };
+        let mode_primary = SessionView { mode: RouteMode::Primary, ..idle };
+        let mode_replica = SessionView { mode: RouteMode::Replica, ..idle };
         let rows: &[(&str, SessionView, &str)] = &[
             ("SELECT 1", idle, "replica"),
             ("INSERT INTO t VALUES (1)", idle, "primary"),
@@ -173,24 +143,10 @@ mod tests {
             n.in_rotation = false;
         }
         let d = decide("SELECT 1", SessionView::default(), &t);
-        assert_eq!(
-            d,
-            Decision::Primary {
-                node: 0,
-                reason: "no replica in rotation"
-            }
-        );
+        assert_eq!(d, Decision::Primary { node: 0, reason: "no replica in rotation" });
         let t = topo();
         let a = Analysis::of("SELECT 1", 1 << 20);
-        let d = route(
-            a.target,
-            a.reason,
-            None,
-            SessionView::default(),
-            &t,
-            0,
-            &[1, 2],
-        );
+        let d = route(a.target, a.reason, None, SessionView::default(), &t, 0, &[1, 2]);
         assert_eq!(d.node(), Some(0));
     }
 
@@ -198,9 +154,8 @@ mod tests {
     fn reads_alternate_between_replicas() {
         let t = topo();
         let a = Analysis::of("SELECT 1", 1 << 20);
-        let nodes: Vec<_> = (0..4)
-            .map(|i| route(a.target, a.reason, None, SessionView::default(), &t, i, &[]).node())
-            .collect();
+        let nodes: Vec<_> =
+            (0..4).map(|i| route(a.target, a.reason, None, SessionView::default(), &t, i, &[]).node()).collect();
         assert_eq!(nodes, vec![Some(1), Some(2), Some(1), Some(2)]);
     }
 }

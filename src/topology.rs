@@ -3,7 +3,6 @@
 //! connections), read lock-free on the hot path through `ArcSwap`.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use arc_swap::ArcSwap;
 
@@ -43,13 +42,10 @@ impl Topology {
     }
 
     pub fn primary(&self) -> usize {
-        self.nodes
-            .iter()
-            .position(|n| n.role == Role::Primary)
-            .unwrap_or(0)
+        self.nodes.iter().position(|n| n.role == Role::Primary).unwrap_or(0)
     }
 
-    /// Round-robin over replicas in rotation, skipping `exclude`.
+    /// The `turn`-th replica (modulo their number) among those in rotation, skipping `exclude`.
     pub fn pick_replica(&self, turn: usize, exclude: &[usize]) -> Option<usize> {
         let candidates = || {
             self.nodes
@@ -68,37 +64,22 @@ impl Topology {
 
 impl Node {
     fn new(addr: &str, role: Role) -> Node {
-        Node {
-            addr: addr.to_string(),
-            role,
-            healthy: true,
-            lag_bytes: None,
-            lag_ms: None,
-            in_rotation: true,
-        }
+        Node { addr: addr.to_string(), role, healthy: true, lag_bytes: None, lag_ms: None, in_rotation: true }
     }
 }
 
 /// The shared handle.
 pub struct Cluster {
     pub topology: ArcSwap<Topology>,
-    turn: AtomicUsize,
 }
 
 impl Cluster {
     pub fn new(t: Topology) -> Arc<Cluster> {
-        Arc::new(Cluster {
-            topology: ArcSwap::from_pointee(t),
-            turn: AtomicUsize::new(0),
-        })
+        Arc::new(Cluster { topology: ArcSwap::from_pointee(t) })
     }
 
     pub fn load(&self) -> arc_swap::Guard<Arc<Topology>> {
         self.topology.load()
-    }
-
-    pub fn next_turn(&self) -> usize {
-        self.turn.fetch_add(1, Ordering::Relaxed)
     }
 
     /// A session could not reach a server: take it out of rotation until the monitor sees it

@@ -34,11 +34,7 @@ pub struct Statements {
 
 impl Statements {
     pub fn get(&self, name: &str) -> Option<&Arc<Prepared>> {
-        if name.is_empty() {
-            self.unnamed.as_ref()
-        } else {
-            self.named.get(name)
-        }
+        if name.is_empty() { self.unnamed.as_ref() } else { self.named.get(name) }
     }
 }
 
@@ -59,15 +55,9 @@ pub fn read_parse(f: &Frame) -> Result<ParseMsg<'_>, ProtocolError> {
     }
     let n = i16::from_be_bytes([body[0], body[1]]);
     if n < 0 || body.len() != 2 + 4 * n as usize {
-        return Err(ProtocolError::Invalid(
-            "bad parameter types in Parse".into(),
-        ));
+        return Err(ProtocolError::Invalid("bad parameter types in Parse".into()));
     }
-    Ok(ParseMsg {
-        name,
-        query,
-        types: body,
-    })
+    Ok(ParseMsg { name, query, types: body })
 }
 
 pub fn prepared_from(p: &ParseMsg<'_>, analysis: Arc<Analysis>) -> Prepared {
@@ -75,22 +65,13 @@ pub fn prepared_from(p: &ParseMsg<'_>, analysis: Arc<Analysis>) -> Prepared {
     p.query.hash(&mut h);
     p.types.hash(&mut h);
     let key = h.finish();
-    let server_name = if p.name.is_empty() {
-        String::new()
-    } else {
-        format!("pgsplit_{key:016x}")
-    };
+    let server_name = if p.name.is_empty() { String::new() } else { format!("pgsplit_{key:016x}") };
     let parse = message(b'P', |b| {
         put_cstr(b, &server_name);
         put_cstr(b, p.query);
         b.put_slice(p.types);
     });
-    Prepared {
-        server_name,
-        parse,
-        analysis,
-        key,
-    }
+    Prepared { server_name, parse, analysis, key }
 }
 
 /// Portal and statement names of a Bind, and the offset of the rest of the body.
@@ -115,13 +96,9 @@ pub fn rewrite_bind(f: &Frame, server_name: &str) -> Result<Bytes, ProtocolError
 /// Describe and Close: a kind byte ('S' statement, 'P' portal) and a name.
 pub fn read_target(f: &Frame) -> Result<(u8, &str), ProtocolError> {
     let body = f.body();
-    let (&kind, mut rest) = body
-        .split_first()
-        .ok_or_else(|| ProtocolError::Invalid("empty Describe/Close".into()))?;
+    let (&kind, mut rest) = body.split_first().ok_or_else(|| ProtocolError::Invalid("empty Describe/Close".into()))?;
     if kind != b'S' && kind != b'P' {
-        return Err(ProtocolError::Invalid(
-            "Describe/Close must name 'S' or 'P'".into(),
-        ));
+        return Err(ProtocolError::Invalid("Describe/Close must name 'S' or 'P'".into()));
     }
     Ok((kind, read_cstr(&mut rest)?))
 }
@@ -165,10 +142,7 @@ mod tests {
             b.put_i16(1);
             b.put_i32(23);
         }));
-        assert_eq!(
-            prepared_from(&read_parse(&other).unwrap(), a).server_name,
-            prep.server_name
-        );
+        assert_eq!(prepared_from(&read_parse(&other).unwrap(), a).server_name, prep.server_name);
     }
 
     #[test]

@@ -38,6 +38,9 @@ const HIDDEN_PARAMETERS: [&str; 2] = ["in_hot_standby", "default_transaction_rea
 /// Flush relayed bytes to the client once this much is buffered.
 const OUT_FLUSH: usize = 64 * 1024;
 
+/// Client messages queued while the server is busy, at most (then the client waits).
+const MAX_PENDING: usize = 1024 * 1024;
+
 #[derive(Debug, thiserror::Error)]
 enum End {
     #[error("client terminated")]
@@ -76,13 +79,7 @@ struct Batch {
 
 impl Default for Batch {
     fn default() -> Self {
-        Batch {
-            items: Vec::new(),
-            target: Target::Any,
-            reason: "session command",
-            lookups: Vec::new(),
-            hint: None,
-        }
+        Batch { items: Vec::new(), target: Target::Any, reason: "session command", lookups: Vec::new(), hint: None }
     }
 }
 
@@ -128,6 +125,10 @@ struct Session {
     skip_until_sync: bool,
     expect: VecDeque<Expect>,
     copy_in: bool,
+    /// Client messages that arrived while the server was still busy (pipelining). Reading
+    /// them early is also how a client that hangs up mid-query is noticed at once.
+    pending: VecDeque<Frame>,
+    pending_bytes: usize,
 }
 
 pub async fn serve_client(shared: Arc<Shared>, stream: TcpStream) {
@@ -156,39 +157,20 @@ async fn run_client(shared: &Arc<Shared>, stream: TcpStream) -> Result<(), End> 
             }
             v if v >> 16 == 3 => break protocol::parse_startup_params(&body[4..])?,
             _ => {
-                let _ = w
-                    .write_all(&protocol::fatal("0A000", "unsupported frontend protocol"))
-                    .await;
+                let _ = w.write_all(&protocol::fatal("0A000", "unsupported frontend protocol")).await;
                 return Ok(());
             }
         }
     };
     let Some(user) = startup.get("user").map(str::to_string) else {
-        let _ = w
-            .write_all(&protocol::fatal(
-                "28000",
-                "no PostgreSQL user name specified in startup packet",
-            ))
-            .await;
+        let _ = w.write_all(&protocol::fatal("28000", "no PostgreSQL user name specified in startup packet")).await;
         return Ok(());
     };
-    if startup
-        .get("replication")
-        .is_some_and(|v| v != "false" && v != "0" && v != "off")
-    {
-        let _ = w
-            .write_all(&protocol::fatal(
-                "08P01",
-                "pgsplit does not proxy replication connections",
-            ))
-            .await;
+    if startup.get("replication").is_some_and(|v| v != "false" && v != "0" && v != "off") {
+        let _ = w.write_all(&protocol::fatal("08P01", "pgsplit does not proxy replication connections")).await;
         return Ok(());
     }
-    let database = startup
-        .get("database")
-        .filter(|d| !d.is_empty())
-        .unwrap_or(&user)
-        .to_string();
+    let database = startup.get("database").filter(|d| !d.is_empty()).unwrap_or(&user).to_string();
     let mut reader = FrameReader::new(r);
     match auth::authenticate(&shared.config, &user, &mut reader, &mut w).await {
         Ok(()) => {}
@@ -202,9 +184,7 @@ async fn run_client(shared: &Arc<Shared>, stream: TcpStream) -> Result<(), End> 
             return Err(e.into());
         }
     }
-    w.write_all(&auth::ok())
-        .await
-        .map_err(ProtocolError::from)?;
+    w.write_all(&auth::ok()).await.map_err(ProtocolError::from)?;
     let mut s = Session {
         shared: shared.clone(),
         client: reader,
@@ -226,6 +206,8 @@ async fn run_client(shared: &Arc<Shared>, stream: TcpStream) -> Result<(), End> 
         skip_until_sync: false,
         expect: VecDeque::new(),
         copy_in: false,
+        pending: VecDeque::new(),
+        pending_bytes: 0,
     };
     let result = match s.login().await {
         Ok(()) => s.run().await,
@@ -256,26 +238,14 @@ impl Session {
         for node in order {
             match self.attach(node).await {
                 Ok(()) => {
-                    let params = self
-                        .server
-                        .as_ref()
-                        .map(|s| s.conn.params.clone())
-                        .unwrap_or_default();
-                    for (k, v) in params
-                        .iter()
-                        .filter(|(k, _)| !HIDDEN_PARAMETERS.contains(&k.as_str()))
-                    {
-                        self.out
-                            .extend_from_slice(&protocol::parameter_status(k, v));
+                    let params = self.server.as_ref().map(|s| s.conn.params.clone()).unwrap_or_default();
+                    for (k, v) in params.iter().filter(|(k, _)| !HIDDEN_PARAMETERS.contains(&k.as_str())) {
+                        self.out.extend_from_slice(&protocol::parameter_status(k, v));
                     }
                     for k in HIDDEN_PARAMETERS {
-                        self.out
-                            .extend_from_slice(&protocol::parameter_status(k, "off"));
+                        self.out.extend_from_slice(&protocol::parameter_status(k, "off"));
                     }
-                    self.out.extend_from_slice(&protocol::backend_key_data(
-                        self.cancel.pid,
-                        self.cancel.secret,
-                    ));
+                    self.out.extend_from_slice(&protocol::backend_key_data(self.cancel.pid, self.cancel.secret));
                     self.out.extend_from_slice(&protocol::ready_for_query(b'I'));
                     self.release_server();
                     return Ok(());
@@ -288,22 +258,23 @@ impl Session {
                 Err(AttachError::Failed(f)) => last_error = f,
             }
         }
-        let code = protocol::error_field(&last_error[5..], b'C')
-            .unwrap_or("08006")
-            .to_string();
-        let msg = protocol::error_field(&last_error[5..], b'M')
-            .unwrap_or("no server is reachable")
-            .to_string();
+        let code = protocol::error_field(&last_error[5..], b'C').unwrap_or("08006").to_string();
+        let msg = protocol::error_field(&last_error[5..], b'M').unwrap_or("no server is reachable").to_string();
         self.out.extend_from_slice(&protocol::fatal(&code, &msg));
         Err(End::Fatal(msg))
     }
 
     async fn run(&mut self) -> Result<(), End> {
         loop {
+            while self.outstanding == 0 || self.copy_in {
+                let Some(f) = self.pending.pop_front() else { break };
+                self.pending_bytes -= f.bytes.len();
+                self.on_client_frame(f).await?;
+            }
             if !self.out.is_empty() {
                 self.flush_client().await?;
             }
-            let read_client = self.outstanding == 0 || self.copy_in;
+            let read_client = self.pending_bytes < MAX_PENDING;
             let event = {
                 let server = self.server.as_mut();
                 tokio::select! {
@@ -323,7 +294,14 @@ impl Session {
                     self.drain_server().await?;
                 }
                 Event::Server(Err(e)) => self.server_lost(e)?,
-                Event::Client(Ok(f)) => self.on_client_frame(f).await?,
+                Event::Client(Ok(f)) => {
+                    if (self.outstanding > 0 && !self.copy_in) || !self.pending.is_empty() {
+                        self.pending_bytes += f.bytes.len();
+                        self.pending.push_back(f);
+                    } else {
+                        self.on_client_frame(f).await?;
+                    }
+                }
                 Event::Client(Err(ProtocolError::Closed)) => return Err(End::Terminated),
                 Event::Client(Err(e)) => return Err(e.into()),
             }
@@ -349,10 +327,7 @@ impl Session {
 
     async fn flush_client(&mut self) -> Result<(), End> {
         if !self.out.is_empty() {
-            self.client_w
-                .write_all(&self.out)
-                .await
-                .map_err(ProtocolError::from)?;
+            self.client_w.write_all(&self.out).await.map_err(ProtocolError::from)?;
             self.out.clear();
         }
         Ok(())
@@ -372,12 +347,7 @@ impl Session {
                 let settled = self.effects.settle(status);
                 self.apply_effects(settled);
                 self.out.extend_from_slice(&f.bytes);
-                if status == b'I'
-                    && self.outstanding == 0
-                    && !self.batch_open
-                    && self.pin.is_none()
-                    && !self.copy_in
-                {
+                if status == b'I' && self.outstanding == 0 && !self.batch_open && self.pin.is_none() && !self.copy_in {
                     self.release_server();
                 }
             }
@@ -389,8 +359,7 @@ impl Session {
                     if matches!(e, Expect::Sync) {
                         break;
                     }
-                    if let (Some(Expect::Parse { name, .. }), Some(s)) =
-                        (self.expect.pop_front(), self.server.as_mut())
+                    if let (Some(Expect::Parse { name, .. }), Some(s)) = (self.expect.pop_front(), self.server.as_mut())
                     {
                         if name.is_empty() {
                             s.conn.unnamed = None;
@@ -405,18 +374,12 @@ impl Session {
                 self.out.extend_from_slice(&f.bytes);
             }
             b'1' => {
-                if !matches!(
-                    self.expect.pop_front(),
-                    Some(Expect::Parse { swallow: true, .. })
-                ) {
+                if !matches!(self.expect.pop_front(), Some(Expect::Parse { swallow: true, .. })) {
                     self.out.extend_from_slice(&f.bytes);
                 }
             }
             b'3' => {
-                if !matches!(
-                    self.expect.pop_front(),
-                    Some(Expect::Close { swallow: true })
-                ) {
+                if !matches!(self.expect.pop_front(), Some(Expect::Close { swallow: true })) {
                     self.out.extend_from_slice(&f.bytes);
                 }
             }
@@ -432,6 +395,12 @@ impl Session {
             }
             b'G' => {
                 self.copy_in = true;
+                // In extended mode the server ignores Sync while in copy-in; the client sends
+                // another after CopyDone/CopyFail. That first Sync gets no ReadyForQuery.
+                if let Some(i) = self.expect.iter().position(|e| matches!(e, Expect::Sync)) {
+                    self.expect.remove(i);
+                    self.outstanding = self.outstanding.saturating_sub(1);
+                }
                 self.out.extend_from_slice(&f.bytes);
             }
             b'C' => {
@@ -488,16 +457,13 @@ impl Session {
         self.shared.pools.drop_idle(&server.conn.addr);
         server.discard(&self.shared.metrics);
         self.cancel.set(None);
-        let recoverable =
-            self.tx_status == b'I' && self.pin.is_none() && !self.batch_open && !self.copy_in;
+        let recoverable = self.tx_status == b'I' && self.pin.is_none() && !self.batch_open && !self.copy_in;
         self.out.extend_from_slice(&protocol::error(
             "08006",
             "pgsplit: the server connection was lost while running this statement",
         ));
         if !recoverable {
-            return Err(End::Fatal(
-                "server lost in the middle of a transaction or session".into(),
-            ));
+            return Err(End::Fatal("server lost in the middle of a transaction or session".into()));
         }
         self.expect.clear();
         self.effects = PendingEffects::default();
@@ -533,10 +499,7 @@ impl Session {
             b'F' => {
                 // FunctionCall (fast-path): may do anything, so the primary.
                 let primary = self.shared.cluster.load().primary();
-                let d = Decision::Primary {
-                    node: primary,
-                    reason: "fast-path function call",
-                };
+                let d = Decision::Primary { node: primary, reason: "fast-path function call" };
                 if self.place(d).await? {
                     self.outstanding += 1;
                     self.send_server(&f.bytes).await?;
@@ -544,9 +507,9 @@ impl Session {
                 Ok(())
             }
             b'X' => Err(End::Terminated),
-            other => Err(End::Protocol(ProtocolError::Invalid(format!(
-                "unexpected message type 0x{other:02x} from client"
-            )))),
+            other => {
+                Err(End::Protocol(ProtocolError::Invalid(format!("unexpected message type 0x{other:02x} from client"))))
+            }
         }
     }
 
@@ -558,28 +521,27 @@ impl Session {
             && let Effect::Deallocate(name) = &c.effect
             && self.deallocate_locally(name.as_deref())
         {
-            let tag = if name.is_some() {
-                "DEALLOCATE"
-            } else {
-                "DEALLOCATE ALL"
-            };
+            let tag = if name.is_some() { "DEALLOCATE" } else { "DEALLOCATE ALL" };
             self.out.extend_from_slice(&protocol::command_complete(tag));
-            self.out
-                .extend_from_slice(&protocol::ready_for_query(self.tx_status));
+            self.out.extend_from_slice(&protocol::ready_for_query(self.tx_status));
             return Ok(());
         }
-        let lookups: Vec<String> = analysis
-            .statements
-            .iter()
-            .flat_map(|c| c.lookup_functions.iter().cloned())
-            .collect();
-        let (target, reason) = self
-            .resolve(analysis.target, analysis.reason, &lookups)
-            .await;
+        if let [c] = analysis.statements.as_slice()
+            && let Some(mode) = c.route_mode
+        {
+            // SET pgsplit.route is pgsplit's own: answered here, replayed (quoted) for SHOW.
+            self.mode = mode;
+            self.settings.apply(&c.effect);
+            self.out.extend_from_slice(&protocol::command_complete("SET"));
+            self.out.extend_from_slice(&protocol::ready_for_query(self.tx_status));
+            return Ok(());
+        }
+        let lookups: Vec<String> =
+            analysis.statements.iter().flat_map(|c| c.lookup_functions.iter().cloned()).collect();
+        let (target, reason) = self.resolve(analysis.target, analysis.reason, &lookups).await;
         let decision = self.decide(target, reason, analysis.hint);
         if !self.place(decision).await? {
-            self.out
-                .extend_from_slice(&protocol::ready_for_query(self.tx_status));
+            self.out.extend_from_slice(&protocol::ready_for_query(self.tx_status));
             return Ok(());
         }
         for c in &analysis.statements {
@@ -632,9 +594,7 @@ impl Session {
                 if p.name.is_empty() {
                     self.statements.unnamed = Some(prepared.clone());
                 } else {
-                    self.statements
-                        .named
-                        .insert(p.name.to_string(), prepared.clone());
+                    self.statements.named.insert(p.name.to_string(), prepared.clone());
                 }
                 BatchItem::Parse(prepared)
             }
@@ -682,28 +642,20 @@ impl Session {
             if is_sync {
                 self.skip_until_sync = false;
                 self.batch = Batch::default();
-                self.out
-                    .extend_from_slice(&protocol::ready_for_query(self.tx_status));
+                self.out.extend_from_slice(&protocol::ready_for_query(self.tx_status));
             }
             return Ok(());
         }
         let batch = std::mem::take(&mut self.batch);
-        let (target, reason) = self
-            .resolve(batch.target, batch.reason, &batch.lookups)
-            .await;
-        if self.batch_open
-            && self.tx_status == b'I'
-            && target == Target::Primary
-            && self.on_replica()
-        {
+        let (target, reason) = self.resolve(batch.target, batch.reason, &batch.lookups).await;
+        if self.batch_open && self.tx_status == b'I' && target == Target::Primary && self.on_replica() {
             // The start of this batch went to a replica (it looked like a read when the client
             // flushed); the rest needs the primary. Close the replica's part with a Sync of our
             // own and carry on on the primary: prepared statements follow the client.
             if !self.finish_on_replica().await? {
                 self.skip_until_sync = !is_sync;
                 if is_sync {
-                    self.out
-                        .extend_from_slice(&protocol::ready_for_query(self.tx_status));
+                    self.out.extend_from_slice(&protocol::ready_for_query(self.tx_status));
                 }
                 return Ok(());
             }
@@ -712,8 +664,7 @@ impl Session {
         if !self.place(decision).await? {
             self.batch_open = false;
             if is_sync {
-                self.out
-                    .extend_from_slice(&protocol::ready_for_query(self.tx_status));
+                self.out.extend_from_slice(&protocol::ready_for_query(self.tx_status));
             } else {
                 self.skip_until_sync = true;
             }
@@ -741,12 +692,7 @@ impl Session {
         let Some(s) = self.server.as_ref() else {
             return false;
         };
-        self.shared
-            .cluster
-            .load()
-            .nodes
-            .get(s.conn.node)
-            .is_some_and(|n| n.role == Role::Replica)
+        self.shared.cluster.load().nodes.get(s.conn.node).is_some_and(|n| n.role == Role::Replica)
     }
 
     /// Ends the replica's part of a batch with a Sync of pgsplit's own. Returns false when
@@ -780,48 +726,27 @@ impl Session {
 
     /// Resolves functions that need a catalog look-up: any not provably read-only makes the
     /// work need the primary.
-    async fn resolve(
-        &self,
-        target: Target,
-        reason: &'static str,
-        lookups: &[String],
-    ) -> (Target, &'static str) {
+    async fn resolve(&self, target: Target, reason: &'static str, lookups: &[String]) -> (Target, &'static str) {
         if target == Target::Primary || lookups.is_empty() {
             return (target, reason);
         }
-        if self
-            .shared
-            .catalog
-            .all_read_only(&self.database, lookups)
-            .await
-        {
+        if self.shared.catalog.all_read_only(&self.database, lookups).await {
             (target.max(Target::Replica), reason)
         } else {
             (Target::Primary, "function not known to be read-only")
         }
     }
 
-    fn decide(
-        &self,
-        target: Target,
-        reason: &'static str,
-        hint: Option<crate::sql::Hint>,
-    ) -> Decision {
+    fn decide(&self, target: Target, reason: &'static str, hint: Option<crate::sql::Hint>) -> Decision {
         let view = SessionView {
             in_transaction: self.tx_status != b'I' || self.batch_open,
             pinned: self.pin.is_some(),
             mode: self.mode,
         };
         let topology = self.shared.cluster.load();
-        route(
-            target,
-            reason,
-            hint,
-            view,
-            &topology,
-            self.shared.cluster.next_turn(),
-            &[],
-        )
+        // A random pick spreads reads evenly whatever the client's pattern of reads and
+        // writes (a shared round-robin counter aliases with periodic patterns).
+        route(target, reason, hint, view, &topology, rand::random::<u32>() as usize, &[])
     }
 
     /// Makes sure the client holds the server the decision names. Returns false when none
@@ -832,11 +757,7 @@ impl Session {
             Decision::Primary { .. } => "primary",
             Decision::Replica { .. } => "replica",
         };
-        self.shared
-            .metrics
-            .routed
-            .with_label_values(&[role, decision.reason()])
-            .inc();
+        self.shared.metrics.routed.with_label_values(&[role, decision.reason()]).inc();
         if self.server.is_some() {
             return Ok(true);
         }
@@ -856,17 +777,10 @@ impl Session {
                     exclude.push(node);
                     let topology = self.shared.cluster.load();
                     let primary = topology.primary();
-                    decision =
-                        match topology.pick_replica(self.shared.cluster.next_turn(), &exclude) {
-                            Some(n) => Decision::Replica {
-                                node: n,
-                                reason: decision.reason(),
-                            },
-                            None => Decision::Primary {
-                                node: primary,
-                                reason: "no replica reachable",
-                            },
-                        };
+                    decision = match topology.pick_replica(rand::random::<u32>() as usize, &exclude) {
+                        Some(n) => Decision::Replica { node: n, reason: decision.reason() },
+                        None => Decision::Primary { node: primary, reason: "no replica reachable" },
+                    };
                     let _ = f;
                 }
                 Err(AttachError::Failed(f)) | Err(AttachError::Refused(f)) => {
@@ -882,22 +796,13 @@ impl Session {
         let addr = match self.shared.cluster.load().nodes.get(node) {
             Some(n) => n.addr.clone(),
             None => {
-                return Err(AttachError::Failed(protocol::error(
-                    "08006",
-                    "no such server",
-                )));
+                return Err(AttachError::Failed(protocol::error("08006", "no such server")));
             }
         };
-        let mut co = match self
-            .shared
-            .pools
-            .checkout(node, &addr, &self.user, &self.database)
-            .await
-        {
+        let mut co = match self.shared.pools.checkout(node, &addr, &self.user, &self.database).await {
             Ok(co) => co,
             Err(CheckoutError::Timeout(ms)) => {
-                let msg =
-                    format!("pgsplit: no server connection to {addr} became free within {ms} ms");
+                let msg = format!("pgsplit: no server connection to {addr} became free within {ms} ms");
                 return Err(AttachError::Failed(protocol::error("53300", &msg)));
             }
             Err(CheckoutError::Backend(BackendError::Refused(f))) => {
@@ -906,10 +811,7 @@ impl Session {
             Err(CheckoutError::Backend(e @ BackendError::Unreachable { .. })) => {
                 self.shared.cluster.mark_unreachable(node);
                 self.shared.metrics.server_errors.inc();
-                return Err(AttachError::Failed(protocol::error(
-                    "08006",
-                    &format!("pgsplit: {e}"),
-                )));
+                return Err(AttachError::Failed(protocol::error("08006", &format!("pgsplit: {e}"))));
             }
         };
         if co.conn.settings != self.settings.hash() {
@@ -922,18 +824,11 @@ impl Session {
                 Err(e) => {
                     co.discard(&self.shared.metrics);
                     self.shared.cluster.mark_unreachable(node);
-                    return Err(AttachError::Failed(protocol::error(
-                        "08006",
-                        &format!("pgsplit: {addr}: {e}"),
-                    )));
+                    return Err(AttachError::Failed(protocol::error("08006", &format!("pgsplit: {addr}: {e}"))));
                 }
             }
         }
-        self.cancel.set(Some(ServerKey {
-            addr,
-            pid: co.conn.pid,
-            secret: co.conn.secret,
-        }));
+        self.cancel.set(Some(ServerKey { addr, pid: co.conn.pid, secret: co.conn.secret }));
         self.server = Some(co);
         Ok(())
     }
@@ -960,11 +855,8 @@ impl Session {
     async fn finish(&mut self) {
         let Some(s) = self.server.take() else { return };
         self.cancel.set(None);
-        let clean = self.outstanding == 0
-            && self.tx_status == b'I'
-            && self.pin.is_none()
-            && !self.batch_open
-            && !self.copy_in;
+        let clean =
+            self.outstanding == 0 && self.tx_status == b'I' && self.pin.is_none() && !self.batch_open && !self.copy_in;
         if clean {
             s.release(&self.shared.metrics);
         } else {
@@ -1009,23 +901,12 @@ fn encode_item(
     expect: &mut VecDeque<Expect>,
     buf: &mut BytesMut,
 ) -> Result<(), End> {
-    fn ensure(
-        p: &Prepared,
-        conn: &mut crate::backend::ServerConn,
-        expect: &mut VecDeque<Expect>,
-        buf: &mut BytesMut,
-    ) {
-        let present = if p.server_name.is_empty() {
-            conn.unnamed == Some(p.key)
-        } else {
-            conn.prepared.contains(&p.server_name)
-        };
+    fn ensure(p: &Prepared, conn: &mut crate::backend::ServerConn, expect: &mut VecDeque<Expect>, buf: &mut BytesMut) {
+        let present =
+            if p.server_name.is_empty() { conn.unnamed == Some(p.key) } else { conn.prepared.contains(&p.server_name) };
         if !present {
             buf.extend_from_slice(&p.parse);
-            expect.push_back(Expect::Parse {
-                swallow: true,
-                name: p.server_name.clone(),
-            });
+            expect.push_back(Expect::Parse { swallow: true, name: p.server_name.clone() });
             note_prepared(p, conn);
         }
     }
@@ -1038,10 +919,7 @@ fn encode_item(
                 expect.push_back(Expect::Close { swallow: true });
             }
             buf.extend_from_slice(&p.parse);
-            expect.push_back(Expect::Parse {
-                swallow: false,
-                name: p.server_name.clone(),
-            });
+            expect.push_back(Expect::Parse { swallow: false, name: p.server_name.clone() });
             note_prepared(&p, conn);
         }
         BatchItem::Bind(f, p) => {
@@ -1067,10 +945,7 @@ fn encode_item(
                 expect.push_back(Expect::Close { swallow: false });
             }
             if f.tag() == b'P' {
-                expect.push_back(Expect::Parse {
-                    swallow: false,
-                    name: String::new(),
-                });
+                expect.push_back(Expect::Parse { swallow: false, name: String::new() });
             }
             buf.extend_from_slice(&f.bytes);
         }

@@ -18,11 +18,7 @@ pub struct Settings {
 
 impl Settings {
     pub fn new(base: Vec<(String, String)>) -> Settings {
-        let mut s = Settings {
-            current: base.clone(),
-            base,
-            hash: 0,
-        };
+        let mut s = Settings { current: base.clone(), base, hash: 0 };
         s.rehash();
         s
     }
@@ -79,10 +75,7 @@ pub fn startup_settings(params: &[(String, String)]) -> Vec<(String, String)> {
     let mut push = |name: &str, value: &str| {
         let lname = name.to_ascii_lowercase();
         out.retain(|(n, _): &(String, String)| *n != lname);
-        out.push((
-            lname,
-            format!("SET {} TO {}", quote_ident(name), quote_literal(value)),
-        ));
+        out.push((lname, format!("SET {} TO {}", quote_ident(name), quote_literal(value))));
     };
     for (k, v) in params {
         match k.as_str() {
@@ -96,9 +89,7 @@ pub fn startup_settings(params: &[(String, String)]) -> Vec<(String, String)> {
                         i += 1;
                         words.get(i).copied()
                     } else {
-                        words[i]
-                            .strip_prefix("--")
-                            .or_else(|| words[i].strip_prefix("-c"))
+                        words[i].strip_prefix("--").or_else(|| words[i].strip_prefix("-c"))
                     };
                     if let Some((n, val)) = kv.and_then(|kv| kv.split_once('=')) {
                         push(&n.replace('-', "_"), val);
@@ -155,30 +146,19 @@ mod tests {
     use super::*;
 
     fn set(n: &str, v: &str) -> Effect {
-        Effect::Set {
-            name: n.into(),
-            sql: format!("SET {n} = {v}"),
-        }
+        Effect::Set { name: n.into(), sql: format!("SET {n} = {v}") }
     }
 
     #[test]
     fn settings_replay_and_reset() {
-        let base = startup_settings(&[
-            ("user".into(), "u".into()),
-            ("application_name".into(), "app".into()),
-        ]);
+        let base = startup_settings(&[("user".into(), "u".into()), ("application_name".into(), "app".into())]);
         let mut s = Settings::new(base);
         let h0 = s.hash();
         assert_ne!(h0, 0);
         s.apply(&set("search_path", "a"));
         s.apply(&set("search_path", "b"));
-        assert_eq!(
-            s.replay_sql(),
-            "RESET ALL; SET \"application_name\" TO 'app'; SET search_path = b"
-        );
-        s.apply(&Effect::Reset {
-            name: "search_path".into(),
-        });
+        assert_eq!(s.replay_sql(), "RESET ALL; SET \"application_name\" TO 'app'; SET search_path = b");
+        s.apply(&Effect::Reset { name: "search_path".into() });
         assert_eq!(s.hash(), h0);
         s.apply(&set("x.y", "1"));
         s.apply(&Effect::DiscardAll);
@@ -188,10 +168,7 @@ mod tests {
 
     #[test]
     fn options_become_settings() {
-        let s = startup_settings(&[(
-            "options".into(),
-            "-c search_path=x --statement-timeout=5".into(),
-        )]);
+        let s = startup_settings(&[("options".into(), "-c search_path=x --statement-timeout=5".into())]);
         assert_eq!(s.len(), 2);
         assert_eq!(s[0].1, "SET \"search_path\" TO 'x'");
         assert_eq!(s[1].0, "statement_timeout");

@@ -18,20 +18,10 @@ pub struct Analysis {
 
 impl Analysis {
     pub fn of(sql: &str, max_parse_len: usize) -> Analysis {
-        let statements: Vec<Class> = split_statements(sql)
-            .into_iter()
-            .map(|s| classify(s, max_parse_len))
-            .collect();
+        let statements: Vec<Class> = split_statements(sql).into_iter().map(|s| classify(s, max_parse_len)).collect();
         let strictest = statements.iter().max_by_key(|c| c.target);
-        let (target, reason) = strictest
-            .map(|c| (c.target, c.reason))
-            .unwrap_or((Target::Any, "empty query"));
-        Analysis {
-            hint: leading_hint(sql),
-            statements,
-            target,
-            reason,
-        }
+        let (target, reason) = strictest.map(|c| (c.target, c.reason)).unwrap_or((Target::Any, "empty query"));
+        Analysis { hint: leading_hint(sql), statements, target, reason }
     }
 }
 
@@ -45,11 +35,7 @@ pub struct AnalysisCache {
 
 impl AnalysisCache {
     pub fn new(capacity: usize, max_parse_len: usize) -> Self {
-        AnalysisCache {
-            map: Mutex::new(HashMap::new()),
-            capacity,
-            max_parse_len,
-        }
+        AnalysisCache { map: Mutex::new(HashMap::new()), capacity, max_parse_len }
     }
 
     pub fn analyze(&self, sql: &str) -> Arc<Analysis> {

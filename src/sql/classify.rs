@@ -4,8 +4,8 @@
 use std::ops::ControlFlow;
 
 use sqlparser::ast::{
-    Expr, Function, FunctionArg, FunctionArgExpr, FunctionArguments, ObjectName, ObjectNamePart,
-    Query, SelectItem, SetExpr, Statement, TableFactor, UtilityOption, Value, Visit, Visitor,
+    Expr, Function, FunctionArg, FunctionArgExpr, FunctionArguments, ObjectName, ObjectNamePart, Query, SelectItem,
+    SetExpr, Statement, TableFactor, UtilityOption, Value, Visit, Visitor,
 };
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
@@ -22,10 +22,8 @@ pub fn classify(stmt: &str, max_parse_len: usize) -> Class {
     let kw = keywords(stmt, 1);
     let first = kw.first().map(String::as_str).unwrap_or("");
     // Only these can be reads; anything else is a write or utility statement.
-    if !matches!(
-        first,
-        "select" | "with" | "values" | "table" | "explain" | "copy"
-    ) && !stmt.trim_start().starts_with('(')
+    if !matches!(first, "select" | "with" | "values" | "table" | "explain" | "copy")
+        && !stmt.trim_start().starts_with('(')
     {
         return Class::new(Target::Primary, "write or utility statement");
     }
@@ -45,33 +43,16 @@ pub fn classify(stmt: &str, max_parse_len: usize) -> Class {
 fn classify_statement(statement: &Statement) -> Class {
     match statement {
         Statement::Query(q) => classify_query(q),
-        Statement::Explain {
-            analyze,
-            statement,
-            options,
-            ..
-        } => {
+        Statement::Explain { analyze, statement, options, .. } => {
             let analyze = *analyze || options.as_deref().is_some_and(has_analyze_option);
             let inner = classify_statement(statement);
             if inner.target == Target::Primary {
-                return Class {
-                    reason: if analyze {
-                        "EXPLAIN ANALYZE of a write"
-                    } else {
-                        inner.reason
-                    },
-                    ..inner
-                };
+                return Class { reason: if analyze { "EXPLAIN ANALYZE of a write" } else { inner.reason }, ..inner };
             }
             // EXPLAIN of a read runs (or only plans) a read.
-            Class {
-                effect: Effect::None,
-                ..inner
-            }
+            Class { effect: Effect::None, ..inner }
         }
-        Statement::Copy {
-            source, to: true, ..
-        } => match source {
+        Statement::Copy { source, to: true, .. } => match source {
             sqlparser::ast::CopySource::Query(q) => classify_query(q),
             sqlparser::ast::CopySource::Table { .. } => Class::new(Target::Replica, "COPY TO"),
         },
@@ -152,10 +133,7 @@ impl Visitor for QueryScan {
         if !q.locks.is_empty() {
             self.needs_primary("locking clause");
         }
-        if matches!(
-            *q.body,
-            SetExpr::Insert(_) | SetExpr::Update(_) | SetExpr::Delete(_) | SetExpr::Merge(_)
-        ) {
+        if matches!(*q.body, SetExpr::Insert(_) | SetExpr::Update(_) | SetExpr::Delete(_) | SetExpr::Merge(_)) {
             self.needs_primary("data-modifying CTE");
         }
         ControlFlow::Continue(())
@@ -186,11 +164,7 @@ impl Visitor for QueryScan {
 
     fn pre_visit_table_factor(&mut self, t: &TableFactor) -> ControlFlow<()> {
         match t {
-            TableFactor::Table {
-                name,
-                args: Some(_),
-                ..
-            } => self.function(name, None),
+            TableFactor::Table { name, args: Some(_), .. } => self.function(name, None),
             TableFactor::Function { name, .. } => self.function(name, None),
             _ => {}
         }
@@ -208,11 +182,7 @@ fn replayable_set_config(q: &Query) -> Option<Class> {
         return None;
     }
     let f = match &s.projection[0] {
-        SelectItem::UnnamedExpr(Expr::Function(f))
-        | SelectItem::ExprWithAlias {
-            expr: Expr::Function(f),
-            ..
-        } => f,
+        SelectItem::UnnamedExpr(Expr::Function(f)) | SelectItem::ExprWithAlias { expr: Expr::Function(f), .. } => f,
         _ => return None,
     };
     let name = object_name(&f.name);
@@ -229,17 +199,8 @@ fn replayable_set_config(q: &Query) -> Option<Class> {
         return Some(Class::new(Target::Any, "transaction-local set_config"));
     }
     let quote = |s: &str| format!("'{}'", s.replace('\'', "''"));
-    let sql = format!(
-        "SELECT pg_catalog.set_config({}, {}, false)",
-        quote(param),
-        quote(value)
-    );
-    Some(
-        Class::new(Target::Any, "session command").with_effect(Effect::Set {
-            name: param.to_ascii_lowercase(),
-            sql,
-        }),
-    )
+    let sql = format!("SELECT pg_catalog.set_config({}, {}, false)", quote(param), quote(value));
+    Some(Class::new(Target::Any, "session command").with_effect(Effect::Set { name: param.to_ascii_lowercase(), sql }))
 }
 
 #[derive(Clone, Copy)]
@@ -311,14 +272,8 @@ mod tests {
             ("INSERT INTO t VALUES (1)", Target::Primary),
             ("UPDATE t SET x = 1", Target::Primary),
             ("DELETE FROM t", Target::Primary),
-            (
-                "MERGE INTO t USING s ON t.id = s.id WHEN MATCHED THEN DELETE",
-                Target::Primary,
-            ),
-            (
-                "INSERT INTO t VALUES (1) ON CONFLICT (id) DO UPDATE SET x = 2",
-                Target::Primary,
-            ),
+            ("MERGE INTO t USING s ON t.id = s.id WHEN MATCHED THEN DELETE", Target::Primary),
+            ("INSERT INTO t VALUES (1) ON CONFLICT (id) DO UPDATE SET x = 2", Target::Primary),
             ("CREATE TABLE t (id int)", Target::Primary),
             ("ALTER TABLE t ADD COLUMN y int", Target::Primary),
             ("DROP TABLE t", Target::Primary),
@@ -339,30 +294,12 @@ mod tests {
             ("SELECT * FROM t FOR NO KEY UPDATE", Target::Primary),
             ("SELECT * FROM t FOR SHARE", Target::Primary),
             ("SELECT * FROM t FOR KEY SHARE SKIP LOCKED", Target::Primary),
-            (
-                "SELECT * FROM t WHERE id IN (SELECT id FROM u FOR UPDATE)",
-                Target::Primary,
-            ),
-            (
-                "WITH l AS (SELECT * FROM t FOR UPDATE) SELECT * FROM l",
-                Target::Primary,
-            ),
-            (
-                "SELECT * FROM t, LATERAL (SELECT * FROM u WHERE u.id = t.id FOR SHARE) x",
-                Target::Primary,
-            ),
-            (
-                "WITH x AS (UPDATE t SET a = 1 RETURNING *) SELECT * FROM x",
-                Target::Primary,
-            ),
-            (
-                "WITH x AS (INSERT INTO t VALUES (1) RETURNING *) SELECT * FROM x",
-                Target::Primary,
-            ),
-            (
-                "WITH x AS (DELETE FROM t RETURNING *) SELECT * FROM x",
-                Target::Primary,
-            ),
+            ("SELECT * FROM t WHERE id IN (SELECT id FROM u FOR UPDATE)", Target::Primary),
+            ("WITH l AS (SELECT * FROM t FOR UPDATE) SELECT * FROM l", Target::Primary),
+            ("SELECT * FROM t, LATERAL (SELECT * FROM u WHERE u.id = t.id FOR SHARE) x", Target::Primary),
+            ("WITH x AS (UPDATE t SET a = 1 RETURNING *) SELECT * FROM x", Target::Primary),
+            ("WITH x AS (INSERT INTO t VALUES (1) RETURNING *) SELECT * FROM x", Target::Primary),
+            ("WITH x AS (DELETE FROM t RETURNING *) SELECT * FROM x", Target::Primary),
             ("SELECT * INTO t2 FROM t", Target::Primary),
             ("CREATE TABLE t2 AS SELECT * FROM t", Target::Primary),
             ("EXPLAIN SELECT * FROM t", Target::Replica),
@@ -383,19 +320,10 @@ mod tests {
             ("SELECT pg_current_wal_lsn()", Target::Primary),
             ("SELECT pg_notify('c', 'x')", Target::Primary),
             ("SELECT lo_import('/tmp/x')", Target::Primary),
-            (
-                "SELECT * FROM t WHERE x = (SELECT nextval('s'))",
-                Target::Primary,
-            ),
+            ("SELECT * FROM t WHERE x = (SELECT nextval('s'))", Target::Primary),
             ("SELECT * FROM nextval('s')", Target::Primary),
-            (
-                "SELECT pg_is_in_recovery(), inet_server_port()",
-                Target::Replica,
-            ),
-            (
-                "SELECT now(), count(*), coalesce(max(id), 0) FROM t",
-                Target::Replica,
-            ),
+            ("SELECT pg_is_in_recovery(), inet_server_port()", Target::Replica),
+            ("SELECT now(), count(*), coalesce(max(id), 0) FROM t", Target::Replica),
             ("SELEC 1", Target::Primary),
             ("SELECT (1 FROM", Target::Primary),
             ("BEGIN", Target::Primary),
@@ -435,22 +363,13 @@ mod tests {
 
     #[test]
     fn pins() {
-        assert!(matches!(
-            classify("SELECT pg_advisory_lock(42)", 1 << 20).effect,
-            Effect::Pin(_)
-        ));
-        assert!(matches!(
-            classify("CREATE TEMP TABLE x (a int)", 1 << 20).target,
-            Target::Primary
-        ));
+        assert!(matches!(classify("SELECT pg_advisory_lock(42)", 1 << 20).effect, Effect::Pin(_)));
+        assert!(matches!(classify("CREATE TEMP TABLE x (a int)", 1 << 20).target, Target::Primary));
     }
 
     #[test]
     fn long_queries_are_not_parsed() {
-        let big = format!(
-            "SELECT * FROM t WHERE id IN ({})",
-            vec!["1"; 10_000].join(",")
-        );
+        let big = format!("SELECT * FROM t WHERE id IN ({})", vec!["1"; 10_000].join(","));
         assert_eq!(classify(&big, 1000).target, Target::Primary);
         assert_eq!(classify(&big, 1 << 20).target, Target::Replica);
     }

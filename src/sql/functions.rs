@@ -58,12 +58,8 @@ const PRIMARY_PREFIX: &[(&str, &str)] = &[
 ];
 
 /// Session-level advisory locks live on one server connection: the session is pinned.
-const PIN_EXACT: &[&str] = &[
-    "pg_advisory_lock",
-    "pg_advisory_lock_shared",
-    "pg_try_advisory_lock",
-    "pg_try_advisory_lock_shared",
-];
+const PIN_EXACT: &[&str] =
+    &["pg_advisory_lock", "pg_advisory_lock_shared", "pg_try_advisory_lock", "pg_try_advisory_lock_shared"];
 
 /// Common built-ins known to be read-only (volatile ones here are harmless: random numbers,
 /// clocks, sleeping). Saves a catalog look-up for the everyday case.
@@ -257,22 +253,10 @@ mod tests {
         assert_eq!(function_kind("count"), FunctionKind::ReadOnly);
         assert_eq!(function_kind("pg_catalog.now"), FunctionKind::ReadOnly);
         assert!(matches!(function_kind("nextval"), FunctionKind::Primary(_)));
-        assert!(matches!(
-            function_kind("pg_current_wal_lsn"),
-            FunctionKind::Primary(_)
-        ));
-        assert!(matches!(
-            function_kind("lo_import"),
-            FunctionKind::Primary(_)
-        ));
-        assert!(matches!(
-            function_kind("pg_advisory_xact_lock"),
-            FunctionKind::Primary(_)
-        ));
-        assert!(matches!(
-            function_kind("pg_advisory_lock"),
-            FunctionKind::PinsSession(_)
-        ));
+        assert!(matches!(function_kind("pg_current_wal_lsn"), FunctionKind::Primary(_)));
+        assert!(matches!(function_kind("lo_import"), FunctionKind::Primary(_)));
+        assert!(matches!(function_kind("pg_advisory_xact_lock"), FunctionKind::Primary(_)));
+        assert!(matches!(function_kind("pg_advisory_lock"), FunctionKind::PinsSession(_)));
         assert_eq!(function_kind("myschema.count"), FunctionKind::Unknown);
         assert_eq!(function_kind("my_func"), FunctionKind::Unknown);
     }

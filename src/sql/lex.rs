@@ -168,9 +168,7 @@ pub fn keywords(stmt: &str, n: usize) -> Vec<String> {
         let c = b[i];
         if c.is_ascii_alphabetic() || c == b'_' {
             let st = i;
-            while i < b.len()
-                && (b[i].is_ascii_alphanumeric() || b[i] == b'_' || b[i] == b'.' || b[i] == b'$')
-            {
+            while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'_' || b[i] == b'.' || b[i] == b'$') {
                 i += 1;
             }
             out.push(s[st..i].to_ascii_lowercase());
@@ -203,53 +201,25 @@ mod tests {
         let s = "select ';' ; insert into t values ($$a;b$$); -- c;\n/* x; /* y; */ */ select 1;;";
         assert_eq!(
             split_statements(s),
-            vec![
-                "select ';'",
-                "insert into t values ($$a;b$$)",
-                "-- c;\n/* x; /* y; */ */ select 1"
-            ]
+            vec!["select ';'", "insert into t values ($$a;b$$)", "-- c;\n/* x; /* y; */ */ select 1"]
         );
-        assert_eq!(
-            split_statements("  ;  ; -- only a comment"),
-            Vec::<&str>::new()
-        );
-        assert_eq!(
-            split_statements("select $1; select E'\\';'"),
-            vec!["select $1", "select E'\\';'"]
-        );
-        assert_eq!(
-            split_statements("select $tag$ $x$ ; $tag$"),
-            vec!["select $tag$ $x$ ; $tag$"]
-        );
+        assert_eq!(split_statements("  ;  ; -- only a comment"), Vec::<&str>::new());
+        assert_eq!(split_statements("select $1; select E'\\';'"), vec!["select $1", "select E'\\';'"]);
+        assert_eq!(split_statements("select $tag$ $x$ ; $tag$"), vec!["select $tag$ $x$ ; $tag$"]);
     }
 
     #[test]
     fn hints() {
-        assert_eq!(
-            leading_hint("/* pgsplit:primary */ select 1"),
-            Some(Hint::Primary)
-        );
-        assert_eq!(
-            leading_hint("-- pgsplit:replica\nselect 1"),
-            Some(Hint::Replica)
-        );
+        assert_eq!(leading_hint("/* pgsplit:primary */ select 1"), Some(Hint::Primary));
+        assert_eq!(leading_hint("-- pgsplit:replica\nselect 1"), Some(Hint::Replica));
         assert_eq!(leading_hint("select 1 /* pgsplit:replica */"), None);
         assert_eq!(leading_hint("/* app=x */ select 1"), None);
     }
 
     #[test]
     fn keyword_scan() {
-        assert_eq!(
-            keywords("/* c */ SET  Search_Path = 'x'", 5),
-            vec!["set", "search_path", "="]
-        );
-        assert_eq!(
-            keywords("set \"TimeZone\" to 'UTC'", 5),
-            vec!["set", "TimeZone", "to"]
-        );
-        assert_eq!(
-            keywords("BEGIN ISOLATION LEVEL SERIALIZABLE, READ ONLY", 9).len(),
-            6
-        );
+        assert_eq!(keywords("/* c */ SET  Search_Path = 'x'", 5), vec!["set", "search_path", "="]);
+        assert_eq!(keywords("set \"TimeZone\" to 'UTC'", 5), vec!["set", "TimeZone", "to"]);
+        assert_eq!(keywords("BEGIN ISOLATION LEVEL SERIALIZABLE, READ ONLY", 9).len(), 6);
     }
 }

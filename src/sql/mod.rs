@@ -30,6 +30,16 @@ pub enum RouteMode {
     Replica,
 }
 
+impl RouteMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RouteMode::Auto => "auto",
+            RouteMode::Primary => "primary",
+            RouteMode::Replica => "replica",
+        }
+    }
+}
+
 /// What a statement does to the client's session, beyond its own result.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Effect {
@@ -74,13 +84,7 @@ pub struct Class {
 
 impl Class {
     pub fn new(target: Target, reason: &'static str) -> Class {
-        Class {
-            target,
-            reason,
-            effect: Effect::None,
-            lookup_functions: Vec::new(),
-            route_mode: None,
-        }
+        Class { target, reason, effect: Effect::None, lookup_functions: Vec::new(), route_mode: None }
     }
     pub fn with_effect(mut self, effect: Effect) -> Class {
         self.effect = effect;

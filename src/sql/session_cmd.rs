@@ -17,12 +17,10 @@ pub fn classify(stmt: &str) -> Option<Class> {
             "all" => Class::new(Target::Any, "session command").with_effect(Effect::ResetAll),
             "" => Class::new(Target::Primary, "unrecognised RESET"),
             "session" if kw.get(2).map(String::as_str) == Some("authorization") => {
-                Class::new(Target::Any, "session command").with_effect(Effect::Reset {
-                    name: "session_authorization".into(),
-                })
+                Class::new(Target::Any, "session command")
+                    .with_effect(Effect::Reset { name: "session_authorization".into() })
             }
-            name => Class::new(Target::Any, "session command")
-                .with_effect(Effect::Reset { name: name.into() }),
+            name => Class::new(Target::Any, "session command").with_effect(Effect::Reset { name: name.into() }),
         },
         "show" => Class::new(Target::Any, "session command"),
         "discard" => match second {
@@ -31,16 +29,8 @@ pub fn classify(stmt: &str) -> Option<Class> {
         },
         "begin" | "start" => {
             let read_only = is_read_only(&kw);
-            let target = if read_only {
-                Target::Replica
-            } else {
-                Target::Primary
-            };
-            let reason = if read_only {
-                "read-only transaction"
-            } else {
-                "transaction"
-            };
+            let target = if read_only { Target::Replica } else { Target::Primary };
+            let reason = if read_only { "read-only transaction" } else { "transaction" };
             Class::new(target, reason).with_effect(Effect::Begin { read_only })
         }
         "commit" | "rollback" | "end" | "abort" if second == "prepared" => {
@@ -50,22 +40,15 @@ pub fn classify(stmt: &str) -> Option<Class> {
             Class::new(Target::Any, "transaction control")
         }
         "prepare" if second == "transaction" => Class::new(Target::Primary, "two-phase commit"),
-        "prepare" => {
-            Class::new(Target::Primary, "SQL PREPARE").with_effect(Effect::Pin("SQL PREPARE"))
-        }
+        "prepare" => Class::new(Target::Primary, "SQL PREPARE").with_effect(Effect::Pin("SQL PREPARE")),
         "execute" => Class::new(Target::Primary, "SQL EXECUTE"),
         "deallocate" => {
-            let rest: Vec<&str> = kw[1..]
-                .iter()
-                .map(String::as_str)
-                .filter(|w| *w != "prepare")
-                .collect();
+            let rest: Vec<&str> = kw[1..].iter().map(String::as_str).filter(|w| *w != "prepare").collect();
             match rest.first() {
-                Some(&"all") => {
-                    Class::new(Target::Any, "session command").with_effect(Effect::Deallocate(None))
+                Some(&"all") => Class::new(Target::Any, "session command").with_effect(Effect::Deallocate(None)),
+                Some(name) => {
+                    Class::new(Target::Any, "session command").with_effect(Effect::Deallocate(Some(name.to_string())))
                 }
-                Some(name) => Class::new(Target::Any, "session command")
-                    .with_effect(Effect::Deallocate(Some(name.to_string()))),
                 None => Class::new(Target::Primary, "unrecognised DEALLOCATE"),
             }
         }
@@ -74,20 +57,14 @@ pub fn classify(stmt: &str) -> Option<Class> {
         "declare" => {
             let hold = kw.windows(2).any(|w| w[0] == "with" && w[1] == "hold");
             if hold {
-                Class::new(Target::Primary, "WITH HOLD cursor")
-                    .with_effect(Effect::Pin("WITH HOLD cursor"))
+                Class::new(Target::Primary, "WITH HOLD cursor").with_effect(Effect::Pin("WITH HOLD cursor"))
             } else {
                 Class::new(Target::Primary, "cursor")
             }
         }
         "fetch" | "move" | "close" => Class::new(Target::Any, "cursor command"),
-        "create"
-            if kw[1..kw.len().min(3)]
-                .iter()
-                .any(|w| w == "temp" || w == "temporary") =>
-        {
-            Class::new(Target::Primary, "temporary object")
-                .with_effect(Effect::Pin("temporary table"))
+        "create" if kw[1..kw.len().min(3)].iter().any(|w| w == "temp" || w == "temporary") => {
+            Class::new(Target::Primary, "temporary object").with_effect(Effect::Pin("temporary table"))
         }
         _ => return None,
     };
@@ -150,7 +127,12 @@ fn classify_set(stmt: &str, kw: &[String]) -> Class {
             "auto" | "default" => Some(RouteMode::Auto),
             _ => None,
         };
-        let mut c = session_set(name, stmt);
+        // Stored quoted: `primary` is a reserved word, so the unquoted form the user may type
+        // is answered by pgsplit itself and replayed in a form the server accepts.
+        let mut c = match mode {
+            Some(m) => session_set(name, &format!("SET pgsplit.route = '{}'", m.as_str())),
+            None => session_set(name, stmt),
+        };
         c.route_mode = mode;
         return c;
     }
@@ -158,10 +140,8 @@ fn classify_set(stmt: &str, kw: &[String]) -> Class {
 }
 
 fn session_set(name: &str, stmt: &str) -> Class {
-    Class::new(Target::Any, "session command").with_effect(Effect::Set {
-        name: name.to_string(),
-        sql: stmt.trim().to_string(),
-    })
+    Class::new(Target::Any, "session command")
+        .with_effect(Effect::Set { name: name.to_string(), sql: stmt.trim().to_string() })
 }
 
 #[cfg(test)]
@@ -176,55 +156,26 @@ mod tests {
     fn set_forms() {
         assert_eq!(
             effect("SET search_path TO app, public"),
-            Effect::Set {
-                name: "search_path".into(),
-                sql: "SET search_path TO app, public".into()
-            }
+            Effect::Set { name: "search_path".into(), sql: "SET search_path TO app, public".into() }
         );
         assert!(
             matches!(effect("set session statement_timeout = 5"), Effect::Set { name, .. } if name == "statement_timeout")
         );
-        assert!(
-            matches!(effect("SET TIME ZONE 'UTC'"), Effect::Set { name, .. } if name == "timezone")
-        );
-        assert!(
-            matches!(effect("SET NAMES 'UTF8'"), Effect::Set { name, .. } if name == "client_encoding")
-        );
+        assert!(matches!(effect("SET TIME ZONE 'UTC'"), Effect::Set { name, .. } if name == "timezone"));
+        assert!(matches!(effect("SET NAMES 'UTF8'"), Effect::Set { name, .. } if name == "client_encoding"));
         assert_eq!(effect("SET LOCAL statement_timeout = 5"), Effect::None);
-        assert_eq!(
-            effect("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE"),
-            Effect::None
-        );
-        assert!(matches!(
-            effect("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY"),
-            Effect::Set { .. }
-        ));
+        assert_eq!(effect("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE"), Effect::None);
+        assert!(matches!(effect("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY"), Effect::Set { .. }));
         assert_eq!(effect("RESET ALL"), Effect::ResetAll);
-        assert_eq!(
-            effect("reset work_mem"),
-            Effect::Reset {
-                name: "work_mem".into()
-            }
-        );
+        assert_eq!(effect("reset work_mem"), Effect::Reset { name: "work_mem".into() });
         assert_eq!(effect("DISCARD ALL"), Effect::DiscardAll);
     }
 
     #[test]
     fn route_mode() {
-        assert_eq!(
-            classify("SET pgsplit.route = primary").unwrap().route_mode,
-            Some(RouteMode::Primary)
-        );
-        assert_eq!(
-            classify("set pgsplit.route to 'replica'")
-                .unwrap()
-                .route_mode,
-            Some(RouteMode::Replica)
-        );
-        assert_eq!(
-            classify("SET pgsplit.route = auto").unwrap().route_mode,
-            Some(RouteMode::Auto)
-        );
+        assert_eq!(classify("SET pgsplit.route = primary").unwrap().route_mode, Some(RouteMode::Primary));
+        assert_eq!(classify("set pgsplit.route to 'replica'").unwrap().route_mode, Some(RouteMode::Replica));
+        assert_eq!(classify("SET pgsplit.route = auto").unwrap().route_mode, Some(RouteMode::Auto));
     }
 
     #[test]
@@ -232,55 +183,30 @@ mod tests {
         assert_eq!(classify("BEGIN").unwrap().target, Target::Primary);
         assert_eq!(classify("begin read only").unwrap().target, Target::Replica);
         assert_eq!(
-            classify("START TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-                .unwrap()
-                .target,
+            classify("START TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY").unwrap().target,
             Target::Replica
         );
-        assert_eq!(
-            classify("BEGIN READ ONLY READ WRITE").unwrap().target,
-            Target::Primary
-        );
+        assert_eq!(classify("BEGIN READ ONLY READ WRITE").unwrap().target, Target::Primary);
         assert_eq!(classify("COMMIT").unwrap().target, Target::Any);
-        assert_eq!(
-            classify("COMMIT PREPARED 'x'").unwrap().target,
-            Target::Primary
-        );
-        assert_eq!(
-            classify("PREPARE TRANSACTION 'x'").unwrap().target,
-            Target::Primary
-        );
+        assert_eq!(classify("COMMIT PREPARED 'x'").unwrap().target, Target::Primary);
+        assert_eq!(classify("PREPARE TRANSACTION 'x'").unwrap().target, Target::Primary);
     }
 
     #[test]
     fn pins() {
         assert!(matches!(effect("LISTEN chan"), Effect::Pin(_)));
         assert!(matches!(effect("PREPARE q AS SELECT 1"), Effect::Pin(_)));
-        assert!(matches!(
-            effect("DECLARE c CURSOR WITH HOLD FOR SELECT 1"),
-            Effect::Pin(_)
-        ));
+        assert!(matches!(effect("DECLARE c CURSOR WITH HOLD FOR SELECT 1"), Effect::Pin(_)));
         assert_eq!(effect("DECLARE c CURSOR FOR SELECT 1"), Effect::None);
-        assert_eq!(
-            effect("DEALLOCATE PREPARE s1"),
-            Effect::Deallocate(Some("s1".into()))
-        );
+        assert_eq!(effect("DEALLOCATE PREPARE s1"), Effect::Deallocate(Some("s1".into())));
         assert_eq!(effect("DEALLOCATE ALL"), Effect::Deallocate(None));
-        assert!(matches!(
-            effect("CREATE TEMP TABLE x (a int)"),
-            Effect::Pin(_)
-        ));
-        assert!(matches!(
-            effect("create global temporary table x (a int)"),
-            Effect::Pin(_)
-        ));
+        assert!(matches!(effect("CREATE TEMP TABLE x (a int)"), Effect::Pin(_)));
+        assert!(matches!(effect("create global temporary table x (a int)"), Effect::Pin(_)));
     }
 
     #[test]
     fn not_a_session_command() {
         assert!(classify("SELECT 1").is_none());
-        assert!(
-            classify("INSERT INTO t VALUES (1) ON CONFLICT (id) DO UPDATE SET x = 1").is_none()
-        );
+        assert!(classify("INSERT INTO t VALUES (1) ON CONFLICT (id) DO UPDATE SET x = 1").is_none());
     }
 }

@@ -1,0 +1,142 @@
+//! The shared test environment: the cluster, a proxy in front of it, and helpers.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use pgsplit::cluster::LocalCluster;
+use pgsplit::config::Config;
+use pgsplit::proxy::Proxy;
+use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
+
+pub type R = Result<(), Box<dyn std::error::Error + Send + Sync>>;
+pub type TestFn = for<'a> fn(&'a Env) -> Pin<Box<dyn Future<Output = R> + 'a>>;
+
+#[macro_export]
+macro_rules! check {
+    ($cond:expr, $($fmt:tt)+) => {
+        if !$cond {
+            return Err(format!($($fmt)+).into());
+        }
+    };
+}
+
+pub struct Env {
+    pub cluster: LocalCluster,
+    pub proxy: Proxy,
+}
+
+/// Objects every test may use, created before the first test.
+const SCHEMA: &str = "
+CREATE TABLE t (id serial PRIMARY KEY, v int);
+INSERT INTO t (v) SELECT g FROM generate_series(1, 100) g;
+CREATE SEQUENCE s;
+CREATE VIEW portview AS SELECT inet_server_port() AS port;
+CREATE FUNCTION bump() RETURNS int LANGUAGE sql VOLATILE AS
+  $$ INSERT INTO t (v) VALUES (-1) RETURNING inet_server_port() $$;
+CREATE FUNCTION port_stable() RETURNS int LANGUAGE sql STABLE AS $$ SELECT inet_server_port() $$;
+";
+
+impl Env {
+    pub async fn start() -> Result<Env, String> {
+        let base = std::env::temp_dir().join(format!("pgsplit-test-{}", std::process::id()));
+        let cluster =
+            tokio::task::spawn_blocking(move || LocalCluster::start(&base, 2)).await.map_err(|e| e.to_string())??;
+        cluster.psql(0, SCHEMA)?;
+        cluster.wait_caught_up()?;
+        let proxy = Proxy::start(base_config(&cluster)).await?;
+        Ok(Env { cluster, proxy })
+    }
+
+    pub async fn stop(&self) {
+        self.proxy.stop();
+    }
+
+    pub fn primary_port(&self) -> i32 {
+        self.cluster.nodes[0].port as i32
+    }
+
+    pub fn replica_ports(&self) -> Vec<i32> {
+        self.cluster.nodes[1..].iter().map(|n| n.port as i32).collect()
+    }
+
+    pub fn conn_string(&self, port: u16) -> String {
+        format!("host=127.0.0.1 port={port} user=postgres dbname=postgres")
+    }
+
+    /// A client connected through the main proxy.
+    pub async fn client(&self) -> Result<Client, tokio_postgres::Error> {
+        connect(&self.conn_string(self.proxy.addr.port())).await
+    }
+
+    /// Starts another proxy in front of the same cluster with some settings changed.
+    pub async fn proxy_with(&self, tweak: impl FnOnce(&mut Config)) -> Result<Proxy, String> {
+        let mut c = base_config(&self.cluster);
+        tweak(&mut c);
+        Proxy::start(c).await
+    }
+
+    /// Waits until every replica has replayed what the primary wrote.
+    pub async fn caught_up(&self) -> Result<(), String> {
+        let cluster = &self.cluster;
+        tokio::task::block_in_place(|| cluster.wait_caught_up())
+    }
+
+    /// Waits (up to 30 s) until the proxy sees `want` replicas in rotation.
+    pub async fn wait_rotation(&self, proxy: &Proxy, want: &[i32]) -> Result<(), String> {
+        for _ in 0..300 {
+            let t = proxy.shared.cluster.load();
+            let mut in_rotation: Vec<i32> = t.nodes[1..]
+                .iter()
+                .filter(|n| n.in_rotation)
+                .filter_map(|n| n.addr.rsplit(':').next()?.parse().ok())
+                .collect();
+            in_rotation.sort();
+            let mut want = want.to_vec();
+            want.sort();
+            if in_rotation == want {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Err(format!("replicas in rotation never became {want:?}: {:?}", proxy.shared.cluster.load().nodes))
+    }
+}
+
+pub fn base_config(cluster: &LocalCluster) -> Config {
+    let mut c = Config { listen: "127.0.0.1:0".into(), ..Config::default() };
+    c.servers.primary = cluster.primary().addr();
+    c.servers.replicas = cluster.replica_addrs();
+    c.monitor.interval_ms = 100;
+    c.pool.size = 10;
+    c.pool.checkout_timeout_ms = 10_000;
+    c
+}
+
+pub async fn connect(conn: &str) -> Result<Client, tokio_postgres::Error> {
+    let (client, connection) = tokio_postgres::connect(conn, NoTls).await?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok(client)
+}
+
+/// First column of the first row of a simple-protocol query, as text.
+pub async fn simple_value(c: &Client, sql: &str) -> Result<String, Box<dyn std::error::Error + Send + Sync>> {
+    for m in c.simple_query(sql).await? {
+        if let SimpleQueryMessage::Row(r) = m {
+            return Ok(r.get(0).unwrap_or("").to_string());
+        }
+    }
+    Err(format!("no rows from {sql}").into())
+}
+
+/// The port of the server that ran `sql` (whose first column is inet_server_port()).
+pub async fn port_of(c: &Client, sql: &str) -> Result<i32, Box<dyn std::error::Error + Send + Sync>> {
+    Ok(simple_value(c, sql).await?.parse()?)
+}
+
+/// SQLSTATE of an error, or "" when it is not a server error.
+pub fn sqlstate(e: &tokio_postgres::Error) -> String {
+    e.code().map(|c| c.code().to_string()).unwrap_or_default()
+}

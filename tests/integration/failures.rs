@@ -1,0 +1,171 @@
+//! Failures: full pools, broken or abandoned server connections, lagging and dead replicas.
+
+use std::time::{Duration, Instant};
+
+use crate::check;
+use crate::common::{Env, R, connect, port_of, simple_value, sqlstate};
+
+pub async fn pool_timeout_is_a_clear_error(env: &Env) -> R {
+    let proxy = env
+        .proxy_with(|c| {
+            c.pool.size = 1;
+            c.pool.checkout_timeout_ms = 300;
+        })
+        .await?;
+    let url = env.conn_string(proxy.addr.port());
+    let a = connect(&url).await?;
+    let b = connect(&url).await?;
+    a.batch_execute("BEGIN; INSERT INTO t (v) VALUES (8)").await?;
+    let t0 = Instant::now();
+    let e = b.batch_execute("BEGIN; INSERT INTO t (v) VALUES (9)").await.err();
+    let code = e.as_ref().map(sqlstate);
+    check!(code.as_deref() == Some("53300"), "second client got {code:?} ({e:?})");
+    check!(t0.elapsed() < Duration::from_secs(5), "timeout took {:?}", t0.elapsed());
+    a.batch_execute("COMMIT").await?;
+    // Once the connection is free, b is served.
+    b.batch_execute("BEGIN; INSERT INTO t (v) VALUES (9); COMMIT").await?;
+    proxy.stop();
+    Ok(())
+}
+
+async fn primary_sessions(env: &Env, filter: &str) -> Result<i64, String> {
+    let sql = format!(
+        "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' AND pid <> pg_backend_pid() AND {filter}"
+    );
+    let cluster = &env.cluster;
+    tokio::task::block_in_place(|| cluster.psql(0, &sql)).and_then(|s| s.parse().map_err(|e| format!("{e}")))
+}
+
+pub async fn bad_state_connections_are_not_reused(env: &Env) -> R {
+    let proxy = env.proxy_with(|c| c.pool.size = 2).await?;
+    let url = env.conn_string(proxy.addr.port());
+    // A client that leaves in the middle of a transaction.
+    let a = connect(&url).await?;
+    a.batch_execute("BEGIN; INSERT INTO t (v) VALUES (-777)").await?;
+    drop(a);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Nobody else ever sees that transaction.
+    for _ in 0..4 {
+        let b = connect(&url).await?;
+        let state = simple_value(&b, "BEGIN; SELECT count(*) FROM t WHERE v = -777").await;
+        let _ = b.batch_execute("ROLLBACK").await;
+        check!(state.as_deref().unwrap_or("0") == "0", "a later client saw the abandoned transaction's row");
+    }
+    let idle_in_tx = primary_sessions(env, "state LIKE 'idle in transaction%'").await?;
+    check!(idle_in_tx == 0, "{idle_in_tx} server sessions left idle in transaction");
+    proxy.stop();
+    Ok(())
+}
+
+pub async fn client_gone_mid_query_leaves_nothing_running(env: &Env) -> R {
+    use tokio::io::AsyncWriteExt;
+    let mut s = crate::protocol::raw_login(env).await?;
+    let sql = b"/* pgsplit:primary */ SELECT pg_sleep(30), 'abandoned-probe'\0";
+    let mut q = vec![b'Q'];
+    q.extend_from_slice(&((sql.len() + 4) as u32).to_be_bytes());
+    q.extend_from_slice(sql);
+    s.write_all(&q).await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let running = primary_sessions(env, "query LIKE '%abandoned-probe%' AND state = 'active'").await?;
+    check!(running == 1, "the probe query is not running ({running})");
+    drop(s);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let running = primary_sessions(env, "query LIKE '%abandoned-probe%' AND state = 'active'").await?;
+        if running == 0 {
+            return Ok(());
+        }
+        check!(Instant::now() < deadline, "the abandoned query still runs on the primary");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+pub async fn lagging_replica_leaves_rotation(env: &Env) -> R {
+    let proxy = env
+        .proxy_with(|c| {
+            c.routing.max_lag_bytes = 256 * 1024;
+            c.routing.max_lag_ms = 60_000;
+        })
+        .await?;
+    let replicas = env.replica_ports();
+    env.wait_rotation(&proxy, &replicas).await?;
+    // An idle primary must not make the replicas look lagged.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    env.wait_rotation(&proxy, &replicas).await?;
+    let paused = replicas[0];
+    let cluster = &env.cluster;
+    tokio::task::block_in_place(|| cluster.psql(1, "SELECT pg_wal_replay_pause()"))?;
+    tokio::task::block_in_place(|| {
+        cluster.psql(0, "CREATE TABLE lag_probe AS SELECT g, repeat('x', 200) AS pad FROM generate_series(1, 20000) g")
+    })?;
+    let result = async {
+        env.wait_rotation(&proxy, &replicas[1..]).await?;
+        let c = connect(&env.conn_string(proxy.addr.port())).await?;
+        for _ in 0..10 {
+            let p = port_of(&c, "SELECT inet_server_port()").await?;
+            check!(p != paused, "a read went to the paused replica {paused}");
+        }
+        let lag = proxy.shared.cluster.load().nodes[1].lag_bytes.unwrap_or(0);
+        check!(lag > 256 * 1024, "lag of the paused replica is {lag} bytes");
+        Ok::<(), Box<dyn std::error::Error + Send + Sync>>(())
+    }
+    .await;
+    tokio::task::block_in_place(|| cluster.psql(1, "SELECT pg_wal_replay_resume()"))?;
+    tokio::task::block_in_place(|| cluster.psql(0, "DROP TABLE lag_probe"))?;
+    result?;
+    env.wait_rotation(&proxy, &replicas).await?;
+    proxy.stop();
+    Ok(())
+}
+
+pub async fn replica_down_reads_go_elsewhere(env: &Env) -> R {
+    let replicas = env.replica_ports();
+    let c = env.client().await?;
+    // A read that is running on a replica when it dies gets an error, and the session lives.
+    let victim = loop {
+        let p = port_of(&c, "SELECT inet_server_port()").await?;
+        if p == replicas[1] {
+            break p;
+        }
+    };
+    let reader = env.client().await?;
+    let in_flight = tokio::spawn(async move {
+        let mut last = None;
+        for _ in 0..20 {
+            match reader.simple_query("SELECT pg_sleep(0.2), inet_server_port()").await {
+                Ok(_) => {}
+                Err(e) => {
+                    last = Some(sqlstate(&e));
+                    break;
+                }
+            }
+        }
+        (reader, last)
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let cluster = &env.cluster;
+    tokio::task::block_in_place(|| cluster.stop_node(2, "immediate"))?;
+    let result = async {
+        // Every read started after the crash succeeds, on the other replica or the primary.
+        for _ in 0..20 {
+            let p = port_of(&c, "SELECT inet_server_port()").await?;
+            check!(p != victim, "a read ran on the stopped replica");
+        }
+        let (reader, err) = in_flight.await?;
+        if let Some(code) = err {
+            check!(code == "08006" || code == "57P01", "in-flight read failed with {code}");
+        }
+        check!(simple_value(&reader, "SELECT 1").await? == "1", "session unusable after its replica died");
+        Ok::<(), Box<dyn std::error::Error + Send + Sync>>(())
+    }
+    .await;
+    tokio::task::block_in_place(|| cluster.start_node(2))?;
+    result?;
+    env.wait_rotation(&env.proxy, &replicas).await?;
+    let mut back = false;
+    for _ in 0..10 {
+        back |= port_of(&c, "SELECT inet_server_port()").await? == victim;
+    }
+    check!(back, "the restarted replica takes no reads");
+    Ok(())
+}

@@ -1,0 +1,116 @@
+//! Integration tests against a real primary and two streaming replicas, started once for the
+//! whole run by the project's own harness (`pgsplit::cluster`) and torn down at the end.
+//!
+//! A custom runner (harness = false) so that the cluster outlives every test and is always
+//! torn down: tests run one after another (some stop and restart servers), each with a time
+//! limit; the last line is "N passed, N failed". Pass substrings as arguments to run a subset.
+
+mod common;
+mod failures;
+mod protocol;
+mod routing;
+mod session;
+mod tools;
+
+use std::panic::AssertUnwindSafe;
+use std::time::{Duration, Instant};
+
+use common::{Env, TestFn};
+
+macro_rules! tests {
+    ($($path:path),* $(,)?) => {
+        vec![$((stringify!($path), (|e| Box::pin($path(e))) as TestFn)),*]
+    };
+}
+
+fn main() {
+    let filters: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
+    let all: Vec<(&str, TestFn)> = tests![
+        routing::reads_spread_over_both_replicas,
+        routing::writes_and_ddl_go_to_the_primary,
+        routing::locking_reads_go_to_the_primary,
+        routing::writing_selects_go_to_the_primary,
+        routing::side_effect_functions_go_to_the_primary,
+        routing::user_functions_by_volatility,
+        routing::unparseable_goes_to_the_primary,
+        routing::multi_statement_queries,
+        routing::transactions_stay_on_one_server,
+        routing::read_only_transactions_use_a_replica,
+        routing::hints_and_route_setting,
+        session::settings_follow_the_client,
+        session::set_config_is_replayed_not_pinned,
+        session::settings_in_rolled_back_transactions_are_forgotten,
+        session::session_state_pins_to_the_primary,
+        session::parameter_status_looks_like_a_primary,
+        protocol::named_prepared_statements_on_any_connection,
+        protocol::extended_batches_route_as_one_unit,
+        protocol::copy_in_and_out,
+        protocol::cancel_reaches_the_right_server,
+        protocol::errors_notices_and_empty_queries,
+        protocol::malformed_message_gets_08p01,
+        protocol::md5_and_scram_authentication,
+        failures::pool_timeout_is_a_clear_error,
+        failures::bad_state_connections_are_not_reused,
+        failures::client_gone_mid_query_leaves_nothing_running,
+        failures::lagging_replica_leaves_rotation,
+        failures::replica_down_reads_go_elsewhere,
+        tools::psql_script,
+        tools::pgbench_all_modes,
+    ];
+    let selected: Vec<_> =
+        all.into_iter().filter(|(n, _)| filters.is_empty() || filters.iter().any(|f| n.contains(f.as_str()))).collect();
+    if selected.is_empty() {
+        println!("0 passed, 0 failed");
+        return;
+    }
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => panic!("runtime: {e}"),
+    };
+    let started = Instant::now();
+    let env = match rt.block_on(Env::start()) {
+        Ok(env) => env,
+        Err(e) => {
+            eprintln!("cannot start the test cluster: {e}");
+            println!("0 passed, {} failed", selected.len());
+            std::process::exit(1);
+        }
+    };
+    println!("cluster and proxy up in {:.1}s", started.elapsed().as_secs_f64());
+    let (mut passed, mut failed) = (0, 0);
+    let mut failures = Vec::new();
+    for (name, test) in selected {
+        let t0 = Instant::now();
+        let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            rt.block_on(async { tokio::time::timeout(Duration::from_secs(180), test(&env)).await })
+        }));
+        let outcome = match result {
+            Ok(Ok(Ok(()))) => Ok(()),
+            Ok(Ok(Err(e))) => Err(e.to_string()),
+            Ok(Err(_)) => Err("timed out".to_string()),
+            Err(p) => Err(p
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "panicked".into())),
+        };
+        match outcome {
+            Ok(()) => {
+                passed += 1;
+                println!("test {name} ... ok ({:.1}s)", t0.elapsed().as_secs_f64());
+            }
+            Err(e) => {
+                failed += 1;
+                println!("test {name} ... FAILED ({:.1}s): {e}", t0.elapsed().as_secs_f64());
+                failures.push(name);
+            }
+        }
+    }
+    rt.block_on(env.stop());
+    drop(env);
+    if !failures.is_empty() {
+        println!("failures: {}", failures.join(", "));
+    }
+    println!("{passed} passed, {failed} failed");
+    std::process::exit(if failed == 0 { 0 } else { 1 });
+}

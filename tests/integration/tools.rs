@@ -1,0 +1,72 @@
+//! Real libpq clients: psql scripts and pgbench in every protocol mode.
+
+use crate::check;
+use crate::common::{Env, R};
+
+async fn run(
+    cmd: &str,
+    args: &[&str],
+    env: &Env,
+) -> Result<(String, String), Box<dyn std::error::Error + Send + Sync>> {
+    let out = tokio::process::Command::new(cmd)
+        .args(args)
+        .env("PGHOST", "127.0.0.1")
+        .env("PGPORT", env.proxy.addr.port().to_string())
+        .env("PGUSER", "postgres")
+        .env("PGDATABASE", "postgres")
+        .output()
+        .await?;
+    let (o, e) = (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned());
+    check!(out.status.success(), "{cmd} {args:?} failed: {o}\n{e}");
+    Ok((o, e))
+}
+
+pub async fn psql_script(env: &Env) -> R {
+    let dir = std::env::temp_dir().join(format!("pgsplit-psql-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let csv = dir.join("in.csv");
+    std::fs::write(&csv, "1,one\n2,two\n3,three\n")?;
+    let out_csv = dir.join("out.csv");
+    let script = format!(
+        "\\set ON_ERROR_STOP 1
+CREATE TABLE psql_probe (id int PRIMARY KEY, name text);
+\\copy psql_probe FROM '{}' WITH (FORMAT csv)
+BEGIN;
+UPDATE psql_probe SET name = upper(name) WHERE id = 2;
+SELECT name FROM psql_probe WHERE id = 2 \\gset
+COMMIT;
+SELECT :'name' AS updated;
+\\copy (SELECT * FROM psql_probe ORDER BY id) TO '{}' WITH (FORMAT csv)
+SELECT count(*) AS n FROM psql_probe;
+DROP TABLE psql_probe;
+",
+        csv.display(),
+        out_csv.display()
+    );
+    let file = dir.join("script.sql");
+    std::fs::write(&file, script)?;
+    let (out, _) = run("psql", &["-X", "-A", "-t", "-f", file.to_str().unwrap_or_default()], env).await?;
+    check!(out.contains("TWO"), "psql output: {out}");
+    let copied = std::fs::read_to_string(&out_csv)?;
+    check!(copied.lines().count() == 3, "\\copy out: {copied}");
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+pub async fn pgbench_all_modes(env: &Env) -> R {
+    run("pgbench", &["-i", "-q", "-s", "1"], env).await?;
+    env.caught_up().await?;
+    for mode in ["simple", "extended", "prepared"] {
+        for select_only in [false, true] {
+            let mut args = vec!["-M", mode, "-c", "4", "-j", "2", "-t", "200", "-n"];
+            if select_only {
+                args.push("-S");
+            }
+            let (out, err) = run("pgbench", &args, env).await?;
+            check!(out.contains("number of failed transactions: 0"), "pgbench {args:?}: {out}{err}");
+            check!(!err.contains("error"), "pgbench {args:?} reported errors: {err}");
+            check!(out.contains("number of transactions actually processed: 800/800"), "pgbench {args:?}: {out}");
+        }
+    }
+    Ok(())
+}
