@@ -1,0 +1,18 @@
+# pgsplit container image: build with `docker build -t pgsplit .`
+FROM rust:1-bookworm AS build
+WORKDIR /src
+COPY Cargo.toml Cargo.lock rustfmt.toml ./
+COPY src ./src
+COPY config ./config
+COPY tests ./tests
+RUN cargo build --release --locked
+
+FROM debian:bookworm-slim
+RUN useradd --system --no-create-home pgsplit
+COPY --from=build /src/target/release/pgsplit /usr/local/bin/pgsplit
+COPY config/pgsplit.toml /etc/pgsplit/pgsplit.toml
+USER pgsplit
+EXPOSE 6432 9930
+# Listen on all interfaces inside the container; point --primary/--replica (or the config
+# file) at your servers.
+ENTRYPOINT ["pgsplit", "--config", "/etc/pgsplit/pgsplit.toml", "--listen", "0.0.0.0:6432", "--metrics-listen", "0.0.0.0:9930"]
