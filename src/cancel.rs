@@ -12,7 +12,7 @@ use crate::protocol;
 
 #[derive(Debug, Clone)]
 pub struct ServerKey {
-    pub addr: String,
+    pub addr: Arc<str>,
     pub pid: i32,
     pub secret: i32,
 }
@@ -63,7 +63,7 @@ impl CancelRegistry {
 
 pub async fn send_cancel(k: &ServerKey) {
     if let Ok(Ok(mut s)) =
-        tokio::time::timeout(std::time::Duration::from_secs(3), tokio::net::TcpStream::connect(&k.addr)).await
+        tokio::time::timeout(std::time::Duration::from_secs(3), tokio::net::TcpStream::connect(&*k.addr)).await
     {
         let _ = s.write_all(&protocol::cancel_request(k.pid, k.secret)).await;
         let _ = s.shutdown().await;

@@ -151,7 +151,7 @@ fn publish(config: &Config, cluster: &Cluster, metrics: &Metrics, probes: &[Prob
     });
     let t = cluster.load();
     for node in &t.nodes {
-        let label = [node.addr.as_str()];
+        let label = [&*node.addr];
         metrics.node_healthy.with_label_values(&label).set(node.healthy as i64);
         metrics.node_in_rotation.with_label_values(&label).set(node.in_rotation as i64);
         if node.role == Role::Replica {

@@ -64,6 +64,12 @@ impl Pools {
         pools
     }
 
+    /// The pool for a server and (user, database), created on first use. Sessions keep the
+    /// handle, so the hot path does not build keys or take this map's lock.
+    pub fn pool_for(&self, addr: &str, user: &str, database: &str) -> Arc<Pool> {
+        self.pool(&PoolKey { addr: addr.to_string(), user: user.to_string(), database: database.to_string() })
+    }
+
     fn pool(&self, key: &PoolKey) -> Arc<Pool> {
         let mut map = self.pools.lock().unwrap_or_else(|p| p.into_inner());
         map.entry(key.clone())
@@ -77,43 +83,42 @@ impl Pools {
             .clone()
     }
 
-    /// Checks out a connection to `addr` as (user, database), reusing an idle one when it can.
-    pub async fn checkout(
-        &self,
-        node: usize,
-        addr: &str,
-        user: &str,
-        database: &str,
-    ) -> Result<Checkout, CheckoutError> {
-        let key = PoolKey { addr: addr.to_string(), user: user.to_string(), database: database.to_string() };
-        let pool = self.pool(&key);
-        let timeout = self.config.pool.checkout_timeout_ms;
-        let permit =
-            match tokio::time::timeout(Duration::from_millis(timeout), pool.permits.clone().acquire_owned()).await {
-                Ok(Ok(p)) => p,
-                _ => {
-                    self.metrics.checkout_timeouts.inc();
-                    return Err(CheckoutError::Timeout(timeout));
+    /// Checks out a connection from `pool` (to server `node`), reusing an idle one when it can.
+    pub async fn checkout(&self, pool: &Arc<Pool>, node: usize) -> Result<Checkout, CheckoutError> {
+        let addr = pool.key.addr.as_str();
+        let permit = match pool.permits.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => {
+                // Full: wait, but not forever.
+                let timeout = self.config.pool.checkout_timeout_ms;
+                let wait = pool.permits.clone().acquire_owned();
+                match tokio::time::timeout(Duration::from_millis(timeout), wait).await {
+                    Ok(Ok(p)) => p,
+                    _ => {
+                        self.metrics.checkout_timeouts.inc();
+                        return Err(CheckoutError::Timeout(timeout));
+                    }
                 }
-            };
+            }
+        };
         while let Some(conn) = pool.pop_idle() {
             if conn.node == node && !conn.is_stale() {
-                return Ok(Checkout { conn, pool, _permit: permit });
+                return Ok(Checkout { conn, pool: pool.clone(), _permit: permit });
             }
             self.metrics.server_connections.with_label_values(&[addr]).dec();
         }
-        let (server_user, password) = self.config.server_credentials(user);
+        let (server_user, password) = self.config.server_credentials(&pool.key.user);
         let conn = ServerConn::connect(ConnectParams {
             node,
             addr,
             user: &server_user,
-            database,
+            database: &pool.key.database,
             password: password.as_deref(),
             timeout: Duration::from_millis(self.config.pool.connect_timeout_ms),
         })
         .await?;
         self.metrics.server_connections.with_label_values(&[addr]).inc();
-        Ok(Checkout { conn, pool, _permit: permit })
+        Ok(Checkout { conn, pool: pool.clone(), _permit: permit })
     }
 
     fn reap_idle(&self) {

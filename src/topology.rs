@@ -14,7 +14,7 @@ pub enum Role {
 
 #[derive(Debug, Clone)]
 pub struct Node {
-    pub addr: String,
+    pub addr: Arc<str>,
     pub role: Role,
     /// The last health check (or connection attempt) succeeded.
     pub healthy: bool,
@@ -64,7 +64,7 @@ impl Topology {
 
 impl Node {
     fn new(addr: &str, role: Role) -> Node {
-        Node { addr: addr.to_string(), role, healthy: true, lag_bytes: None, lag_ms: None, in_rotation: true }
+        Node { addr: addr.into(), role, healthy: true, lag_bytes: None, lag_ms: None, in_rotation: true }
     }
 }
 

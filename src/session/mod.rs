@@ -129,6 +129,8 @@ struct Session {
     /// them early is also how a client that hangs up mid-query is noticed at once.
     pending: VecDeque<Frame>,
     pending_bytes: usize,
+    /// This client's pool on each server, looked up once.
+    pools: Vec<Option<Arc<crate::pool::Pool>>>,
 }
 
 pub async fn serve_client(shared: Arc<Shared>, stream: TcpStream) {
@@ -208,6 +210,7 @@ async fn run_client(shared: &Arc<Shared>, stream: TcpStream) -> Result<(), End> 
         copy_in: false,
         pending: VecDeque::new(),
         pending_bytes: 0,
+        pools: Vec::new(),
     };
     let result = match s.login().await {
         Ok(()) => s.run().await,
@@ -799,7 +802,18 @@ impl Session {
                 return Err(AttachError::Failed(protocol::error("08006", "no such server")));
             }
         };
-        let mut co = match self.shared.pools.checkout(node, &addr, &self.user, &self.database).await {
+        if self.pools.len() <= node {
+            self.pools.resize(node + 1, None);
+        }
+        let pool = match &self.pools[node] {
+            Some(p) => p.clone(),
+            None => {
+                let p = self.shared.pools.pool_for(&addr, &self.user, &self.database);
+                self.pools[node] = Some(p.clone());
+                p
+            }
+        };
+        let mut co = match self.shared.pools.checkout(&pool, node).await {
             Ok(co) => co,
             Err(CheckoutError::Timeout(ms)) => {
                 let msg = format!("pgsplit: no server connection to {addr} became free within {ms} ms");
@@ -862,7 +876,7 @@ impl Session {
         } else {
             if self.outstanding > 0 {
                 crate::cancel::send_cancel(&ServerKey {
-                    addr: s.conn.addr.clone(),
+                    addr: s.conn.addr.as_str().into(),
                     pid: s.conn.pid,
                     secret: s.conn.secret,
                 })

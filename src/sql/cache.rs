@@ -4,8 +4,8 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use super::lex::{Hint, leading_hint, split_statements};
-use super::{Class, Target, classify::classify};
+use super::lex::{Hint, leading_hint, normalize_into, split_statements};
+use super::{Class, Effect, Target, classify::classify};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Analysis {
@@ -38,20 +38,35 @@ impl AnalysisCache {
         AnalysisCache { map: Mutex::new(HashMap::new()), capacity, max_parse_len }
     }
 
+    /// The analysis of `sql`, cached under its text with literals blanked out: routing never
+    /// depends on a literal's value, so `WHERE id = 1` and `WHERE id = 2` share one entry.
+    /// Analyses that carry literal values (a SET's text to replay) are not cached.
     pub fn analyze(&self, sql: &str) -> Arc<Analysis> {
-        if let Some(a) = self.lock().get(sql) {
-            return a.clone();
+        // Very long texts are neither normalized nor kept: rarely repeated, they would crowd
+        // out the rest.
+        if sql.len() > 16 * 1024 {
+            return Arc::new(Analysis::of(sql, self.max_parse_len));
         }
-        let a = Arc::new(Analysis::of(sql, self.max_parse_len));
-        // Very long texts are not kept: they are rarely repeated and would crowd out the rest.
-        if sql.len() <= 16 * 1024 {
-            let mut map = self.lock();
-            if map.len() >= self.capacity {
-                map.clear();
+        thread_local! {
+            static KEY: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+        }
+        KEY.with_borrow_mut(|key| {
+            normalize_into(sql, key);
+            if let Some(a) = self.lock().get(key.as_str()) {
+                return a.clone();
             }
-            map.insert(sql.into(), a.clone());
-        }
-        a
+            let a = Arc::new(Analysis::of(sql, self.max_parse_len));
+            let literal_dependent =
+                a.statements.iter().any(|c| matches!(c.effect, Effect::Set { .. }) || c.route_mode.is_some());
+            if !literal_dependent {
+                let mut map = self.lock();
+                if map.len() >= self.capacity {
+                    map.clear();
+                }
+                map.insert(key.as_str().into(), a.clone());
+            }
+            a
+        })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Box<str>, Arc<Analysis>>> {
@@ -84,5 +99,19 @@ mod tests {
         }
         assert!(c.lock().len() <= 2);
         assert_eq!(c.analyze("SELECT 1").target, Target::Replica);
+    }
+
+    #[test]
+    fn literals_share_an_entry_but_settings_keep_their_values() {
+        let c = AnalysisCache::new(100, 1 << 20);
+        let a = c.analyze("SELECT * FROM t WHERE id = 1");
+        let b = c.analyze("SELECT * FROM t WHERE id = 2");
+        assert!(Arc::ptr_eq(&a, &b));
+        let x = c.analyze("SELECT set_config('a.b', 'x', false)");
+        let y = c.analyze("SELECT set_config('a.b', 'y', false)");
+        assert_ne!(x.statements[0].effect, y.statements[0].effect);
+        let p = c.analyze("SET search_path = a");
+        let q = c.analyze("SET search_path = b");
+        assert_ne!(p.statements[0].effect, q.statements[0].effect);
     }
 }

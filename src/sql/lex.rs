@@ -110,6 +110,49 @@ fn skip_dollar(b: &[u8], i: usize) -> usize {
     b.len()
 }
 
+/// The text with every literal (numbers, quoted and dollar-quoted strings) replaced by `?` and
+/// comments dropped (but for pgsplit hints): statements that differ only in their values share a
+/// cache entry. Written into `out`, which is cleared first.
+pub fn normalize_into(sql: &str, out: &mut String) {
+    out.clear();
+    let b = sql.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        let c = b[i];
+        let prev_ident = i > 0 && (b[i - 1].is_ascii_alphanumeric() || b[i - 1] == b'_' || b[i - 1] == b'$');
+        let end = match c {
+            b'\'' | b'$' => skip_token(b, i),
+            b'-' if b.get(i + 1) == Some(&b'-') => skip_token(b, i),
+            b'/' if b.get(i + 1) == Some(&b'*') => skip_token(b, i),
+            b'0'..=b'9' if !prev_ident => {
+                let mut j = i;
+                while j < b.len() && (b[j].is_ascii_alphanumeric() || b[j] == b'.') {
+                    j += 1;
+                }
+                j
+            }
+            _ => i + 1,
+        };
+        if end == i + 1 && !(c == b'$' || c.is_ascii_digit() && !prev_ident || c == b'\'') {
+            out.push(c as char);
+            i = end;
+            continue;
+        }
+        let token = &sql[i..end];
+        if c == b'$' && end == i + 1 {
+            out.push('$'); // a $1 parameter
+        } else if token.starts_with("--") || token.starts_with("/*") {
+            if token.contains("pgsplit:") {
+                out.push_str(token);
+            }
+            out.push(' ');
+        } else {
+            out.push('?');
+        }
+        i = end;
+    }
+}
+
 /// The statement with leading whitespace and comments removed.
 pub fn strip_leading_comments(s: &str) -> &str {
     let b = s.as_bytes();
@@ -206,6 +249,15 @@ mod tests {
         assert_eq!(split_statements("  ;  ; -- only a comment"), Vec::<&str>::new());
         assert_eq!(split_statements("select $1; select E'\\';'"), vec!["select $1", "select E'\\';'"]);
         assert_eq!(split_statements("select $tag$ $x$ ; $tag$"), vec!["select $tag$ $x$ ; $tag$"]);
+    }
+
+    #[test]
+    fn normalization() {
+        let mut out = String::new();
+        normalize_into("SELECT abalance FROM t WHERE aid = 12345 AND x = 'a''b' AND y = $1 /* trace=9 */", &mut out);
+        assert_eq!(out, "SELECT abalance FROM t WHERE aid = ? AND x = ? AND y = $1  ");
+        normalize_into("select t1.c2, 1.5e3, $$x$$ /* pgsplit:primary */", &mut out);
+        assert_eq!(out, "select t1.c2, ?, ? /* pgsplit:primary */ ");
     }
 
     #[test]

@@ -1,0 +1,127 @@
+//! pgbench through pgsplit, against direct connections and PgBouncer, in the same run on the
+//! same throw-away cluster. Prints figures and ratios; asserts nothing (a noisy machine must not
+//! fail a build). Run: `cargo bench --bench compare` (PgBouncer from `apt-get install pgbouncer`
+//! is used when installed). Environment: BENCH_SECONDS (default 10), BENCH_CLIENTS (default 8).
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use pgsplit::cluster::{LocalCluster, free_port};
+use pgsplit::config::Config;
+use pgsplit::proxy::Proxy;
+
+fn main() {
+    let seconds = std::env::var("BENCH_SECONDS").unwrap_or_else(|_| "10".into());
+    let clients = std::env::var("BENCH_CLIENTS").unwrap_or_else(|_| "8".into());
+    let base = std::env::temp_dir().join(format!("pgsplit-bench-{}", std::process::id()));
+    let cluster = match LocalCluster::start(&base, 2) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("cannot start the cluster: {e}");
+            std::process::exit(1);
+        }
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap_or_else(|e| panic!("runtime: {e}"));
+    let primary_port = cluster.primary().port;
+    pgbench(primary_port, &["-i", "-q", "-s", "10"]);
+    let _ = cluster.wait_caught_up();
+
+    let mut only_primary = Config { listen: "127.0.0.1:0".into(), ..Config::default() };
+    only_primary.servers.primary = cluster.primary().addr();
+    only_primary.pool.size = 16;
+    let mut split = only_primary.clone();
+    split.servers.replicas = cluster.replica_addrs();
+    let (proxy_primary, proxy_split) = rt.block_on(async {
+        (
+            Proxy::start(only_primary).await.unwrap_or_else(|e| panic!("{e}")),
+            Proxy::start(split).await.unwrap_or_else(|e| panic!("{e}")),
+        )
+    });
+    let bouncer = start_pgbouncer(&cluster);
+
+    let mut targets: Vec<(&str, u16)> = vec![("direct to primary", primary_port)];
+    if let Some((port, _)) = &bouncer {
+        targets.push(("pgbouncer -> primary", *port));
+    }
+    targets.push(("pgsplit -> primary only", proxy_primary.addr.port()));
+    targets.push(("pgsplit -> primary + 2 replicas", proxy_split.addr.port()));
+
+    println!("pgbench, {clients} clients, {seconds}s per run, 2-core machine shared by servers, proxy and pgbench");
+    for (workload, extra) in [
+        ("select-only, simple", vec!["-S", "-M", "simple"]),
+        ("select-only, prepared", vec!["-S", "-M", "prepared"]),
+        ("tpcb-like, prepared", vec!["-M", "prepared"]),
+    ] {
+        println!("\n== {workload}");
+        let mut results = Vec::new();
+        for (name, port) in &targets {
+            let mut args = vec!["-n", "-c", clients.as_str(), "-j", "2", "-T", seconds.as_str()];
+            args.extend(extra.iter().copied());
+            let (tps, lat) = pgbench(*port, &args);
+            println!("{name:<34} {tps:>10.0} tps  {lat:>7.3} ms avg latency");
+            results.push((*name, tps));
+        }
+        let direct = results[0].1;
+        let bouncer_tps = results.iter().find(|(n, _)| n.starts_with("pgbouncer")).map(|r| r.1);
+        for (name, tps) in results.iter().filter(|(n, _)| n.starts_with("pgsplit")) {
+            print!("{name:<34} {:>6.2}x direct", tps / direct);
+            if let Some(b) = bouncer_tps {
+                print!("  {:>6.2}x pgbouncer", tps / b);
+            }
+            println!();
+        }
+    }
+    if let Some((_, mut child)) = bouncer {
+        let _ = child.kill();
+    }
+    drop(cluster);
+}
+
+/// Runs pgbench and returns (tps, average latency in ms).
+fn pgbench(port: u16, args: &[&str]) -> (f64, f64) {
+    let out = Command::new("pgbench")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "postgres", "postgres"])
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("pgbench: {e}"));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let field = |prefix: &str| {
+        text.lines()
+            .find(|l| l.starts_with(prefix))
+            .and_then(|l| l.split_whitespace().find_map(|w| w.parse::<f64>().ok()))
+            .unwrap_or(0.0)
+    };
+    if !out.status.success() {
+        eprintln!("pgbench failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    (field("tps ="), field("latency average ="))
+}
+
+fn start_pgbouncer(cluster: &LocalCluster) -> Option<(u16, Child)> {
+    let exe = ["/usr/sbin/pgbouncer", "/usr/bin/pgbouncer"].into_iter().find(|p| std::path::Path::new(p).exists())?;
+    let port = free_port().ok()?;
+    let dir = cluster.base.join("pgbouncer");
+    std::fs::create_dir_all(&dir).ok()?;
+    std::fs::write(dir.join("users.txt"), "\"postgres\" \"\"\n").ok()?;
+    let ini = format!(
+        "[databases]\npostgres = host=127.0.0.1 port={}\n[pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {port}\n\
+         auth_type = trust\nauth_file = {}/users.txt\npool_mode = transaction\ndefault_pool_size = 16\n\
+         max_client_conn = 1000\nunix_socket_dir =\nlogfile = {}/pgbouncer.log\n",
+        cluster.primary().port,
+        dir.display(),
+        dir.display()
+    );
+    std::fs::write(dir.join("pgbouncer.ini"), ini).ok()?;
+    let mut cmd = match &cluster.run_as {
+        Some(u) => {
+            let _ = Command::new("chown").args(["-R", &format!("{u}:"), dir.to_str()?]).status();
+            let mut c = Command::new("runuser");
+            c.args(["-u", u, "--", exe]);
+            c
+        }
+        None => Command::new(exe),
+    };
+    let child = cmd.arg(dir.join("pgbouncer.ini")).stdout(Stdio::null()).stderr(Stdio::null()).spawn().ok()?;
+    std::thread::sleep(Duration::from_millis(500));
+    Some((port, child))
+}
