@@ -72,7 +72,11 @@ fn main() {
         }
     }
     if let Some((_, mut child)) = bouncer {
+        // As root it runs under runuser: stop pgbouncer itself, not only the wrapper.
+        let ini = cluster.base.join("pgbouncer").join("pgbouncer.ini");
+        let _ = Command::new("pkill").arg("-f").arg(ini).status();
         let _ = child.kill();
+        let _ = child.wait();
     }
     drop(cluster);
 }

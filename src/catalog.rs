@@ -1,7 +1,11 @@
-//! Function look-ups in pg_proc: a function pgsplit does not know is safe on a replica only
-//! when the primary's catalog says it is not VOLATILE. Results are cached per database and
-//! function name; a function that cannot be found or looked up is unknown, and unknown means
-//! primary.
+//! Catalog look-ups on the primary, for what statement text alone cannot tell:
+//! - a function pgsplit does not know is safe on a replica only if pg_proc says it is not
+//!   VOLATILE;
+//! - a relation that is a view (or a view over views) calling a VOLATILE function may write
+//!   when read: `SELECT * FROM v` goes to the primary.
+//!
+//! Answers are cached per database. A look-up that fails (primary unreachable, timeout) is not
+//! cached and counts as "may write": unknown means primary.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -10,19 +14,39 @@ use std::time::Duration;
 use tokio::sync::Mutex;
 
 use crate::config::Config;
+use crate::sql::Lookup;
+use crate::sql::cache::Analysis;
 use crate::topology::Cluster;
 
 pub struct Catalog {
     config: Arc<Config>,
     cluster: Arc<Cluster>,
-    /// (database, function) -> read-only?
-    cache: std::sync::Mutex<HashMap<(String, String), bool>>,
+    /// database -> look-up -> read-only?
+    cache: std::sync::Mutex<HashMap<String, HashMap<Lookup, bool>>>,
     clients: Mutex<HashMap<String, tokio_postgres::Client>>,
 }
 
-const LOOKUP_SQL: &str = "SELECT count(*), coalesce(bool_or(p.provolatile = 'v'), false) \
+/// Functions: found, and none of that name (any overload) is VOLATILE.
+const FUNCTION_SQL: &str = "SELECT count(*) > 0 AND NOT coalesce(bool_or(p.provolatile = 'v'), false) \
      FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace \
      WHERE p.proname = $1 AND ($2::text IS NULL OR n.nspname = $2)";
+
+/// Relations: true unless it is a view that, directly or through other views, depends on a
+/// VOLATILE function. A name that resolves to nothing is not a view (a CTE, a table in a schema
+/// the client's search_path has), so it is read-only as far as views go.
+const RELATION_SQL: &str = "WITH RECURSIVE views(oid) AS ( \
+       SELECT c.oid FROM pg_catalog.pg_class c WHERE c.oid = to_regclass($1) AND c.relkind IN ('v', 'm') \
+       UNION \
+       SELECT d.refobjid FROM views v \
+         JOIN pg_catalog.pg_rewrite r ON r.ev_class = v.oid \
+         JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_rewrite'::regclass AND d.objid = r.oid \
+           AND d.refclassid = 'pg_catalog.pg_class'::regclass \
+         JOIN pg_catalog.pg_class c2 ON c2.oid = d.refobjid AND c2.relkind IN ('v', 'm') AND c2.oid <> v.oid) \
+     SELECT NOT EXISTS ( \
+       SELECT 1 FROM views v JOIN pg_catalog.pg_rewrite r ON r.ev_class = v.oid \
+         JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_rewrite'::regclass AND d.objid = r.oid \
+           AND d.refclassid = 'pg_catalog.pg_proc'::regclass \
+         JOIN pg_catalog.pg_proc p ON p.oid = d.refobjid AND p.provolatile = 'v')";
 
 impl Catalog {
     pub fn new(config: Arc<Config>, cluster: Arc<Cluster>) -> Arc<Catalog> {
@@ -34,54 +58,68 @@ impl Catalog {
         })
     }
 
-    /// True when every function in `names` is known not to be VOLATILE in `database`.
-    pub async fn all_read_only(&self, database: &str, names: &[String]) -> bool {
-        for name in names {
-            if !self.read_only(database, name).await {
-                return false;
+    /// True when nothing the statements look up may write. The common case (everything
+    /// cached) takes one lock and no await.
+    pub async fn all_read_only(&self, database: &str, analyses: &[&Analysis]) -> bool {
+        let mut missing = Vec::new();
+        {
+            let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+            let known = cache.get(database);
+            for l in analyses.iter().flat_map(|a| a.statements.iter()).flat_map(|c| c.lookups.iter()) {
+                match known.and_then(|k| k.get(l)) {
+                    Some(false) => return false,
+                    Some(true) => {}
+                    None => missing.push(l.clone()),
+                }
+            }
+        }
+        for l in missing {
+            match self.lookup(database, &l).await {
+                Some(ro) => {
+                    let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+                    let db = cache.entry(database.to_string()).or_default();
+                    if db.len() > 100_000 {
+                        db.clear();
+                    }
+                    db.insert(l, ro);
+                    if !ro {
+                        return false;
+                    }
+                }
+                None => return false,
             }
         }
         true
     }
 
-    async fn read_only(&self, database: &str, name: &str) -> bool {
-        let key = (database.to_string(), name.to_string());
-        if let Some(&ro) = self.cache.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
-            return ro;
-        }
-        match self.lookup(database, name).await {
-            Some(ro) => {
-                let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-                if cache.len() > 100_000 {
-                    cache.clear();
-                }
-                cache.insert(key, ro);
-                ro
-            }
-            // Not found (maybe created later) or look-up failed: primary, and ask again next time.
-            None => false,
-        }
-    }
-
-    async fn lookup(&self, database: &str, name: &str) -> Option<bool> {
-        let (schema, func) = match name.rsplit_once('.') {
-            Some((s, f)) => (Some(s.to_string()), f.to_string()),
-            None => (None, name.to_string()),
-        };
+    async fn lookup(&self, database: &str, l: &Lookup) -> Option<bool> {
         let mut clients = self.clients.lock().await;
         if clients.get(database).is_none_or(|c| c.is_closed()) {
             let t = self.cluster.load();
             let addr = t.nodes[t.primary()].addr.clone();
+            drop(t);
             let c = crate::monitor::connect(&self.config, &addr, database).await?;
             clients.insert(database.to_string(), c);
         }
         let client = clients.get(database)?;
-        let row = tokio::time::timeout(Duration::from_secs(2), client.query_one(LOOKUP_SQL, &[&func, &schema]))
-            .await
-            .ok()?
-            .ok()?;
-        let count: i64 = row.get(0);
-        let volatile: bool = row.get(1);
-        (count > 0).then_some(!volatile)
+        let query = async {
+            match l {
+                Lookup::Function(name) => {
+                    let (schema, func) = match name.rsplit_once('.') {
+                        Some((s, f)) => (Some(s), f),
+                        None => (None, name.as_str()),
+                    };
+                    client.query_one(FUNCTION_SQL, &[&func, &schema]).await
+                }
+                Lookup::Relation(name) => {
+                    // to_regclass wants SQL syntax: quote each part.
+                    let quoted: Vec<String> =
+                        name.split('.').map(|p| format!("\"{}\"", p.replace('"', "\"\""))).collect();
+                    client.query_one(RELATION_SQL, &[&quoted.join(".")]).await
+                }
+            }
+        };
+        let row = tokio::time::timeout(Duration::from_secs(2), query).await.ok()?.ok()?;
+        row.try_get::<_, bool>(0).ok()
     }
 }

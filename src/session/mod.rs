@@ -73,7 +73,8 @@ struct Batch {
     items: Vec<BatchItem>,
     target: Target,
     reason: &'static str,
-    lookups: Vec<String>,
+    /// Analyses of the batch's statements whose look-ups are still to be checked.
+    lookups: Vec<Arc<Analysis>>,
     hint: Option<crate::sql::Hint>,
 }
 
@@ -84,7 +85,7 @@ impl Default for Batch {
 }
 
 impl Batch {
-    fn add_analysis(&mut self, a: &Analysis) {
+    fn add_analysis(&mut self, a: &Arc<Analysis>) {
         if a.target > self.target {
             self.target = a.target;
             self.reason = a.reason;
@@ -92,8 +93,8 @@ impl Batch {
         if a.hint.is_some() {
             self.hint = a.hint;
         }
-        for c in &a.statements {
-            self.lookups.extend(c.lookup_functions.iter().cloned());
+        if a.statements.iter().any(|c| !c.lookups.is_empty()) && !self.lookups.iter().any(|x| Arc::ptr_eq(x, a)) {
+            self.lookups.push(a.clone());
         }
     }
 }
@@ -539,9 +540,7 @@ impl Session {
             self.out.extend_from_slice(&protocol::ready_for_query(self.tx_status));
             return Ok(());
         }
-        let lookups: Vec<String> =
-            analysis.statements.iter().flat_map(|c| c.lookup_functions.iter().cloned()).collect();
-        let (target, reason) = self.resolve(analysis.target, analysis.reason, &lookups).await;
+        let (target, reason) = self.resolve(analysis.target, analysis.reason, &[&*analysis]).await;
         let decision = self.decide(target, reason, analysis.hint);
         if !self.place(decision).await? {
             self.out.extend_from_slice(&protocol::ready_for_query(self.tx_status));
@@ -650,7 +649,8 @@ impl Session {
             return Ok(());
         }
         let batch = std::mem::take(&mut self.batch);
-        let (target, reason) = self.resolve(batch.target, batch.reason, &batch.lookups).await;
+        let analyses: Vec<&Analysis> = batch.lookups.iter().map(|a| &**a).collect();
+        let (target, reason) = self.resolve(batch.target, batch.reason, &analyses).await;
         if self.batch_open && self.tx_status == b'I' && target == Target::Primary && self.on_replica() {
             // The start of this batch went to a replica (it looked like a read when the client
             // flushed); the rest needs the primary. Close the replica's part with a Sync of our
@@ -729,14 +729,14 @@ impl Session {
 
     /// Resolves functions that need a catalog look-up: any not provably read-only makes the
     /// work need the primary.
-    async fn resolve(&self, target: Target, reason: &'static str, lookups: &[String]) -> (Target, &'static str) {
-        if target == Target::Primary || lookups.is_empty() {
+    async fn resolve(&self, target: Target, reason: &'static str, analyses: &[&Analysis]) -> (Target, &'static str) {
+        if target == Target::Primary || analyses.iter().all(|a| a.statements.iter().all(|c| c.lookups.is_empty())) {
             return (target, reason);
         }
-        if self.shared.catalog.all_read_only(&self.database, lookups).await {
+        if self.shared.catalog.all_read_only(&self.database, analyses).await {
             (target.max(Target::Replica), reason)
         } else {
-            (Target::Primary, "function not known to be read-only")
+            (Target::Primary, "function or view not known to be read-only")
         }
     }
 

@@ -12,7 +12,7 @@ use sqlparser::parser::Parser;
 
 use super::functions::{FunctionKind, function_kind};
 use super::lex::keywords;
-use super::{Class, Effect, Target, session_cmd};
+use super::{Class, Effect, Lookup, Target, session_cmd};
 
 /// Classifies a single statement (no top-level semicolons).
 pub fn classify(stmt: &str, max_parse_len: usize) -> Class {
@@ -82,7 +82,7 @@ fn classify_query(q: &Query) -> Class {
     if let Some(pin) = scan.pin {
         c.effect = Effect::Pin(pin);
     }
-    c.lookup_functions = scan.lookups;
+    c.lookups = scan.lookups;
     c
 }
 
@@ -92,7 +92,7 @@ fn classify_query(q: &Query) -> Class {
 struct QueryScan {
     primary: Option<&'static str>,
     pin: Option<&'static str>,
-    lookups: Vec<String>,
+    lookups: Vec<Lookup>,
 }
 
 impl QueryScan {
@@ -117,11 +117,13 @@ impl QueryScan {
                 self.needs_primary(why);
                 self.pin.get_or_insert(why);
             }
-            FunctionKind::Unknown => {
-                if !self.lookups.contains(&qualified) {
-                    self.lookups.push(qualified);
-                }
-            }
+            FunctionKind::Unknown => self.lookup(Lookup::Function(qualified)),
+        }
+    }
+
+    fn lookup(&mut self, l: Lookup) {
+        if !self.lookups.contains(&l) {
+            self.lookups.push(l);
         }
     }
 }
@@ -158,6 +160,15 @@ impl Visitor for QueryScan {
     fn pre_visit_expr(&mut self, e: &Expr) -> ControlFlow<()> {
         if let Expr::Function(f) = e {
             self.function(&f.name, Some(&f.args));
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn pre_visit_relation(&mut self, name: &ObjectName) -> ControlFlow<()> {
+        let qualified = object_name(name);
+        // The catalogs are never views that write.
+        if !qualified.starts_with("pg_") && !qualified.starts_with("information_schema.") {
+            self.lookup(Lookup::Relation(qualified));
         }
         ControlFlow::Continue(())
     }
@@ -343,9 +354,11 @@ mod tests {
     fn unknown_functions_are_looked_up() {
         let c = classify("SELECT my_func(id), lower(x) FROM t", 1 << 20);
         assert_eq!(c.target, Target::Replica);
-        assert_eq!(c.lookup_functions, vec!["my_func".to_string()]);
+        assert_eq!(c.lookups, vec![Lookup::Function("my_func".into()), Lookup::Relation("t".into())]);
         let c = classify("SELECT * FROM app.report(1)", 1 << 20);
-        assert_eq!(c.lookup_functions, vec!["app.report".to_string()]);
+        assert!(c.lookups.contains(&Lookup::Function("app.report".into())));
+        let c = classify("SELECT * FROM pg_class JOIN \"Odd\".v ON true", 1 << 20);
+        assert_eq!(c.lookups, vec![Lookup::Relation("Odd.v".into())]);
     }
 
     #[test]

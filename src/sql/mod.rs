@@ -68,6 +68,15 @@ pub enum Effect {
     },
 }
 
+/// A name to check in the catalog.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Lookup {
+    /// A function not known to pgsplit: read-only only if not VOLATILE in pg_proc.
+    Function(String),
+    /// A relation: if it is a view, reading it runs the view's functions.
+    Relation(String),
+}
+
 /// The classification of one statement.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Class {
@@ -75,16 +84,16 @@ pub struct Class {
     /// Why, for logs, metrics and tests.
     pub reason: &'static str,
     pub effect: Effect,
-    /// Functions whose safety is decided by their volatility in pg_proc (looked up once and
-    /// cached); any that is volatile or unknown sends the statement to the primary.
-    pub lookup_functions: Vec<String>,
+    /// Names whose safety only the catalog can tell (looked up once per database and cached):
+    /// any that may write sends the statement to the primary.
+    pub lookups: Vec<Lookup>,
     /// `SET pgsplit.route = ...`
     pub route_mode: Option<RouteMode>,
 }
 
 impl Class {
     pub fn new(target: Target, reason: &'static str) -> Class {
-        Class { target, reason, effect: Effect::None, lookup_functions: Vec::new(), route_mode: None }
+        Class { target, reason, effect: Effect::None, lookups: Vec::new(), route_mode: None }
     }
     pub fn with_effect(mut self, effect: Effect) -> Class {
         self.effect = effect;

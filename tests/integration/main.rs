@@ -32,6 +32,7 @@ fn main() {
         routing::writing_selects_go_to_the_primary,
         routing::side_effect_functions_go_to_the_primary,
         routing::user_functions_by_volatility,
+        routing::views_that_write_go_to_the_primary,
         routing::unparseable_goes_to_the_primary,
         routing::multi_statement_queries,
         routing::transactions_stay_on_one_server,

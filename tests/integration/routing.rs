@@ -253,3 +253,16 @@ pub async fn hints_and_route_setting(env: &Env) -> R {
     check!(env.replica_ports().contains(&p), "after route = auto a read ran on {p}");
     Ok(())
 }
+
+pub async fn views_that_write_go_to_the_primary(env: &Env) -> R {
+    let c = env.client().await?;
+    c.batch_execute(
+        "CREATE OR REPLACE VIEW writing_view AS SELECT bump() AS port; \
+         CREATE OR REPLACE VIEW view_over_writing_view AS SELECT port FROM writing_view; \
+         CREATE OR REPLACE VIEW plain_view AS SELECT inet_server_port() AS port, count(*) FROM t",
+    )
+    .await?;
+    env.caught_up().await?;
+    on_primary(env, &["SELECT port FROM writing_view", "SELECT port FROM view_over_writing_view"]).await?;
+    on_replica(env, &["SELECT port FROM plain_view", "SELECT port FROM plain_view"]).await
+}
