@@ -649,6 +649,13 @@ impl Session {
             return Ok(());
         }
         let batch = std::mem::take(&mut self.batch);
+        if batch.items.is_empty() && self.server.is_none() {
+            // A lone Sync (or Flush) with nothing to run: answered here, no server needed.
+            if is_sync {
+                self.out.extend_from_slice(&protocol::ready_for_query(self.tx_status));
+            }
+            return Ok(());
+        }
         let analyses: Vec<&Analysis> = batch.lookups.iter().map(|a| &**a).collect();
         let (target, reason) = self.resolve(batch.target, batch.reason, &analyses).await;
         if self.batch_open && self.tx_status == b'I' && target == Target::Primary && self.on_replica() {
@@ -677,6 +684,10 @@ impl Session {
             return Ok(());
         };
         let mut buf = BytesMut::with_capacity(256);
+        if self.tx_status == b'I' && !self.batch_open {
+            // No portal can outlive this point, so statements can be closed safely.
+            evict_statements(&batch.items, &mut server.conn, &mut self.expect, &mut buf);
+        }
         for item in batch.items {
             encode_item(item, &mut server.conn, &mut self.expect, &mut buf)?;
         }
@@ -965,6 +976,35 @@ fn encode_item(
         }
     }
     Ok(())
+}
+
+/// Server connections keep at most this many prepared statements; beyond it, pgsplit closes
+/// some (those this batch does not use) so server memory stays bounded however many distinct
+/// statements clients prepare. Evicted ones are prepared again on demand.
+const MAX_SERVER_STATEMENTS: usize = 1000;
+
+fn evict_statements(
+    items: &[BatchItem],
+    conn: &mut crate::backend::ServerConn,
+    expect: &mut VecDeque<Expect>,
+    buf: &mut BytesMut,
+) {
+    if conn.prepared.len() < MAX_SERVER_STATEMENTS {
+        return;
+    }
+    let used = |name: &str| {
+        items.iter().any(|i| match i {
+            BatchItem::Parse(p) | BatchItem::Bind(_, p) | BatchItem::DescribeStatement(p) => p.server_name == name,
+            _ => false,
+        })
+    };
+    let victims: Vec<String> =
+        conn.prepared.iter().filter(|n| !used(n)).take(MAX_SERVER_STATEMENTS / 4).cloned().collect();
+    for name in victims {
+        buf.extend_from_slice(&extended::target_message(b'C', b'S', &name));
+        expect.push_back(Expect::Close { swallow: true });
+        conn.prepared.remove(&name);
+    }
 }
 
 fn note_prepared(p: &Prepared, conn: &mut crate::backend::ServerConn) {

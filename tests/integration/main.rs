@@ -45,6 +45,7 @@ fn main() {
         session::parameter_status_looks_like_a_primary,
         protocol::named_prepared_statements_on_any_connection,
         protocol::extended_batches_route_as_one_unit,
+        protocol::many_statements_keep_server_memory_bounded,
         protocol::copy_in_and_out,
         protocol::cancel_reaches_the_right_server,
         protocol::errors_notices_and_empty_queries,

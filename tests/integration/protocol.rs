@@ -342,3 +342,27 @@ fn bind_execute_named(b: &mut BytesMut, stmt: &str) {
     b.put_u8(0);
     b.put_i32(0);
 }
+
+pub async fn many_statements_keep_server_memory_bounded(env: &Env) -> R {
+    // One server connection (no replicas, pool of one) and 2,500 distinct statements kept open
+    // by the client: the server holds at most pgsplit's limit, and every statement still works.
+    let proxy = env
+        .proxy_with(|c| {
+            c.servers.replicas.clear();
+            c.pool.size = 1;
+        })
+        .await?;
+    let c = connect(&env.conn_string(proxy.addr.port())).await?;
+    let mut statements = Vec::new();
+    for i in 0..2500 {
+        statements.push(c.prepare(&format!("SELECT {i}::int AS n")).await?);
+    }
+    for (i, st) in statements.iter().enumerate().step_by(97) {
+        let v: i32 = c.query_one(st, &[]).await?.get(0);
+        check!(v == i as i32, "statement {i} returned {v}");
+    }
+    let n: i64 = c.query_one("SELECT count(*) FROM pg_prepared_statements", &[]).await?.get(0);
+    check!(n <= 1001, "the server connection holds {n} prepared statements");
+    proxy.stop();
+    Ok(())
+}
