@@ -521,6 +521,11 @@ impl Session {
         let mut body = f.body();
         let sql = protocol::read_cstr(&mut body)?;
         let analysis = self.shared.cache.analyze(sql);
+        if self.batch_open && self.tx_status == b'I' && self.pin.is_none() {
+            // A simple Query after Parse/Describe/Flush with no Sync (asyncpg prepares that
+            // way): the flushed part is over; the query is routed on its own.
+            self.close_open_batch().await?;
+        }
         if let [c] = analysis.statements.as_slice()
             && let Effect::Deallocate(name) = &c.effect
             && self.deallocate_locally(name.as_deref())
@@ -662,7 +667,7 @@ impl Session {
             // The start of this batch went to a replica (it looked like a read when the client
             // flushed); the rest needs the primary. Close the replica's part with a Sync of our
             // own and carry on on the primary: prepared statements follow the client.
-            if !self.finish_on_replica().await? {
+            if !self.close_open_batch().await? {
                 self.skip_until_sync = !is_sync;
                 if is_sync {
                     self.out.extend_from_slice(&protocol::ready_for_query(self.tx_status));
@@ -709,9 +714,10 @@ impl Session {
         self.shared.cluster.load().nodes.get(s.conn.node).is_some_and(|n| n.role == Role::Replica)
     }
 
-    /// Ends the replica's part of a batch with a Sync of pgsplit's own. Returns false when
-    /// that part failed (the client got the error and the rest of its batch must be skipped).
-    async fn finish_on_replica(&mut self) -> Result<bool, End> {
+    /// Ends the part of a batch already sent (up to a Flush) with a Sync of pgsplit's own and
+    /// releases its server, so what follows can be routed on its own. Returns false when that
+    /// part failed (the client got the error and the rest of its batch must be skipped).
+    async fn close_open_batch(&mut self) -> Result<bool, End> {
         self.send_server(&protocol::sync()).await?;
         self.expect.push_back(Expect::Sync);
         loop {
@@ -726,16 +732,21 @@ impl Session {
                 }
             };
             if f.tag() == b'Z' {
+                // Our own Sync's answer: the client never sees it.
                 self.expect.pop_front();
-                break;
+                let failed = self.effects.error_in_request;
+                let status = f.body().first().copied().unwrap_or(b'I');
+                self.tx_status = status;
+                let settled = self.effects.settle(status);
+                self.apply_effects(settled);
+                self.batch_open = false;
+                if status == b'I' && self.pin.is_none() {
+                    self.release_server();
+                }
+                return Ok(!failed);
             }
             self.on_server_frame(f);
         }
-        let failed = self.effects.error_in_request;
-        self.effects.error_in_request = false;
-        self.batch_open = false;
-        self.release_server();
-        Ok(!failed)
     }
 
     /// Resolves functions that need a catalog look-up: any not provably read-only makes the

@@ -5,6 +5,7 @@
 //! torn down: tests run one after another (some stop and restart servers), each with a time
 //! limit; the last line is "N passed, N failed". Pass substrings as arguments to run a subset.
 
+mod clients;
 mod common;
 mod failures;
 mod protocol;
@@ -56,6 +57,13 @@ fn main() {
         failures::client_gone_mid_query_leaves_nothing_running,
         failures::lagging_replica_leaves_rotation,
         failures::replica_down_reads_go_elsewhere,
+        clients::psycopg3,
+        clients::psycopg2,
+        clients::asyncpg,
+        clients::sqlalchemy_sync_and_asyncio,
+        clients::django_orm_and_seminar_race,
+        clients::node_postgres,
+        clients::jdbc,
         tools::psql_script,
         tools::pgbench_all_modes,
     ];

@@ -1,0 +1,83 @@
+//! The client matrix: real drivers and ORMs through pgsplit, each checking routing as well as
+//! results. The drivers are installed into target/clients by scripts/test.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::check;
+use crate::common::{Env, R};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+async fn run_client(env: &Env, program: &str, args: &[&str], extra_env: &[(&str, String)]) -> R {
+    let exe = root().join(program);
+    let exe = if exe.exists() { exe } else { PathBuf::from(program) };
+    let replicas: Vec<String> = env.replica_ports().iter().map(|p| p.to_string()).collect();
+    let mut cmd = tokio::process::Command::new(&exe);
+    cmd.args(args)
+        .current_dir(root())
+        .env("PGSPLIT_PORT", env.proxy.addr.port().to_string())
+        .env("PGSPLIT_PRIMARY_PORT", env.primary_port().to_string())
+        .env("PGSPLIT_REPLICA_PORTS", replicas.join(","))
+        .kill_on_drop(true);
+    for (k, v) in extra_env {
+        cmd.env(k, v);
+    }
+    let out = match tokio::time::timeout(Duration::from_secs(240), cmd.output()).await {
+        Ok(Ok(out)) => out,
+        Ok(Err(e)) => {
+            return Err(format!(
+                "cannot run {} ({e}): run scripts/test, which installs the client drivers",
+                exe.display()
+            )
+            .into());
+        }
+        Err(_) => return Err(format!("{program} {args:?} timed out").into()),
+    };
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    check!(out.status.success(), "{program} {args:?} failed:\n{stdout}\n{stderr}");
+    Ok(())
+}
+
+async fn python(env: &Env, script: &str) -> R {
+    let python = "target/clients/venv/bin/python";
+    check!(root().join(python).exists(), "no Python client venv: run scripts/test, which installs the drivers");
+    // The catalog look-ups and settings replay must have settled the replicas first.
+    env.caught_up().await?;
+    run_client(env, python, &[&format!("tests/clients/python/{script}")], &[]).await
+}
+
+pub async fn psycopg3(env: &Env) -> R {
+    python(env, "test_psycopg.py").await
+}
+
+pub async fn psycopg2(env: &Env) -> R {
+    python(env, "test_psycopg2.py").await
+}
+
+pub async fn asyncpg(env: &Env) -> R {
+    python(env, "test_asyncpg.py").await
+}
+
+pub async fn sqlalchemy_sync_and_asyncio(env: &Env) -> R {
+    python(env, "test_sqlalchemy.py").await
+}
+
+pub async fn django_orm_and_seminar_race(env: &Env) -> R {
+    python(env, "test_django.py").await
+}
+
+pub async fn node_postgres(env: &Env) -> R {
+    let modules = root().join("target/clients/node/node_modules");
+    check!(modules.exists(), "no node_modules: run scripts/test, which installs the drivers");
+    run_client(env, "node", &["tests/clients/node/test_pg.js"], &[("NODE_PATH", modules.display().to_string())]).await
+}
+
+pub async fn jdbc(env: &Env) -> R {
+    let jar = "/usr/share/java/postgresql.jar";
+    check!(std::path::Path::new(jar).exists(), "no pgJDBC: run scripts/test (apt-get install libpostgresql-jdbc-java)");
+    run_client(env, "java", &["-cp", jar, "tests/clients/java/ClientTest.java"], &[]).await
+}
