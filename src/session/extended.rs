@@ -1,10 +1,14 @@
 //! Extended-protocol bookkeeping: the client's prepared statements and the rewriting that lets
 //! them run on any pooled server connection.
 //!
-//! A client's named statement "s1" becomes "pgsplit_<hash>" on the servers, the hash covering
-//! the query text and parameter types: two clients preparing the same statement share it, and
-//! no client's names can collide with another's. pgsplit keeps each client's Parse message and
-//! prepares it (silently) on whichever connection runs a Bind or Describe that needs it.
+//! Each client Parse of a named statement gets a server name of its own,
+//! "pgsplit_<session>_<n>": no client's names collide with another's, and a statement parsed
+//! again after DDL never meets an old plan cached under the same name elsewhere. pgsplit keeps
+//! each client's Parse message and prepares it on whichever connection runs a Bind or Describe
+//! that needs it. When the client has seen the statement's row description, that re-prepare
+//! is checked against it: a different shape (DDL in between) is the server's own
+//! "cached plan must not change result type" (0A000), never rows of a shape the client does
+//! not expect.
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
@@ -24,6 +28,8 @@ pub struct Prepared {
     pub analysis: Arc<Analysis>,
     /// Identifies query text + parameter types.
     pub key: u64,
+    /// The RowDescription (or NoData) the client got when it described the statement.
+    pub described: std::sync::OnceLock<Bytes>,
 }
 
 #[derive(Default)]
@@ -53,25 +59,27 @@ pub fn read_parse(f: &Frame) -> Result<ParseMsg<'_>, ProtocolError> {
     if body.len() < 2 {
         return Err(ProtocolError::Invalid("Parse message too short".into()));
     }
-    let n = i16::from_be_bytes([body[0], body[1]]);
-    if n < 0 || body.len() != 2 + 4 * n as usize {
+    // The count is unsigned on the wire: up to 65535 parameters.
+    let n = u16::from_be_bytes([body[0], body[1]]);
+    if body.len() != 2 + 4 * n as usize {
         return Err(ProtocolError::Invalid("bad parameter types in Parse".into()));
     }
     Ok(ParseMsg { name, query, types: body })
 }
 
-pub fn prepared_from(p: &ParseMsg<'_>, analysis: Arc<Analysis>) -> Prepared {
+/// `unique` distinguishes this Parse from every other one of live sessions.
+pub fn prepared_from(p: &ParseMsg<'_>, analysis: Arc<Analysis>, unique: (i32, u64)) -> Prepared {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     p.query.hash(&mut h);
     p.types.hash(&mut h);
     let key = h.finish();
-    let server_name = if p.name.is_empty() { String::new() } else { format!("pgsplit_{key:016x}") };
+    let server_name = if p.name.is_empty() { String::new() } else { format!("pgsplit_{:x}_{:x}", unique.0, unique.1) };
     let parse = message(b'P', |b| {
         put_cstr(b, &server_name);
         put_cstr(b, p.query);
         b.put_slice(p.types);
     });
-    Prepared { server_name, parse, analysis, key }
+    Prepared { server_name, parse, analysis, key, described: std::sync::OnceLock::new() }
 }
 
 /// Portal and statement names of a Bind, and the offset of the rest of the body.
@@ -129,20 +137,16 @@ mod tests {
         let p = read_parse(&f).unwrap();
         assert_eq!((p.name, p.query), ("s1", "select $1::int"));
         let a = Arc::new(Analysis::of(p.query, 1000));
-        let prep = prepared_from(&p, a.clone());
+        let prep = prepared_from(&p, a.clone(), (7, 1));
         assert!(prep.server_name.starts_with("pgsplit_"));
         let again_frame = frame(prep.parse.clone());
         let again = read_parse(&again_frame).unwrap();
         assert_eq!(again.name, prep.server_name);
         assert_eq!(again.types, p.types);
-        // Same text and types: same server statement, whatever the client called it.
-        let other = frame(message(b'P', |b| {
-            put_cstr(b, "other");
-            put_cstr(b, "select $1::int");
-            b.put_i16(1);
-            b.put_i32(23);
-        }));
-        assert_eq!(prepared_from(&read_parse(&other).unwrap(), a).server_name, prep.server_name);
+        // Every Parse gets its own server name; the key still identifies text and types.
+        let other = prepared_from(&p, a, (7, 2));
+        assert_ne!(other.server_name, prep.server_name);
+        assert_eq!(other.key, prep.key);
     }
 
     #[test]

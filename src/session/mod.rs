@@ -55,8 +55,18 @@ enum End {
 /// answered to pgsplit, not to the client.
 #[derive(Debug)]
 enum Expect {
-    Parse { swallow: bool, name: String },
-    Close { swallow: bool },
+    Parse {
+        swallow: bool,
+        name: String,
+    },
+    Close {
+        swallow: bool,
+    },
+    /// A Describe: answered by ParameterDescription (statements) and RowDescription or NoData.
+    /// For a statement, the answer is remembered to check later re-prepares against.
+    Describe {
+        statement: Option<Arc<Prepared>>,
+    },
     Sync,
 }
 
@@ -132,6 +142,8 @@ struct Session {
     pending_bytes: usize,
     /// This client's pool on each server, looked up once.
     pools: Vec<Option<Arc<crate::pool::Pool>>>,
+    /// Parse messages seen, for unique server statement names.
+    parses: u64,
 }
 
 pub async fn serve_client(shared: Arc<Shared>, stream: TcpStream) {
@@ -212,6 +224,7 @@ async fn run_client(shared: &Arc<Shared>, stream: TcpStream) -> Result<(), End> 
         pending: VecDeque::new(),
         pending_bytes: 0,
         pools: Vec::new(),
+        parses: 0,
     };
     let result = match s.login().await {
         Ok(()) => s.run().await,
@@ -386,6 +399,12 @@ impl Session {
                 if !matches!(self.expect.pop_front(), Some(Expect::Close { swallow: true })) {
                     self.out.extend_from_slice(&f.bytes);
                 }
+            }
+            b'T' | b'n' if matches!(self.expect.front(), Some(Expect::Describe { .. })) => {
+                if let Some(Expect::Describe { statement: Some(p) }) = self.expect.pop_front() {
+                    let _ = p.described.set(f.bytes.clone());
+                }
+                self.out.extend_from_slice(&f.bytes);
             }
             b'S' => {
                 if let Some(s) = self.server.as_mut() {
@@ -597,7 +616,8 @@ impl Session {
                 let p = extended::read_parse(&f)?;
                 let analysis = self.shared.cache.analyze(p.query);
                 self.batch.add_analysis(&analysis);
-                let prepared = Arc::new(extended::prepared_from(&p, analysis));
+                self.parses += 1;
+                let prepared = Arc::new(extended::prepared_from(&p, analysis, (self.cancel.pid, self.parses)));
                 if p.name.is_empty() {
                     self.statements.unnamed = Some(prepared.clone());
                 } else {
@@ -685,6 +705,23 @@ impl Session {
             }
             return Ok(());
         }
+        if !self.batch_open
+            && let Some(err) = self.prepare_checked(&batch.items).await?
+        {
+            // The statement's shape changed since the client described it (or it no longer
+            // parses): the client gets the server's error and the batch does not run.
+            self.effects.request.clear();
+            self.out.extend_from_slice(&err);
+            if is_sync {
+                self.out.extend_from_slice(&protocol::ready_for_query(self.tx_status));
+            } else {
+                self.skip_until_sync = true;
+            }
+            if self.tx_status == b'I' && self.pin.is_none() && self.outstanding == 0 {
+                self.release_server();
+            }
+            return Ok(());
+        }
         let Some(server) = self.server.as_mut() else {
             return Ok(());
         };
@@ -705,6 +742,77 @@ impl Session {
             self.batch_open = true;
         }
         self.send_server(&buf).await
+    }
+
+    /// Prepares, ahead of the batch and with a Sync of pgsplit's own, the statements the batch
+    /// uses that this connection lacks and whose row description the client has seen, and
+    /// checks each still has that shape. Returns the error for the client when one does not.
+    async fn prepare_checked(&mut self, items: &[BatchItem]) -> Result<Option<Bytes>, End> {
+        let Some(server) = self.server.as_mut() else { return Ok(None) };
+        let mut needed: Vec<Arc<Prepared>> = Vec::new();
+        for item in items {
+            if let BatchItem::Bind(_, p) | BatchItem::DescribeStatement(p) = item
+                && !p.server_name.is_empty()
+                && p.described.get().is_some()
+                && !server.conn.prepared.contains(&p.server_name)
+                && !needed.iter().any(|n| Arc::ptr_eq(n, p))
+            {
+                needed.push(p.clone());
+            }
+            if let BatchItem::Parse(p) = item {
+                // Parsed again in this very batch: nothing to check.
+                needed.retain(|n| n.server_name != p.server_name);
+            }
+        }
+        if needed.is_empty() {
+            return Ok(None);
+        }
+        let mut buf = BytesMut::new();
+        for p in &needed {
+            buf.extend_from_slice(&p.parse);
+            buf.extend_from_slice(&extended::target_message(b'D', b'S', &p.server_name));
+        }
+        buf.extend_from_slice(&protocol::sync());
+        if let Err(e) = server.conn.send(&buf).await {
+            self.server_lost(e)?;
+            return Ok(Some(protocol::error("08006", "pgsplit: the server connection was lost")));
+        }
+        let mut error = None;
+        let mut i = 0;
+        loop {
+            let Some(server) = self.server.as_mut() else { return Ok(error) };
+            let f = match server.conn.reader.next().await {
+                Ok(f) => f,
+                Err(e) => {
+                    self.server_lost(e)?;
+                    return Ok(Some(protocol::error("08006", "pgsplit: the server connection was lost")));
+                }
+            };
+            match f.tag() {
+                b'1' => {
+                    if let Some(p) = needed.get(i) {
+                        server.conn.prepared.insert(p.server_name.clone());
+                    }
+                }
+                b'T' | b'n' => {
+                    if let Some(p) = needed.get(i)
+                        && p.described.get().is_some_and(|d| d[..] != f.bytes[..])
+                        && error.is_none()
+                    {
+                        error = Some(protocol::error("0A000", "cached plan must not change result type"));
+                    }
+                    i += 1;
+                }
+                b'E' if error.is_none() => error = Some(f.bytes),
+                b'S' => server.conn.note_parameter(&f),
+                b'N' => self.out.extend_from_slice(&f.bytes),
+                b'Z' => {
+                    self.tx_status = f.body().first().copied().unwrap_or(self.tx_status);
+                    return Ok(error);
+                }
+                _ => {}
+            }
+        }
     }
 
     fn on_replica(&self) -> bool {
@@ -969,6 +1077,7 @@ fn encode_item(
         BatchItem::DescribeStatement(p) => {
             ensure(&p, conn, expect, buf);
             buf.extend_from_slice(&extended::target_message(b'D', b'S', &p.server_name));
+            expect.push_back(Expect::Describe { statement: Some(p) });
         }
         BatchItem::CloseStatement(name) => {
             let name = String::from_utf8_lossy(&name).into_owned();
@@ -979,6 +1088,9 @@ fn encode_item(
         BatchItem::Raw(f) => {
             if f.tag() == b'C' {
                 expect.push_back(Expect::Close { swallow: false });
+            }
+            if f.tag() == b'D' {
+                expect.push_back(Expect::Describe { statement: None });
             }
             if f.tag() == b'P' {
                 expect.push_back(Expect::Parse { swallow: false, name: String::new() });

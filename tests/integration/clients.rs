@@ -81,3 +81,44 @@ pub async fn jdbc(env: &Env) -> R {
     check!(std::path::Path::new(jar).exists(), "no pgJDBC: run scripts/test (apt-get install libpostgresql-jdbc-java)");
     run_client(env, "java", &["-cp", jar, "tests/clients/java/ClientTest.java"], &[]).await
 }
+
+pub async fn sqlx_pool(env: &Env) -> R {
+    use sqlx::Row;
+    use sqlx::postgres::PgPoolOptions;
+    use std::collections::BTreeSet;
+    let url = format!("postgres://postgres@127.0.0.1:{}/postgres", env.proxy.addr.port());
+    let pool = PgPoolOptions::new().max_connections(4).connect(&url).await?;
+    // sqlx prepares every query as a named statement and keeps it in a per-connection cache:
+    // later executions only Bind, wherever pgsplit runs them.
+    let mut ports = BTreeSet::new();
+    for i in 0..30 {
+        let row = sqlx::query("SELECT $1::int4 + 1, inet_server_port()").bind(i).fetch_one(&pool).await?;
+        check!(row.get::<i32, _>(0) == i + 1, "wrong result");
+        ports.insert(row.get::<i32, _>(1));
+    }
+    let replicas: BTreeSet<i32> = env.replica_ports().into_iter().collect();
+    check!(ports == replicas, "sqlx reads ran on {ports:?}");
+    let mut tx = pool.begin().await?;
+    let p: i32 = sqlx::query("SELECT inet_server_port()").fetch_one(&mut *tx).await?.get(0);
+    check!(p == env.primary_port(), "read in a transaction ran on {p}");
+    sqlx::query("INSERT INTO t (v) VALUES ($1)").bind(11).execute(&mut *tx).await?;
+    let locked: i32 = sqlx::query("SELECT inet_server_port() FROM t WHERE id = $1 FOR UPDATE")
+        .bind(1)
+        .fetch_one(&mut *tx)
+        .await?
+        .get(0);
+    check!(locked == env.primary_port(), "FOR UPDATE ran on {locked}");
+    tx.commit().await?;
+    let w: i32 = sqlx::query("INSERT INTO t (v) VALUES ($1) RETURNING inet_server_port()")
+        .bind(12)
+        .fetch_one(&pool)
+        .await?
+        .get(0);
+    check!(w == env.primary_port(), "INSERT ran on {w}");
+    let e = sqlx::query("SELECT 1/0").execute(&pool).await;
+    check!(e.is_err(), "division by zero");
+    let v: i32 = sqlx::query("SELECT 7").fetch_one(&pool).await?.get(0);
+    check!(v == 7, "pool unusable after an error");
+    pool.close().await;
+    Ok(())
+}

@@ -7,6 +7,7 @@
 
 mod clients;
 mod common;
+mod corners;
 mod failures;
 mod protocol;
 mod routing;
@@ -57,6 +58,12 @@ fn main() {
         failures::client_gone_mid_query_leaves_nothing_running,
         failures::lagging_replica_leaves_rotation,
         failures::replica_down_reads_go_elsewhere,
+        corners::portals_with_row_limits_in_transactions,
+        corners::huge_rows_results_and_queries,
+        corners::max_parameters,
+        corners::prepared_statements_survive_replaced_connections_and_ddl,
+        corners::notify_reaches_a_listening_session,
+        corners::savepoints_and_errors_in_transactions,
         clients::psycopg3,
         clients::psycopg2,
         clients::asyncpg,
@@ -64,6 +71,7 @@ fn main() {
         clients::django_orm_and_seminar_race,
         clients::node_postgres,
         clients::jdbc,
+        clients::sqlx_pool,
         tools::psql_script,
         tools::pgbench_all_modes,
     ];
@@ -96,7 +104,7 @@ fn main() {
         }));
         let outcome = match result {
             Ok(Ok(Ok(()))) => Ok(()),
-            Ok(Ok(Err(e))) => Err(e.to_string()),
+            Ok(Ok(Err(e))) => Err(format!("{e} ({e:?})")),
             Ok(Err(_)) => Err("timed out".to_string()),
             Err(p) => Err(p
                 .downcast_ref::<String>()
