@@ -264,6 +264,24 @@ fn object_name(name: &ObjectName) -> String {
 mod tests {
     use super::*;
 
+    /// tests/corpus/routing.tsv: NEED<TAB>SQL per line.
+    fn corpus() -> Vec<(&'static str, Target)> {
+        include_str!("../../tests/corpus/routing.tsv")
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+            .map(|l| {
+                let (need, sql) = l.split_once('\t').unwrap();
+                let t = match need {
+                    "primary" => Target::Primary,
+                    "replica" => Target::Replica,
+                    "any" => Target::Any,
+                    other => panic!("bad need {other}"),
+                };
+                (sql, t)
+            })
+            .collect()
+    }
+
     fn target(sql: &str) -> Target {
         classify(sql, 1 << 20).target
     }
@@ -271,77 +289,7 @@ mod tests {
     /// The routing table: statement -> what it needs. Every rule of the router has a row here.
     #[test]
     fn routing_table() {
-        let rows: &[(&str, Target)] = &[
-            ("SELECT 1", Target::Replica),
-            ("select * from t where id = $1", Target::Replica),
-            ("SELECT count(*) FROM t JOIN u USING (id)", Target::Replica),
-            ("VALUES (1), (2)", Target::Replica),
-            // sqlparser does not accept the TABLE shorthand: unparseable means primary.
-            ("TABLE t", Target::Primary),
-            ("(SELECT 1) UNION (SELECT 2)", Target::Replica),
-            ("WITH x AS (SELECT 1) SELECT * FROM x", Target::Replica),
-            ("INSERT INTO t VALUES (1)", Target::Primary),
-            ("UPDATE t SET x = 1", Target::Primary),
-            ("DELETE FROM t", Target::Primary),
-            ("MERGE INTO t USING s ON t.id = s.id WHEN MATCHED THEN DELETE", Target::Primary),
-            ("INSERT INTO t VALUES (1) ON CONFLICT (id) DO UPDATE SET x = 2", Target::Primary),
-            ("CREATE TABLE t (id int)", Target::Primary),
-            ("ALTER TABLE t ADD COLUMN y int", Target::Primary),
-            ("DROP TABLE t", Target::Primary),
-            ("TRUNCATE t", Target::Primary),
-            ("GRANT SELECT ON t TO bob", Target::Primary),
-            ("VACUUM t", Target::Primary),
-            ("ANALYZE t", Target::Primary),
-            ("CALL p()", Target::Primary),
-            ("DO $$ BEGIN END $$", Target::Primary),
-            ("LOCK TABLE t", Target::Primary),
-            ("LISTEN c", Target::Primary),
-            ("NOTIFY c", Target::Primary),
-            ("COPY t FROM STDIN", Target::Primary),
-            ("COPY t TO STDOUT", Target::Replica),
-            ("COPY (SELECT * FROM t) TO STDOUT", Target::Replica),
-            ("COPY (SELECT nextval('s')) TO STDOUT", Target::Primary),
-            ("SELECT * FROM t FOR UPDATE", Target::Primary),
-            ("SELECT * FROM t FOR NO KEY UPDATE", Target::Primary),
-            ("SELECT * FROM t FOR SHARE", Target::Primary),
-            ("SELECT * FROM t FOR KEY SHARE SKIP LOCKED", Target::Primary),
-            ("SELECT * FROM t WHERE id IN (SELECT id FROM u FOR UPDATE)", Target::Primary),
-            ("WITH l AS (SELECT * FROM t FOR UPDATE) SELECT * FROM l", Target::Primary),
-            ("SELECT * FROM t, LATERAL (SELECT * FROM u WHERE u.id = t.id FOR SHARE) x", Target::Primary),
-            ("WITH x AS (UPDATE t SET a = 1 RETURNING *) SELECT * FROM x", Target::Primary),
-            ("WITH x AS (INSERT INTO t VALUES (1) RETURNING *) SELECT * FROM x", Target::Primary),
-            ("WITH x AS (DELETE FROM t RETURNING *) SELECT * FROM x", Target::Primary),
-            ("SELECT * INTO t2 FROM t", Target::Primary),
-            ("CREATE TABLE t2 AS SELECT * FROM t", Target::Primary),
-            ("EXPLAIN SELECT * FROM t", Target::Replica),
-            ("EXPLAIN ANALYZE SELECT * FROM t", Target::Replica),
-            ("EXPLAIN ANALYZE INSERT INTO t VALUES (1)", Target::Primary),
-            ("EXPLAIN (ANALYZE, BUFFERS) DELETE FROM t", Target::Primary),
-            ("SELECT nextval('s')", Target::Primary),
-            ("SELECT setval('s', 1)", Target::Primary),
-            ("SELECT currval('s')", Target::Primary),
-            ("SELECT lastval()", Target::Primary),
-            ("SELECT pg_advisory_lock(1)", Target::Primary),
-            ("SELECT pg_try_advisory_xact_lock(1)", Target::Primary),
-            ("SELECT pg_advisory_unlock_all()", Target::Primary),
-            ("SELECT set_config('a.b', 'c', true)", Target::Any),
-            ("SELECT set_config('a.b', x, false) FROM t", Target::Primary),
-            ("SELECT txid_current()", Target::Primary),
-            ("SELECT pg_current_xact_id()", Target::Primary),
-            ("SELECT pg_current_wal_lsn()", Target::Primary),
-            ("SELECT pg_notify('c', 'x')", Target::Primary),
-            ("SELECT lo_import('/tmp/x')", Target::Primary),
-            ("SELECT * FROM t WHERE x = (SELECT nextval('s'))", Target::Primary),
-            ("SELECT * FROM nextval('s')", Target::Primary),
-            ("SELECT pg_is_in_recovery(), inet_server_port()", Target::Replica),
-            ("SELECT now(), count(*), coalesce(max(id), 0) FROM t", Target::Replica),
-            ("SELEC 1", Target::Primary),
-            ("SELECT (1 FROM", Target::Primary),
-            ("BEGIN", Target::Primary),
-            ("BEGIN READ ONLY", Target::Replica),
-            ("SET search_path = a", Target::Any),
-            ("SHOW search_path", Target::Any),
-        ];
+        let rows = corpus();
         let wrong: Vec<_> = rows
             .iter()
             .filter(|(sql, want)| target(sql) != *want)

@@ -154,20 +154,25 @@ pub async fn notify_reaches_a_listening_session(env: &Env) -> R {
     check!(p == env.primary_port(), "listening session read on {p}");
     let sender = connect(&url).await?;
     sender.batch_execute("NOTIFY pgsplit_events, 'hello'").await?;
-    sender.batch_execute("DO $$ BEGIN RAISE NOTICE 'a notice'; END $$").await?;
+    listener.batch_execute("DO $$ BEGIN RAISE NOTICE 'a notice'; END $$").await?;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let (mut notified, mut noticed) = (false, false);
     loop {
         // The listener receives notifications when it next talks to the server, or at once.
         let _ = listener.simple_query("SELECT 1").await?;
         while let Ok(m) = rx.try_recv() {
-            if let AsyncMessage::Notification(n) = m
-                && n.channel() == "pgsplit_events"
-                && n.payload() == "hello"
-            {
-                return Ok(());
+            match m {
+                AsyncMessage::Notification(n) if n.channel() == "pgsplit_events" && n.payload() == "hello" => {
+                    notified = true
+                }
+                AsyncMessage::Notice(n) if n.message() == "a notice" => noticed = true,
+                _ => {}
             }
         }
-        check!(tokio::time::Instant::now() < deadline, "no notification arrived");
+        if notified && noticed {
+            return Ok(());
+        }
+        check!(tokio::time::Instant::now() < deadline, "notification {notified}, notice {noticed}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

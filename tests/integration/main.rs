@@ -8,6 +8,7 @@
 mod clients;
 mod common;
 mod corners;
+mod differential;
 mod failures;
 mod protocol;
 mod routing;
@@ -64,6 +65,7 @@ fn main() {
         corners::prepared_statements_survive_replaced_connections_and_ddl,
         corners::notify_reaches_a_listening_session,
         corners::savepoints_and_errors_in_transactions,
+        differential::results_match_the_primary_byte_for_byte,
         clients::psycopg3,
         clients::psycopg2,
         clients::asyncpg,
@@ -73,6 +75,7 @@ fn main() {
         clients::jdbc,
         clients::sqlx_pool,
         tools::psql_script,
+        tools::psql_watch_repeats,
         tools::pgbench_all_modes,
     ];
     let selected: Vec<_> =

@@ -53,6 +53,33 @@ DROP TABLE psql_probe;
     Ok(())
 }
 
+pub async fn psql_watch_repeats(env: &Env) -> R {
+    // \watch re-runs the query every interval until interrupted (psql 15 has no count).
+    let file = std::env::temp_dir().join(format!("pgsplit-watch-{}.sql", std::process::id()));
+    std::fs::write(&file, "SELECT 'tick', inet_server_port() \\watch 0.2\n")?;
+    let mut child = tokio::process::Command::new("psql")
+        .args(["-X", "-A", "-t", "-f"])
+        .arg(&file)
+        .env("PGHOST", "127.0.0.1")
+        .env("PGPORT", env.proxy.addr.port().to_string())
+        .env("PGUSER", "postgres")
+        .env("PGDATABASE", "postgres")
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    child.start_kill()?;
+    let out = child.wait_with_output().await?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let ticks = text.lines().filter(|l| l.starts_with("tick|")).count();
+    check!(ticks >= 4, "\\watch ran {ticks} times: {text}");
+    for l in text.lines().filter(|l| l.starts_with("tick|")) {
+        let port: i32 = l.trim_start_matches("tick|").parse()?;
+        check!(env.replica_ports().contains(&port), "\\watch read ran on {port}");
+    }
+    Ok(())
+}
+
 pub async fn pgbench_all_modes(env: &Env) -> R {
     run("pgbench", &["-i", "-q", "-s", "1"], env).await?;
     env.caught_up().await?;
