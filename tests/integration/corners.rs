@@ -64,12 +64,7 @@ pub async fn max_parameters(env: &Env) -> R {
     }
     sql.push_str(") v");
     let mut b = BytesMut::new();
-    b.put_u8(b'P');
-    b.put_i32((4 + 1 + sql.len() + 1 + 2) as i32);
-    b.put_u8(0);
-    b.put_slice(sql.as_bytes());
-    b.put_u8(0);
-    b.put_u16(0);
+    crate::protocol::parse(&mut b, "", &sql);
     let mut bind = BytesMut::new();
     bind.put_u8(0);
     bind.put_u8(0);

@@ -49,12 +49,7 @@ async fn extended(
     format: i16,
 ) -> Result<Vec<(u8, Vec<u8>)>, Box<dyn std::error::Error + Send + Sync>> {
     let mut b = BytesMut::new();
-    b.put_u8(b'P');
-    b.put_i32((4 + 1 + sql.len() + 1 + 2) as i32);
-    b.put_u8(0);
-    b.put_slice(sql.as_bytes());
-    b.put_u8(0);
-    b.put_i16(0);
+    crate::protocol::parse(&mut b, "", sql);
     // Bind: no parameters, one result format code for all columns.
     b.put_u8(b'B');
     b.put_i32(4 + 1 + 1 + 2 + 2 + 2 + 2);

@@ -314,7 +314,8 @@ fn data_rows(msgs: &[(u8, Vec<u8>)]) -> Vec<String> {
         .collect()
 }
 
-fn parse(b: &mut BytesMut, name: &str, sql: &str) {
+/// Appends a Parse message with no parameter types.
+pub fn parse(b: &mut BytesMut, name: &str, sql: &str) {
     b.put_u8(b'P');
     b.put_i32((4 + name.len() + 1 + sql.len() + 1 + 2) as i32);
     b.put_slice(name.as_bytes());
