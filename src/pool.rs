@@ -162,6 +162,7 @@ impl Checkout {
             return;
         }
         self.conn.last_used = Instant::now();
+        self.conn.reader.shrink();
         let Checkout { conn, pool, _permit } = self;
         pool.idle.lock().unwrap_or_else(|p| p.into_inner()).push(conn);
     }

@@ -93,6 +93,13 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         Ok(Some(Frame { bytes: self.buf.split_to(len + 1).freeze() }))
     }
 
+    /// Gives back a buffer grown by a huge message, so an idle connection does not keep it.
+    pub fn shrink(&mut self) {
+        if self.buf.is_empty() && self.buf.capacity() > 1024 * 1024 {
+            self.buf = BytesMut::with_capacity(16 * 1024);
+        }
+    }
+
     pub fn get_ref(&self) -> &R {
         &self.inner
     }

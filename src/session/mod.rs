@@ -402,7 +402,8 @@ impl Session {
             }
             b'T' | b'n' if matches!(self.expect.front(), Some(Expect::Describe { .. })) => {
                 if let Some(Expect::Describe { statement: Some(p) }) = self.expect.pop_front() {
-                    let _ = p.described.set(f.bytes.clone());
+                    // A copy: a slice would keep the whole read buffer it came from alive.
+                    let _ = p.described.set(Bytes::copy_from_slice(&f.bytes));
                 }
                 self.out.extend_from_slice(&f.bytes);
             }
