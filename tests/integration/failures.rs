@@ -169,3 +169,36 @@ pub async fn replica_down_reads_go_elsewhere(env: &Env) -> R {
     check!(back, "the restarted replica takes no reads");
     Ok(())
 }
+
+pub async fn metrics_endpoint_reports_routing_and_lag(env: &Env) -> R {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let proxy = env.proxy_with(|c| c.metrics_listen = "127.0.0.1:0".into()).await?;
+    let addr = proxy.metrics_addr.ok_or("no metrics address")?;
+    let c = connect(&env.conn_string(proxy.addr.port())).await?;
+    for _ in 0..5 {
+        c.simple_query("SELECT 1").await?;
+    }
+    c.batch_execute("INSERT INTO t (v) VALUES (42)").await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).await?;
+    check!(body.starts_with("HTTP/1.1 200"), "metrics answer: {}", &body[..body.len().min(200)]);
+    let value = |prefix: &str| -> f64 {
+        body.lines().filter(|l| l.starts_with(prefix)).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum()
+    };
+    check!(
+        value("pgsplit_routed_total{reason=\"read\",role=\"replica\"}") >= 5.0,
+        "replica reads not counted:\n{body}"
+    );
+    check!(
+        value("pgsplit_routed_total{reason=\"write or utility statement\",role=\"primary\"}") >= 1.0,
+        "write not counted"
+    );
+    check!(body.contains("pgsplit_replica_lag_bytes{node="), "no lag gauge");
+    check!(value("pgsplit_node_in_rotation") >= 3.0, "nodes in rotation: {}", value("pgsplit_node_in_rotation"));
+    check!(value("pgsplit_client_connections") >= 1.0, "client connections not counted");
+    proxy.stop();
+    Ok(())
+}

@@ -57,6 +57,7 @@ fn main() {
         failures::pool_timeout_is_a_clear_error,
         failures::bad_state_connections_are_not_reused,
         failures::client_gone_mid_query_leaves_nothing_running,
+        failures::metrics_endpoint_reports_routing_and_lag,
         failures::lagging_replica_leaves_rotation,
         failures::replica_down_reads_go_elsewhere,
         corners::portals_with_row_limits_in_transactions,
