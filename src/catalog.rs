@@ -4,7 +4,8 @@
 //! - a relation that is a view (or a view over views) calling a VOLATILE function may write
 //!   when read: `SELECT * FROM v` goes to the primary.
 //!
-//! Answers are cached per database. A look-up that fails (primary unreachable, timeout) is not
+//! Answers are cached per database. Look-ups run on the primary; while it is unreachable, on a
+//! replica (same catalog, perhaps a moment behind). A look-up that fails everywhere is not
 //! cached and counts as "may write": unknown means primary.
 
 use std::collections::HashMap;
@@ -23,7 +24,8 @@ pub struct Catalog {
     cluster: Arc<Cluster>,
     /// database -> look-up -> read-only?
     cache: std::sync::Mutex<HashMap<String, HashMap<Lookup, bool>>>,
-    clients: Mutex<HashMap<String, tokio_postgres::Client>>,
+    /// (database, server address) -> connection.
+    clients: Mutex<HashMap<(String, Arc<str>), tokio_postgres::Client>>,
 }
 
 /// Functions: found, and none of that name (any overload) is VOLATILE.
@@ -93,33 +95,55 @@ impl Catalog {
     }
 
     async fn lookup(&self, database: &str, l: &Lookup) -> Option<bool> {
-        let mut clients = self.clients.lock().await;
-        if clients.get(database).is_none_or(|c| c.is_closed()) {
+        let candidates: Vec<Arc<str>> = {
             let t = self.cluster.load();
-            let addr = t.nodes[t.primary()].addr.clone();
-            drop(t);
-            let c = crate::monitor::connect(&self.config, &addr, database).await?;
-            clients.insert(database.to_string(), c);
-        }
-        let client = clients.get(database)?;
-        let query = async {
-            match l {
-                Lookup::Function(name) => {
-                    let (schema, func) = match name.rsplit_once('.') {
-                        Some((s, f)) => (Some(s), f),
-                        None => (None, name.as_str()),
-                    };
-                    client.query_one(FUNCTION_SQL, &[&func, &schema]).await
-                }
-                Lookup::Relation(name) => {
-                    // to_regclass wants SQL syntax: quote each part.
-                    let quoted: Vec<String> =
-                        name.split('.').map(|p| format!("\"{}\"", p.replace('"', "\"\""))).collect();
-                    client.query_one(RELATION_SQL, &[&quoted.join(".")]).await
+            let primary = t.primary();
+            std::iter::once(t.nodes[primary].addr.clone())
+                .chain(
+                    t.nodes
+                        .iter()
+                        .enumerate()
+                        .filter(|(i, n)| *i != primary && n.in_rotation)
+                        .map(|(_, n)| n.addr.clone()),
+                )
+                .collect()
+        };
+        let mut clients = self.clients.lock().await;
+        for addr in candidates {
+            let key = (database.to_string(), addr.clone());
+            if clients.get(&key).is_none_or(|c| c.is_closed()) {
+                match crate::monitor::connect(&self.config, &addr, database).await {
+                    Some(c) => {
+                        clients.insert(key.clone(), c);
+                    }
+                    None => continue,
                 }
             }
-        };
-        let row = tokio::time::timeout(Duration::from_secs(2), query).await.ok()?.ok()?;
-        row.try_get::<_, bool>(0).ok()
+            let Some(client) = clients.get(&key) else { continue };
+            match tokio::time::timeout(Duration::from_secs(2), Self::query(client, l)).await {
+                Ok(Ok(row)) => return row.try_get::<_, bool>(0).ok(),
+                _ => {
+                    clients.remove(&key);
+                }
+            }
+        }
+        None
+    }
+
+    async fn query(client: &tokio_postgres::Client, l: &Lookup) -> Result<tokio_postgres::Row, tokio_postgres::Error> {
+        match l {
+            Lookup::Function(name) => {
+                let (schema, func) = match name.rsplit_once('.') {
+                    Some((s, f)) => (Some(s), f),
+                    None => (None, name.as_str()),
+                };
+                client.query_one(FUNCTION_SQL, &[&func, &schema]).await
+            }
+            Lookup::Relation(name) => {
+                // to_regclass wants SQL syntax: quote each part.
+                let quoted: Vec<String> = name.split('.').map(|p| format!("\"{}\"", p.replace('"', "\"\""))).collect();
+                client.query_one(RELATION_SQL, &[&quoted.join(".")]).await
+            }
+        }
     }
 }

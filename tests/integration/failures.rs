@@ -200,3 +200,44 @@ pub async fn metrics_endpoint_reports_routing_and_lag(env: &Env) -> R {
     proxy.stop();
     Ok(())
 }
+
+pub async fn primary_down_reads_go_on_writes_fail_fast(env: &Env) -> R {
+    let replicas = env.replica_ports();
+    let cluster = &env.cluster;
+    tokio::task::block_in_place(|| cluster.psql(0, "CREATE TABLE IF NOT EXISTS down_probe AS SELECT 1 AS a"))?;
+    env.caught_up().await?;
+    tokio::task::block_in_place(|| cluster.stop_node(0, "fast"))?;
+    let result = async {
+        // New clients can still log in (on a replica) and read, tables and views pgsplit has
+        // not looked up before included (the catalog is read on a replica meanwhile).
+        let c = env.client().await?;
+        for _ in 0..10 {
+            let p = port_of(&c, "SELECT inet_server_port()").await?;
+            check!(replicas.contains(&p), "read ran on {p}");
+            let p = port_of(&c, "SELECT inet_server_port(), count(*) FROM down_probe").await?;
+            check!(replicas.contains(&p), "read of a table ran on {p}");
+        }
+        // A write fails at once with a connection error, and the session lives on.
+        let t0 = Instant::now();
+        let e = c.batch_execute("INSERT INTO t (v) VALUES (1)").await.err().map(|e| sqlstate(&e));
+        check!(e.as_deref() == Some("08006"), "write with the primary down gave {e:?}");
+        check!(t0.elapsed() < Duration::from_secs(5), "the failing write took {:?}", t0.elapsed());
+        check!(simple_value(&c, "SELECT 1").await? == "1", "session unusable after the failed write");
+        Ok::<(), Box<dyn std::error::Error + Send + Sync>>(())
+    }
+    .await;
+    tokio::task::block_in_place(|| cluster.start_node(0))?;
+    result?;
+    // Writes work again once the primary is back.
+    let c = env.client().await?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match c.batch_execute("INSERT INTO t (v) VALUES (2)").await {
+            Ok(()) => break,
+            Err(e) => check!(Instant::now() < deadline, "writes did not come back: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    env.wait_rotation(&env.proxy, &replicas).await?;
+    Ok(())
+}

@@ -60,6 +60,7 @@ fn main() {
         failures::metrics_endpoint_reports_routing_and_lag,
         failures::lagging_replica_leaves_rotation,
         failures::replica_down_reads_go_elsewhere,
+        failures::primary_down_reads_go_on_writes_fail_fast,
         corners::portals_with_row_limits_in_transactions,
         corners::huge_rows_results_and_queries,
         corners::max_parameters,
