@@ -23,7 +23,9 @@ fn main() {
     };
     let rt = tokio::runtime::Runtime::new().unwrap_or_else(|e| panic!("runtime: {e}"));
     let primary_port = cluster.primary().port;
-    pgbench(primary_port, &["-i", "-q", "-s", "10"]);
+    if let Err(e) = pgbench(primary_port, &["-i", "-q", "-s", "10"]) {
+        eprintln!("pgbench -i: {e}");
+    }
     let _ = cluster.wait_caught_up();
 
     let mut only_primary = Config { listen: "127.0.0.1:0".into(), ..Config::default() };
@@ -57,15 +59,26 @@ fn main() {
         for (name, port) in &targets {
             let mut args = vec!["-n", "-c", clients.as_str(), "-j", "2", "-T", seconds.as_str()];
             args.extend(extra.iter().copied());
-            let (tps, lat) = pgbench(*port, &args);
-            println!("{name:<34} {tps:>10.0} tps  {lat:>7.3} ms avg latency");
-            results.push((*name, tps));
+            match pgbench(*port, &args) {
+                Ok((tps, lat)) => {
+                    println!("{name:<34} {tps:>10.0} tps  {lat:>7.3} ms avg latency");
+                    results.push((*name, Some(tps)));
+                }
+                Err(why) => {
+                    println!("{name:<34}     failed: {why}");
+                    results.push((*name, None));
+                }
+            }
         }
-        let direct = results[0].1;
-        let bouncer_tps = results.iter().find(|(n, _)| n.starts_with("pgbouncer")).map(|r| r.1);
+        let tps_of = |prefix: &str| results.iter().find(|(n, _)| n.starts_with(prefix)).and_then(|r| r.1);
+        let (direct, bouncer) = (tps_of("direct"), tps_of("pgbouncer"));
         for (name, tps) in results.iter().filter(|(n, _)| n.starts_with("pgsplit")) {
-            print!("{name:<34} {:>6.2}x direct", tps / direct);
-            if let Some(b) = bouncer_tps {
+            let Some(tps) = tps else { continue };
+            print!("{name:<34}");
+            if let Some(d) = direct {
+                print!(" {:>6.2}x direct", tps / d);
+            }
+            if let Some(b) = bouncer {
                 print!("  {:>6.2}x pgbouncer", tps / b);
             }
             println!();
@@ -81,8 +94,9 @@ fn main() {
     drop(cluster);
 }
 
-/// Runs pgbench and returns (tps, average latency in ms).
-fn pgbench(port: u16, args: &[&str]) -> (f64, f64) {
+/// Runs pgbench and returns (tps, average latency in ms), or why the run failed (any client
+/// error makes the run's figures meaningless).
+fn pgbench(port: u16, args: &[&str]) -> Result<(f64, f64), String> {
     let out = Command::new("pgbench")
         .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "postgres", "postgres"])
         .args(args)
@@ -95,10 +109,14 @@ fn pgbench(port: u16, args: &[&str]) -> (f64, f64) {
             .and_then(|l| l.split_whitespace().find_map(|w| w.parse::<f64>().ok()))
             .unwrap_or(0.0)
     };
-    if !out.status.success() {
-        eprintln!("pgbench failed: {}", String::from_utf8_lossy(&out.stderr));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if let Some(error) = stderr.lines().find(|l| l.contains("error")) {
+        return Err(error.chars().take(100).collect());
     }
-    (field("tps ="), field("latency average ="))
+    if !out.status.success() {
+        return Err(format!("pgbench exited with {}", out.status));
+    }
+    Ok((field("tps ="), field("latency average =")))
 }
 
 fn start_pgbouncer(cluster: &LocalCluster) -> Option<(u16, Child)> {
