@@ -115,7 +115,7 @@ impl LocalCluster {
         )?;
         let conf = format!(
             "listen_addresses = '127.0.0.1'\nport = {}\nunix_socket_directories = '{}'\nwal_level = replica\n\
-             max_wal_senders = 10\nhot_standby = on\nfsync = off\nmax_connections = 300\nshared_buffers = 32MB\n\
+             max_wal_senders = 10\nhot_standby = on\nfsync = off\nmax_connections = 300\nmax_prepared_transactions = 10\nshared_buffers = 32MB\n\
              wal_keep_size = 256MB\nhot_standby_feedback = on\nwal_receiver_status_interval = 1s\n",
             primary.port,
             path(&base)

@@ -266,3 +266,14 @@ pub async fn views_that_write_go_to_the_primary(env: &Env) -> R {
     on_primary(env, &["SELECT port FROM writing_view", "SELECT port FROM view_over_writing_view"]).await?;
     on_replica(env, &["SELECT port FROM plain_view", "SELECT port FROM plain_view"]).await
 }
+
+pub async fn two_phase_commit_goes_to_the_primary(env: &Env) -> R {
+    let c = env.client().await?;
+    c.batch_execute("BEGIN; INSERT INTO t (v) VALUES (-2001); PREPARE TRANSACTION 'pgsplit_2pc_a'").await?;
+    c.batch_execute("COMMIT PREPARED 'pgsplit_2pc_a'").await?;
+    c.batch_execute("BEGIN; INSERT INTO t (v) VALUES (-2002); PREPARE TRANSACTION 'pgsplit_2pc_b'").await?;
+    c.batch_execute("ROLLBACK PREPARED 'pgsplit_2pc_b'").await?;
+    let n = simple_value(&c, "/* pgsplit:primary */ SELECT count(*) FROM t WHERE v IN (-2001, -2002)").await?;
+    check!(n == "1", "two-phase commit left {n} rows");
+    Ok(())
+}
