@@ -106,7 +106,7 @@ pub async fn prepared_statements_survive_replaced_connections_and_ddl(env: &Env)
             )
         })?;
     }
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
     for i in 0..10 {
         let v: i32 = c.query_one(&st, &[&i]).await?.get(0);
         check!(v == 3 * i, "after reconnect run {i} returned {v}");
