@@ -70,6 +70,7 @@ pub async fn psql_watch_repeats(env: &Env) -> R {
     tokio::time::sleep(std::time::Duration::from_millis(2000)).await;
     child.start_kill()?;
     let out = child.wait_with_output().await?;
+    let _ = std::fs::remove_file(&file);
     let text = String::from_utf8_lossy(&out.stdout);
     let ticks = text.lines().filter(|l| l.starts_with("tick|")).count();
     check!(ticks >= 3, "\\watch ran {ticks} times: {text}");
