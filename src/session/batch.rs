@@ -1,0 +1,407 @@
+//! Extended-protocol batches: queued until Flush or Sync, routed as one unit, and written for
+//! the connection that runs them (statements it lacks are prepared first).
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+
+use super::extended::{self, Prepared};
+use super::{End, Expect, Session};
+use crate::protocol::{self, Frame};
+use crate::sql::Target;
+use crate::sql::cache::Analysis;
+use crate::topology::Role;
+
+/// A client extended-protocol message waiting for Flush or Sync.
+pub(super) enum BatchItem {
+    Parse(Arc<Prepared>),
+    Bind(Frame, Arc<Prepared>),
+    DescribeStatement(Arc<Prepared>),
+    CloseStatement(Bytes),
+    Raw(Frame),
+}
+
+pub(super) struct Batch {
+    items: Vec<BatchItem>,
+    target: Target,
+    reason: &'static str,
+    /// Analyses of the batch's statements whose look-ups are still to be checked.
+    lookups: Vec<Arc<Analysis>>,
+    hint: Option<crate::sql::Hint>,
+}
+
+impl Default for Batch {
+    fn default() -> Self {
+        Batch { items: Vec::new(), target: Target::Any, reason: "session command", lookups: Vec::new(), hint: None }
+    }
+}
+
+impl Batch {
+    pub(super) fn add_analysis(&mut self, a: &Arc<Analysis>) {
+        if a.target > self.target {
+            self.target = a.target;
+            self.reason = a.reason;
+        }
+        if a.hint.is_some() {
+            self.hint = a.hint;
+        }
+        if a.statements.iter().any(|c| !c.lookups.is_empty()) && !self.lookups.iter().any(|x| Arc::ptr_eq(x, a)) {
+            self.lookups.push(a.clone());
+        }
+    }
+}
+
+impl Session {
+    pub(super) fn queue_extended(&mut self, f: Frame) -> Result<(), End> {
+        let item = match f.tag() {
+            b'P' => {
+                let p = extended::read_parse(&f)?;
+                let analysis = self.shared.cache.analyze(p.query);
+                self.batch.add_analysis(&analysis);
+                self.parses += 1;
+                let prepared = Arc::new(extended::prepared_from(&p, analysis, (self.cancel.pid, self.parses)));
+                if p.name.is_empty() {
+                    self.statements.unnamed = Some(prepared.clone());
+                } else {
+                    self.statements.named.insert(p.name.to_string(), prepared.clone());
+                }
+                BatchItem::Parse(prepared)
+            }
+            b'B' => {
+                let (_, stmt, _) = extended::read_bind(&f)?;
+                match self.statements.get(stmt).cloned() {
+                    Some(p) => {
+                        self.batch.add_analysis(&p.analysis);
+                        for c in &p.analysis.statements {
+                            self.note_effect(&c.effect, c.route_mode);
+                        }
+                        BatchItem::Bind(f, p)
+                    }
+                    // Unknown statement: the server answers with the proper error.
+                    None => BatchItem::Raw(f),
+                }
+            }
+            b'D' => match extended::read_target(&f)? {
+                (b'S', name) => match self.statements.get(name).cloned() {
+                    Some(p) => BatchItem::DescribeStatement(p),
+                    None => BatchItem::Raw(f),
+                },
+                _ => BatchItem::Raw(f),
+            },
+            b'C' => match extended::read_target(&f)? {
+                (b'S', "") => {
+                    self.statements.unnamed = None;
+                    BatchItem::Raw(f)
+                }
+                (b'S', name) => match self.statements.named.remove(name) {
+                    Some(p) => BatchItem::CloseStatement(Bytes::from(p.server_name.clone())),
+                    None => BatchItem::Raw(f),
+                },
+                _ => BatchItem::Raw(f),
+            },
+            _ => BatchItem::Raw(f),
+        };
+        self.batch.items.push(item);
+        Ok(())
+    }
+
+    pub(super) async fn flush_or_sync(&mut self, f: Frame) -> Result<(), End> {
+        let is_sync = f.tag() == b'S';
+        if self.skip_until_sync {
+            if is_sync {
+                self.skip_until_sync = false;
+                self.batch = Batch::default();
+                self.out.extend_from_slice(&protocol::ready_for_query(self.tx_status));
+            }
+            return Ok(());
+        }
+        let batch = std::mem::take(&mut self.batch);
+        if batch.items.is_empty() && self.server.is_none() {
+            // A lone Sync (or Flush) with nothing to run: answered here, no server needed.
+            if is_sync {
+                self.out.extend_from_slice(&protocol::ready_for_query(self.tx_status));
+            }
+            return Ok(());
+        }
+        let analyses: Vec<&Analysis> = batch.lookups.iter().map(|a| &**a).collect();
+        let (target, reason) = self.resolve(batch.target, batch.reason, &analyses).await;
+        if self.batch_open && self.tx_status == b'I' && target == Target::Primary && self.on_replica() {
+            // The start of this batch went to a replica (it looked like a read when the client
+            // flushed); the rest needs the primary. Close the replica's part with a Sync of our
+            // own and carry on on the primary: prepared statements follow the client.
+            if !self.close_open_batch().await? {
+                self.skip_until_sync = !is_sync;
+                if is_sync {
+                    self.out.extend_from_slice(&protocol::ready_for_query(self.tx_status));
+                }
+                return Ok(());
+            }
+        }
+        let decision = self.decide(target, reason, batch.hint);
+        if !self.place(decision).await? {
+            self.batch_open = false;
+            if is_sync {
+                self.out.extend_from_slice(&protocol::ready_for_query(self.tx_status));
+            } else {
+                self.skip_until_sync = true;
+            }
+            return Ok(());
+        }
+        if !self.batch_open
+            && let Some(err) = self.prepare_checked(&batch.items).await?
+        {
+            // The statement's shape changed since the client described it (or it no longer
+            // parses): the client gets the server's error and the batch does not run.
+            self.effects.request.clear();
+            self.out.extend_from_slice(&err);
+            if is_sync {
+                self.out.extend_from_slice(&protocol::ready_for_query(self.tx_status));
+            } else {
+                self.skip_until_sync = true;
+            }
+            if self.tx_status == b'I' && self.pin.is_none() && self.outstanding == 0 {
+                self.release_server();
+            }
+            return Ok(());
+        }
+        let Some(server) = self.server.as_mut() else {
+            return Ok(());
+        };
+        let mut buf = BytesMut::with_capacity(256);
+        if self.tx_status == b'I' && !self.batch_open {
+            // No portal can outlive this point, so statements can be closed safely.
+            evict_statements(&batch.items, &mut server.conn, &mut self.expect, &mut buf);
+        }
+        for item in batch.items {
+            encode_item(item, &mut server.conn, &mut self.expect, &mut buf)?;
+        }
+        buf.extend_from_slice(&f.bytes);
+        if is_sync {
+            self.expect.push_back(Expect::Sync);
+            self.outstanding += 1;
+            self.batch_open = false;
+        } else {
+            self.batch_open = true;
+        }
+        self.send_server(&buf).await
+    }
+
+    /// Prepares, ahead of the batch and with a Sync of pgsplit's own, the statements the batch
+    /// uses that this connection lacks and whose row description the client has seen, and
+    /// checks each still has that shape. Returns the error for the client when one does not.
+    pub(super) async fn prepare_checked(&mut self, items: &[BatchItem]) -> Result<Option<Bytes>, End> {
+        let Some(server) = self.server.as_mut() else { return Ok(None) };
+        let mut needed: Vec<Arc<Prepared>> = Vec::new();
+        for item in items {
+            if let BatchItem::Bind(_, p) | BatchItem::DescribeStatement(p) = item
+                && !p.server_name.is_empty()
+                && p.described.get().is_some()
+                && !server.conn.prepared.contains(&p.server_name)
+                && !needed.iter().any(|n| Arc::ptr_eq(n, p))
+            {
+                needed.push(p.clone());
+            }
+            if let BatchItem::Parse(p) = item {
+                // Parsed again in this very batch: nothing to check.
+                needed.retain(|n| n.server_name != p.server_name);
+            }
+        }
+        if needed.is_empty() {
+            return Ok(None);
+        }
+        let mut buf = BytesMut::new();
+        for p in &needed {
+            buf.extend_from_slice(&p.parse);
+            buf.extend_from_slice(&extended::target_message(b'D', b'S', &p.server_name));
+        }
+        buf.extend_from_slice(&protocol::sync());
+        if let Err(e) = server.conn.send(&buf).await {
+            self.server_lost(e)?;
+            return Ok(Some(protocol::error("08006", "pgsplit: the server connection was lost")));
+        }
+        let mut error = None;
+        let mut i = 0;
+        loop {
+            let Some(server) = self.server.as_mut() else { return Ok(error) };
+            let f = match server.conn.reader.next().await {
+                Ok(f) => f,
+                Err(e) => {
+                    self.server_lost(e)?;
+                    return Ok(Some(protocol::error("08006", "pgsplit: the server connection was lost")));
+                }
+            };
+            match f.tag() {
+                b'1' => {
+                    if let Some(p) = needed.get(i) {
+                        server.conn.prepared.insert(p.server_name.clone());
+                    }
+                }
+                b'T' | b'n' => {
+                    if let Some(p) = needed.get(i)
+                        && p.described.get().is_some_and(|d| d[..] != f.bytes[..])
+                        && error.is_none()
+                    {
+                        error = Some(protocol::error("0A000", "cached plan must not change result type"));
+                    }
+                    i += 1;
+                }
+                b'E' if error.is_none() => error = Some(f.bytes),
+                b'S' => server.conn.note_parameter(&f),
+                b'N' => self.out.extend_from_slice(&f.bytes),
+                b'Z' => {
+                    self.tx_status = f.body().first().copied().unwrap_or(self.tx_status);
+                    return Ok(error);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    pub(super) fn on_replica(&self) -> bool {
+        let Some(s) = self.server.as_ref() else {
+            return false;
+        };
+        self.shared.cluster.load().nodes.get(s.conn.node).is_some_and(|n| n.role == Role::Replica)
+    }
+
+    /// Ends the part of a batch already sent (up to a Flush) with a Sync of pgsplit's own and
+    /// releases its server, so what follows can be routed on its own. Returns false when that
+    /// part failed (the client got the error and the rest of its batch must be skipped).
+    pub(super) async fn close_open_batch(&mut self) -> Result<bool, End> {
+        self.send_server(&protocol::sync()).await?;
+        self.expect.push_back(Expect::Sync);
+        loop {
+            let Some(s) = self.server.as_mut() else {
+                return Ok(false);
+            };
+            let f = match s.conn.reader.next().await {
+                Ok(f) => f,
+                Err(e) => {
+                    self.server_lost(e)?;
+                    return Ok(false);
+                }
+            };
+            if f.tag() == b'Z' {
+                // Our own Sync's answer: the client never sees it.
+                self.expect.pop_front();
+                let failed = self.effects.error_in_request;
+                let status = f.body().first().copied().unwrap_or(b'I');
+                self.tx_status = status;
+                let settled = self.effects.settle(status);
+                self.apply_effects(settled);
+                self.batch_open = false;
+                if status == b'I' && self.pin.is_none() {
+                    self.release_server();
+                }
+                return Ok(!failed);
+            }
+            self.on_server_frame(f);
+        }
+    }
+}
+
+/// Writes one batch item for `conn`, injecting the Parse (or Close) a statement needs there.
+pub(super) fn encode_item(
+    item: BatchItem,
+    conn: &mut crate::backend::ServerConn,
+    expect: &mut VecDeque<Expect>,
+    buf: &mut BytesMut,
+) -> Result<(), End> {
+    pub(super) fn ensure(
+        p: &Prepared,
+        conn: &mut crate::backend::ServerConn,
+        expect: &mut VecDeque<Expect>,
+        buf: &mut BytesMut,
+    ) {
+        let present =
+            if p.server_name.is_empty() { conn.unnamed == Some(p.key) } else { conn.prepared.contains(&p.server_name) };
+        if !present {
+            buf.extend_from_slice(&p.parse);
+            expect.push_back(Expect::Parse { swallow: true, name: p.server_name.clone() });
+            note_prepared(p, conn);
+        }
+    }
+    match item {
+        BatchItem::Parse(p) => {
+            if !p.server_name.is_empty() && conn.prepared.contains(&p.server_name) {
+                // Already there (same text and types): close it first so the client's Parse
+                // gets its ParseComplete rather than "already exists".
+                buf.extend_from_slice(&extended::target_message(b'C', b'S', &p.server_name));
+                expect.push_back(Expect::Close { swallow: true });
+            }
+            buf.extend_from_slice(&p.parse);
+            expect.push_back(Expect::Parse { swallow: false, name: p.server_name.clone() });
+            note_prepared(&p, conn);
+        }
+        BatchItem::Bind(f, p) => {
+            ensure(&p, conn, expect, buf);
+            if p.server_name.is_empty() {
+                buf.extend_from_slice(&f.bytes);
+            } else {
+                buf.extend_from_slice(&extended::rewrite_bind(&f, &p.server_name)?);
+            }
+        }
+        BatchItem::DescribeStatement(p) => {
+            ensure(&p, conn, expect, buf);
+            buf.extend_from_slice(&extended::target_message(b'D', b'S', &p.server_name));
+            expect.push_back(Expect::Describe { statement: Some(p) });
+        }
+        BatchItem::CloseStatement(name) => {
+            let name = String::from_utf8_lossy(&name).into_owned();
+            conn.prepared.remove(&name);
+            buf.extend_from_slice(&extended::target_message(b'C', b'S', &name));
+            expect.push_back(Expect::Close { swallow: false });
+        }
+        BatchItem::Raw(f) => {
+            if f.tag() == b'C' {
+                expect.push_back(Expect::Close { swallow: false });
+            }
+            if f.tag() == b'D' {
+                expect.push_back(Expect::Describe { statement: None });
+            }
+            if f.tag() == b'P' {
+                expect.push_back(Expect::Parse { swallow: false, name: String::new() });
+            }
+            buf.extend_from_slice(&f.bytes);
+        }
+    }
+    Ok(())
+}
+
+/// Server connections keep at most this many prepared statements; beyond it, pgsplit closes
+/// some (those this batch does not use) so server memory stays bounded however many distinct
+/// statements clients prepare. Evicted ones are prepared again on demand.
+const MAX_SERVER_STATEMENTS: usize = 1000;
+
+pub(super) fn evict_statements(
+    items: &[BatchItem],
+    conn: &mut crate::backend::ServerConn,
+    expect: &mut VecDeque<Expect>,
+    buf: &mut BytesMut,
+) {
+    if conn.prepared.len() < MAX_SERVER_STATEMENTS {
+        return;
+    }
+    let used = |name: &str| {
+        items.iter().any(|i| match i {
+            BatchItem::Parse(p) | BatchItem::Bind(_, p) | BatchItem::DescribeStatement(p) => p.server_name == name,
+            _ => false,
+        })
+    };
+    let victims: Vec<String> =
+        conn.prepared.iter().filter(|n| !used(n)).take(MAX_SERVER_STATEMENTS / 4).cloned().collect();
+    for name in victims {
+        buf.extend_from_slice(&extended::target_message(b'C', b'S', &name));
+        expect.push_back(Expect::Close { swallow: true });
+        conn.prepared.remove(&name);
+    }
+}
+
+pub(super) fn note_prepared(p: &Prepared, conn: &mut crate::backend::ServerConn) {
+    if p.server_name.is_empty() {
+        conn.unnamed = Some(p.key);
+    } else {
+        conn.prepared.insert(p.server_name.clone());
+    }
+}

@@ -1,0 +1,119 @@
+//! Client to server: dispatching client messages; simple queries.
+
+use super::{End, Session};
+use crate::protocol::{self, Frame, ProtocolError};
+use crate::router::Decision;
+use crate::sql::{Effect, RouteMode};
+
+impl Session {
+    pub(super) async fn on_client_frame(&mut self, f: Frame) -> Result<(), End> {
+        match f.tag() {
+            b'Q' => self.simple_query(f).await,
+            b'P' | b'B' | b'D' | b'E' | b'C' => {
+                if !self.skip_until_sync {
+                    self.queue_extended(f)?;
+                }
+                Ok(())
+            }
+            b'H' | b'S' => self.flush_or_sync(f).await,
+            b'd' | b'c' | b'f' => {
+                if self.copy_in {
+                    if f.tag() != b'd' {
+                        self.copy_in = false;
+                    }
+                    self.send_server(&f.bytes).await?;
+                }
+                // Outside COPY these are ignored, as PostgreSQL does.
+                Ok(())
+            }
+            b'F' => {
+                // FunctionCall (fast-path): may do anything, so the primary.
+                let primary = self.shared.cluster.load().primary();
+                let d = Decision::Primary { node: primary, reason: "fast-path function call" };
+                if self.place(d).await? {
+                    self.outstanding += 1;
+                    self.send_server(&f.bytes).await?;
+                }
+                Ok(())
+            }
+            b'X' => Err(End::Terminated),
+            other => {
+                Err(End::Protocol(ProtocolError::Invalid(format!("unexpected message type 0x{other:02x} from client"))))
+            }
+        }
+    }
+
+    pub(super) async fn simple_query(&mut self, f: Frame) -> Result<(), End> {
+        let mut body = f.body();
+        let sql = protocol::read_cstr(&mut body)?;
+        let analysis = self.shared.cache.analyze(sql);
+        if self.batch_open && self.tx_status == b'I' && self.pin.is_none() {
+            // A simple Query after Parse/Describe/Flush with no Sync (asyncpg prepares that
+            // way): the flushed part is over; the query is routed on its own.
+            self.close_open_batch().await?;
+        }
+        if let [c] = analysis.statements.as_slice()
+            && let Effect::Deallocate(name) = &c.effect
+            && self.deallocate_locally(name.as_deref())
+        {
+            let tag = if name.is_some() { "DEALLOCATE" } else { "DEALLOCATE ALL" };
+            self.out.extend_from_slice(&protocol::command_complete(tag));
+            self.out.extend_from_slice(&protocol::ready_for_query(self.tx_status));
+            return Ok(());
+        }
+        if let [c] = analysis.statements.as_slice()
+            && let Some(mode) = c.route_mode
+        {
+            // SET pgsplit.route is pgsplit's own: answered here, replayed (quoted) for SHOW.
+            self.mode = mode;
+            self.settings.apply(&c.effect);
+            self.out.extend_from_slice(&protocol::command_complete("SET"));
+            self.out.extend_from_slice(&protocol::ready_for_query(self.tx_status));
+            return Ok(());
+        }
+        let (target, reason) = self.resolve(analysis.target, analysis.reason, &[&*analysis]).await;
+        let decision = self.decide(target, reason, analysis.hint);
+        if !self.place(decision).await? {
+            self.out.extend_from_slice(&protocol::ready_for_query(self.tx_status));
+            return Ok(());
+        }
+        for c in &analysis.statements {
+            self.note_effect(&c.effect, c.route_mode);
+        }
+        self.outstanding += 1;
+        if let Some(s) = self.server.as_mut() {
+            // A simple Query destroys the unnamed prepared statement.
+            s.conn.unnamed = None;
+        }
+        self.send_server(&f.bytes).await
+    }
+
+    /// DEALLOCATE of a statement pgsplit renamed (or ALL, outside a pinned session) is
+    /// answered here: the server knows the statement under another name, or not at all.
+    pub(super) fn deallocate_locally(&mut self, name: Option<&str>) -> bool {
+        match name {
+            Some(n) => self.statements.named.remove(n).is_some(),
+            None if self.pin.is_none() => {
+                self.statements.named.clear();
+                true
+            }
+            None => {
+                self.statements.named.clear();
+                false
+            }
+        }
+    }
+
+    pub(super) fn note_effect(&mut self, effect: &Effect, mode: Option<RouteMode>) {
+        match effect {
+            Effect::None | Effect::Begin { .. } => {}
+            Effect::Pin(why) => {
+                if self.pin.is_none() {
+                    tracing::debug!(reason = why, "session pinned to its server connection");
+                }
+                self.pin = Some(why);
+            }
+            e => self.effects.request.push((e.clone(), mode)),
+        }
+    }
+}
