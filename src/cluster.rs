@@ -36,8 +36,15 @@ pub const SCRAM_USER: (&str, &str) = ("pgsplit_scram", "scram-secret");
 /// Finds the PostgreSQL server binaries: $PGSPLIT_PG_BIN, the newest
 /// /usr/lib/postgresql/*/bin, or the PATH.
 pub fn find_bin() -> Result<PathBuf, String> {
+    const HINT: &str = "PostgreSQL server binaries (initdb, pg_ctl, pg_basebackup) not found: install them with \
+         `apt-get install postgresql` (Debian/Ubuntu), or point PGSPLIT_PG_BIN at their directory";
     if let Ok(dir) = std::env::var("PGSPLIT_PG_BIN") {
-        return Ok(PathBuf::from(dir));
+        let dir = PathBuf::from(dir);
+        return if dir.join("initdb").exists() {
+            Ok(dir)
+        } else {
+            Err(format!("{HINT} ({} has no initdb)", dir.display()))
+        };
     }
     let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
         .into_iter()
@@ -61,9 +68,7 @@ pub fn find_bin() -> Result<PathBuf, String> {
             return Ok(dir.to_path_buf());
         }
     }
-    Err("PostgreSQL server binaries (initdb, pg_ctl, pg_basebackup) not found: install them with \
-         `apt-get install postgresql` (Debian/Ubuntu), or point PGSPLIT_PG_BIN at their directory"
-        .into())
+    Err(HINT.into())
 }
 
 pub fn free_port() -> Result<u16, String> {
