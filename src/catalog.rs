@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::Mutex;
 
@@ -26,6 +26,9 @@ pub struct Catalog {
     cache: std::sync::Mutex<HashMap<String, HashMap<Lookup, bool>>>,
     /// (database, server address) -> connection.
     clients: Mutex<HashMap<(String, Arc<str>), tokio_postgres::Client>>,
+    /// (database, server address) that refused a catalog connection, and until when not to
+    /// try again: a broken monitor login must not cost every query a connection attempt.
+    refused: std::sync::Mutex<HashMap<(String, Arc<str>), Instant>>,
 }
 
 /// Functions: found, and none of that name (any overload) is VOLATILE.
@@ -57,6 +60,7 @@ impl Catalog {
             cluster,
             cache: std::sync::Mutex::new(HashMap::new()),
             clients: Mutex::new(HashMap::new()),
+            refused: std::sync::Mutex::new(HashMap::new()),
         })
     }
 
@@ -112,11 +116,28 @@ impl Catalog {
         for addr in candidates {
             let key = (database.to_string(), addr.clone());
             if clients.get(&key).is_none_or(|c| c.is_closed()) {
+                let backoff = self.refused.lock().unwrap_or_else(|p| p.into_inner()).get(&key).copied();
+                if backoff.is_some_and(|until| Instant::now() < until) {
+                    continue;
+                }
                 match crate::monitor::connect(&self.config, &addr, database).await {
                     Some(c) => {
                         clients.insert(key.clone(), c);
                     }
-                    None => continue,
+                    None => {
+                        tracing::warn!(
+                            server = %addr,
+                            database,
+                            user = %self.config.monitor.user,
+                            "catalog look-up connection failed (check [monitor] credentials): \
+                             statements that need a look-up go to the primary"
+                        );
+                        self.refused
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .insert(key, Instant::now() + Duration::from_secs(2));
+                        continue;
+                    }
                 }
             }
             let Some(client) = clients.get(&key) else { continue };
