@@ -49,10 +49,16 @@ pub fn spawn(
             let mut client: Option<tokio_postgres::Client> = None;
             loop {
                 let probe = probe(&config, &addr, &mut client).await;
-                let was_ok = { probes.lock().unwrap_or_else(|p| p.into_inner())[node].ok };
-                if was_ok && !probe.ok {
-                    tracing::warn!(node = %addr, "health check failed");
+                let before = { probes.lock().unwrap_or_else(|p| p.into_inner())[node].clone() };
+                if (before.ok || !before.done) && !probe.ok {
+                    tracing::warn!(
+                        node = %addr,
+                        user = %config.monitor.user,
+                        "health check failed (server down, or [monitor] credentials refused): no reads go there"
+                    );
                     pools.drop_idle(&addr);
+                } else if !before.ok && before.done && probe.ok {
+                    tracing::info!(node = %addr, "health check passed again");
                 }
                 {
                     let mut all = probes.lock().unwrap_or_else(|p| p.into_inner());
