@@ -39,6 +39,9 @@ pub struct ServerConn {
     pub unnamed: Option<u64>,
     /// Hash of the session settings applied here (0 = server defaults).
     pub settings: u64,
+    /// A client changed the role or session authorization here: RESET ALL does not undo
+    /// that reliably, so the connection is closed rather than pooled.
+    pub identity_changed: bool,
     pub created: Instant,
     pub last_used: Instant,
 }
@@ -149,6 +152,7 @@ impl ServerConn {
             prepared: HashSet::new(),
             unnamed: None,
             settings: 0,
+            identity_changed: false,
             created: now,
             last_used: now,
         })

@@ -157,9 +157,8 @@ impl Pool {
 impl Checkout {
     /// Returns a connection that is idle ('I') with nothing unread to its pool.
     pub fn release(mut self, metrics: &Metrics) {
-        if self.conn.reader.buffered() > 0 {
-            metrics.server_connections.with_label_values(&[&self.conn.addr]).dec();
-            return;
+        if self.conn.reader.buffered() > 0 || self.conn.identity_changed {
+            return self.discard(metrics);
         }
         self.conn.last_used = Instant::now();
         self.conn.reader.shrink();

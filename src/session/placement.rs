@@ -129,7 +129,10 @@ impl Session {
         };
         if co.conn.settings != self.settings.hash() {
             match co.conn.run_silently(&self.settings.replay_sql()).await {
-                Ok(None) => co.conn.settings = self.settings.hash(),
+                Ok(None) => {
+                    co.conn.settings = self.settings.hash();
+                    co.conn.identity_changed |= self.settings.changes_identity();
+                }
                 Ok(Some(err)) => {
                     co.discard(&self.shared.metrics);
                     return Err(AttachError::Refused(err.bytes));

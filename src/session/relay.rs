@@ -125,6 +125,7 @@ impl Session {
         // The connection ran these statements: it now has exactly the client's settings.
         if let Some(s) = self.server.as_mut() {
             s.conn.settings = self.settings.hash();
+            s.conn.identity_changed |= self.settings.changes_identity();
         }
     }
 

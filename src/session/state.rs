@@ -29,6 +29,11 @@ impl Settings {
         self.hash
     }
 
+    /// The settings change who the session is (SET ROLE, SET SESSION AUTHORIZATION).
+    pub fn changes_identity(&self) -> bool {
+        self.current.iter().any(|(n, _)| n == "role" || n == "session_authorization")
+    }
+
     /// The statement that brings a server connection to these settings.
     pub fn replay_sql(&self) -> String {
         let mut sql = String::from("RESET ALL");

@@ -46,6 +46,7 @@ fn main() {
         session::set_config_is_replayed_not_pinned,
         session::settings_in_rolled_back_transactions_are_forgotten,
         session::session_state_pins_to_the_primary,
+        session::role_changes_never_leak_to_other_clients,
         session::parameter_status_looks_like_a_primary,
         protocol::named_prepared_statements_on_any_connection,
         protocol::extended_batches_route_as_one_unit,

@@ -3,7 +3,7 @@
 use std::collections::BTreeSet;
 
 use crate::check;
-use crate::common::{Env, R, port_of, simple_value};
+use crate::common::{Env, R, connect, port_of, simple_value};
 
 pub async fn settings_follow_the_client(env: &Env) -> R {
     let a = env.client().await?;
@@ -131,5 +131,33 @@ pub async fn parameter_status_looks_like_a_primary(env: &Env) -> R {
     check!(out.status.success(), "psql read-write failed: {}", String::from_utf8_lossy(&out.stderr));
     let lines: Vec<&str> = stdout.lines().collect();
     check!(lines.len() == 2, "unexpected output {stdout}");
+    Ok(())
+}
+
+pub async fn role_changes_never_leak_to_other_clients(env: &Env) -> R {
+    let proxy = env.proxy_with(|c| c.pool.size = 1).await?;
+    let url = env.conn_string(proxy.addr.port());
+    let admin = connect(&url).await?;
+    admin
+        .batch_execute("DO $$ BEGIN CREATE ROLE pgsplit_low NOLOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END $$")
+        .await?;
+    env.caught_up().await?;
+    let a = connect(&url).await?;
+    a.batch_execute("SET ROLE pgsplit_low").await?;
+    for _ in 0..4 {
+        let who = simple_value(&a, "/* pgsplit:primary */ SELECT current_user").await?;
+        check!(who == "pgsplit_low", "client a runs as {who}");
+    }
+    a.batch_execute("SET SESSION AUTHORIZATION pgsplit_low").await?;
+    drop(a);
+    // One server connection per server: b gets what a used, and must not be pgsplit_low.
+    let b = connect(&url).await?;
+    for _ in 0..4 {
+        let who = simple_value(&b, "/* pgsplit:primary */ SELECT current_user || ' ' || session_user").await?;
+        check!(who == "postgres postgres", "client b runs as {who}");
+        let who = simple_value(&b, "SELECT current_user || ' ' || session_user").await?;
+        check!(who == "postgres postgres", "client b reads as {who}");
+    }
+    proxy.stop();
     Ok(())
 }
