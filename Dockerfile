@@ -5,6 +5,7 @@ COPY Cargo.toml Cargo.lock rustfmt.toml ./
 COPY src ./src
 COPY config ./config
 COPY tests ./tests
+COPY benches ./benches
 RUN cargo build --release --locked
 
 FROM debian:bookworm-slim
