@@ -74,9 +74,18 @@ pub fn prepared_from(p: &ParseMsg<'_>, analysis: Arc<Analysis>, unique: (i32, u6
     p.types.hash(&mut h);
     let key = h.finish();
     let server_name = if p.name.is_empty() { String::new() } else { format!("pgsplit_{:x}_{:x}", unique.0, unique.1) };
+    // `SET pgsplit.route = primary` is pgsplit's own (and `primary` is a reserved word): the
+    // server gets the quoted form it accepts.
+    let query = match analysis.statements.as_slice() {
+        [c] if c.route_mode.is_some() => match &c.effect {
+            crate::sql::Effect::Set { sql, .. } => sql.as_str(),
+            _ => p.query,
+        },
+        _ => p.query,
+    };
     let parse = message(b'P', |b| {
         put_cstr(b, &server_name);
-        put_cstr(b, p.query);
+        put_cstr(b, query);
         b.put_slice(p.types);
     });
     Prepared { server_name, parse, analysis, key, described: std::sync::OnceLock::new() }

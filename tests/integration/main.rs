@@ -41,6 +41,7 @@ fn main() {
         routing::transactions_stay_on_one_server,
         routing::read_only_transactions_use_a_replica,
         routing::hints_and_route_setting,
+        routing::route_setting_in_the_extended_protocol,
         routing::two_phase_commit_goes_to_the_primary,
         session::settings_follow_the_client,
         session::set_config_is_replayed_not_pinned,

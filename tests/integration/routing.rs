@@ -277,3 +277,19 @@ pub async fn two_phase_commit_goes_to_the_primary(env: &Env) -> R {
     check!(n == "1", "two-phase commit left {n} rows");
     Ok(())
 }
+
+pub async fn route_setting_in_the_extended_protocol(env: &Env) -> R {
+    // tokio-postgres' execute() sends Parse/Bind/Execute: the unquoted form must work there too.
+    let c = env.client().await?;
+    c.execute("SET pgsplit.route = primary", &[]).await?;
+    for _ in 0..3 {
+        let p: i32 = c.query_one("SELECT inet_server_port()", &[]).await?.get(0);
+        check!(p == env.primary_port(), "with pgsplit.route = primary (extended) a read ran on {p}");
+    }
+    let shown = simple_value(&c, "SHOW pgsplit.route").await?;
+    check!(shown == "primary", "SHOW pgsplit.route says {shown}");
+    c.execute("SET pgsplit.route = auto", &[]).await?;
+    let p: i32 = c.query_one("SELECT inet_server_port()", &[]).await?.get(0);
+    check!(env.replica_ports().contains(&p), "after route = auto a read ran on {p}");
+    Ok(())
+}
