@@ -1,9 +1,12 @@
 //! Health and lag checks. One task per server keeps a tokio-postgres connection and probes
 //! every `monitor.interval_ms`; after each probe the topology is recomputed and published.
 //!
-//! Lag is measured against the primary's current WAL position: a replica that has replayed
-//! everything the primary wrote has zero lag however idle the primary is (time since the last
-//! replayed transaction alone would call an idle cluster lagged).
+//! Lag in bytes is the primary's current WAL position minus the replica's replay position.
+//! Lag in time is the age of the last replayed transaction, but only while the replica has
+//! received WAL it has not replayed yet: a replica that has replayed everything it received has
+//! no time lag however idle the primary is (the age alone would call an idle cluster lagged,
+//! and comparing positions from probes taken at different moments would make it flap). A
+//! replica cut off from the primary shows up in the bytes.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -25,11 +28,14 @@ struct Probe {
     lsn: u64,
     /// Milliseconds since the last replayed transaction (replicas).
     replay_age_ms: Option<u64>,
+    /// The replica has WAL received but not yet replayed.
+    replay_pending: bool,
 }
 
 const PROBE_SQL: &str = "SELECT pg_is_in_recovery(), \
      (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END)::text, \
-     (extract(epoch FROM now() - pg_last_xact_replay_timestamp()) * 1000)::float8";
+     (extract(epoch FROM now() - pg_last_xact_replay_timestamp()) * 1000)::float8, \
+     coalesce(pg_last_wal_receive_lsn() > pg_last_wal_replay_lsn(), false)";
 
 pub fn spawn(
     config: Arc<Config>,
@@ -91,6 +97,7 @@ async fn probe(config: &Config, addr: &str, client: &mut Option<tokio_postgres::
                 in_recovery,
                 lsn: lsn.as_deref().and_then(parse_lsn).unwrap_or(0),
                 replay_age_ms: age.map(|a| a.max(0.0) as u64),
+                replay_pending: row.get(3),
             }
         }
         _ => {
@@ -142,10 +149,7 @@ fn publish(config: &Config, cluster: &Cluster, metrics: &Metrics, probes: &[Prob
                 // never send it reads meant for a replica of this primary.
                 let behind = primary_lsn.map(|plsn| plsn.saturating_sub(p.lsn));
                 node.lag_bytes = behind;
-                node.lag_ms = match behind {
-                    Some(0) => Some(0),
-                    _ => p.replay_age_ms,
-                };
+                node.lag_ms = if behind == Some(0) || !p.replay_pending { Some(0) } else { p.replay_age_ms };
                 let lag_ok = node.lag_bytes.is_none_or(|b| b <= config.routing.max_lag_bytes)
                     && node.lag_ms.is_none_or(|ms| ms <= config.routing.max_lag_ms);
                 node.in_rotation = p.ok && p.in_recovery && lag_ok;

@@ -255,3 +255,41 @@ pub async fn primary_down_reads_go_on_writes_fail_fast(env: &Env) -> R {
     env.wait_rotation(&env.proxy, &replicas).await?;
     Ok(())
 }
+
+pub async fn replay_delay_in_time_leaves_rotation_but_idleness_does_not(env: &Env) -> R {
+    let proxy = env
+        .proxy_with(|c| {
+            c.routing.max_lag_bytes = u64::MAX;
+            c.routing.max_lag_ms = 1000;
+        })
+        .await?;
+    let replicas = env.replica_ports();
+    // Idle for longer than max_lag_ms: the replicas have replayed everything, so no lag.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    env.wait_rotation(&proxy, &replicas).await?;
+    for _ in 0..20 {
+        let t = proxy.shared.cluster.load();
+        check!(t.nodes[1..].iter().all(|n| n.in_rotation), "an idle replica left rotation: {:?}", t.nodes);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let cluster = &env.cluster;
+    tokio::task::block_in_place(|| cluster.psql(2, "SELECT pg_wal_replay_pause()"))?;
+    let result = async {
+        // A trickle of writes the paused replica receives but does not replay.
+        for i in 0..30 {
+            let c = &env.cluster;
+            tokio::task::block_in_place(|| c.psql(0, &format!("INSERT INTO t (v) VALUES ({i})")))?;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        env.wait_rotation(&proxy, &replicas[..1]).await?;
+        let ms = proxy.shared.cluster.load().nodes[2].lag_ms.unwrap_or(0);
+        check!(ms > 1000, "the paused replica's lag is {ms} ms");
+        Ok::<(), Box<dyn std::error::Error + Send + Sync>>(())
+    }
+    .await;
+    tokio::task::block_in_place(|| cluster.psql(2, "SELECT pg_wal_replay_resume()"))?;
+    result?;
+    env.wait_rotation(&proxy, &replicas).await?;
+    proxy.stop();
+    Ok(())
+}

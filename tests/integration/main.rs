@@ -62,6 +62,7 @@ fn main() {
         failures::client_gone_mid_query_leaves_nothing_running,
         failures::metrics_endpoint_reports_routing_and_lag,
         failures::lagging_replica_leaves_rotation,
+        failures::replay_delay_in_time_leaves_rotation_but_idleness_does_not,
         failures::replica_down_reads_go_elsewhere,
         failures::primary_down_reads_go_on_writes_fail_fast,
         corners::portals_with_row_limits_in_transactions,
