@@ -112,6 +112,7 @@ impl Session {
             if is_sync {
                 self.skip_until_sync = false;
                 self.batch = Batch::default();
+                self.effects.request.clear();
                 self.out.extend_from_slice(&protocol::ready_for_query(self.tx_status));
             }
             return Ok(());
@@ -131,21 +132,14 @@ impl Session {
             // flushed); the rest needs the primary. Close the replica's part with a Sync of our
             // own and carry on on the primary: prepared statements follow the client.
             if !self.close_open_batch().await? {
-                self.skip_until_sync = !is_sync;
-                if is_sync {
-                    self.out.extend_from_slice(&protocol::ready_for_query(self.tx_status));
-                }
+                self.abandon_batch(is_sync);
                 return Ok(());
             }
         }
         let decision = self.decide(target, reason, batch.hint);
         if !self.place(decision).await? {
             self.batch_open = false;
-            if is_sync {
-                self.out.extend_from_slice(&protocol::ready_for_query(self.tx_status));
-            } else {
-                self.skip_until_sync = true;
-            }
+            self.abandon_batch(is_sync);
             return Ok(());
         }
         if !self.batch_open
@@ -153,13 +147,8 @@ impl Session {
         {
             // The statement's shape changed since the client described it (or it no longer
             // parses): the client gets the server's error and the batch does not run.
-            self.effects.request.clear();
             self.out.extend_from_slice(&err);
-            if is_sync {
-                self.out.extend_from_slice(&protocol::ready_for_query(self.tx_status));
-            } else {
-                self.skip_until_sync = true;
-            }
+            self.abandon_batch(is_sync);
             if self.tx_status == b'I' && self.pin.is_none() && self.outstanding == 0 {
                 self.release_server();
             }
@@ -185,6 +174,17 @@ impl Session {
             self.batch_open = true;
         }
         self.send_server(&buf).await
+    }
+
+    /// The batch will not run (the client already has the error): forget what its statements
+    /// would have done, and answer the Sync, or skip to it as the server would.
+    fn abandon_batch(&mut self, is_sync: bool) {
+        self.effects.request.clear();
+        if is_sync {
+            self.out.extend_from_slice(&protocol::ready_for_query(self.tx_status));
+        } else {
+            self.skip_until_sync = true;
+        }
     }
 
     /// Prepares, ahead of the batch and with a Sync of pgsplit's own, the statements the batch
