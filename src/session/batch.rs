@@ -7,13 +7,24 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 
 use super::extended::{self, Prepared};
-use super::{End, Expect, Session};
-use crate::protocol::{self, Frame};
+use super::{End, Expect, Retry, RetryWork, Session};
+use crate::protocol::{self, Frame, ProtocolError};
+use crate::router::Decision;
 use crate::sql::Target;
 use crate::sql::cache::Analysis;
 use crate::topology::Role;
 
+/// What checking the statements a batch needs on its connection found.
+pub(super) enum Checked {
+    Ready,
+    /// The client gets this error instead of the batch running.
+    Refused(Bytes),
+    /// The connection died; nothing of the batch was sent.
+    Lost,
+}
+
 /// A client extended-protocol message waiting for Flush or Sync.
+#[derive(Clone)]
 pub(super) enum BatchItem {
     Parse(Arc<Prepared>),
     Bind(Frame, Arc<Prepared>),
@@ -136,24 +147,40 @@ impl Session {
                 return Ok(());
             }
         }
-        let decision = self.decide(target, reason, batch.hint);
-        if !self.place(decision).await? {
-            self.batch_open = false;
-            self.abandon_batch(is_sync);
-            return Ok(());
-        }
-        if !self.batch_open
-            && let Some(err) = self.prepare_checked(&batch.items).await?
-        {
-            // The statement's shape changed since the client described it (or it no longer
-            // parses): the client gets the server's error and the batch does not run.
-            self.out.extend_from_slice(&err);
-            self.abandon_batch(is_sync);
-            if self.tx_status == b'I' && self.pin.is_none() && self.outstanding == 0 {
-                self.release_server();
+        let was_open = self.batch_open;
+        let mut attempts = 0;
+        let decision = loop {
+            let decision = self.decide(target, reason, batch.hint);
+            if !self.place(decision).await? {
+                self.batch_open = false;
+                self.abandon_batch(is_sync);
+                return Ok(());
             }
-            return Ok(());
-        }
+            if was_open {
+                break decision;
+            }
+            match self.prepare_checked(&batch.items).await? {
+                Checked::Ready => break decision,
+                // The connection died before anything of the batch was sent: another one.
+                Checked::Lost if attempts < 3 => attempts += 1,
+                Checked::Lost => {
+                    let err = protocol::error("08006", "pgsplit: server connections keep failing");
+                    self.out.extend_from_slice(&err);
+                    self.abandon_batch(is_sync);
+                    return Ok(());
+                }
+                Checked::Refused(err) => {
+                    // The statement's shape changed since the client described it (or it no
+                    // longer parses): the client gets the server's error, the batch does not run.
+                    self.out.extend_from_slice(&err);
+                    self.abandon_batch(is_sync);
+                    if self.tx_status == b'I' && self.pin.is_none() && self.outstanding == 0 {
+                        self.release_server();
+                    }
+                    return Ok(());
+                }
+            }
+        };
         let Some(server) = self.server.as_mut() else {
             return Ok(());
         };
@@ -161,6 +188,15 @@ impl Session {
         if self.tx_status == b'I' && !self.batch_open {
             // No portal can outlive this point, so statements can be closed safely.
             evict_statements(&batch.items, &mut server.conn, &mut self.expect, &mut buf);
+        }
+        let retryable = is_sync
+            && !was_open
+            && self.tx_status == b'I'
+            && self.pin.is_none()
+            && matches!(decision, Decision::Replica { .. });
+        if retryable {
+            let work = RetryWork::Batch(batch.items.clone(), f.clone());
+            self.retry = Some(Retry { work, target, reason, hint: batch.hint });
         }
         for item in batch.items {
             encode_item(item, &mut server.conn, &mut self.expect, &mut buf)?;
@@ -174,6 +210,35 @@ impl Session {
             self.batch_open = true;
         }
         self.send_server(&buf).await
+    }
+
+    /// Runs again, elsewhere, a read whose replica connection died before answering.
+    pub(super) async fn rerun(&mut self, r: Retry) -> Result<(), End> {
+        let decision = self.decide(r.target, r.reason, r.hint);
+        tracing::info!(reason = r.reason, "rerunning a read whose server connection died before answering");
+        if !self.place(decision).await? {
+            // The client has the error; it still waits for its ReadyForQuery.
+            self.effects.request.clear();
+            self.out.extend_from_slice(&protocol::ready_for_query(self.tx_status));
+            return Ok(());
+        }
+        let Some(server) = self.server.as_mut() else { return Ok(()) };
+        self.outstanding += 1;
+        match r.work {
+            RetryWork::Query(bytes) => {
+                server.conn.unnamed = None;
+                self.send_server(&bytes).await
+            }
+            RetryWork::Batch(items, sync) => {
+                let mut buf = BytesMut::with_capacity(256);
+                for item in items {
+                    encode_item(item, &mut server.conn, &mut self.expect, &mut buf)?;
+                }
+                buf.extend_from_slice(&sync.bytes);
+                self.expect.push_back(Expect::Sync);
+                self.send_server(&buf).await
+            }
+        }
     }
 
     /// The batch will not run (the client already has the error): forget what its statements
@@ -190,8 +255,8 @@ impl Session {
     /// Prepares, ahead of the batch and with a Sync of pgsplit's own, the statements the batch
     /// uses that this connection lacks and whose row description the client has seen, and
     /// checks each still has that shape. Returns the error for the client when one does not.
-    pub(super) async fn prepare_checked(&mut self, items: &[BatchItem]) -> Result<Option<Bytes>, End> {
-        let Some(server) = self.server.as_mut() else { return Ok(None) };
+    pub(super) async fn prepare_checked(&mut self, items: &[BatchItem]) -> Result<Checked, End> {
+        let Some(server) = self.server.as_mut() else { return Ok(Checked::Ready) };
         let mut needed: Vec<Arc<Prepared>> = Vec::new();
         for item in items {
             if let BatchItem::Bind(_, p) | BatchItem::DescribeStatement(p) = item
@@ -208,7 +273,7 @@ impl Session {
             }
         }
         if needed.is_empty() {
-            return Ok(None);
+            return Ok(Checked::Ready);
         }
         let mut buf = BytesMut::new();
         for p in &needed {
@@ -217,19 +282,15 @@ impl Session {
         }
         buf.extend_from_slice(&protocol::sync());
         if let Err(e) = server.conn.send(&buf).await {
-            self.server_lost(e)?;
-            return Ok(Some(protocol::error("08006", "pgsplit: the server connection was lost")));
+            return self.lost_while_checking(e);
         }
         let mut error = None;
         let mut i = 0;
         loop {
-            let Some(server) = self.server.as_mut() else { return Ok(error) };
+            let Some(server) = self.server.as_mut() else { return Ok(Checked::Lost) };
             let f = match server.conn.reader.next().await {
                 Ok(f) => f,
-                Err(e) => {
-                    self.server_lost(e)?;
-                    return Ok(Some(protocol::error("08006", "pgsplit: the server connection was lost")));
-                }
+                Err(e) => return self.lost_while_checking(e),
             };
             match f.tag() {
                 b'1' => {
@@ -251,11 +312,22 @@ impl Session {
                 b'N' => self.out.extend_from_slice(&f.bytes),
                 b'Z' => {
                     self.tx_status = f.body().first().copied().unwrap_or(self.tx_status);
-                    return Ok(error);
+                    return Ok(error.map_or(Checked::Ready, Checked::Refused));
                 }
                 _ => {}
             }
         }
+    }
+
+    /// The connection died during the check, before the client's batch was sent: outside a
+    /// transaction the batch can simply go to another connection.
+    fn lost_while_checking(&mut self, e: ProtocolError) -> Result<Checked, End> {
+        if self.tx_status == b'I' && self.pin.is_none() {
+            self.drop_broken_server(&e);
+            return Ok(Checked::Lost);
+        }
+        self.server_lost(e)?;
+        Ok(Checked::Refused(protocol::error("08006", "pgsplit: the server connection was lost")))
     }
 
     pub(super) fn on_replica(&self) -> bool {

@@ -107,6 +107,26 @@ struct Session {
     pools: Vec<Option<Arc<crate::pool::Pool>>>,
     /// Parse messages seen, for unique server statement names.
     parses: u64,
+    /// The read in flight on a replica, until the server starts answering it.
+    retry: Option<Retry>,
+    /// A read whose connection died before any answer: to run again elsewhere.
+    retry_now: Option<Retry>,
+}
+
+/// A read sent outside a transaction to a replica. If that connection dies before the first
+/// byte of an answer, the read had no effect and no result: pgsplit runs it again on another
+/// server, and the client never knows.
+struct Retry {
+    work: RetryWork,
+    target: crate::sql::Target,
+    reason: &'static str,
+    hint: Option<crate::sql::Hint>,
+}
+
+enum RetryWork {
+    Query(bytes::Bytes),
+    /// The batch's items and its Sync.
+    Batch(Vec<batch::BatchItem>, Frame),
 }
 
 pub async fn serve_client(shared: Arc<Shared>, stream: TcpStream) {
@@ -188,6 +208,8 @@ async fn run_client(shared: &Arc<Shared>, stream: TcpStream) -> Result<(), End> 
         pending_bytes: 0,
         pools: Vec::new(),
         parses: 0,
+        retry: None,
+        retry_now: None,
     };
     let result = match s.login().await {
         Ok(()) => s.run().await,
@@ -246,6 +268,9 @@ impl Session {
 
     async fn run(&mut self) -> Result<(), End> {
         loop {
+            if let Some(r) = self.retry_now.take() {
+                self.rerun(r).await?;
+            }
             while self.outstanding == 0 || self.copy_in {
                 let Some(f) = self.pending.pop_front() else { break };
                 self.pending_bytes -= f.bytes.len();

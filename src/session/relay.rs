@@ -11,6 +11,10 @@ use crate::sql::{Effect, RouteMode};
 
 impl Session {
     pub(super) fn on_server_frame(&mut self, f: Frame) {
+        if self.retry.is_some() {
+            // The server has started answering: the work may have had effects now.
+            self.retry = None;
+        }
         match f.tag() {
             b'Z' => {
                 let status = f.body().first().copied().unwrap_or(b'I');
@@ -131,15 +135,18 @@ impl Session {
 
     /// The server connection broke while the client was using it.
     pub(super) fn server_lost(&mut self, e: ProtocolError) -> Result<(), End> {
-        self.shared.metrics.server_errors.inc();
-        let Some(server) = self.server.take() else {
+        if !self.drop_broken_server(&e) {
             return Ok(());
-        };
-        tracing::warn!(server = %server.conn.addr, "server connection lost: {e}");
-        self.shared.cluster.mark_unreachable(server.conn.node);
-        self.shared.pools.drop_idle(&server.conn.addr);
-        server.discard(&self.shared.metrics);
-        self.cancel.set(None);
+        }
+        if self.outstanding == 1
+            && self.tx_status == b'I'
+            && let Some(r) = self.retry.take()
+        {
+            self.expect.clear();
+            self.outstanding = 0;
+            self.retry_now = Some(r);
+            return Ok(());
+        }
         let recoverable = self.tx_status == b'I' && self.pin.is_none() && !self.batch_open && !self.copy_in;
         self.out.extend_from_slice(&protocol::error(
             "08006",
@@ -155,6 +162,22 @@ impl Session {
             self.out.extend_from_slice(&protocol::ready_for_query(b'I'));
         }
         Ok(())
+    }
+
+    /// Closes the client's server connection after it broke, takes that server out of rotation
+    /// until the monitor sees it healthy, and closes its idle connections. False when the client
+    /// held no connection.
+    pub(super) fn drop_broken_server(&mut self, e: &ProtocolError) -> bool {
+        self.shared.metrics.server_errors.inc();
+        let Some(server) = self.server.take() else {
+            return false;
+        };
+        tracing::warn!(server = %server.conn.addr, "server connection lost: {e}");
+        self.shared.cluster.mark_unreachable(server.conn.node);
+        self.shared.pools.drop_idle(&server.conn.addr);
+        server.discard(&self.shared.metrics);
+        self.cancel.set(None);
+        true
     }
 
     // ---- client to server -------------------------------------------------------------

@@ -80,6 +80,10 @@ impl Session {
         for c in &analysis.statements {
             self.note_effect(&c.effect, c.route_mode);
         }
+        if self.tx_status == b'I' && self.pin.is_none() && matches!(decision, Decision::Replica { .. }) {
+            let work = super::RetryWork::Query(f.bytes.clone());
+            self.retry = Some(super::Retry { work, target, reason, hint: analysis.hint });
+        }
         self.outstanding += 1;
         if let Some(s) = self.server.as_mut() {
             // A simple Query destroys the unnamed prepared statement.

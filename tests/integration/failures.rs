@@ -293,3 +293,87 @@ pub async fn replay_delay_in_time_leaves_rotation_but_idleness_does_not(env: &En
     proxy.stop();
     Ok(())
 }
+
+/// A TCP forwarder to `target` that, while armed, kills the connection carrying `marker` before
+/// forwarding it: to pgsplit that server connection looked healthy until its query was sent.
+async fn killing_forwarder(
+    target: String,
+    marker: &'static [u8],
+    armed: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    kills: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) -> Result<(u16, tokio::task::JoinHandle<()>), Box<dyn std::error::Error + Send + Sync>> {
+    use std::sync::atomic::Ordering;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let port = listener.local_addr()?.port();
+    let task = tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let Ok(server) = tokio::net::TcpStream::connect(&target).await else { continue };
+            let (armed, kills) = (armed.clone(), kills.clone());
+            tokio::spawn(async move {
+                let (mut cr, mut cw) = client.into_split();
+                let (mut sr, mut sw) = server.into_split();
+                let back = tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut sr, &mut cw).await;
+                });
+                let mut buf = vec![0u8; 64 * 1024];
+                loop {
+                    let n = match cr.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => n,
+                    };
+                    let chunk = &buf[..n];
+                    if chunk.windows(marker.len()).any(|w| w == marker)
+                        && armed.compare_exchange(true, false, Ordering::SeqCst, Ordering::SeqCst).is_ok()
+                    {
+                        kills.fetch_add(1, Ordering::SeqCst);
+                        break;
+                    }
+                    if sw.write_all(chunk).await.is_err() {
+                        break;
+                    }
+                }
+                back.abort();
+            });
+        }
+    });
+    Ok((port, task))
+}
+
+pub async fn reads_on_a_dying_connection_run_again_elsewhere(env: &Env) -> R {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let armed = Arc::new(AtomicBool::new(false));
+    let kills = Arc::new(AtomicUsize::new(0));
+    let (fwd, task) =
+        killing_forwarder(env.cluster.nodes[1].addr(), b"retry-probe", armed.clone(), kills.clone()).await?;
+    let replica2 = env.cluster.nodes[2].addr();
+    let proxy = env.proxy_with(|c| c.servers.replicas = vec![format!("127.0.0.1:{fwd}"), replica2]).await?;
+    let c = connect(&env.conn_string(proxy.addr.port())).await?;
+    for extended in [false, true] {
+        let before = kills.load(Ordering::SeqCst);
+        armed.store(true, Ordering::SeqCst);
+        for i in 0..200 {
+            // Every read succeeds, including the one whose connection is killed under it.
+            let sql = format!("SELECT 'retry-probe', inet_server_port(), {i}");
+            if extended {
+                c.query_one(sql.as_str(), &[]).await.map_err(|e| format!("extended read {i}: {e:?}"))?;
+            } else {
+                simple_value(&c, &sql).await.map_err(|e| format!("simple read {i}: {e}"))?;
+            }
+            if kills.load(Ordering::SeqCst) > before {
+                break;
+            }
+        }
+        check!(
+            kills.load(Ordering::SeqCst) > before,
+            "no read ever reached the forwarded replica (extended: {extended})"
+        );
+        // The read after the kill works as well.
+        check!(simple_value(&c, "SELECT 1").await? == "1", "session unusable after the rerun");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    proxy.stop();
+    task.abort();
+    Ok(())
+}

@@ -27,6 +27,10 @@ macro_rules! tests {
 }
 
 fn main() {
+    // PGSPLIT_TEST_LOG=debug (or any tracing filter) shows pgsplit's own logs.
+    if let Ok(filter) = std::env::var("PGSPLIT_TEST_LOG") {
+        tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::new(filter)).init();
+    }
     let filters: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
     let all: Vec<(&str, TestFn)> = tests![
         routing::reads_spread_over_both_replicas,
@@ -63,6 +67,7 @@ fn main() {
         failures::metrics_endpoint_reports_routing_and_lag,
         failures::lagging_replica_leaves_rotation,
         failures::replay_delay_in_time_leaves_rotation_but_idleness_does_not,
+        failures::reads_on_a_dying_connection_run_again_elsewhere,
         failures::replica_down_reads_go_elsewhere,
         failures::primary_down_reads_go_on_writes_fail_fast,
         corners::portals_with_row_limits_in_transactions,
