@@ -36,6 +36,19 @@ async fn primary_sessions(env: &Env, filter: &str) -> Result<i64, String> {
     tokio::task::block_in_place(|| cluster.psql(0, &sql)).and_then(|s| s.parse().map_err(|e| format!("{e}")))
 }
 
+/// Waits (up to 10 s) until `want` client sessions on the primary match `filter`.
+async fn wait_for_sessions(env: &Env, filter: &str, want: i64, what: &str) -> R {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let n = primary_sessions(env, filter).await?;
+        if n == want {
+            return Ok(());
+        }
+        check!(Instant::now() < deadline, "{what}: {n} sessions, want {want}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 pub async fn bad_state_connections_are_not_reused(env: &Env) -> R {
     let proxy = env.proxy_with(|c| c.pool.size = 2).await?;
     let url = env.conn_string(proxy.addr.port());
@@ -52,15 +65,7 @@ pub async fn bad_state_connections_are_not_reused(env: &Env) -> R {
         check!(state.as_deref().unwrap_or("0") == "0", "a later client saw the abandoned transaction's row");
     }
     // The abandoned connection is closed (asynchronously): its session ends, never reused.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let idle_in_tx = primary_sessions(env, "state LIKE 'idle in transaction%'").await?;
-        if idle_in_tx == 0 {
-            break;
-        }
-        check!(Instant::now() < deadline, "{idle_in_tx} server sessions left idle in transaction");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for_sessions(env, "state LIKE 'idle in transaction%'", 0, "server sessions left idle in transaction").await?;
     proxy.stop();
     Ok(())
 }
@@ -73,25 +78,10 @@ pub async fn client_gone_mid_query_leaves_nothing_running(env: &Env) -> R {
     q.extend_from_slice(&((sql.len() + 4) as u32).to_be_bytes());
     q.extend_from_slice(sql);
     s.write_all(&q).await?;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let running = primary_sessions(env, "query LIKE '%abandoned-probe%' AND state = 'active'").await?;
-        if running == 1 {
-            break;
-        }
-        check!(Instant::now() < deadline, "the probe query never ran ({running})");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let probe = "query LIKE '%abandoned-probe%' AND state = 'active'";
+    wait_for_sessions(env, probe, 1, "the probe query running").await?;
     drop(s);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let running = primary_sessions(env, "query LIKE '%abandoned-probe%' AND state = 'active'").await?;
-        if running == 0 {
-            return Ok(());
-        }
-        check!(Instant::now() < deadline, "the abandoned query still runs on the primary");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_for_sessions(env, probe, 0, "the abandoned query still running on the primary").await
 }
 
 pub async fn lagging_replica_leaves_rotation(env: &Env) -> R {
