@@ -42,7 +42,6 @@ pub struct ServerConn {
     /// A client changed the role or session authorization here: RESET ALL does not undo
     /// that reliably, so the connection is closed rather than pooled.
     pub identity_changed: bool,
-    pub created: Instant,
     pub last_used: Instant,
 }
 
@@ -153,7 +152,6 @@ impl ServerConn {
             unnamed: None,
             settings: 0,
             identity_changed: false,
-            created: now,
             last_used: now,
         })
     }

@@ -66,7 +66,7 @@ impl Catalog {
 
     /// True when nothing the statements look up may write. The common case (everything
     /// cached) takes one lock and no await.
-    pub async fn all_read_only(&self, database: &str, analyses: &[&Analysis]) -> bool {
+    pub async fn all_read_only<A: std::ops::Deref<Target = Analysis>>(&self, database: &str, analyses: &[A]) -> bool {
         let mut missing = Vec::new();
         {
             let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());

@@ -32,16 +32,14 @@ impl Metrics {
             }};
         }
         let node = &["node"];
+        let per_node = |name: &str, help: &str| reg!(IntGaugeVec::new(Opts::new(name, help), node));
         Arc::new(Metrics {
             routed: reg!(IntCounterVec::new(
                 Opts::new("routed_total", "Queries and batches routed, by destination role and reason"),
                 &["role", "reason"]
             )),
             client_connections: reg!(IntGauge::new("client_connections", "Connected clients")),
-            server_connections: reg!(IntGaugeVec::new(
-                Opts::new("server_connections", "Open server connections per server"),
-                node
-            )),
+            server_connections: per_node("server_connections", "Open server connections per server"),
             checkout_timeouts: reg!(IntCounter::new(
                 "pool_checkout_timeouts_total",
                 "Clients that waited too long for a server connection"
@@ -54,22 +52,10 @@ impl Metrics {
                 "client_protocol_errors_total",
                 "Clients disconnected for malformed messages"
             )),
-            node_healthy: reg!(IntGaugeVec::new(
-                Opts::new("node_healthy", "1 when the last health check passed"),
-                node
-            )),
-            node_in_rotation: reg!(IntGaugeVec::new(
-                Opts::new("node_in_rotation", "1 when a replica takes reads"),
-                node
-            )),
-            replica_lag_bytes: reg!(IntGaugeVec::new(
-                Opts::new("replica_lag_bytes", "WAL bytes the replica has still to replay"),
-                node
-            )),
-            replica_lag_ms: reg!(IntGaugeVec::new(
-                Opts::new("replica_lag_milliseconds", "Replay delay of the replica"),
-                node
-            )),
+            node_healthy: per_node("node_healthy", "1 when the last health check passed"),
+            node_in_rotation: per_node("node_in_rotation", "1 when a replica takes reads"),
+            replica_lag_bytes: per_node("replica_lag_bytes", "WAL bytes the replica has still to replay"),
+            replica_lag_ms: per_node("replica_lag_milliseconds", "Replay delay of the replica"),
             registry,
         })
     }

@@ -52,10 +52,6 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         FrameReader { inner, buf: BytesMut::with_capacity(16 * 1024) }
     }
 
-    pub fn with_buffer(inner: R, buf: BytesMut) -> Self {
-        FrameReader { inner, buf }
-    }
-
     /// Returns the next message, or `Closed` on a clean EOF between messages.
     pub async fn next(&mut self) -> Result<Frame, ProtocolError> {
         loop {
@@ -107,10 +103,6 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     /// The next frame if one is already complete in the buffer; never waits.
     pub fn try_next(&mut self) -> Result<Option<Frame>, ProtocolError> {
         self.try_frame()
-    }
-
-    pub fn into_inner(self) -> (R, BytesMut) {
-        (self.inner, self.buf)
     }
 }
 
@@ -172,13 +164,6 @@ pub fn read_i32(buf: &mut &[u8]) -> Result<i32, ProtocolError> {
         return Err(ProtocolError::Invalid("message too short".into()));
     }
     Ok(buf.get_i32())
-}
-
-pub fn read_i16(buf: &mut &[u8]) -> Result<i16, ProtocolError> {
-    if buf.len() < 2 {
-        return Err(ProtocolError::Invalid("message too short".into()));
-    }
-    Ok(buf.get_i16())
 }
 
 /// Builds a tagged message: the closure writes the body, the length is filled in after.

@@ -136,8 +136,7 @@ impl Session {
             }
             return Ok(());
         }
-        let analyses: Vec<&Analysis> = batch.lookups.iter().map(|a| &**a).collect();
-        let (target, reason) = self.resolve(batch.target, batch.reason, &analyses).await;
+        let (target, reason) = self.resolve(batch.target, batch.reason, &batch.lookups).await;
         if self.batch_open && self.tx_status == b'I' && target == Target::Primary && self.on_replica() {
             // The start of this batch went to a replica (it looked like a read when the client
             // flushed); the rest needs the primary. Close the replica's part with a Sync of our
@@ -182,6 +181,9 @@ impl Session {
             }
         };
         let Some(server) = self.server.as_mut() else {
+            // place() leaves a connection; should that ever fail, the client still gets answered.
+            self.out.extend_from_slice(&protocol::error("08006", "pgsplit: no server connection"));
+            self.abandon_batch(is_sync);
             return Ok(());
         };
         let mut buf = BytesMut::with_capacity(256);
@@ -222,7 +224,11 @@ impl Session {
             self.out.extend_from_slice(&protocol::ready_for_query(self.tx_status));
             return Ok(());
         }
-        let Some(server) = self.server.as_mut() else { return Ok(()) };
+        let Some(server) = self.server.as_mut() else {
+            self.out.extend_from_slice(&protocol::error("08006", "pgsplit: no server connection"));
+            self.out.extend_from_slice(&protocol::ready_for_query(self.tx_status));
+            return Ok(());
+        };
         self.outstanding += 1;
         match r.work {
             RetryWork::Query(bytes) => {

@@ -107,6 +107,8 @@ struct Session {
     pools: Vec<Option<Arc<crate::pool::Pool>>>,
     /// Parse messages seen, for unique server statement names.
     parses: u64,
+    /// Routing counters this session has used (see `count_route`).
+    routed: Vec<(&'static str, &'static str, prometheus::IntCounter)>,
     /// The read in flight on a replica, until the server starts answering it.
     retry: Option<Retry>,
     /// A read whose connection died before any answer: to run again elsewhere.
@@ -210,6 +212,7 @@ async fn run_client(shared: &Arc<Shared>, stream: TcpStream) -> Result<(), End> 
         parses: 0,
         retry: None,
         retry_now: None,
+        routed: Vec::new(),
     };
     let result = match s.login().await {
         Ok(()) => s.run().await,

@@ -27,7 +27,7 @@ impl Session {
         &self,
         target: Target,
         reason: &'static str,
-        analyses: &[&Analysis],
+        analyses: &[impl std::ops::Deref<Target = Analysis>],
     ) -> (Target, &'static str) {
         if target == Target::Primary || analyses.iter().all(|a| a.statements.iter().all(|c| c.lookups.is_empty())) {
             return (target, reason);
@@ -59,7 +59,7 @@ impl Session {
             Decision::Primary { .. } => "primary",
             Decision::Replica { .. } => "replica",
         };
-        self.shared.metrics.routed.with_label_values(&[role, decision.reason()]).inc();
+        self.count_route(role, decision.reason());
         if self.server.is_some() {
             return Ok(true);
         }
@@ -91,6 +91,18 @@ impl Session {
                 }
             }
         }
+    }
+
+    /// Counts a routing decision. Looking a labelled counter up hashes and locks, so each
+    /// session keeps the few it uses.
+    fn count_route(&mut self, role: &'static str, reason: &'static str) {
+        if let Some((_, _, c)) = self.routed.iter().find(|(r, why, _)| *r == role && *why == reason) {
+            c.inc();
+            return;
+        }
+        let c = self.shared.metrics.routed.with_label_values(&[role, reason]);
+        c.inc();
+        self.routed.push((role, reason, c));
     }
 
     /// Checks out a connection to `node` and brings it to the client's settings.

@@ -110,7 +110,7 @@ impl Session {
 
     pub(super) fn note_effect(&mut self, effect: &Effect, mode: Option<RouteMode>) {
         match effect {
-            Effect::None | Effect::Begin { .. } => {}
+            Effect::None => {}
             Effect::Pin(why) => {
                 if self.pin.is_none() {
                     tracing::debug!(reason = why, "session pinned to its server connection");

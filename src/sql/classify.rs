@@ -16,10 +16,10 @@ use super::{Class, Effect, Lookup, Target, session_cmd};
 
 /// Classifies a single statement (no top-level semicolons).
 pub fn classify(stmt: &str, max_parse_len: usize) -> Class {
-    if let Some(c) = session_cmd::classify(stmt) {
+    let kw = keywords(stmt, 12);
+    if let Some(c) = session_cmd::classify(stmt, &kw) {
         return c;
     }
-    let kw = keywords(stmt, 1);
     let first = kw.first().map(String::as_str).unwrap_or("");
     // Only these can be reads; anything else is a write or utility statement.
     if !matches!(first, "select" | "with" | "values" | "table" | "explain" | "copy")

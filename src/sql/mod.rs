@@ -61,11 +61,6 @@ pub enum Effect {
     Pin(&'static str),
     /// DEALLOCATE name / DEALLOCATE ALL (None).
     Deallocate(Option<String>),
-    /// A transaction-level statement (BEGIN ... READ ONLY etc.) is tracked by ReadyForQuery;
-    /// nothing to record here.
-    Begin {
-        read_only: bool,
-    },
 }
 
 /// A name to check in the catalog.

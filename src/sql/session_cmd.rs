@@ -3,16 +3,15 @@
 //! These decide what pgsplit records and replays for a client, so they are read with the lexer
 //! rather than a full SQL parser: a statement the parser does not know must still be tracked.
 
-use super::lex::keywords;
 use super::{Class, Effect, RouteMode, Target};
 
 /// Returns the classification when `stmt` is a session or transaction command, else None.
-pub fn classify(stmt: &str) -> Option<Class> {
-    let kw = keywords(stmt, 12);
+/// `kw` are the statement's first keywords (`lex::keywords(stmt, 12)`).
+pub fn classify(stmt: &str, kw: &[String]) -> Option<Class> {
     let first = kw.first()?.as_str();
     let second = kw.get(1).map(String::as_str).unwrap_or("");
     let c = match first {
-        "set" => return Some(classify_set(stmt, &kw)),
+        "set" => return Some(classify_set(stmt, kw)),
         "reset" => match second {
             "all" => Class::new(Target::Any, "session command").with_effect(Effect::ResetAll),
             "" => Class::new(Target::Primary, "unrecognised RESET"),
@@ -28,10 +27,11 @@ pub fn classify(stmt: &str) -> Option<Class> {
             _ => Class::new(Target::Any, "session command"),
         },
         "begin" | "start" => {
-            let read_only = is_read_only(&kw);
+            let read_only = is_read_only(kw);
             let target = if read_only { Target::Replica } else { Target::Primary };
             let reason = if read_only { "read-only transaction" } else { "transaction" };
-            Class::new(target, reason).with_effect(Effect::Begin { read_only })
+            // The transaction itself is tracked by ReadyForQuery: nothing to record.
+            Class::new(target, reason)
         }
         "commit" | "rollback" | "end" | "abort" if second == "prepared" => {
             Class::new(Target::Primary, "two-phase commit")
@@ -147,6 +147,11 @@ fn session_set(name: &str, stmt: &str) -> Class {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sql::lex::keywords;
+
+    fn classify(s: &str) -> Option<Class> {
+        super::classify(s, &keywords(s, 12))
+    }
 
     fn effect(s: &str) -> Effect {
         classify(s).unwrap().effect
