@@ -12,6 +12,8 @@ pub struct SessionView {
     /// Pinned to its primary connection for good (temp table, session lock, LISTEN...).
     pub pinned: bool,
     pub mode: RouteMode,
+    /// The session's transactions default to SERIALIZABLE: a standby refuses to run them.
+    pub serializable: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,6 +64,9 @@ pub fn route(
         return Decision::Held { reason: "session pinned to the primary" };
     }
     let primary = topology.primary();
+    if session.serializable {
+        return Decision::Primary { node: primary, reason: "serializable isolation" };
+    }
     // Nothing overrides a statement that needs the primary: a hint only ever makes a read
     // stricter, never a write looser.
     if target == Target::Primary {
@@ -106,6 +111,7 @@ mod tests {
         let pinned = SessionView { pinned: true, ..idle };
         let mode_primary = SessionView { mode: RouteMode::Primary, ..idle };
         let mode_replica = SessionView { mode: RouteMode::Replica, ..idle };
+        let serializable = SessionView { serializable: true, ..idle };
         let rows: &[(&str, SessionView, &str)] = &[
             ("SELECT 1", idle, "replica"),
             ("INSERT INTO t VALUES (1)", idle, "primary"),
@@ -125,6 +131,12 @@ mod tests {
             ("BEGIN", idle, "primary"),
             ("BEGIN READ ONLY", idle, "replica"),
             ("SELEC oops", idle, "primary"),
+            ("SELECT 1", serializable, "primary"),
+            ("/* pgsplit:replica */ SELECT 1", serializable, "primary"),
+            ("SHOW search_path", serializable, "primary"),
+            ("SELECT 1", SessionView { in_transaction: true, ..serializable }, "held"),
+            ("BEGIN ISOLATION LEVEL SERIALIZABLE READ ONLY", idle, "primary"),
+            ("SET transaction_read_only = off", idle, "primary"),
         ];
         for (sql, s, want) in rows {
             let got = match decide(sql, *s, &t) {

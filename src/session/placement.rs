@@ -44,6 +44,7 @@ impl Session {
             in_transaction: self.tx_status != b'I' || self.batch_open,
             pinned: self.pin.is_some(),
             mode: self.mode,
+            serializable: self.settings.serializable(),
         };
         let topology = self.shared.cluster.load();
         // A random pick spreads reads evenly whatever the client's pattern of reads and

@@ -14,11 +14,12 @@ pub struct Settings {
     /// Current settings in the order they were made, one entry per parameter name.
     current: Vec<(String, String)>,
     hash: u64,
+    serializable: bool,
 }
 
 impl Settings {
     pub fn new(base: Vec<(String, String)>) -> Settings {
-        let mut s = Settings { current: base.clone(), base, hash: 0 };
+        let mut s = Settings { current: base.clone(), base, hash: 0, serializable: false };
         s.rehash();
         s
     }
@@ -44,11 +45,18 @@ impl Settings {
         sql
     }
 
+    /// The session's transactions default to SERIALIZABLE, which a standby refuses to run.
+    pub fn serializable(&self) -> bool {
+        self.serializable
+    }
+
     pub fn apply(&mut self, e: &Effect) {
         match e {
-            Effect::Set { name, sql } => {
-                self.current.retain(|(n, _)| n != name);
-                self.current.push((name.clone(), sql.clone()));
+            Effect::Set { name, sql } => self.set(name, sql),
+            Effect::SetMany(sets) => {
+                for (name, sql) in sets {
+                    self.set(name, sql);
+                }
             }
             Effect::Reset { name } => {
                 self.current.retain(|(n, _)| n != name);
@@ -62,7 +70,16 @@ impl Settings {
         self.rehash();
     }
 
+    fn set(&mut self, name: &str, sql: &str) {
+        self.current.retain(|(n, _)| n != name);
+        self.current.push((name.to_string(), sql.to_string()));
+    }
+
     fn rehash(&mut self) {
+        self.serializable = self
+            .current
+            .iter()
+            .any(|(n, sql)| n == "default_transaction_isolation" && sql.to_ascii_lowercase().contains("serializable"));
         self.hash = if self.current.is_empty() {
             0
         } else {
@@ -169,6 +186,30 @@ mod tests {
         s.apply(&Effect::DiscardAll);
         assert_eq!(s.hash(), h0);
         assert_eq!(Settings::new(vec![]).hash(), 0);
+    }
+
+    #[test]
+    fn serializable_sessions_are_known() {
+        let base = startup_settings(&[("options".into(), "-c default_transaction_isolation=serializable".into())]);
+        let mut s = Settings::new(base);
+        assert!(s.serializable());
+        s.apply(&set("default_transaction_isolation", "'read committed'"));
+        assert!(!s.serializable());
+        s.apply(&Effect::SetMany(vec![(
+            "default_transaction_isolation".into(),
+            "SET default_transaction_isolation = 'serializable'".into(),
+        )]));
+        assert!(s.serializable());
+        s.apply(&Effect::ResetAll);
+        assert!(s.serializable(), "RESET ALL goes back to the startup options");
+        let mut s = Settings::new(vec![]);
+        s.apply(&Effect::Set {
+            name: "default_transaction_isolation".into(),
+            sql: "SELECT pg_catalog.set_config('default_transaction_isolation', 'SERIALIZABLE', false)".into(),
+        });
+        assert!(s.serializable());
+        s.apply(&Effect::Reset { name: "default_transaction_isolation".into() });
+        assert!(!s.serializable());
     }
 
     #[test]

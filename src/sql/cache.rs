@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use super::lex::{Hint, leading_hint, normalize_into, split_statements};
-use super::{Class, Effect, Target, classify::classify};
+use super::{Class, Target, classify::classify};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Analysis {
@@ -56,8 +56,7 @@ impl AnalysisCache {
                 return a.clone();
             }
             let a = Arc::new(Analysis::of(sql, self.max_parse_len));
-            let literal_dependent =
-                a.statements.iter().any(|c| matches!(c.effect, Effect::Set { .. }) || c.route_mode.is_some());
+            let literal_dependent = a.statements.iter().any(|c| c.effect.carries_values() || c.route_mode.is_some());
             if !literal_dependent {
                 let mut map = self.lock();
                 if map.len() >= self.capacity {

@@ -1,8 +1,13 @@
 //! What pgsplit knows about functions without asking the server.
 //!
 //! Volatility alone is not enough: `txid_current()` is STABLE yet assigns an xid, and the
-//! advisory-lock functions run happily on a standby while meaning nothing there. Those are
-//! listed here. Everything else that is not on the read-only list is looked up in pg_proc.
+//! advisory-lock functions run happily on a standby while meaning nothing there. Every function
+//! of PostgreSQL 15's pg_catalog was audited once; the verdicts are data, in
+//! `builtin_functions.tsv` beside this file. Functions elsewhere (user and extension functions)
+//! are looked up in pg_proc: read-only unless VOLATILE.
+
+use std::collections::HashMap;
+use std::sync::OnceLock;
 
 /// What a call to a function means for routing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -17,199 +22,32 @@ pub enum FunctionKind {
     Unknown,
 }
 
-const PRIMARY_EXACT: &[(&str, &str)] = &[
-    ("nextval", "sequence function"),
-    ("setval", "sequence function"),
-    ("currval", "sequence function"),
-    ("lastval", "sequence function"),
-    ("set_config", "set_config"),
-    ("txid_current", "assigns a transaction id"),
-    ("txid_current_if_assigned", "transaction id function"),
-    ("pg_current_xact_id", "assigns a transaction id"),
-    ("pg_current_xact_id_if_assigned", "transaction id function"),
-    ("pg_current_snapshot", "primary-only snapshot function"),
-    ("txid_current_snapshot", "primary-only snapshot function"),
-    ("pg_notify", "pg_notify"),
-    ("pg_switch_wal", "primary-only admin function"),
-    ("pg_create_restore_point", "primary-only admin function"),
-    ("pg_terminate_backend", "admin function"),
-    ("pg_cancel_backend", "admin function"),
-    ("pg_reload_conf", "admin function"),
-    ("pg_rotate_logfile", "admin function"),
-    ("pg_export_snapshot", "snapshot export"),
-    ("pg_logical_emit_message", "writes WAL"),
-    ("setseed", "changes session state"),
-    ("pg_promote", "admin function"),
-];
+const BUILTINS_TSV: &str = include_str!("builtin_functions.tsv");
 
-const PRIMARY_PREFIX: &[(&str, &str)] = &[
-    ("pg_current_wal", "primary WAL position"),
-    ("pg_advisory_unlock", "advisory lock"),
-    ("pg_advisory_xact_lock", "advisory lock"),
-    ("pg_try_advisory_xact_lock", "advisory lock"),
-    ("lo_", "large object function"),
-    ("dblink", "dblink"),
-    ("pg_stat_reset", "admin function"),
-    ("pg_create_", "replication slot function"),
-    ("pg_drop_replication_slot", "replication slot function"),
-    ("pg_replication_", "replication function"),
-    ("pg_backup_", "backup function"),
-    ("pg_wal_replay_", "recovery control function"),
-];
+/// Extension functions (found in any schema) known to be harmless though VOLATILE.
+const EXTENSION_READ_ONLY: &[&str] =
+    &["uuid_generate_v1", "uuid_generate_v1mc", "uuid_generate_v3", "uuid_generate_v4", "uuid_generate_v5"];
 
-/// Session-level advisory locks live on one server connection: the session is pinned.
-const PIN_EXACT: &[&str] =
-    &["pg_advisory_lock", "pg_advisory_lock_shared", "pg_try_advisory_lock", "pg_try_advisory_lock_shared"];
+/// The audited built-ins: name -> kind.
+fn builtins() -> &'static HashMap<&'static str, FunctionKind> {
+    static MAP: OnceLock<HashMap<&'static str, FunctionKind>> = OnceLock::new();
+    MAP.get_or_init(|| BUILTINS_TSV.lines().filter_map(parse_line).collect())
+}
 
-/// Common built-ins known to be read-only (volatile ones here are harmless: random numbers,
-/// clocks, sleeping). Saves a catalog look-up for the everyday case.
-const READ_ONLY: &[&str] = &[
-    "abs",
-    "age",
-    "array_agg",
-    "array_length",
-    "array_position",
-    "array_to_string",
-    "avg",
-    "bool_and",
-    "bool_or",
-    "btrim",
-    "cardinality",
-    "ceil",
-    "ceiling",
-    "char_length",
-    "character_length",
-    "clock_timestamp",
-    "coalesce",
-    "concat",
-    "concat_ws",
-    "count",
-    "current_database",
-    "current_date",
-    "current_role",
-    "current_schema",
-    "current_schemas",
-    "current_setting",
-    "current_time",
-    "current_timestamp",
-    "current_user",
-    "date_part",
-    "date_trunc",
-    "decode",
-    "dense_rank",
-    "encode",
-    "every",
-    "exp",
-    "first_value",
-    "floor",
-    "format",
-    "gen_random_uuid",
-    "generate_series",
-    "generate_subscripts",
-    "greatest",
-    "inet_client_addr",
-    "inet_server_addr",
-    "inet_server_port",
-    "initcap",
-    "json_agg",
-    "json_array_elements",
-    "json_array_length",
-    "json_build_array",
-    "json_build_object",
-    "json_each",
-    "json_extract_path",
-    "json_extract_path_text",
-    "json_object_agg",
-    "jsonb_agg",
-    "jsonb_array_elements",
-    "jsonb_array_length",
-    "jsonb_build_array",
-    "jsonb_build_object",
-    "jsonb_each",
-    "jsonb_extract_path",
-    "jsonb_extract_path_text",
-    "jsonb_object_agg",
-    "jsonb_object_keys",
-    "jsonb_set",
-    "jsonb_typeof",
-    "lag",
-    "last_value",
-    "lead",
-    "least",
-    "left",
-    "length",
-    "ln",
-    "localtime",
-    "localtimestamp",
-    "log",
-    "lower",
-    "lpad",
-    "ltrim",
-    "make_date",
-    "make_interval",
-    "make_timestamp",
-    "max",
-    "md5",
-    "min",
-    "mod",
-    "now",
-    "ntile",
-    "nullif",
-    "octet_length",
-    "pg_backend_pid",
-    "pg_is_in_recovery",
-    "pg_last_wal_receive_lsn",
-    "pg_last_wal_replay_lsn",
-    "pg_last_xact_replay_timestamp",
-    "pg_postmaster_start_time",
-    "pg_sleep",
-    "pg_sleep_for",
-    "pg_sleep_until",
-    "pg_typeof",
-    "pg_wal_lsn_diff",
-    "power",
-    "random",
-    "rank",
-    "regexp_match",
-    "regexp_matches",
-    "regexp_replace",
-    "regexp_split_to_array",
-    "repeat",
-    "replace",
-    "reverse",
-    "right",
-    "round",
-    "row_number",
-    "row_to_json",
-    "rpad",
-    "rtrim",
-    "session_user",
-    "sign",
-    "split_part",
-    "sqrt",
-    "starts_with",
-    "statement_timestamp",
-    "string_agg",
-    "string_to_array",
-    "strpos",
-    "substr",
-    "sum",
-    "timeofday",
-    "to_char",
-    "to_date",
-    "to_json",
-    "to_jsonb",
-    "to_number",
-    "to_timestamp",
-    "transaction_timestamp",
-    "translate",
-    "trunc",
-    "unnest",
-    "upper",
-    "user",
-    "uuid_generate_v4",
-    "version",
-];
+fn parse_line(line: &'static str) -> Option<(&'static str, FunctionKind)> {
+    if line.starts_with('#') {
+        return None;
+    }
+    let mut fields = line.split('\t');
+    let (name, _volatility, verdict, why) = (fields.next()?, fields.next()?, fields.next()?, fields.next()?);
+    let kind = match verdict {
+        "replica" => FunctionKind::ReadOnly,
+        "primary" => FunctionKind::Primary(why),
+        "pin" => FunctionKind::PinsSession(why),
+        _ => return None,
+    };
+    Some((name, kind))
+}
 
 /// Classifies a function by its (lower-cased, possibly schema-qualified) name.
 pub fn function_kind(qualified: &str) -> FunctionKind {
@@ -217,24 +55,30 @@ pub fn function_kind(qualified: &str) -> FunctionKind {
         Some((s, n)) => (Some(s), n),
         None => (None, qualified),
     };
-    // A user function in another schema may shadow nothing here; only pg_catalog (or no
-    // schema) gets the built-in treatment.
-    let builtin = matches!(schema, None | Some("pg_catalog"));
-    if builtin {
-        if PIN_EXACT.contains(&name) {
-            return FunctionKind::PinsSession("session advisory lock");
-        }
-        if let Some((_, why)) = PRIMARY_EXACT.iter().find(|(n, _)| *n == name) {
-            return FunctionKind::Primary(why);
-        }
-        if let Some((_, why)) = PRIMARY_PREFIX.iter().find(|(p, _)| name.starts_with(p)) {
-            return FunctionKind::Primary(why);
-        }
-        if READ_ONLY.binary_search(&name).is_ok() {
-            return FunctionKind::ReadOnly;
-        }
+    // Unqualified names resolve in pg_catalog first (it is implicitly first on the
+    // search_path); a name qualified with another schema is a user function.
+    if matches!(schema, None | Some("pg_catalog"))
+        && let Some(k) = builtins().get(name)
+    {
+        return *k;
+    }
+    if EXTENSION_READ_ONLY.contains(&name) {
+        return FunctionKind::ReadOnly;
     }
     FunctionKind::Unknown
+}
+
+/// Whether `name` is a function of pg_catalog (any verdict).
+pub fn is_builtin(name: &str) -> bool {
+    builtins().contains_key(name)
+}
+
+/// The audited list, for the tests that check it against a live server: (name, volatility).
+pub fn audited() -> impl Iterator<Item = (&'static str, &'static str)> {
+    BUILTINS_TSV.lines().filter(|l| !l.starts_with('#')).filter_map(|l| {
+        let mut f = l.split('\t');
+        Some((f.next()?, f.next()?))
+    })
 }
 
 #[cfg(test)]
@@ -242,22 +86,41 @@ mod tests {
     use super::*;
 
     #[test]
-    fn read_only_list_is_sorted() {
-        let mut sorted = READ_ONLY.to_vec();
+    fn data_is_well_formed_and_sorted() {
+        let lines: Vec<&str> = BUILTINS_TSV.lines().filter(|l| !l.starts_with('#')).collect();
+        assert!(lines.len() > 2500, "{} functions", lines.len());
+        for l in &lines {
+            assert!(parse_line(l).is_some(), "bad line: {l}");
+            let vol = l.split('\t').nth(1).unwrap_or("");
+            assert!(matches!(vol, "immutable" | "stable" | "volatile"), "bad volatility: {l}");
+        }
+        let names: Vec<&str> = lines.iter().map(|l| l.split('\t').next().unwrap_or("")).collect();
+        let mut sorted = names.clone();
         sorted.sort_unstable();
-        assert_eq!(sorted, READ_ONLY);
+        sorted.dedup();
+        assert_eq!(sorted, names, "names must be unique and sorted");
     }
 
     #[test]
     fn kinds() {
         assert_eq!(function_kind("count"), FunctionKind::ReadOnly);
         assert_eq!(function_kind("pg_catalog.now"), FunctionKind::ReadOnly);
+        assert_eq!(function_kind("random"), FunctionKind::ReadOnly);
+        assert_eq!(function_kind("pg_current_snapshot"), FunctionKind::ReadOnly);
+        assert_eq!(function_kind("txid_current_snapshot"), FunctionKind::ReadOnly);
+        assert_eq!(function_kind("pg_snapshot_xmin"), FunctionKind::ReadOnly);
+        assert_eq!(function_kind("table_to_xml"), FunctionKind::ReadOnly);
         assert!(matches!(function_kind("nextval"), FunctionKind::Primary(_)));
+        assert!(matches!(function_kind("txid_current"), FunctionKind::Primary(_)));
         assert!(matches!(function_kind("pg_current_wal_lsn"), FunctionKind::Primary(_)));
         assert!(matches!(function_kind("lo_import"), FunctionKind::Primary(_)));
+        assert!(matches!(function_kind("query_to_xml"), FunctionKind::Primary(_)));
+        assert!(matches!(function_kind("pg_terminate_backend"), FunctionKind::Primary(_)));
         assert!(matches!(function_kind("pg_advisory_xact_lock"), FunctionKind::Primary(_)));
         assert!(matches!(function_kind("pg_advisory_lock"), FunctionKind::PinsSession(_)));
+        assert!(matches!(function_kind("setseed"), FunctionKind::PinsSession(_)));
         assert_eq!(function_kind("myschema.count"), FunctionKind::Unknown);
         assert_eq!(function_kind("my_func"), FunctionKind::Unknown);
+        assert_eq!(function_kind("public.uuid_generate_v4"), FunctionKind::ReadOnly);
     }
 }

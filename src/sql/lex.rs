@@ -235,6 +235,133 @@ pub fn keywords(stmt: &str, n: usize) -> Vec<String> {
     out
 }
 
+/// One word of a statement, for the word-by-word check of reads the parser cannot read:
+/// lower-cased unless quoted, schema-qualified names joined with '.', `call` when an opening
+/// parenthesis follows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Word {
+    pub text: String,
+    pub quoted: bool,
+    pub call: bool,
+}
+
+/// The words of `stmt`, skipping literals, comments, parameters, numbers and operators.
+pub fn words(stmt: &str) -> Vec<Word> {
+    let b = stmt.as_bytes();
+    let mut out: Vec<Word> = Vec::new();
+    let mut i = 0;
+    let ident = |c: u8| c.is_ascii_alphanumeric() || c == b'_' || c == b'$' || c >= 0x80;
+    while i < b.len() {
+        let c = b[i];
+        if c.is_ascii_alphabetic() || c == b'_' || c >= 0x80 || c == b'"' {
+            // A possibly qualified name: part(.part)*
+            let mut text = String::new();
+            let mut quoted = false;
+            loop {
+                if i < b.len() && b[i] == b'"' {
+                    let end = skip_quoted(b, i, b'"', false);
+                    text.push_str(&stmt[i + 1..end.saturating_sub(1).max(i + 1)].replace("\"\"", "\""));
+                    quoted = true;
+                    i = end;
+                } else {
+                    let st = i;
+                    while i < b.len() && ident(b[i]) {
+                        i += 1;
+                    }
+                    text.push_str(&stmt[st..i].to_ascii_lowercase());
+                }
+                let more = i + 1 < b.len()
+                    && b[i] == b'.'
+                    && (b[i + 1].is_ascii_alphabetic() || b[i + 1] == b'_' || b[i + 1] == b'"' || b[i + 1] >= 0x80);
+                if !more {
+                    break;
+                }
+                text.push('.');
+                i += 1;
+            }
+            // E'..', B'..', X'..', N'..': a literal with a prefix, not a word.
+            if !quoted && i < b.len() && b[i] == b'\'' && matches!(text.as_str(), "e" | "b" | "x" | "n") {
+                continue;
+            }
+            let mut j = i;
+            while j < b.len() && b[j].is_ascii_whitespace() {
+                j += 1;
+            }
+            let call = j < b.len() && b[j] == b'(';
+            out.push(Word { text, quoted, call });
+            continue;
+        }
+        i = match c {
+            b'0'..=b'9' => {
+                let mut j = i;
+                while j < b.len() && (b[j].is_ascii_alphanumeric() || b[j] == b'.' || b[j] == b'_') {
+                    j += 1;
+                }
+                j
+            }
+            b'$' if b.get(i + 1).is_some_and(u8::is_ascii_digit) => {
+                let mut j = i + 1;
+                while j < b.len() && b[j].is_ascii_digit() {
+                    j += 1;
+                }
+                j
+            }
+            _ => skip_token(b, i),
+        };
+    }
+    out
+}
+
+/// `TABLE name ...` (the shorthand for `SELECT * FROM name ...`, anywhere a query may stand)
+/// and a trailing `FOR READ ONLY` rewritten into forms sqlparser reads. None when there is
+/// nothing to rewrite.
+pub fn rewrite_for_parser(stmt: &str) -> Option<String> {
+    let b = stmt.as_bytes();
+    let mut out = String::with_capacity(stmt.len() + 16);
+    let mut changed = false;
+    let mut i = 0;
+    let mut prev_word = String::new();
+    let mut last = 0;
+    while i < b.len() {
+        let c = b[i];
+        if c.is_ascii_alphabetic() || c == b'_' {
+            let st = i;
+            while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'_' || b[i] == b'$') {
+                i += 1;
+            }
+            let w = stmt[st..i].to_ascii_lowercase();
+            let after_dot = st > 0 && b[st - 1] == b'.';
+            if w == "table" && !after_dot && !matches!(prev_word.as_str(), "into" | "lock" | "create" | "alter") {
+                out.push_str(&stmt[last..st]);
+                out.push_str("SELECT * FROM");
+                last = i;
+                changed = true;
+            } else if w == "for" && !after_dot {
+                let rest = &stmt[i..];
+                let kw = keywords(rest, 2);
+                if kw.len() == 2 && kw[0] == "read" && kw[1] == "only" {
+                    // Skip "read only" too.
+                    let lower = rest.to_ascii_lowercase();
+                    if let Some(pos) = lower.find("only") {
+                        out.push_str(&stmt[last..st]);
+                        i += pos + 4;
+                        last = i;
+                        changed = true;
+                    }
+                }
+            }
+            prev_word = w;
+            continue;
+        }
+        i = skip_token(b, i);
+    }
+    if !changed {
+        return None;
+    }
+    out.push_str(&stmt[last..]);
+    Some(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -273,5 +400,42 @@ mod tests {
         assert_eq!(keywords("/* c */ SET  Search_Path = 'x'", 5), vec!["set", "search_path", "="]);
         assert_eq!(keywords("set \"TimeZone\" to 'UTC'", 5), vec!["set", "TimeZone", "to"]);
         assert_eq!(keywords("BEGIN ISOLATION LEVEL SERIALIZABLE, READ ONLY", 9).len(), 6);
+    }
+
+    #[test]
+    fn word_scan() {
+        let w = words("SELECT a.b, \"X\".f(1), E'x(' , 'y' FROM public.t WHERE c = $1 AND d > 1.5e3 -- z(\n");
+        let texts: Vec<(&str, bool)> = w.iter().map(|w| (w.text.as_str(), w.call)).collect();
+        assert_eq!(
+            texts,
+            vec![
+                ("select", false),
+                ("a.b", false),
+                ("X.f", true),
+                ("from", false),
+                ("public.t", false),
+                ("where", false),
+                ("c", false),
+                ("and", false),
+                ("d", false)
+            ]
+        );
+        assert!(w[2].quoted);
+    }
+
+    #[test]
+    fn rewrites() {
+        assert_eq!(
+            rewrite_for_parser("TABLE t ORDER BY 1 LIMIT 2").as_deref(),
+            Some("SELECT * FROM t ORDER BY 1 LIMIT 2")
+        );
+        assert_eq!(
+            rewrite_for_parser("with x as (table t) select * from x union table u").as_deref(),
+            Some("with x as (SELECT * FROM t) select * from x union SELECT * FROM u")
+        );
+        assert_eq!(rewrite_for_parser("SELECT * FROM t FOR READ ONLY").as_deref(), Some("SELECT * FROM t "));
+        assert_eq!(rewrite_for_parser("SELECT * INTO TABLE t2 FROM t"), None);
+        assert_eq!(rewrite_for_parser("SELECT 'table' FROM t FOR UPDATE"), None);
+        assert_eq!(rewrite_for_parser("SELECT x.table FROM t"), None);
     }
 }

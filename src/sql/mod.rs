@@ -6,6 +6,7 @@ pub mod classify;
 pub mod functions;
 pub mod lex;
 pub mod session_cmd;
+pub mod set_config;
 
 pub use lex::Hint;
 
@@ -50,6 +51,8 @@ pub enum Effect {
         name: String,
         sql: String,
     },
+    /// Several settings at once (`SET SESSION CHARACTERISTICS`): (name, sql) each.
+    SetMany(Vec<(String, String)>),
     Reset {
         name: String,
     },
@@ -61,6 +64,16 @@ pub enum Effect {
     Pin(&'static str),
     /// DEALLOCATE name / DEALLOCATE ALL (None).
     Deallocate(Option<String>),
+    /// A set_config whose arguments are bound parameters: resolved at each Bind.
+    SetConfigBound([set_config::Arg; 3]),
+}
+
+impl Effect {
+    /// Effects that carry values from the statement's text (an analysis with one is not
+    /// shared between texts that differ only in their literals).
+    pub fn carries_values(&self) -> bool {
+        matches!(self, Effect::Set { .. } | Effect::SetMany(_) | Effect::SetConfigBound(_))
+    }
 }
 
 /// A name to check in the catalog.

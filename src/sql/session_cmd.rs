@@ -27,11 +27,13 @@ pub fn classify(stmt: &str, kw: &[String]) -> Option<Class> {
             _ => Class::new(Target::Any, "session command"),
         },
         "begin" | "start" => {
-            let read_only = is_read_only(kw);
-            let target = if read_only { Target::Replica } else { Target::Primary };
-            let reason = if read_only { "read-only transaction" } else { "transaction" };
             // The transaction itself is tracked by ReadyForQuery: nothing to record.
-            Class::new(target, reason)
+            match (is_read_only(kw), kw.iter().any(|w| w == "serializable")) {
+                // A standby refuses SERIALIZABLE even for READ ONLY transactions.
+                (true, true) => Class::new(Target::Primary, STANDBY_REFUSES),
+                (true, false) => Class::new(Target::Replica, READ_ONLY_TRANSACTION),
+                (false, _) => Class::new(Target::Primary, "transaction"),
+            }
         }
         "commit" | "rollback" | "end" | "abort" if second == "prepared" => {
             Class::new(Target::Primary, "two-phase commit")
@@ -63,6 +65,8 @@ pub fn classify(stmt: &str, kw: &[String]) -> Option<Class> {
             }
         }
         "fetch" | "move" | "close" => Class::new(Target::Any, "cursor command"),
+        // A library loaded into one server session: it cannot follow the client.
+        "load" => Class::new(Target::Primary, "LOAD").with_effect(Effect::Pin("LOAD")),
         "create" if kw[1..kw.len().min(3)].iter().any(|w| w == "temp" || w == "temporary") => {
             Class::new(Target::Primary, "temporary object").with_effect(Effect::Pin("temporary table"))
         }
@@ -84,12 +88,43 @@ fn is_read_only(kw: &[String]) -> bool {
     ro
 }
 
+/// The reason of a BEGIN READ ONLY that a replica may run.
+pub const READ_ONLY_TRANSACTION: &str = "read-only transaction";
+
+/// The reason of statements a standby refuses though the primary accepts them: SERIALIZABLE
+/// (even READ ONLY) and READ WRITE transaction modes.
+pub const STANDBY_REFUSES: &str = "transaction mode a standby refuses";
+
+/// Whether setting the transaction-scoped parameter `name` (or `SET TRANSACTION`, name
+/// "transaction") as `stmt` does would be refused by a standby.
+pub fn standby_refuses(name: &str, stmt: &str) -> bool {
+    let lower = stmt.to_ascii_lowercase();
+    match name {
+        "transaction" => lower.contains("serializable") || lower.split_whitespace().any(|w| w.starts_with("write")),
+        "transaction_isolation" => lower.contains("serializable") || set_value(&lower) == "default",
+        "transaction_read_only" => !matches!(set_value(&lower).as_str(), "on" | "true" | "yes" | "1" | "t" | "y"),
+        _ => false,
+    }
+}
+
+/// The value of `SET name = value` / `SET name TO value`, lower-cased and unquoted.
+fn set_value(lower: &str) -> String {
+    let rest = match lower.find('=') {
+        Some(i) => &lower[i + 1..],
+        None => lower.find(" to ").map(|i| &lower[i + 4..]).unwrap_or(""),
+    };
+    rest.trim().trim_matches(|c| c == '\'' || c == '"').trim().to_string()
+}
+
+/// Parameters that live for one transaction only: never replayed.
+const TRANSACTION_PARAMETERS: [&str; 3] = ["transaction_isolation", "transaction_read_only", "transaction_deferrable"];
+
 fn classify_set(stmt: &str, kw: &[String]) -> Class {
     let mut i = 1;
     let mut local = false;
     match kw.get(1).map(String::as_str) {
         Some("session") if kw.get(2).map(String::as_str) == Some("characteristics") => {
-            return session_set("session_characteristics", stmt);
+            return session_characteristics(kw);
         }
         Some("session") if kw.get(2).map(String::as_str) == Some("authorization") => {
             return session_set("session_authorization", stmt);
@@ -105,8 +140,12 @@ fn classify_set(stmt: &str, kw: &[String]) -> Class {
         Some(n) => n,
         None => return Class::new(Target::Primary, "unrecognised SET"),
     };
-    // Transaction-scoped forms: they die with the transaction, nothing to replay.
-    if local || name == "transaction" || name == "constraints" {
+    // Transaction-scoped forms: they die with the transaction, nothing to replay. Outside a
+    // transaction they change nothing, but a standby refuses some of them outright.
+    if local || name == "transaction" || name == "constraints" || TRANSACTION_PARAMETERS.contains(&name) {
+        if standby_refuses(name, stmt) {
+            return Class::new(Target::Primary, STANDBY_REFUSES);
+        }
         return Class::new(Target::Any, "transaction-level SET");
     }
     let name = match name {
@@ -137,6 +176,46 @@ fn classify_set(stmt: &str, kw: &[String]) -> Class {
         return c;
     }
     session_set(name, stmt)
+}
+
+/// `SET SESSION CHARACTERISTICS AS TRANSACTION ...` sets the defaults of the session's
+/// transactions: recorded as the parameters it sets, so that a later statement setting only
+/// one of them replaces only that one.
+fn session_characteristics(kw: &[String]) -> Class {
+    let mut sets = Vec::new();
+    let mut push = |name: &str, value: &str| {
+        sets.retain(|(n, _): &(String, String)| n != name);
+        sets.push((name.to_string(), format!("SET {name} = '{value}'")));
+    };
+    let mut i = 0;
+    while i < kw.len() {
+        let next = |k: usize| kw.get(i + k).map(String::as_str).unwrap_or("");
+        match kw[i].as_str() {
+            "isolation" if next(1) == "level" => {
+                let level = match (next(2), next(3)) {
+                    ("read", "committed") => "read committed",
+                    ("read", "uncommitted") => "read uncommitted",
+                    ("repeatable", _) => "repeatable read",
+                    _ => "serializable",
+                };
+                push("default_transaction_isolation", level);
+                i += 3;
+            }
+            "read" if next(1) == "only" => push("default_transaction_read_only", "on"),
+            "read" if next(1) == "write" => push("default_transaction_read_only", "off"),
+            "not" if next(1) == "deferrable" => {
+                push("default_transaction_deferrable", "off");
+                i += 1;
+            }
+            "deferrable" => push("default_transaction_deferrable", "on"),
+            _ => {}
+        }
+        i += 1;
+    }
+    if sets.is_empty() {
+        return Class::new(Target::Primary, "unrecognised SET SESSION CHARACTERISTICS");
+    }
+    Class::new(Target::Any, "session command").with_effect(Effect::SetMany(sets))
 }
 
 fn session_set(name: &str, stmt: &str) -> Class {
@@ -170,7 +249,23 @@ mod tests {
         assert!(matches!(effect("SET NAMES 'UTF8'"), Effect::Set { name, .. } if name == "client_encoding"));
         assert_eq!(effect("SET LOCAL statement_timeout = 5"), Effect::None);
         assert_eq!(effect("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE"), Effect::None);
-        assert!(matches!(effect("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY"), Effect::Set { .. }));
+        assert_eq!(
+            effect("SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY"),
+            Effect::SetMany(vec![
+                (
+                    "default_transaction_isolation".into(),
+                    "SET default_transaction_isolation = 'repeatable read'".into()
+                ),
+                ("default_transaction_read_only".into(), "SET default_transaction_read_only = 'on'".into()),
+            ])
+        );
+        assert_eq!(
+            effect("set session characteristics as transaction not deferrable"),
+            Effect::SetMany(vec![(
+                "default_transaction_deferrable".into(),
+                "SET default_transaction_deferrable = 'off'".into()
+            )])
+        );
         assert_eq!(effect("RESET ALL"), Effect::ResetAll);
         assert_eq!(effect("reset work_mem"), Effect::Reset { name: "work_mem".into() });
         assert_eq!(effect("DISCARD ALL"), Effect::DiscardAll);
@@ -192,6 +287,31 @@ mod tests {
             Target::Replica
         );
         assert_eq!(classify("BEGIN READ ONLY READ WRITE").unwrap().target, Target::Primary);
+        for refused in [
+            "BEGIN ISOLATION LEVEL SERIALIZABLE READ ONLY DEFERRABLE",
+            "start transaction read only, isolation level serializable",
+            "SET TRANSACTION ISOLATION LEVEL SERIALIZABLE",
+            "SET TRANSACTION READ WRITE",
+            "SET transaction_read_only = off",
+            "set transaction_read_only to 'false'",
+            "SET transaction_isolation = 'serializable'",
+            "SET LOCAL transaction_read_only = 0",
+            "SET SESSION transaction_isolation TO SERIALIZABLE",
+        ] {
+            let c = classify(refused).unwrap();
+            assert_eq!((c.target, c.reason), (Target::Primary, STANDBY_REFUSES), "{refused}");
+            assert_eq!(c.effect, Effect::None, "{refused}");
+        }
+        for fine in [
+            "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ",
+            "SET TRANSACTION READ ONLY",
+            "SET transaction_read_only = on",
+            "SET transaction_isolation = 'repeatable read'",
+            "SET transaction_deferrable = on",
+        ] {
+            let c = classify(fine).unwrap();
+            assert_eq!((c.target, &c.effect), (Target::Any, &Effect::None), "{fine}");
+        }
         assert_eq!(classify("COMMIT").unwrap().target, Target::Any);
         assert_eq!(classify("COMMIT PREPARED 'x'").unwrap().target, Target::Primary);
         assert_eq!(classify("PREPARE TRANSACTION 'x'").unwrap().target, Target::Primary);
@@ -207,6 +327,7 @@ mod tests {
         assert_eq!(effect("DEALLOCATE ALL"), Effect::Deallocate(None));
         assert!(matches!(effect("CREATE TEMP TABLE x (a int)"), Effect::Pin(_)));
         assert!(matches!(effect("create global temporary table x (a int)"), Effect::Pin(_)));
+        assert!(matches!(effect("LOAD 'auto_explain'"), Effect::Pin(_)));
     }
 
     #[test]
