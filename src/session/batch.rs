@@ -4,14 +4,16 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 
 use super::extended::{self, Prepared};
 use super::{End, Expect, Retry, RetryWork, Session};
-use crate::protocol::{self, Frame, ProtocolError};
+use crate::protocol::{self, Frame, ProtocolError, message, put_cstr};
 use crate::router::Decision;
-use crate::sql::Target;
 use crate::sql::cache::Analysis;
+use crate::sql::session_cmd::STANDBY_REFUSES;
+use crate::sql::set_config::{self, Resolved};
+use crate::sql::{Effect, Target};
 use crate::topology::Role;
 
 /// What checking the statements a batch needs on its connection found.
@@ -30,6 +32,10 @@ pub(super) enum BatchItem {
     Bind(Frame, Arc<Prepared>),
     DescribeStatement(Arc<Prepared>),
     CloseStatement(Bytes),
+    /// A Parse of a name the client still has: PostgreSQL's 42P05, raised by the server at
+    /// this point of the batch (so what precedes runs and what follows is skipped, as it would
+    /// be directly).
+    DuplicateParse(String),
     Raw(Frame),
 }
 
@@ -49,6 +55,14 @@ impl Default for Batch {
 }
 
 impl Batch {
+    /// Raises what the batch needs (a Bind can tell more than its statement's text).
+    pub(super) fn require(&mut self, target: Target, reason: &'static str) {
+        if target > self.target {
+            self.target = target;
+            self.reason = reason;
+        }
+    }
+
     pub(super) fn add_analysis(&mut self, a: &Arc<Analysis>) {
         if a.target > self.target {
             self.target = a.target;
@@ -68,6 +82,10 @@ impl Session {
         let item = match f.tag() {
             b'P' => {
                 let p = extended::read_parse(&f)?;
+                if !p.name.is_empty() && self.statements.named.contains_key(p.name) {
+                    self.batch.items.push(BatchItem::DuplicateParse(p.name.to_string()));
+                    return Ok(());
+                }
                 let analysis = self.shared.cache.analyze(p.query);
                 self.batch.add_analysis(&analysis);
                 self.parses += 1;
@@ -85,7 +103,10 @@ impl Session {
                     Some(p) => {
                         self.batch.add_analysis(&p.analysis);
                         for c in &p.analysis.statements {
-                            self.note_effect(&c.effect, c.route_mode);
+                            match &c.effect {
+                                Effect::SetConfigBound(args) => self.bound_set_config(args, &p, &f)?,
+                                e => self.note_effect(e, c.route_mode),
+                            }
                         }
                         BatchItem::Bind(f, p)
                     }
@@ -117,6 +138,32 @@ impl Session {
         Ok(())
     }
 
+    /// A set_config whose arguments this Bind carries: recorded like SET when pgsplit can read
+    /// them, else the session is pinned to the primary (as for any set_config it cannot replay).
+    fn bound_set_config(&mut self, args: &[set_config::Arg; 3], p: &Prepared, bind: &Frame) -> Result<(), End> {
+        let types = extended::parse_types(&p.parse)?;
+        let values = extended::bind_parameters(bind)?;
+        let params: Vec<set_config::Param<'_>> = values
+            .iter()
+            .enumerate()
+            .map(|(i, (format, value))| set_config::Param {
+                format: *format,
+                oid: types.get(i).copied().unwrap_or(0),
+                value: *value,
+            })
+            .collect();
+        match set_config::resolved(args, &params) {
+            Resolved::Set(e) => self.note_effect(&e, None),
+            Resolved::Local => {}
+            Resolved::Unknown => {
+                let why = "set_config that cannot be replayed";
+                self.batch.require(Target::Primary, why);
+                self.note_effect(&Effect::Pin(why), None);
+            }
+        }
+        Ok(())
+    }
+
     pub(super) async fn flush_or_sync(&mut self, f: Frame) -> Result<(), End> {
         let is_sync = f.tag() == b'S';
         if self.skip_until_sync {
@@ -137,6 +184,12 @@ impl Session {
             return Ok(());
         }
         let (target, reason) = self.resolve(batch.target, batch.reason, &batch.lookups).await;
+        if let Some(begin) = self.fresh_begin.take()
+            && target == Target::Primary
+            && reason == STANDBY_REFUSES
+        {
+            self.move_fresh_transaction(&begin).await?;
+        }
         if self.batch_open && self.tx_status == b'I' && target == Target::Primary && self.on_replica() {
             // The start of this batch went to a replica (it looked like a read when the client
             // flushed); the rest needs the primary. Close the replica's part with a Sync of our
@@ -396,7 +449,7 @@ pub(super) fn encode_item(
             if p.server_name.is_empty() { conn.unnamed == Some(p.key) } else { conn.prepared.contains(&p.server_name) };
         if !present {
             buf.extend_from_slice(&p.parse);
-            expect.push_back(Expect::Parse { swallow: true, name: p.server_name.clone() });
+            expect.push_back(Expect::Parse { swallow: true, name: p.server_name.clone(), duplicate_of: None });
             note_prepared(p, conn);
         }
     }
@@ -409,7 +462,7 @@ pub(super) fn encode_item(
                 expect.push_back(Expect::Close { swallow: true });
             }
             buf.extend_from_slice(&p.parse);
-            expect.push_back(Expect::Parse { swallow: false, name: p.server_name.clone() });
+            expect.push_back(Expect::Parse { swallow: false, name: p.server_name.clone(), duplicate_of: None });
             note_prepared(&p, conn);
         }
         BatchItem::Bind(f, p) => {
@@ -431,6 +484,26 @@ pub(super) fn encode_item(
             buf.extend_from_slice(&extended::target_message(b'C', b'S', &name));
             expect.push_back(Expect::Close { swallow: false });
         }
+        BatchItem::DuplicateParse(client_name) => {
+            // A statement of pgsplit's own prepared twice: the second Parse fails with 42P05,
+            // which the relay reports under the client's name.
+            let parse = message(b'P', |b| {
+                put_cstr(b, DUPLICATE_PROBE);
+                put_cstr(b, "SELECT 1");
+                b.put_i16(0);
+            });
+            if !conn.prepared.contains(DUPLICATE_PROBE) {
+                buf.extend_from_slice(&parse);
+                expect.push_back(Expect::Parse { swallow: true, name: DUPLICATE_PROBE.into(), duplicate_of: None });
+                conn.prepared.insert(DUPLICATE_PROBE.into());
+            }
+            buf.extend_from_slice(&parse);
+            expect.push_back(Expect::Parse {
+                swallow: false,
+                name: DUPLICATE_PROBE.into(),
+                duplicate_of: Some(client_name),
+            });
+        }
         BatchItem::Raw(f) => {
             if f.tag() == b'C' {
                 expect.push_back(Expect::Close { swallow: false });
@@ -439,13 +512,16 @@ pub(super) fn encode_item(
                 expect.push_back(Expect::Describe { statement: None });
             }
             if f.tag() == b'P' {
-                expect.push_back(Expect::Parse { swallow: false, name: String::new() });
+                expect.push_back(Expect::Parse { swallow: false, name: String::new(), duplicate_of: None });
             }
             buf.extend_from_slice(&f.bytes);
         }
     }
     Ok(())
 }
+
+/// The server name of the statement pgsplit prepares twice to raise 42P05.
+const DUPLICATE_PROBE: &str = "pgsplit_duplicate";
 
 /// Server connections keep at most this many prepared statements; beyond it, pgsplit closes
 /// some (those this batch does not use) so server memory stays bounded however many distinct

@@ -110,6 +110,49 @@ pub fn rewrite_bind(f: &Frame, server_name: &str) -> Result<Bytes, ProtocolError
     }))
 }
 
+/// The parameter type OIDs a Parse message declares.
+pub fn parse_types(parse: &Bytes) -> Result<Vec<u32>, ProtocolError> {
+    let f = Frame { bytes: parse.clone() };
+    let p = read_parse(&f)?;
+    Ok(p.types[2..].chunks_exact(4).map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]])).collect())
+}
+
+/// The parameters of a Bind: (format code, value or None for NULL) each.
+pub fn bind_parameters(f: &Frame) -> Result<Vec<(i16, Option<&[u8]>)>, ProtocolError> {
+    let bad = || ProtocolError::Invalid("malformed Bind message".into());
+    let (_, _, at) = read_bind(f)?;
+    let mut rest = &f.body()[at..];
+    let mut take = |n: usize| -> Result<&[u8], ProtocolError> {
+        if rest.len() < n {
+            return Err(bad());
+        }
+        let (head, tail) = rest.split_at(n);
+        rest = tail;
+        Ok(head)
+    };
+    let i16_at = |b: &[u8]| i16::from_be_bytes([b[0], b[1]]);
+    let nformats = i16_at(take(2)?);
+    let nformats = usize::try_from(nformats).map_err(|_| bad())?;
+    let formats: Vec<i16> = take(2 * nformats)?.chunks_exact(2).map(i16_at).collect();
+    let nparams = usize::try_from(i16_at(take(2)?)).map_err(|_| bad())?;
+    if nformats > 1 && nformats != nparams {
+        return Err(bad());
+    }
+    let mut out = Vec::with_capacity(nparams);
+    for i in 0..nparams {
+        let len = take(4)?;
+        let len = i32::from_be_bytes([len[0], len[1], len[2], len[3]]);
+        let value = if len < 0 { None } else { Some(take(len as usize)?) };
+        let format = match formats.len() {
+            0 => 0,
+            1 => formats[0],
+            _ => formats[i],
+        };
+        out.push((format, value));
+    }
+    Ok(out)
+}
+
 /// Describe and Close: a kind byte ('S' statement, 'P' portal) and a name.
 pub fn read_target(f: &Frame) -> Result<(u8, &str), ProtocolError> {
     let body = f.body();
@@ -169,6 +212,41 @@ mod tests {
         let (portal, stmt, at) = read_bind(&r).unwrap();
         assert_eq!((portal, stmt), ("", "pgsplit_x"));
         assert_eq!(&r.body()[at..], &[0, 0, 0, 1, 0, 0, 0, 1, b'7', 0, 0]);
+    }
+
+    #[test]
+    fn bind_parameters_are_read() {
+        let f = frame(message(b'B', |b| {
+            put_cstr(b, "");
+            put_cstr(b, "s1");
+            b.put_i16(2);
+            b.put_i16(0);
+            b.put_i16(1);
+            b.put_i16(2);
+            b.put_i32(3);
+            b.put_slice(b"UTC");
+            b.put_i32(-1);
+            b.put_i16(0);
+        }));
+        let p = bind_parameters(&f).unwrap();
+        assert_eq!(p, vec![(0, Some(&b"UTC"[..])), (1, None)]);
+        let truncated = frame(message(b'B', |b| {
+            put_cstr(b, "");
+            put_cstr(b, "s1");
+            b.put_i16(0);
+            b.put_i16(1);
+            b.put_i32(10);
+            b.put_slice(b"abc");
+        }));
+        assert!(bind_parameters(&truncated).is_err());
+        let parse = message(b'P', |b| {
+            put_cstr(b, "s1");
+            put_cstr(b, "select $1, $2");
+            b.put_i16(2);
+            b.put_u32(25);
+            b.put_u32(0);
+        });
+        assert_eq!(parse_types(&parse).unwrap(), vec![25, 0]);
     }
 
     #[test]

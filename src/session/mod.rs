@@ -60,6 +60,9 @@ enum Expect {
     Parse {
         swallow: bool,
         name: String,
+        /// The second Parse of pgsplit's duplicate probe: its 42P05 is the client's, under
+        /// this name.
+        duplicate_of: Option<String>,
     },
     Close {
         swallow: bool,
@@ -113,6 +116,8 @@ struct Session {
     retry: Option<Retry>,
     /// A read whose connection died before any answer: to run again elsewhere.
     retry_now: Option<Retry>,
+    /// The BEGIN READ ONLY of a transaction on a replica that has run nothing else yet.
+    fresh_begin: Option<String>,
 }
 
 /// A read sent outside a transaction to a replica. If that connection dies before the first
@@ -212,6 +217,7 @@ async fn run_client(shared: &Arc<Shared>, stream: TcpStream) -> Result<(), End> 
         parses: 0,
         retry: None,
         retry_now: None,
+        fresh_begin: None,
         routed: Vec::new(),
     };
     let result = match s.login().await {

@@ -33,19 +33,35 @@ impl Session {
             b'E' => {
                 self.effects.error_in_request = true;
                 self.copy_in = false;
+                let duplicate = match self.expect.front() {
+                    Some(Expect::Parse { duplicate_of: Some(n), .. }) => Some(n.clone()),
+                    _ => None,
+                };
                 // The server skips to the next Sync: whatever was queued before it gets no answer.
                 while let Some(e) = self.expect.front() {
                     if matches!(e, Expect::Sync) {
                         break;
                     }
-                    if let (Some(Expect::Parse { name, .. }), Some(s)) = (self.expect.pop_front(), self.server.as_mut())
-                    {
+                    let Some(Expect::Parse { name, swallow, duplicate_of: None }) = self.expect.pop_front() else {
+                        continue;
+                    };
+                    // Statements that failed or were skipped exist neither on the server nor
+                    // for the client.
+                    if let Some(s) = self.server.as_mut() {
                         if name.is_empty() {
                             s.conn.unnamed = None;
                         } else {
                             s.conn.prepared.remove(&name);
                         }
                     }
+                    if !swallow && !name.is_empty() {
+                        self.statements.named.retain(|_, p| p.server_name != name);
+                    }
+                }
+                if let Some(name) = duplicate {
+                    let msg = format!("prepared statement \"{name}\" already exists");
+                    self.out.extend_from_slice(&protocol::error("42P05", &msg));
+                    return;
                 }
                 if protocol::error_field(f.body(), b'C') == Some("25006") {
                     tracing::warn!("server reported read-only transaction (25006) to a client");

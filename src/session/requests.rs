@@ -1,9 +1,11 @@
 //! Client to server: dispatching client messages; simple queries.
 
+use super::placement::AttachError;
 use super::{End, Session};
 use crate::protocol::{self, Frame, ProtocolError};
 use crate::router::Decision;
-use crate::sql::{Effect, RouteMode};
+use crate::sql::session_cmd::{READ_ONLY_TRANSACTION, STANDBY_REFUSES};
+use crate::sql::{Effect, RouteMode, Target};
 
 impl Session {
     pub(super) async fn on_client_frame(&mut self, f: Frame) -> Result<(), End> {
@@ -47,10 +49,21 @@ impl Session {
         let mut body = f.body();
         let sql = protocol::read_cstr(&mut body)?;
         let analysis = self.shared.cache.analyze(sql);
+        let fresh_begin = self.fresh_begin.take();
         if self.batch_open && self.tx_status == b'I' && self.pin.is_none() {
             // A simple Query after Parse/Describe/Flush with no Sync (asyncpg prepares that
             // way): the flushed part is over; the query is routed on its own.
             self.close_open_batch().await?;
+        }
+        if let [c] = analysis.statements.as_slice()
+            && let Effect::Deallocate(_) = &c.effect
+            && self.tx_status == b'E'
+        {
+            // As PostgreSQL answers it in an aborted transaction.
+            let msg = "current transaction is aborted, commands ignored until end of transaction block";
+            self.out.extend_from_slice(&protocol::error("25P02", msg));
+            self.out.extend_from_slice(&protocol::ready_for_query(self.tx_status));
+            return Ok(());
         }
         if let [c] = analysis.statements.as_slice()
             && let Effect::Deallocate(name) = &c.effect
@@ -72,6 +85,12 @@ impl Session {
             return Ok(());
         }
         let (target, reason) = self.resolve(analysis.target, analysis.reason, &[&*analysis]).await;
+        if let Some(begin) = fresh_begin
+            && target == Target::Primary
+            && reason == STANDBY_REFUSES
+        {
+            self.move_fresh_transaction(&begin).await?;
+        }
         let decision = self.decide(target, reason, analysis.hint);
         if !self.place(decision).await? {
             self.out.extend_from_slice(&protocol::ready_for_query(self.tx_status));
@@ -83,6 +102,11 @@ impl Session {
         if self.tx_status == b'I' && self.pin.is_none() && matches!(decision, Decision::Replica { .. }) {
             let work = super::RetryWork::Query(f.bytes.clone());
             self.retry = Some(super::Retry { work, target, reason, hint: analysis.hint });
+            if let [c] = analysis.statements.as_slice()
+                && c.reason == READ_ONLY_TRANSACTION
+            {
+                self.fresh_begin = Some(sql.to_string());
+            }
         }
         self.outstanding += 1;
         if let Some(s) = self.server.as_mut() {
@@ -90,6 +114,45 @@ impl Session {
             s.conn.unnamed = None;
         }
         self.send_server(&f.bytes).await
+    }
+
+    /// A transaction that has run nothing but its BEGIN READ ONLY on a replica, whose next
+    /// statement a standby refuses (SET TRANSACTION ISOLATION LEVEL SERIALIZABLE, READ WRITE):
+    /// it has no snapshot and no effects yet, so it starts again on the primary and the client
+    /// never knows. If that fails the client's transaction is gone: its connection is closed.
+    pub(super) async fn move_fresh_transaction(&mut self, begin: &str) -> Result<(), End> {
+        if self.tx_status != b'T' || !self.on_replica() || self.outstanding > 0 {
+            return Ok(());
+        }
+        if let Some(s) = self.server.as_mut() {
+            match s.conn.run_silently("ROLLBACK").await {
+                Ok(_) => self.release_server(),
+                Err(e) => {
+                    self.drop_broken_server(&e);
+                }
+            }
+        }
+        let primary = self.shared.cluster.load().primary();
+        if let Err(AttachError::Failed(f) | AttachError::Refused(f)) = self.attach(primary).await {
+            self.out.extend_from_slice(&super::placement::as_error(&f));
+            return Err(End::Fatal("could not move a transaction to the primary".into()));
+        }
+        tracing::debug!("read-only transaction moved to the primary before its first statement");
+        let Some(s) = self.server.as_mut() else {
+            return Err(End::Fatal("could not move a transaction to the primary".into()));
+        };
+        match s.conn.run_silently(begin).await {
+            Ok(None) => Ok(()),
+            Ok(Some(err)) => {
+                self.out.extend_from_slice(&err.bytes);
+                Err(End::Fatal("could not begin the transaction again on the primary".into()))
+            }
+            Err(e) => {
+                self.drop_broken_server(&e);
+                self.out.extend_from_slice(&protocol::error("08006", "pgsplit: the primary connection was lost"));
+                Err(End::Fatal("primary lost while moving a transaction".into()))
+            }
+        }
     }
 
     /// DEALLOCATE of a statement pgsplit renamed (or ALL, outside a pinned session) is

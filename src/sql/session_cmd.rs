@@ -75,17 +75,11 @@ pub fn classify(stmt: &str, kw: &[String]) -> Option<Class> {
     Some(c)
 }
 
+/// READ ONLY without READ WRITE anywhere: PostgreSQL applies every mode given in turn, and a
+/// standby refuses READ WRITE even when a later READ ONLY would win.
 fn is_read_only(kw: &[String]) -> bool {
-    // The last access mode given wins, as in PostgreSQL.
-    let mut ro = false;
-    for w in kw.windows(2) {
-        if w[0] == "read" && w[1] == "only" {
-            ro = true;
-        } else if w[0] == "read" && w[1] == "write" {
-            ro = false;
-        }
-    }
-    ro
+    let mode = |m: &str| kw.windows(2).any(|w| w[0] == "read" && w[1] == m);
+    mode("only") && !mode("write")
 }
 
 /// The reason of a BEGIN READ ONLY that a replica may run.

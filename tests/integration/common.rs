@@ -43,6 +43,7 @@ impl Env {
         let cluster =
             tokio::task::spawn_blocking(move || LocalCluster::start(&base, 2)).await.map_err(|e| e.to_string())??;
         cluster.psql(0, SCHEMA)?;
+        cluster.psql(0, include_str!("../corpus/routing_setup.sql"))?;
         cluster.wait_caught_up()?;
         let proxy = Proxy::start(base_config(&cluster)).await?;
         Ok(Env { cluster, proxy })

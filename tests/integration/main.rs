@@ -8,11 +8,13 @@
 mod clients;
 mod common;
 mod corners;
+mod corpus;
 mod differential;
 mod failures;
 mod protocol;
 mod routing;
 mod session;
+mod standby;
 mod tools;
 
 use std::panic::AssertUnwindSafe;
@@ -47,6 +49,15 @@ fn main() {
         routing::hints_and_route_setting,
         routing::route_setting_in_the_extended_protocol,
         routing::two_phase_commit_goes_to_the_primary,
+        standby::serializable_read_only_transactions_run_on_the_primary,
+        standby::serializable_first_statement_moves_a_fresh_transaction,
+        standby::transaction_modes_outside_transactions_never_fail,
+        standby::serializable_sessions_read_on_the_primary,
+        standby::reads_the_parser_cannot_read_reach_replicas,
+        standby::bound_set_config_is_replayed_not_pinned,
+        standby::duplicate_statement_names_and_aborted_transactions,
+        corpus::standby_accepts_what_the_corpus_sends_it,
+        corpus::builtin_function_audit_matches_pg_proc,
         session::settings_follow_the_client,
         session::set_config_is_replayed_not_pinned,
         session::settings_in_rolled_back_transactions_are_forgotten,

@@ -336,7 +336,7 @@ fn bind_execute(b: &mut BytesMut) {
     bind_execute_named(b, "");
 }
 
-fn bind_execute_named(b: &mut BytesMut, stmt: &str) {
+pub fn bind_execute_named(b: &mut BytesMut, stmt: &str) {
     b.put_u8(b'B');
     b.put_i32((4 + 1 + stmt.len() + 1 + 2 + 2 + 2) as i32);
     b.put_u8(0);

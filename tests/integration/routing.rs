@@ -160,14 +160,20 @@ pub async fn user_functions_by_volatility(env: &Env) -> R {
 }
 
 pub async fn unparseable_goes_to_the_primary(env: &Env) -> R {
-    // TABLE is valid PostgreSQL that sqlparser does not accept: it must go to the primary,
-    // never follow the previous statement's route.
+    // Valid PostgreSQL that sqlparser does not accept and that may write (a window frame with
+    // EXCLUDE, calling a function only the catalog knows writes; a locking clause): the
+    // primary, never the previous statement's route.
     let c = env.client().await?;
     for _ in 0..4 {
-        let read = port_of(&c, "SELECT inet_server_port()").await?;
-        check!(env.replica_ports().contains(&read), "read on {read}");
-        let port = port_of(&c, "TABLE portview").await?;
-        check!(port == env.primary_port(), "unparseable statement ran on {port}");
+        for sql in [
+            "SELECT bump(), sum(v) OVER (ORDER BY id ROWS BETWEEN 1 PRECEDING AND 1 FOLLOWING EXCLUDE GROUP) FROM t LIMIT 1",
+            "SELECT inet_server_port() FROM t WHERE id = (SELECT max(id) FROM t) FOR NO KEY UPDATE OF t NOWAIT",
+        ] {
+            let read = port_of(&c, "SELECT inet_server_port()").await?;
+            check!(env.replica_ports().contains(&read), "read on {read}");
+            let port = port_of(&c, sql).await?;
+            check!(port == env.primary_port(), "unparseable statement ran on {port}: {sql}");
+        }
     }
     Ok(())
 }
