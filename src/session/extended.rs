@@ -117,8 +117,11 @@ pub fn parse_types(parse: &Bytes) -> Result<Vec<u32>, ProtocolError> {
     Ok(p.types[2..].chunks_exact(4).map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]])).collect())
 }
 
-/// The parameters of a Bind: (format code, value or None for NULL) each.
-pub fn bind_parameters(f: &Frame) -> Result<Vec<(i16, Option<&[u8]>)>, ProtocolError> {
+/// One parameter of a Bind: its format code and its value (None for NULL).
+pub type BindParameter<'a> = (i16, Option<&'a [u8]>);
+
+/// The parameters of a Bind.
+pub fn bind_parameters(f: &Frame) -> Result<Vec<BindParameter<'_>>, ProtocolError> {
     let bad = || ProtocolError::Invalid("malformed Bind message".into());
     let (_, _, at) = read_bind(f)?;
     let mut rest = &f.body()[at..];
