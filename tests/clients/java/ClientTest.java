@@ -68,6 +68,34 @@ public class ClientTest {
             c.setAutoCommit(true);
             c.setReadOnly(false);
 
+            // Serializable read-only transactions: the driver sets the session's isolation
+            // (SET SESSION CHARACTERISTICS) and sends BEGIN READ ONLY; a standby would refuse.
+            c.setTransactionIsolation(Connection.TRANSACTION_SERIALIZABLE);
+            c.setReadOnly(true);
+            c.setAutoCommit(false);
+            check(port(s) == primary, "serializable read-only transaction ran off the primary");
+            c.commit();
+            c.setAutoCommit(true);
+            c.setReadOnly(false);
+            check(port(s) == primary, "serializable session read ran off the primary");
+            c.setTransactionIsolation(Connection.TRANSACTION_READ_COMMITTED);
+            check(replicas.contains(port(s)), "read committed again: reads off the replicas");
+
+            // set_config with bound parameters: replayed, not pinned.
+            PreparedStatement set = c.prepareStatement("SELECT set_config(?, ?, false)");
+            set.setString(1, "TimeZone");
+            set.setString(2, "Asia/Tokyo");
+            for (int i = 0; i < 3; i++) set.executeQuery().close();
+            seen.clear();
+            for (int i = 0; i < 30; i++) {
+                try (ResultSet rs = s.executeQuery("SELECT inet_server_port(), current_setting('TimeZone')")) {
+                    rs.next();
+                    check("Asia/Tokyo".equals(rs.getString(2)), "TimeZone lost on " + rs.getInt(1));
+                    seen.add(rs.getInt(1));
+                }
+            }
+            check(seen.equals(replicas), "reads after a bound set_config ran on " + seen);
+
             try {
                 s.executeQuery("SELECT 1/0");
                 check(false, "division by zero");

@@ -33,6 +33,15 @@ async function main() {
   assert.strictEqual(t.rows[0].p, primary, 'read in a transaction ran off the primary');
   await c.query('UPDATE node_items SET v = v + 1 WHERE id = 1');
   await c.query('COMMIT');
+  // set_config with bound parameters: replayed on every server connection, not pinned.
+  await c.query('SELECT set_config($1, $2, false)', ['TimeZone', 'Asia/Tokyo']);
+  const bound = [];
+  for (let i = 0; i < 30; i++) {
+    const r = await c.query("SELECT inet_server_port() AS p, current_setting('TimeZone') AS tz");
+    assert.strictEqual(r.rows[0].tz, 'Asia/Tokyo', `TimeZone lost on ${r.rows[0].p}`);
+    bound.push(r.rows[0].p);
+  }
+  spread(bound, 'reads after a bound set_config');
   await assert.rejects(c.query('SELECT 1/0'));
   assert.strictEqual((await c.query('SELECT 2 AS two')).rows[0].two, 2);
   await c.end();

@@ -47,6 +47,18 @@ async def main():
     assert await conn.fetchval("SELECT 41 + 1") == 42
     await conn.close()
 
+    # set_config with bound parameters (asyncpg always prepares): replayed, not pinned.
+    conn = await asyncpg.connect(host=HOST, port=PORT, user="postgres", database="postgres")
+    assert await conn.fetchval("SELECT set_config('TimeZone', $1, false)", "Asia/Tokyo") == "Asia/Tokyo"
+    await conn.execute("SELECT set_config($1, $2, false)", "application_name", "asyncpg-bound")
+    ports = []
+    for _ in range(30):
+        row = await conn.fetchrow("SELECT inet_server_port(), current_setting('TimeZone'), current_setting('application_name')")
+        assert row[1] == "Asia/Tokyo" and row[2] == "asyncpg-bound", f"settings lost on {row[0]}: {row}"
+        ports.append(row[0])
+    spread(ports, "reads after a bound set_config")
+    await conn.close()
+
     # A pool, concurrent readers.
     pool = await asyncpg.create_pool(host=HOST, port=PORT, user="postgres", database="postgres", min_size=2, max_size=5)
     results = await asyncio.gather(*[pool.fetchval("SELECT inet_server_port()") for _ in range(40)])

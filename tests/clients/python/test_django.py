@@ -21,7 +21,19 @@ settings.configure(
             "USER": "postgres",
             "CONN_MAX_AGE": 0,
             "OPTIONS": {},
-        }
+        },
+        # psycopg 3 server-side binding: Django's TimeZone set-up becomes
+        # `SELECT set_config('TimeZone', $1, false)` with a bound parameter.
+        "bound": {
+            "ENGINE": "django.db.backends.postgresql",
+            "HOST": HOST,
+            "PORT": PORT,
+            "NAME": "postgres",
+            "USER": "postgres",
+            "CONN_MAX_AGE": 0,
+            "TIME_ZONE": "Asia/Tokyo",
+            "OPTIONS": {"server_side_binding": True},
+        },
     },
     INSTALLED_APPS=["seminar"],
     USE_TZ=True,
@@ -52,6 +64,25 @@ spread([port() for _ in range(30)], "reads outside atomic()")
 with connection.cursor() as c:
     c.execute("SHOW TimeZone")
     assert c.fetchone()[0] in ("UTC", "Etc/UTC"), "Django's connection time zone was lost"
+
+# The same with server-side binding: the bound set_config is replayed, not pinned, and every
+# server that answers has the configured zone.
+bound = connections["bound"]
+ports = []
+for _ in range(30):
+    with bound.cursor() as c:
+        c.execute("SELECT inet_server_port(), current_setting('TimeZone')")
+        p, tz = c.fetchone()
+    assert tz == "Asia/Tokyo", f"server-side binding: TimeZone {tz} on {p}"
+    ports.append(p)
+spread(ports, "reads outside atomic() with server_side_binding")
+with transaction.atomic(using="bound"):
+    with bound.cursor() as c:
+        c.execute("SELECT inet_server_port(), current_setting('TimeZone')")
+        p, tz = c.fetchone()
+    on_primary(p, "atomic() with server_side_binding")
+    assert tz == "Asia/Tokyo", f"server-side binding in atomic(): TimeZone {tz}"
+bound.close()
 
 with transaction.atomic():
     on_primary(port(), "atomic()")

@@ -23,6 +23,19 @@ with psycopg.connect(DSN, autocommit=True) as conn:
             "INSERT INTO pg3_items (name, qty) VALUES (%s, %s) RETURNING inet_server_port()", (f"n{i}", i)
         ).fetchone()
         on_primary(port, "prepared INSERT")
+    # set_config with bound parameters (named server-side statements at threshold 0): replayed
+    # on every server connection, not pinned.
+    conn.execute("SELECT set_config(%s, %s, false)", ("TimeZone", "Asia/Tokyo"))
+    conn.execute("SELECT set_config('application_name', %s, false)", ("psycopg-bound",))
+    ports = []
+    for _ in range(30):
+        port, tz, app = conn.execute(
+            "SELECT inet_server_port(), current_setting('TimeZone'), current_setting('application_name')"
+        ).fetchone()
+        assert (tz, app) == ("Asia/Tokyo", "psycopg-bound"), f"settings lost on {port}: {tz} {app}"
+        ports.append(port)
+    spread(ports, "reads after a bound set_config")
+    conn.execute("RESET ALL")
     conn.prepare_threshold = 5
 
     # Transactions: everything on the primary.
