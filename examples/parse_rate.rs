@@ -5,7 +5,9 @@
 //!
 //! `cargo run --release --example parse_rate -- FILE.sql...` prints the totals and the most
 //! common parser errors. psql meta-commands and COPY data are skipped; statements that use psql
-//! variables (`:name`, `:'name'`) are not SQL and are not counted.
+//! variables (`:name`, `:'name'`) are not SQL and are not counted. A file ending in `.log` is
+//! read as a PostgreSQL server log written with `log_statement = 'all'`: the statements of
+//! `statement:` and `execute <name>:` lines are measured (what an application really sends).
 
 use std::collections::HashMap;
 
@@ -26,7 +28,8 @@ fn main() {
             eprintln!("cannot read {file}");
             continue;
         };
-        for stmt in split_statements(&sql_only(&text)) {
+        let sql = if file.ends_with(".log") { logged_statements(&text) } else { sql_only(&text) };
+        for stmt in split_statements(&sql) {
             if uses_psql_variables(stmt) {
                 continue;
             }
@@ -71,6 +74,28 @@ fn main() {
         let example: String = example.chars().take(160).collect();
         println!("{n:6}  {err}\n        e.g. {example}");
     }
+}
+
+/// The statements of a server log (log_statement = 'all'), one per line-group, `;`-separated.
+fn logged_statements(text: &str) -> String {
+    let mut out = String::new();
+    let mut in_statement = false;
+    for line in text.lines() {
+        if let Some(rest) = line.split_once("LOG:  statement: ").map(|(_, r)| r).or_else(|| {
+            line.split_once("LOG:  execute ").and_then(|(_, r)| r.split_once(": ")).map(|(_, sql)| sql)
+        }) {
+            out.push_str(";\n");
+            out.push_str(rest);
+            in_statement = true;
+        } else if in_statement && line.starts_with('\t') {
+            out.push('\n');
+            out.push_str(line);
+        } else {
+            in_statement = false;
+        }
+    }
+    out.push_str(";\n");
+    out
 }
 
 /// The file without psql meta-command lines and COPY ... FROM stdin data.
