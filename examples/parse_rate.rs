@@ -81,9 +81,11 @@ fn logged_statements(text: &str) -> String {
     let mut out = String::new();
     let mut in_statement = false;
     for line in text.lines() {
-        if let Some(rest) = line.split_once("LOG:  statement: ").map(|(_, r)| r).or_else(|| {
-            line.split_once("LOG:  execute ").and_then(|(_, r)| r.split_once(": ")).map(|(_, sql)| sql)
-        }) {
+        if let Some(rest) = line
+            .split_once("LOG:  statement: ")
+            .map(|(_, r)| r)
+            .or_else(|| line.split_once("LOG:  execute ").and_then(|(_, r)| r.split_once(": ")).map(|(_, sql)| sql))
+        {
             out.push_str(";\n");
             out.push_str(rest);
             in_statement = true;
