@@ -6,7 +6,7 @@
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use pgsplit::cluster::{LocalCluster, free_port};
+use pgsplit::localcluster::{LocalCluster, free_port};
 use pgsplit::config::Config;
 use pgsplit::proxy::Proxy;
 
@@ -32,7 +32,7 @@ fn main() {
     only_primary.servers.primary = cluster.primary().addr();
     only_primary.pool.size = 16;
     let mut split = only_primary.clone();
-    split.servers.replicas = cluster.replica_addrs();
+    split.servers.replicas = cluster.replica_addrs().into_iter().map(Into::into).collect();
     let (proxy_primary, proxy_split) = rt.block_on(async {
         (
             Proxy::start(only_primary).await.unwrap_or_else(|e| panic!("{e}")),

@@ -12,20 +12,18 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::Mutex;
-
-use crate::config::Config;
+use crate::cluster::Cluster;
+use crate::cluster::sql_pools::SqlPools;
+use crate::config::Live;
 use crate::sql::Lookup;
 use crate::sql::cache::Analysis;
-use crate::topology::Cluster;
 
 pub struct Catalog {
-    config: Arc<Config>,
+    config: Live,
     cluster: Arc<Cluster>,
+    sql: Arc<SqlPools>,
     /// database -> look-up -> read-only?
     cache: std::sync::Mutex<HashMap<String, HashMap<Lookup, bool>>>,
-    /// (database, server address) -> connection.
-    clients: Mutex<HashMap<(String, Arc<str>), tokio_postgres::Client>>,
     /// (database, server address) that refused a catalog connection, and until when not to
     /// try again: a broken monitor login must not cost every query a connection attempt.
     refused: std::sync::Mutex<HashMap<(String, Arc<str>), Instant>>,
@@ -54,12 +52,12 @@ const RELATION_SQL: &str = "WITH RECURSIVE views(oid) AS ( \
          JOIN pg_catalog.pg_proc p ON p.oid = d.refobjid AND p.provolatile = 'v')";
 
 impl Catalog {
-    pub fn new(config: Arc<Config>, cluster: Arc<Cluster>) -> Arc<Catalog> {
+    pub fn new(config: Live, cluster: Arc<Cluster>, sql: Arc<SqlPools>) -> Arc<Catalog> {
         Arc::new(Catalog {
             config,
             cluster,
+            sql,
             cache: std::sync::Mutex::new(HashMap::new()),
-            clients: Mutex::new(HashMap::new()),
             refused: std::sync::Mutex::new(HashMap::new()),
         })
     }
@@ -112,40 +110,26 @@ impl Catalog {
                 )
                 .collect()
         };
-        let mut clients = self.clients.lock().await;
         for addr in candidates {
             let key = (database.to_string(), addr.clone());
-            if clients.get(&key).is_none_or(|c| c.is_closed()) {
-                let backoff = self.refused.lock().unwrap_or_else(|p| p.into_inner()).get(&key).copied();
-                if backoff.is_some_and(|until| Instant::now() < until) {
-                    continue;
-                }
-                match crate::monitor::connect(&self.config, &addr, database).await {
-                    Some(c) => {
-                        clients.insert(key.clone(), c);
-                    }
-                    None => {
-                        tracing::warn!(
-                            server = %addr,
-                            database,
-                            user = %self.config.monitor.user,
-                            "catalog look-up connection failed (check [monitor] credentials): \
-                             statements that need a look-up go to the primary"
-                        );
-                        self.refused
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .insert(key, Instant::now() + Duration::from_secs(2));
-                        continue;
-                    }
-                }
+            let backoff = self.refused.lock().unwrap_or_else(|p| p.into_inner()).get(&key).copied();
+            if backoff.is_some_and(|until| Instant::now() < until) {
+                continue;
             }
-            let Some(client) = clients.get(&key) else { continue };
-            match tokio::time::timeout(Duration::from_secs(2), Self::query(client, l)).await {
+            let Some(client) = self.sql.get(&addr, database).await else {
+                tracing::warn!(
+                    server = %addr,
+                    database,
+                    user = %self.config.load().monitor.user,
+                    "catalog look-up connection failed (check [monitor] credentials): \
+                     statements that need a look-up go to the primary"
+                );
+                self.refused.lock().unwrap_or_else(|p| p.into_inner()).insert(key, Instant::now() + Duration::from_secs(2));
+                continue;
+            };
+            match tokio::time::timeout(Duration::from_secs(2), Self::query(&client, l)).await {
                 Ok(Ok(row)) => return row.try_get::<_, bool>(0).ok(),
-                _ => {
-                    clients.remove(&key);
-                }
+                _ => self.sql.forget(&addr),
             }
         }
         None

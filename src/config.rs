@@ -3,10 +3,10 @@
 //! Unknown keys are rejected (`deny_unknown_fields`) so a typo names the key instead of being
 //! silently ignored; `validate` checks what serde cannot.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::path::Path;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum AuthMethod {
     Trust,
@@ -26,7 +26,108 @@ impl std::str::FromStr for AuthMethod {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+/// The running configuration, replaced whole by a reload: readers `load()` it when they need
+/// it and so always see one consistent version.
+pub type Live = std::sync::Arc<arc_swap::ArcSwap<Config>>;
+
+pub fn live(c: Config) -> Live {
+    std::sync::Arc::new(arc_swap::ArcSwap::from_pointee(c))
+}
+
+/// How reads are spread over the replicas in rotation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Balance {
+    /// Random, in proportion to each replica's weight.
+    #[default]
+    Random,
+    /// In turn, in proportion to each replica's weight.
+    RoundRobin,
+    /// The replica with the least client work running per unit of weight.
+    LeastOutstanding,
+}
+
+/// What a read does when no replica is in rotation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum OnAllLagging {
+    /// Run it on the primary.
+    #[default]
+    Primary,
+    /// Run it on the healthy replica that is least behind, however far.
+    LeastLagged,
+    /// Refuse it (SQLSTATE 57P03).
+    Error,
+}
+
+/// Read-your-writes: after a client's write commits, where its reads may go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ReadYourWrites {
+    /// Reads go to any replica in rotation.
+    Off,
+    /// A client's reads go only to replicas that have replayed its last write.
+    #[default]
+    Session,
+    /// Every client's reads go only to replicas that have replayed the last write of anyone.
+    Global,
+}
+
+/// A replica: its address, or a table with its own settings.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum ReplicaEntry {
+    Addr(String),
+    Settings(ReplicaSettings),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplicaSettings {
+    pub addr: String,
+    /// Share of reads relative to the other replicas (default 1).
+    #[serde(default = "one")]
+    pub weight: u32,
+    /// Overrides of routing.max_lag_bytes / routing.max_lag_ms for this replica.
+    pub max_lag_bytes: Option<u64>,
+    pub max_lag_ms: Option<u64>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+impl From<String> for ReplicaEntry {
+    fn from(s: String) -> Self {
+        ReplicaEntry::Addr(s)
+    }
+}
+
+impl ReplicaEntry {
+    pub fn addr(&self) -> &str {
+        match self {
+            ReplicaEntry::Addr(a) => a,
+            ReplicaEntry::Settings(s) => &s.addr,
+        }
+    }
+    pub fn weight(&self) -> u32 {
+        match self {
+            ReplicaEntry::Addr(_) => 1,
+            ReplicaEntry::Settings(s) => s.weight,
+        }
+    }
+    /// (max_lag_bytes, max_lag_ms) for this replica.
+    pub fn limits(&self, r: &RoutingConfig) -> (u64, u64) {
+        match self {
+            ReplicaEntry::Addr(_) => (r.max_lag_bytes, r.max_lag_ms),
+            ReplicaEntry::Settings(s) => {
+                (s.max_lag_bytes.unwrap_or(r.max_lag_bytes), s.max_lag_ms.unwrap_or(r.max_lag_ms))
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// Address clients connect to.
@@ -39,17 +140,28 @@ pub struct Config {
     pub pool: PoolConfig,
     pub routing: RoutingConfig,
     pub monitor: MonitorConfig,
+    pub admin: AdminConfig,
+    /// tracing filter (`info`, `debug`, `pgsplit=debug,warn`...); RUST_LOG overrides it at start.
+    pub log_level: String,
     pub users: Vec<UserConfig>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+/// The admin console: the virtual database `pgsplit`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Users who may log into the console (they authenticate like any client).
+    pub users: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Servers {
     pub primary: String,
-    pub replicas: Vec<String>,
+    pub replicas: Vec<ReplicaEntry>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PoolConfig {
     /// Server connections per server and (user, database).
@@ -62,7 +174,7 @@ pub struct PoolConfig {
     pub idle_timeout_ms: u64,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RoutingConfig {
     /// A replica further behind the primary than this many bytes of WAL gets no reads.
@@ -73,9 +185,20 @@ pub struct RoutingConfig {
     pub cache_size: usize,
     /// Queries longer than this are not parsed and go to the primary (bounds parse cost).
     pub max_parse_len: usize,
+    /// A replica that left rotation comes back only after staying fit this long (hysteresis).
+    pub lag_hold_ms: u64,
+    /// When no replica is in rotation: "primary", "least_lagged" or "error".
+    pub on_all_lagging: OnAllLagging,
+    /// "random", "round_robin" or "least_outstanding" (all weighted).
+    pub balance: Balance,
+    /// "off", "session" or "global".
+    pub read_your_writes: ReadYourWrites,
+    /// How long a read may wait for a replica to replay the client's last write before it goes
+    /// to the primary; 0 sends it to the primary at once.
+    pub causal_wait_ms: u64,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MonitorConfig {
     /// How often each server is checked for health and lag.
@@ -86,7 +209,7 @@ pub struct MonitorConfig {
     pub database: String,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct UserConfig {
     pub name: String,
@@ -108,6 +231,8 @@ impl Default for Config {
             pool: PoolConfig::default(),
             routing: RoutingConfig::default(),
             monitor: MonitorConfig::default(),
+            admin: AdminConfig::default(),
+            log_level: "info".into(),
             users: Vec::new(),
         }
     }
@@ -126,6 +251,11 @@ impl Default for RoutingConfig {
             max_lag_ms: 5000,
             cache_size: 10_000,
             max_parse_len: 256 * 1024,
+            lag_hold_ms: 2000,
+            on_all_lagging: OnAllLagging::Primary,
+            balance: Balance::Random,
+            read_your_writes: ReadYourWrites::Session,
+            causal_wait_ms: 0,
         }
     }
 }
@@ -133,7 +263,7 @@ impl Default for RoutingConfig {
 impl Default for MonitorConfig {
     fn default() -> Self {
         MonitorConfig {
-            interval_ms: 500,
+            interval_ms: 100,
             user: "postgres".into(),
             password: String::new(),
             database: "postgres".into(),
@@ -180,8 +310,16 @@ impl Config {
             return Err(ConfigError::Invalid("servers.primary is not set (config file or --primary HOST:PORT)".into()));
         }
         addr_ok("servers.primary", &self.servers.primary)?;
+        let mut seen = vec![self.servers.primary.as_str()];
         for r in &self.servers.replicas {
-            addr_ok("servers.replicas", r)?;
+            addr_ok("servers.replicas", r.addr())?;
+            if seen.contains(&r.addr()) {
+                return Err(ConfigError::Invalid(format!("server {} is listed twice", r.addr())));
+            }
+            seen.push(r.addr());
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.log_level).is_err() {
+            return Err(ConfigError::Invalid(format!("log_level = {:?} is not a tracing filter", self.log_level)));
         }
         if self.pool.size == 0 {
             return Err(ConfigError::Invalid("pool.size must be at least 1".into()));
@@ -196,6 +334,14 @@ impl Config {
             return Err(ConfigError::Invalid("auth is md5 or scram-sha-256 but no [[users]] are configured".into()));
         }
         Ok(())
+    }
+
+    pub fn replica_addrs(&self) -> Vec<String> {
+        self.servers.replicas.iter().map(|r| r.addr().to_string()).collect()
+    }
+
+    pub fn is_admin(&self, user: &str) -> bool {
+        self.admin.users.iter().any(|u| u == user)
     }
 
     pub fn user(&self, name: &str) -> Option<&UserConfig> {
@@ -238,6 +384,24 @@ mod tests {
         assert!(err.contains("max_lag_bytes"), "{err}");
         let err = Config::parse("auth = \"password\"\n").unwrap_err().to_string();
         assert!(err.contains("auth"), "{err}");
+    }
+
+    #[test]
+    fn replicas_with_settings() {
+        let c = Config::parse(
+            "[servers]\nprimary = \"p:1\"\nreplicas = [\"a:1\", { addr = \"b:1\", weight = 3, max_lag_ms = 50 }]\n\
+             [routing]\nbalance = \"least_outstanding\"\non_all_lagging = \"error\"\nread_your_writes = \"global\"\n",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.replica_addrs(), vec!["a:1", "b:1"]);
+        assert_eq!(c.servers.replicas[1].weight(), 3);
+        assert_eq!(c.servers.replicas[1].limits(&c.routing), (c.routing.max_lag_bytes, 50));
+        assert_eq!(c.routing.balance, Balance::LeastOutstanding);
+        let err = Config::parse("[servers]\nprimary = \"p:1\"\nreplicas = [\"p:1\"]\n").unwrap().validate();
+        assert!(err.unwrap_err().to_string().contains("twice"));
+        let err = Config::parse("[servers]\nreplicas = [{ addr = \"b:1\", wieght = 3 }]\n").unwrap_err().to_string();
+        assert!(err.contains("replicas"), "{err}");
     }
 
     #[test]

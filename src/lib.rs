@@ -6,15 +6,15 @@ pub mod backend;
 pub mod cancel;
 pub mod catalog;
 pub mod cluster;
+pub mod localcluster;
 pub mod config;
-pub mod metrics;
-pub mod monitor;
+pub mod ops;
+pub use ops::metrics;
 pub mod pool;
 pub mod protocol;
 pub mod proxy;
 pub mod router;
 pub mod session;
 pub mod sql;
-pub mod topology;
 
 pub use proxy::Shared;

@@ -38,19 +38,27 @@ enum Cmd {
 }
 
 fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
     let cli = Cli::parse();
+    // The log filter: RUST_LOG, else the config's log_level (reloadable), else info.
+    let initial = std::env::var("RUST_LOG").ok().or_else(|| {
+        cli.config.as_ref().and_then(|p| Config::load(p).ok()).map(|c| c.log_level)
+    });
+    let filter = tracing_subscriber::EnvFilter::try_new(initial.as_deref().unwrap_or("info"))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    tracing_subscriber::registry().with(filter).with(tracing_subscriber::fmt::layer()).init();
+    let set_level: pgsplit::proxy::LogLevelSetter = Box::new(move |level: &str| {
+        let f = tracing_subscriber::EnvFilter::try_new(level).map_err(|e| format!("log_level {level:?}: {e}"))?;
+        handle.reload(f).map_err(|e| e.to_string())
+    });
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => fail(&format!("cannot start the runtime: {e}")),
     };
     let code = runtime.block_on(async move {
-        match run(cli).await {
+        match run(cli, set_level).await {
             Ok(()) => 0,
             Err(e) => {
                 eprintln!("pgsplit: {e}");
@@ -66,49 +74,98 @@ fn fail(msg: &str) -> ! {
     std::process::exit(1)
 }
 
-fn load_config(cli: &Cli) -> Result<Config, String> {
+/// The command-line flags laid over a configuration (at start and at every reload).
+#[derive(Clone)]
+struct Overrides {
+    listen: Option<String>,
+    primary: Option<String>,
+    replicas: Vec<String>,
+    auth: Option<AuthMethod>,
+    metrics_listen: Option<String>,
+}
+
+impl Overrides {
+    fn apply(&self, config: &mut Config) {
+        if let Some(l) = &self.listen {
+            config.listen = l.clone();
+        }
+        if let Some(p) = &self.primary {
+            config.servers.primary = p.clone();
+        }
+        if !self.replicas.is_empty() {
+            config.servers.replicas = self.replicas.iter().cloned().map(Into::into).collect();
+        }
+        if let Some(a) = self.auth {
+            config.auth = a;
+        }
+        if let Some(m) = &self.metrics_listen {
+            config.metrics_listen = m.clone();
+        }
+    }
+}
+
+async fn run(cli: Cli, set_level: pgsplit::proxy::LogLevelSetter) -> Result<(), String> {
+    let overrides = Overrides {
+        listen: cli.listen.clone(),
+        primary: cli.primary.clone(),
+        replicas: cli.replicas.clone(),
+        auth: cli.auth,
+        metrics_listen: cli.metrics_listen.clone(),
+    };
     let mut config = match &cli.config {
         Some(path) => Config::load(path).map_err(|e| e.to_string())?,
         None => Config::default(),
     };
-    if let Some(l) = &cli.listen {
-        config.listen = l.clone();
-    }
-    if let Some(p) = &cli.primary {
-        config.servers.primary = p.clone();
-    }
-    if !cli.replicas.is_empty() {
-        config.servers.replicas = cli.replicas.clone();
-    }
-    if let Some(a) = cli.auth {
-        config.auth = a;
-    }
-    if let Some(m) = &cli.metrics_listen {
-        config.metrics_listen = m.clone();
-    }
-    Ok(config)
-}
-
-async fn run(cli: Cli) -> Result<(), String> {
-    let mut config = load_config(&cli)?;
+    overrides.apply(&mut config);
+    let demo = matches!(cli.command, Some(Cmd::Demo));
     let mut cluster = None;
-    if matches!(cli.command, Some(Cmd::Demo)) && config.servers.primary.is_empty() {
+    if demo && config.servers.primary.is_empty() {
         let base = std::env::temp_dir().join(format!("pgsplit-demo-{}", std::process::id()));
         println!("Creating a primary and two streaming replicas in {} ...", base.display());
-        let c = tokio::task::spawn_blocking(move || pgsplit::cluster::LocalCluster::start(&base, 2))
+        let c = tokio::task::spawn_blocking(move || pgsplit::localcluster::LocalCluster::start(&base, 2))
             .await
             .map_err(|e| e.to_string())??;
         config.servers.primary = c.primary().addr();
-        config.servers.replicas = c.replica_addrs();
+        config.servers.replicas = c.replica_addrs().into_iter().map(Into::into).collect();
+        // The console for the demo's own user, and Prometheus on a local port.
+        if config.admin.users.is_empty() {
+            config.admin.users.push("postgres".into());
+        }
+        if config.metrics_listen.is_empty() {
+            config.metrics_listen = "127.0.0.1:9930".into();
+        }
         c.psql(0, "CREATE TABLE IF NOT EXISTS demo (id serial PRIMARY KEY, note text); INSERT INTO demo (note) VALUES ('hello from the primary');")?;
         cluster = Some(c);
     }
-    let proxy = Proxy::start(config.clone()).await?;
+    let demo_servers = cluster.as_ref().map(|c: &pgsplit::localcluster::LocalCluster| c.replica_addrs());
+    let source = pgsplit::ops::reload::Source {
+        path: cli.config.clone(),
+        overrides: {
+            let o = overrides.clone();
+            // The demo's servers are not in any file: a reload keeps them.
+            let demo = demo_servers.clone().map(|r| (config.servers.primary.clone(), r));
+            Box::new(move |c: &mut Config| {
+                o.apply(c);
+                if let Some((p, r)) = &demo {
+                    c.servers.primary = p.clone();
+                    c.servers.replicas = r.iter().cloned().map(Into::into).collect();
+                }
+            })
+        },
+    };
+    let proxy = Proxy::start_with(config.clone(), source, Some(set_level)).await?;
     println!("pgsplit listening on {}", proxy.addr);
     println!("  primary:  {}", config.servers.primary);
     for r in &config.servers.replicas {
-        println!("  replica:  {r}");
+        println!("  replica:  {}", r.addr());
     }
+    let shared = proxy.shared.clone();
+    tokio::spawn(async move {
+        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else { return };
+        while hup.recv().await.is_some() {
+            let _ = pgsplit::ops::reload::reload(&shared);
+        }
+    });
     if let Some(m) = proxy.metrics_addr {
         println!("  metrics:  http://{m}/metrics");
     }
@@ -116,6 +173,8 @@ async fn run(cli: Cli) -> Result<(), String> {
         println!();
         println!("Connect with:");
         println!("  psql \"host={} port={} user=postgres dbname=postgres\"", proxy.addr.ip(), proxy.addr.port());
+        println!("The admin console (SHOW SERVERS; SHOW POOLS; SHOW ROUTES; ...):");
+        println!("  psql \"host={} port={} user=postgres dbname=pgsplit\"", proxy.addr.ip(), proxy.addr.port());
         println!("Try: SELECT inet_server_port(), pg_is_in_recovery();   -- a read, on a replica");
         println!("     BEGIN; SELECT inet_server_port(); COMMIT;          -- a transaction, on the primary");
         println!("Ctrl-C stops pgsplit and removes the demo cluster.");

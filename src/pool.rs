@@ -5,13 +5,14 @@
 //! clean state; anything else is closed.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::backend::{BackendError, ConnectParams, ServerConn};
-use crate::config::Config;
+use crate::config::Live;
 use crate::metrics::Metrics;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -25,6 +26,25 @@ pub struct Pool {
     key: PoolKey,
     idle: Mutex<Vec<ServerConn>>,
     permits: Arc<Semaphore>,
+    /// The size the semaphore was made for (pool.size when last resized).
+    size: AtomicUsize,
+    /// Permits still to be taken out of circulation after the pool shrank.
+    shrink: AtomicUsize,
+    /// Connections checked out, and clients waiting for one.
+    active: AtomicUsize,
+    waiting: AtomicUsize,
+}
+
+/// One pool's state, for the console and the metrics.
+#[derive(Debug, Clone)]
+pub struct PoolStats {
+    pub addr: String,
+    pub user: String,
+    pub database: String,
+    pub size: usize,
+    pub active: usize,
+    pub idle: usize,
+    pub waiting: usize,
 }
 
 /// A checked-out connection. Dropping it without `release` closes the connection (the safe
@@ -32,7 +52,32 @@ pub struct Pool {
 pub struct Checkout {
     pub conn: ServerConn,
     pool: Arc<Pool>,
-    _permit: OwnedSemaphorePermit,
+    _permit: Permit,
+}
+
+/// A pool slot: counted as active while held; when the pool has shrunk, it is taken out of
+/// circulation instead of going back.
+struct Permit {
+    permit: Option<OwnedSemaphorePermit>,
+    pool: Arc<Pool>,
+}
+
+impl Permit {
+    fn new(permit: OwnedSemaphorePermit, pool: &Arc<Pool>) -> Permit {
+        pool.active.fetch_add(1, Ordering::Relaxed);
+        Permit { permit: Some(permit), pool: pool.clone() }
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        self.pool.active.fetch_sub(1, Ordering::Relaxed);
+        let shrinking =
+            self.pool.shrink.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1)).is_ok();
+        if shrinking && let Some(p) = self.permit.take() {
+            p.forget();
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -45,12 +90,12 @@ pub enum CheckoutError {
 
 pub struct Pools {
     pools: Mutex<HashMap<PoolKey, Arc<Pool>>>,
-    config: Arc<Config>,
+    config: Live,
     metrics: Arc<Metrics>,
 }
 
 impl Pools {
-    pub fn new(config: Arc<Config>, metrics: Arc<Metrics>) -> Arc<Pools> {
+    pub fn new(config: Live, metrics: Arc<Metrics>) -> Arc<Pools> {
         let pools = Arc::new(Pools { pools: Mutex::new(HashMap::new()), config, metrics });
         let weak = Arc::downgrade(&pools);
         tokio::spawn(async move {
@@ -74,10 +119,15 @@ impl Pools {
         let mut map = self.pools.lock().unwrap_or_else(|p| p.into_inner());
         map.entry(key.clone())
             .or_insert_with(|| {
+                let size = self.config.load().pool.size;
                 Arc::new(Pool {
                     key: key.clone(),
                     idle: Mutex::new(Vec::new()),
-                    permits: Arc::new(Semaphore::new(self.config.pool.size)),
+                    permits: Arc::new(Semaphore::new(size)),
+                    size: AtomicUsize::new(size),
+                    shrink: AtomicUsize::new(0),
+                    active: AtomicUsize::new(0),
+                    waiting: AtomicUsize::new(0),
                 })
             })
             .clone()
@@ -86,13 +136,17 @@ impl Pools {
     /// Checks out a connection from `pool` (to server `node`), reusing an idle one when it can.
     pub async fn checkout(&self, pool: &Arc<Pool>, node: usize) -> Result<Checkout, CheckoutError> {
         let addr = pool.key.addr.as_str();
+        let config = self.config.load();
         let permit = match pool.permits.clone().try_acquire_owned() {
             Ok(p) => p,
             Err(_) => {
                 // Full: wait, but not forever.
-                let timeout = self.config.pool.checkout_timeout_ms;
+                let timeout = config.pool.checkout_timeout_ms;
                 let wait = pool.permits.clone().acquire_owned();
-                match tokio::time::timeout(Duration::from_millis(timeout), wait).await {
+                pool.waiting.fetch_add(1, Ordering::Relaxed);
+                let got = tokio::time::timeout(Duration::from_millis(timeout), wait).await;
+                pool.waiting.fetch_sub(1, Ordering::Relaxed);
+                match got {
                     Ok(Ok(p)) => p,
                     _ => {
                         self.metrics.checkout_timeouts.inc();
@@ -101,20 +155,21 @@ impl Pools {
                 }
             }
         };
+        let permit = Permit::new(permit, pool);
         while let Some(conn) = pool.pop_idle() {
             if conn.node == node && !conn.is_stale() {
                 return Ok(Checkout { conn, pool: pool.clone(), _permit: permit });
             }
             self.metrics.server_connections.with_label_values(&[addr]).dec();
         }
-        let (server_user, password) = self.config.server_credentials(&pool.key.user);
+        let (server_user, password) = config.server_credentials(&pool.key.user);
         let conn = ServerConn::connect(ConnectParams {
             node,
             addr,
             user: &server_user,
             database: &pool.key.database,
             password: password.as_deref(),
-            timeout: Duration::from_millis(self.config.pool.connect_timeout_ms),
+            timeout: Duration::from_millis(config.pool.connect_timeout_ms),
         })
         .await?;
         self.metrics.server_connections.with_label_values(&[addr]).inc();
@@ -122,7 +177,7 @@ impl Pools {
     }
 
     fn reap_idle(&self) {
-        let max_idle = Duration::from_millis(self.config.pool.idle_timeout_ms);
+        let max_idle = Duration::from_millis(self.config.load().pool.idle_timeout_ms);
         let pools: Vec<_> = self.pools.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
         for pool in pools {
             let expired: Vec<ServerConn> = {
@@ -136,6 +191,47 @@ impl Pools {
                 tokio::spawn(c.terminate());
             }
         }
+    }
+
+    /// Applies a new pool.size to every pool: grows at once, shrinks as connections come back.
+    pub fn resize(&self, size: usize) {
+        let pools: Vec<_> = self.pools.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
+        for pool in pools {
+            let old = pool.size.swap(size, Ordering::Relaxed);
+            if size > old {
+                let mut grow = size - old;
+                // Cancel a shrink still pending first.
+                while grow > 0
+                    && pool.shrink.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1)).is_ok()
+                {
+                    grow -= 1;
+                }
+                pool.permits.add_permits(grow);
+            } else if size < old {
+                let cut = old - size;
+                let now = pool.permits.forget_permits(cut);
+                pool.shrink.fetch_add(cut - now, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Every pool's state.
+    pub fn stats(&self) -> Vec<PoolStats> {
+        let pools: Vec<_> = self.pools.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
+        let mut out: Vec<PoolStats> = pools
+            .iter()
+            .map(|p| PoolStats {
+                addr: p.key.addr.clone(),
+                user: p.key.user.clone(),
+                database: p.key.database.clone(),
+                size: p.size.load(Ordering::Relaxed),
+                active: p.active.load(Ordering::Relaxed),
+                idle: p.idle.lock().unwrap_or_else(|p| p.into_inner()).len(),
+                waiting: p.waiting.load(Ordering::Relaxed),
+            })
+            .collect();
+        out.sort_by(|a, b| (&a.addr, &a.user, &a.database).cmp(&(&b.addr, &b.user, &b.database)));
+        out
     }
 
     /// Closes every idle connection to `addr` (the server died or changed role).

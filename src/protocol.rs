@@ -226,6 +226,13 @@ pub fn error_response(severity: &str, code: &str, msg: &str) -> Bytes {
     })
 }
 
+/// A NoticeResponse (severity NOTICE).
+pub fn notice(code: &str, msg: &str) -> Bytes {
+    let mut b = BytesMut::from(&error_response("NOTICE", code, msg)[..]);
+    b[0] = b'N';
+    b.freeze()
+}
+
 pub fn error(code: &str, msg: &str) -> Bytes {
     error_response("ERROR", code, msg)
 }

@@ -3,28 +3,45 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 use crate::cancel::CancelRegistry;
 use crate::catalog::Catalog;
-use crate::config::Config;
+use crate::cluster::monitor::Monitor;
+use crate::cluster::sql_pools::SqlPools;
+use crate::cluster::{Cluster, Topology};
+use crate::config::{Config, Live};
 use crate::metrics::{self, Metrics};
+use crate::ops::admin::Clients;
+use crate::ops::reload::Source;
 use crate::pool::Pools;
 use crate::sql::cache::AnalysisCache;
-use crate::topology::{Cluster, Topology};
 
-/// State shared by all sessions. Who owns what: the topology is written by the monitor and
-/// read lock-free; pools own idle server connections; the caches are read-mostly.
+/// Sets the log filter (a reload changed `log_level`).
+pub type LogLevelSetter = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
+
+/// State shared by all sessions. Who owns what: the configuration is replaced whole by a
+/// reload; the topology is written by the monitor and read lock-free; pools own idle server
+/// connections; the caches are read-mostly.
 pub struct Shared {
-    pub config: Arc<Config>,
+    pub config: Live,
     pub cluster: Arc<Cluster>,
     pub pools: Arc<Pools>,
     pub cache: AnalysisCache,
     pub catalog: Arc<Catalog>,
     pub cancels: Arc<CancelRegistry>,
     pub metrics: Arc<Metrics>,
+    /// pgsplit's own SQL connections (monitor, catalog).
+    pub sql: Arc<SqlPools>,
+    pub monitor: Arc<Monitor>,
+    /// The highest commit bound of any client (read_your_writes = "global").
+    pub global_floor: AtomicU64,
+    pub clients: Clients,
+    pub source: Source,
+    pub log_level: Option<LogLevelSetter>,
 }
 
 /// A running proxy.
@@ -38,31 +55,46 @@ pub struct Proxy {
 impl Proxy {
     /// Binds the listeners and starts accepting clients and monitoring servers.
     pub async fn start(config: Config) -> Result<Proxy, String> {
+        Proxy::start_with(config, Source::none(), None).await
+    }
+
+    /// As `start`, with where a reload re-reads the configuration and how it sets the log level.
+    pub async fn start_with(config: Config, source: Source, log_level: Option<LogLevelSetter>) -> Result<Proxy, String> {
         config.validate().map_err(|e| e.to_string())?;
-        let config = Arc::new(config);
+        let live = crate::config::live(config.clone());
         let metrics = Metrics::new();
-        let cluster = Cluster::new(Topology::new(&config.servers.primary, &config.servers.replicas));
-        let pools = Pools::new(config.clone(), metrics.clone());
+        let cluster = Cluster::new(Topology::from_config(&config));
+        let pools = Pools::new(live.clone(), metrics.clone());
+        let sql = Arc::new(SqlPools::new(live.clone()));
+        let monitor = Monitor::start(live.clone(), cluster.clone(), pools.clone(), metrics.clone(), sql.clone());
         let shared = Arc::new(Shared {
             cache: AnalysisCache::new(config.routing.cache_size, config.routing.max_parse_len),
-            catalog: Catalog::new(config.clone(), cluster.clone()),
+            catalog: Catalog::new(live.clone(), cluster.clone(), sql.clone()),
             cancels: Arc::new(CancelRegistry::default()),
-            config: config.clone(),
-            cluster: cluster.clone(),
-            pools: pools.clone(),
+            config: live,
+            cluster,
+            pools,
             metrics: metrics.clone(),
+            sql,
+            monitor,
+            global_floor: AtomicU64::new(0),
+            clients: Clients::default(),
+            source,
+            log_level,
         });
         let listener =
             TcpListener::bind(&config.listen).await.map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
-        let mut tasks = crate::monitor::spawn(config.clone(), cluster, pools, metrics.clone());
+        let mut tasks = Vec::new();
         let mut metrics_addr = None;
         if !config.metrics_listen.is_empty() {
             let l = TcpListener::bind(&config.metrics_listen)
                 .await
                 .map_err(|e| format!("cannot listen on {} (metrics_listen): {e}", config.metrics_listen))?;
             metrics_addr = l.local_addr().ok();
-            tasks.push(tokio::spawn(metrics::serve(l, metrics)));
+            let s = shared.clone();
+            let refresh: Arc<dyn Fn() + Send + Sync> = Arc::new(move || refresh_gauges(&s));
+            tasks.push(tokio::spawn(metrics::serve(l, metrics, refresh)));
         }
         let s = shared.clone();
         tasks.push(tokio::spawn(async move {
@@ -87,6 +119,24 @@ impl Proxy {
         for t in &self.tasks {
             t.abort();
         }
+        self.shared.monitor.stop();
+    }
+}
+
+/// Gauges computed when Prometheus scrapes: pool connections by state, waiting clients.
+fn refresh_gauges(shared: &Shared) {
+    let m = &shared.metrics;
+    let mut by_server: std::collections::BTreeMap<String, (i64, i64, i64)> = Default::default();
+    for p in shared.pools.stats() {
+        let e = by_server.entry(p.addr).or_default();
+        e.0 += p.active as i64;
+        e.1 += p.idle as i64;
+        e.2 += p.waiting as i64;
+    }
+    for (server, (active, idle, waiting)) in by_server {
+        m.pool_connections.with_label_values(&[&server, "active"]).set(active);
+        m.pool_connections.with_label_values(&[&server, "idle"]).set(idle);
+        m.pool_waiting.with_label_values(&[&server]).set(waiting);
     }
 }
 

@@ -1,8 +1,17 @@
 //! The routing decision: a pure function of (what the statements need, the session's state,
 //! the topology). No sockets here; `tests` below is the routing table.
 
+use crate::cluster::{Node, Role, Topology, balance};
+use crate::config::OnAllLagging;
 use crate::sql::{Hint, RouteMode, Target};
-use crate::topology::Topology;
+
+/// The reason of a read sent to the primary because no replica in rotation has replayed the
+/// client's last write yet (or is within its `pgsplit.max_lag`).
+pub const CAUSAL: &str = "read your writes";
+/// A read sent to the least lagged replica because none is in rotation (on_all_lagging).
+pub const LAG_FALLBACK: &str = "all replicas lagging: least lagged";
+/// A read refused because no replica is in rotation (on_all_lagging = error).
+pub const NO_REPLICA_ERROR: &str = "no replica in rotation (on_all_lagging = error)";
 
 /// What the session knows about itself when a statement arrives.
 #[derive(Debug, Clone, Copy, Default)]
@@ -14,6 +23,10 @@ pub struct SessionView {
     pub mode: RouteMode,
     /// The session's transactions default to SERIALIZABLE: a standby refuses to run them.
     pub serializable: bool,
+    /// Reads only on replicas that have replayed this far (read-your-writes); 0: anywhere.
+    pub min_lsn: u64,
+    /// Reads only on replicas at most this many milliseconds behind (`pgsplit.max_lag`).
+    pub max_lag_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,17 +43,24 @@ pub enum Decision {
         node: usize,
         reason: &'static str,
     },
+    /// No server may run it (on_all_lagging = error): the client gets an error.
+    Refuse {
+        reason: &'static str,
+    },
 }
 
 impl Decision {
     pub fn reason(&self) -> &'static str {
         match self {
-            Decision::Held { reason } | Decision::Primary { reason, .. } | Decision::Replica { reason, .. } => reason,
+            Decision::Held { reason }
+            | Decision::Primary { reason, .. }
+            | Decision::Replica { reason, .. }
+            | Decision::Refuse { reason } => reason,
         }
     }
     pub fn node(&self) -> Option<usize> {
         match self {
-            Decision::Held { .. } => None,
+            Decision::Held { .. } | Decision::Refuse { .. } => None,
             Decision::Primary { node, .. } | Decision::Replica { node, .. } => Some(*node),
         }
     }
@@ -83,9 +103,44 @@ pub fn route(
         (_, Target::Any) => "session command",
         _ => reason,
     };
-    match topology.pick_replica(turn, exclude) {
-        Some(node) => Decision::Replica { node, reason },
-        None => Decision::Primary { node: primary, reason: "no replica in rotation" },
+    // Session commands (SET, SHOW) run anywhere: freshness does not matter to them.
+    let fresh = |n: &Node| {
+        target == Target::Any
+            || (n.replay_lsn() >= session.min_lsn && session.max_lag_ms.is_none_or(|m| n.lag_ms.is_some_and(|l| l <= m)))
+    };
+    if let Some(node) = balance::pick(topology, turn, |i, n| n.in_rotation && !exclude.contains(&i) && fresh(n)) {
+        return Decision::Replica { node, reason };
+    }
+    if topology.pick_replica(turn, exclude).is_some() {
+        // Replicas take reads, but none has this client's last write yet.
+        return Decision::Primary { node: primary, reason: CAUSAL };
+    }
+    match topology.on_all_lagging {
+        OnAllLagging::Primary => Decision::Primary { node: primary, reason: "no replica in rotation" },
+        OnAllLagging::LeastLagged => {
+            let least = topology
+                .nodes
+                .iter()
+                .enumerate()
+                .filter(|(i, n)| {
+                    n.role == Role::Replica
+                        && n.healthy
+                        && !n.paused
+                        && !n.removed
+                        && !exclude.contains(i)
+                        && n.observed.as_ref().is_some_and(|o| o.in_recovery)
+                        && fresh(n)
+                })
+                .min_by_key(|(_, n)| n.lag_bytes.unwrap_or(u64::MAX));
+            match least {
+                Some((node, _)) => Decision::Replica { node, reason: LAG_FALLBACK },
+                None => Decision::Primary { node: primary, reason: "no replica in rotation" },
+            }
+        }
+        OnAllLagging::Error if target == Target::Any => {
+            Decision::Primary { node: primary, reason: "no replica in rotation" }
+        }
+        OnAllLagging::Error => Decision::Refuse { reason: NO_REPLICA_ERROR },
     }
 }
 
@@ -143,6 +198,7 @@ mod tests {
                 Decision::Held { .. } => "held",
                 Decision::Primary { .. } => "primary",
                 Decision::Replica { .. } => "replica",
+                Decision::Refuse { .. } => "refuse",
             };
             assert_eq!(got, *want, "{sql} with {s:?}");
         }
@@ -162,9 +218,71 @@ mod tests {
         assert_eq!(d.node(), Some(0));
     }
 
+    fn observed(t: &mut Topology, node: usize, replay_lsn: u64, lag_bytes: u64) {
+        t.nodes[node].observed = Some(crate::cluster::topology::Observation {
+            in_recovery: true,
+            replay_lsn,
+            ..Default::default()
+        });
+        t.nodes[node].lag_bytes = Some(lag_bytes);
+        t.nodes[node].lag_ms = Some(lag_bytes / 10);
+    }
+
+    #[test]
+    fn read_your_writes() {
+        let mut t = topo();
+        observed(&mut t, 1, 100, 0);
+        observed(&mut t, 2, 200, 0);
+        let a = Analysis::of("SELECT 1", 1 << 20);
+        let at = |t: &Topology, min_lsn, max_lag_ms| {
+            let s = SessionView { min_lsn, max_lag_ms, ..SessionView::default() };
+            (0..6).map(|turn| route(a.target, a.reason, None, s, t, turn, &[])).collect::<Vec<_>>()
+        };
+        // Only the replica that replayed the floor, or the primary when none has.
+        assert!(at(&t, 150, None).iter().all(|d| d.node() == Some(2)));
+        assert!(at(&t, 100, None).iter().any(|d| d.node() == Some(1)));
+        assert!(at(&t, 201, None).iter().all(|d| *d == Decision::Primary { node: 0, reason: CAUSAL }));
+        // pgsplit.max_lag: the client's own tolerance.
+        observed(&mut t, 1, 100, 5000);
+        assert!(at(&t, 0, Some(100)).iter().all(|d| d.node() == Some(2)));
+        assert!(at(&t, 0, Some(0)).iter().all(|d| d.node() == Some(2)));
+        // Session commands ignore the floor.
+        let set = Analysis::of("SET work_mem = '8MB'", 1 << 20);
+        let s = SessionView { min_lsn: 1000, ..SessionView::default() };
+        assert!(matches!(route(set.target, set.reason, None, s, &t, 0, &[]), Decision::Replica { .. }));
+    }
+
+    #[test]
+    fn when_every_replica_lags() {
+        let mut t = topo();
+        observed(&mut t, 1, 100, 9000);
+        observed(&mut t, 2, 100, 5000);
+        for n in &mut t.nodes[1..] {
+            n.in_rotation = false;
+        }
+        let a = Analysis::of("SELECT 1", 1 << 20);
+        let s = SessionView::default();
+        t.on_all_lagging = OnAllLagging::Primary;
+        assert_eq!(route(a.target, a.reason, None, s, &t, 0, &[]), Decision::Primary { node: 0, reason: "no replica in rotation" });
+        t.on_all_lagging = OnAllLagging::LeastLagged;
+        assert_eq!(route(a.target, a.reason, None, s, &t, 0, &[]), Decision::Replica { node: 2, reason: LAG_FALLBACK });
+        // ... but never one without the client's last write.
+        let floor = SessionView { min_lsn: 101, ..s };
+        assert_eq!(route(a.target, a.reason, None, floor, &t, 0, &[]).node(), Some(0));
+        t.nodes[2].healthy = false;
+        assert_eq!(route(a.target, a.reason, None, s, &t, 0, &[]).node(), Some(1));
+        t.on_all_lagging = OnAllLagging::Error;
+        assert_eq!(route(a.target, a.reason, None, s, &t, 0, &[]), Decision::Refuse { reason: NO_REPLICA_ERROR });
+        let set = Analysis::of("SHOW work_mem", 1 << 20);
+        assert_eq!(route(set.target, set.reason, None, s, &t, 0, &[]).node(), Some(0));
+        let w = Analysis::of("INSERT INTO t VALUES (1)", 1 << 20);
+        assert_eq!(route(w.target, w.reason, None, s, &t, 0, &[]).node(), Some(0));
+    }
+
     #[test]
     fn reads_alternate_between_replicas() {
-        let t = topo();
+        let mut t = topo();
+        t.balance = crate::config::Balance::RoundRobin;
         let a = Analysis::of("SELECT 1", 1 << 20);
         let nodes: Vec<_> =
             (0..4).map(|i| route(a.target, a.reason, None, SessionView::default(), &t, i, &[]).node()).collect();

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use bytes::{BufMut, Bytes, BytesMut};
 
 use super::extended::{self, Prepared};
+use super::causal::Causal;
 use super::{End, Expect, Retry, RetryWork, Session};
 use crate::protocol::{self, Frame, ProtocolError, message, put_cstr};
 use crate::router::Decision;
@@ -14,7 +15,7 @@ use crate::sql::cache::Analysis;
 use crate::sql::session_cmd::STANDBY_REFUSES;
 use crate::sql::set_config::{self, Resolved};
 use crate::sql::{Effect, Target};
-use crate::topology::Role;
+use crate::cluster::Role;
 
 /// What checking the statements a batch needs on its connection found.
 pub(super) enum Checked {
@@ -46,11 +47,25 @@ pub(super) struct Batch {
     /// Analyses of the batch's statements whose look-ups are still to be checked.
     lookups: Vec<Arc<Analysis>>,
     hint: Option<crate::sql::Hint>,
+    /// A `/* pgsplit:min_lsn=... */` of its statements (the highest).
+    min_lsn: Option<u64>,
+    /// Some statement commits / opens a transaction (for the commit probe).
+    commits: bool,
+    opens: bool,
 }
 
 impl Default for Batch {
     fn default() -> Self {
-        Batch { items: Vec::new(), target: Target::Any, reason: "session command", lookups: Vec::new(), hint: None }
+        Batch {
+            items: Vec::new(),
+            target: Target::Any,
+            reason: "session command",
+            lookups: Vec::new(),
+            hint: None,
+            min_lsn: None,
+            commits: false,
+            opens: false,
+        }
     }
 }
 
@@ -71,6 +86,9 @@ impl Batch {
         if a.hint.is_some() {
             self.hint = a.hint;
         }
+        self.min_lsn = self.min_lsn.max(a.min_lsn);
+        self.commits |= a.commits;
+        self.opens |= a.opens;
         if a.statements.iter().any(|c| !c.lookups.is_empty()) && !self.lookups.iter().any(|x| Arc::ptr_eq(x, a)) {
             self.lookups.push(a.clone());
         }
@@ -105,7 +123,7 @@ impl Session {
                         for c in &p.analysis.statements {
                             match &c.effect {
                                 Effect::SetConfigBound(args) => self.bound_set_config(args, &p, &f)?,
-                                e => self.note_effect(e, c.route_mode),
+                                e => self.note_effect(e, c.own),
                             }
                         }
                         BatchItem::Bind(f, p)
@@ -202,7 +220,7 @@ impl Session {
         let was_open = self.batch_open;
         let mut attempts = 0;
         let decision = loop {
-            let decision = self.decide(target, reason, batch.hint);
+            let decision = self.decide_waiting(target, reason, batch.hint, batch.min_lsn).await;
             if !self.place(decision).await? {
                 self.batch_open = false;
                 self.abandon_batch(is_sync);
@@ -257,10 +275,23 @@ impl Session {
             encode_item(item, &mut server.conn, &mut self.expect, &mut buf)?;
         }
         buf.extend_from_slice(&f.bytes);
+        let node = server.conn.node;
         if is_sync {
             self.expect.push_back(Expect::Sync);
             self.outstanding += 1;
             self.batch_open = false;
+            self.observe.sent(node, matches!(decision, Decision::Replica { .. }));
+            let probe = !self.on_replica()
+                && Causal::wanted(
+                    self.shared.config.load().routing.read_your_writes,
+                    self.tx_status != b'I',
+                    target == Target::Primary,
+                    batch.opens,
+                    batch.commits,
+                );
+            if probe {
+                self.queue_commit_probe(&mut buf);
+            }
         } else {
             self.batch_open = true;
         }
@@ -269,7 +300,7 @@ impl Session {
 
     /// Runs again, elsewhere, a read whose replica connection died before answering.
     pub(super) async fn rerun(&mut self, r: Retry) -> Result<(), End> {
-        let decision = self.decide(r.target, r.reason, r.hint);
+        let decision = self.decide(r.target, r.reason, r.hint, None);
         tracing::info!(reason = r.reason, "rerunning a read whose server connection died before answering");
         if !self.place(decision).await? {
             // The client has the error; it still waits for its ReadyForQuery.

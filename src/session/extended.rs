@@ -77,7 +77,7 @@ pub fn prepared_from(p: &ParseMsg<'_>, analysis: Arc<Analysis>, unique: (i32, u6
     // `SET pgsplit.route = primary` is pgsplit's own (and `primary` is a reserved word): the
     // server gets the quoted form it accepts.
     let query = match analysis.statements.as_slice() {
-        [c] if c.route_mode.is_some() => match &c.effect {
+        [c] if c.own.is_some() => match &c.effect {
             crate::sql::Effect::Set { sql, .. } => sql.as_str(),
             _ => p.query,
         },

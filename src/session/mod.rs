@@ -7,7 +7,10 @@
 //! connection. Pools own idle connections; the topology is shared read-only.
 
 mod batch;
+pub mod causal;
+mod console;
 mod extended;
+pub mod observe;
 mod placement;
 mod relay;
 mod requests;
@@ -110,8 +113,12 @@ struct Session {
     pools: Vec<Option<Arc<crate::pool::Pool>>>,
     /// Parse messages seen, for unique server statement names.
     parses: u64,
-    /// Routing counters this session has used (see `count_route`).
-    routed: Vec<(&'static str, &'static str, prometheus::IntCounter)>,
+    /// Metrics handles and the console's view of this client.
+    observe: observe::Observe,
+    /// Read-your-writes: this client's floor and the commit probe in flight.
+    causal: causal::Causal,
+    /// Counts this client's work on the node it holds (least-outstanding balancing).
+    load: Option<crate::cluster::topology::LoadGuard>,
     /// The read in flight on a replica, until the server starts answering it.
     retry: Option<Retry>,
     /// A read whose connection died before any answer: to run again elsewhere.
@@ -138,14 +145,15 @@ enum RetryWork {
 
 pub async fn serve_client(shared: Arc<Shared>, stream: TcpStream) {
     let _ = stream.set_nodelay(true);
+    let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_default();
     shared.metrics.client_connections.inc();
-    if let Err(e) = run_client(&shared, stream).await {
+    if let Err(e) = run_client(&shared, stream, peer).await {
         tracing::debug!("client session ended: {e}");
     }
     shared.metrics.client_connections.dec();
 }
 
-async fn run_client(shared: &Arc<Shared>, stream: TcpStream) -> Result<(), End> {
+async fn run_client(shared: &Arc<Shared>, stream: TcpStream, peer: String) -> Result<(), End> {
     let (mut r, mut w) = stream.into_split();
     let startup = loop {
         let body = protocol::read_startup(&mut r).await?;
@@ -177,7 +185,8 @@ async fn run_client(shared: &Arc<Shared>, stream: TcpStream) -> Result<(), End> 
     }
     let database = startup.get("database").filter(|d| !d.is_empty()).unwrap_or(&user).to_string();
     let mut reader = FrameReader::new(r);
-    match auth::authenticate(&shared.config, &user, &mut reader, &mut w).await {
+    let config = shared.config.load_full();
+    match auth::authenticate(&config, &user, &mut reader, &mut w).await {
         Ok(()) => {}
         Err(AuthError::Failed(u)) => {
             let msg = format!("password authentication failed for user \"{u}\"");
@@ -218,8 +227,22 @@ async fn run_client(shared: &Arc<Shared>, stream: TcpStream) -> Result<(), End> 
         retry: None,
         retry_now: None,
         fresh_begin: None,
-        routed: Vec::new(),
+        observe: observe::Observe::default(),
+        causal: causal::Causal::default(),
+        load: None,
     };
+    if s.database == crate::ops::admin::DATABASE {
+        // The admin console: no server behind it.
+        let result = s.console().await;
+        let _ = s.flush_client().await;
+        return match result {
+            Err(End::Terminated) => Ok(()),
+            other => other,
+        };
+    }
+    let slot = shared.clients.register(&s.user, &s.database, &peer);
+    s.observe.slot = Some(slot.clone());
+    let _registered = crate::ops::admin::Registered(shared.clone(), slot.id);
     let result = match s.login().await {
         Ok(()) => s.run().await,
         Err(e) => Err(e),

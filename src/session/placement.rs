@@ -1,6 +1,8 @@
 //! Where work runs: resolving catalog look-ups, the routing decision, checking out a server
 //! connection and bringing it to the client's settings.
 
+use std::time::{Duration, Instant};
+
 use bytes::Bytes;
 
 use super::{End, Session};
@@ -8,7 +10,9 @@ use crate::backend::BackendError;
 use crate::cancel::ServerKey;
 use crate::pool::CheckoutError;
 use crate::protocol;
-use crate::router::{Decision, SessionView, route};
+use crate::cluster::Role;
+use crate::cluster::topology::LoadGuard;
+use crate::router::{CAUSAL, Decision, SessionView, route};
 use crate::sql::Target;
 use crate::sql::cache::Analysis;
 
@@ -39,28 +43,79 @@ impl Session {
         }
     }
 
-    pub(super) fn decide(&self, target: Target, reason: &'static str, hint: Option<crate::sql::Hint>) -> Decision {
+    pub(super) fn decide(
+        &self,
+        target: Target,
+        reason: &'static str,
+        hint: Option<crate::sql::Hint>,
+        statement_lsn: Option<u64>,
+    ) -> Decision {
+        let mode = self.shared.config.load().routing.read_your_writes;
         let view = SessionView {
             in_transaction: self.tx_status != b'I' || self.batch_open,
             pinned: self.pin.is_some(),
             mode: self.mode,
             serializable: self.settings.serializable(),
+            min_lsn: self.causal.min_lsn(mode, &self.shared.global_floor, statement_lsn),
+            max_lag_ms: self.causal.max_lag_ms,
         };
         let topology = self.shared.cluster.load();
-        // A random pick spreads reads evenly whatever the client's pattern of reads and
-        // writes (a shared round-robin counter aliases with periodic patterns).
-        route(target, reason, hint, view, &topology, rand::random::<u32>() as usize, &[])
+        // Random by default: it spreads reads evenly whatever the client's pattern of reads
+        // and writes (a shared round-robin counter aliases with periodic patterns).
+        let turn = self.shared.cluster.next_turn(topology.balance);
+        route(target, reason, hint, view, &topology, turn, &[])
+    }
+
+    /// `decide`, and when the read would go to the primary only because no replica has
+    /// replayed the client's last write yet, waits up to `routing.causal_wait_ms` for one
+    /// (waking the probes so that the wait is a probe's round trip, not a poll interval).
+    pub(super) async fn decide_waiting(
+        &self,
+        target: Target,
+        reason: &'static str,
+        hint: Option<crate::sql::Hint>,
+        statement_lsn: Option<u64>,
+    ) -> Decision {
+        let d = self.decide(target, reason, hint, statement_lsn);
+        let wait = self.shared.config.load().routing.causal_wait_ms;
+        if d.reason() != CAUSAL || wait == 0 {
+            return d;
+        }
+        let deadline = Instant::now() + Duration::from_millis(wait);
+        loop {
+            let now = Instant::now();
+            if now >= deadline {
+                return self.decide(target, reason, hint, statement_lsn);
+            }
+            let published = self.shared.cluster.published.notified();
+            tokio::pin!(published);
+            published.as_mut().enable();
+            self.shared.cluster.wake.notify_waiters();
+            let _ = tokio::time::timeout(deadline - now, published).await;
+            let d = self.decide(target, reason, hint, statement_lsn);
+            if d.reason() != CAUSAL {
+                return d;
+            }
+        }
     }
 
     /// Makes sure the client holds the server the decision names. Returns false when none
     /// could be had; the client then already has an ErrorResponse in `out`.
     pub(super) async fn place(&mut self, decision: Decision) -> Result<bool, End> {
-        let role = match decision {
-            Decision::Held { .. } => "held",
-            Decision::Primary { .. } => "primary",
-            Decision::Replica { .. } => "replica",
+        let (role, node) = match decision {
+            Decision::Held { .. } => ("held", self.server.as_ref().map(|s| s.conn.node)),
+            Decision::Primary { node, .. } => ("primary", Some(node)),
+            Decision::Replica { node, .. } => ("replica", Some(node)),
+            Decision::Refuse { .. } => ("none", None),
         };
-        self.count_route(role, decision.reason());
+        let server = node.and_then(|n| self.shared.cluster.load().nodes.get(n).map(|n| n.addr.clone()));
+        let server_label = server.as_deref().unwrap_or("none");
+        self.observe.route(&self.shared.metrics, server_label, node.unwrap_or(usize::MAX), role, decision.reason());
+        if let Decision::Refuse { reason } = decision {
+            self.shared.metrics.error_sent("57P03");
+            self.out.extend_from_slice(&protocol::error("57P03", &format!("pgsplit: {reason}")));
+            return Ok(false);
+        }
         if self.server.is_some() {
             return Ok(true);
         }
@@ -94,18 +149,6 @@ impl Session {
         }
     }
 
-    /// Counts a routing decision. Looking a labelled counter up hashes and locks, so each
-    /// session keeps the few it uses.
-    fn count_route(&mut self, role: &'static str, reason: &'static str) {
-        if let Some((_, _, c)) = self.routed.iter().find(|(r, why, _)| *r == role && *why == reason) {
-            c.inc();
-            return;
-        }
-        let c = self.shared.metrics.routed.with_label_values(&[role, reason]);
-        c.inc();
-        self.routed.push((role, reason, c));
-    }
-
     /// Checks out a connection to `node` and brings it to the client's settings.
     pub(super) async fn attach(&mut self, node: usize) -> Result<(), AttachError> {
         let addr = match self.shared.cluster.load().nodes.get(node) {
@@ -125,7 +168,15 @@ impl Session {
                 p
             }
         };
-        let mut co = match self.shared.pools.checkout(&pool, node).await {
+        let (replica, load) = {
+            let t = self.shared.cluster.load();
+            t.nodes.get(node).map(|n| (n.role == Role::Replica, n.load.clone())).unwrap_or((false, Default::default()))
+        };
+        let waited = Instant::now();
+        let checkout = self.shared.pools.checkout(&pool, node).await;
+        let role = if replica { "replica" } else { "primary" };
+        self.shared.metrics.checkout_wait.with_label_values(&[role]).observe(waited.elapsed().as_secs_f64());
+        let mut co = match checkout {
             Ok(co) => co,
             Err(CheckoutError::Timeout(ms)) => {
                 let msg = format!("pgsplit: no server connection to {addr} became free within {ms} ms");
@@ -159,12 +210,16 @@ impl Session {
         }
         self.cancel.set(Some(ServerKey { addr, pid: co.conn.pid, secret: co.conn.secret }));
         self.server = Some(co);
+        self.load = Some(LoadGuard::new(&load));
+        self.observe.attached(Some(node));
         Ok(())
     }
 
     pub(super) fn release_server(&mut self) {
         if let Some(s) = self.server.take() {
             self.cancel.set(None);
+            self.load = None;
+            self.observe.attached(None);
             s.release(&self.shared.metrics);
         }
     }

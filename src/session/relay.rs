@@ -7,7 +7,9 @@ use super::extended::Statements;
 use super::state::PendingEffects;
 use super::{End, Expect, HIDDEN_PARAMETERS, Session};
 use crate::protocol::{self, Frame, ProtocolError};
-use crate::sql::{Effect, RouteMode};
+use super::causal;
+use crate::cluster::monitor::{format_lsn, parse_lsn};
+use crate::sql::{Effect, Own};
 
 impl Session {
     pub(super) fn on_server_frame(&mut self, f: Frame) {
@@ -15,6 +17,10 @@ impl Session {
             // The server has started answering: the work may have had effects now.
             self.retry = None;
         }
+        if self.causal.probe.as_ref().is_some_and(|p| p.client_ready.is_some()) {
+            return self.on_probe_frame(f);
+        }
+        self.observe.relayed(f.bytes.len());
         match f.tag() {
             b'Z' => {
                 let status = f.body().first().copied().unwrap_or(b'I');
@@ -23,14 +29,25 @@ impl Session {
                 }
                 self.outstanding = self.outstanding.saturating_sub(1);
                 self.tx_status = status;
+                let committed = !self.effects.error_in_request && !self.effects.rolled_back;
                 let settled = self.effects.settle(status);
                 self.apply_effects(settled);
-                self.out.extend_from_slice(&f.bytes);
-                if status == b'I' && self.outstanding == 0 && !self.batch_open && self.pin.is_none() && !self.copy_in {
-                    self.release_server();
+                let cluster = &self.shared.cluster;
+                self.observe.done(&self.shared.metrics, |n| cluster.load().nodes.get(n).map(|n| n.addr.clone()));
+                self.observe.status(status);
+                if let Some(p) = self.causal.probe.as_mut() {
+                    // The commit-position probe follows: the client's ReadyForQuery waits for it.
+                    p.client_ready = Some(f.bytes);
+                    p.committed = committed;
+                    return;
                 }
+                self.out.extend_from_slice(&f.bytes);
+                self.release_if_idle();
             }
             b'E' => {
+                if let Some(code) = protocol::error_field(f.body(), b'C') {
+                    self.shared.metrics.error_sent(code);
+                }
                 self.effects.error_in_request = true;
                 self.copy_in = false;
                 let duplicate = match self.expect.front() {
@@ -118,7 +135,48 @@ impl Session {
         }
     }
 
-    pub(super) fn apply_effects(&mut self, effects: Vec<(Effect, Option<RouteMode>)>) {
+    fn release_if_idle(&mut self) {
+        if self.tx_status == b'I'
+            && self.outstanding == 0
+            && !self.batch_open
+            && self.pin.is_none()
+            && !self.copy_in
+        {
+            self.release_server();
+        }
+    }
+
+    /// The answer to the commit-position probe, after the client's own ReadyForQuery: the
+    /// floor rises, the client is told (ParameterStatus `pgsplit.last_write_lsn`) and then gets
+    /// its ReadyForQuery.
+    fn on_probe_frame(&mut self, f: Frame) {
+        let Some(p) = self.causal.probe.as_mut() else { return };
+        match f.tag() {
+            b'D' => p.lsn = causal::data_row_text(f.body()).and_then(parse_lsn),
+            b'E' => p.lsn = None,
+            b'Z' => {
+                self.outstanding = self.outstanding.saturating_sub(1);
+                let Some(p) = self.causal.probe.take() else { return };
+                match p.lsn {
+                    Some(lsn) => {
+                        self.causal.wrote(lsn, &self.shared.global_floor);
+                        if p.committed {
+                            let value = format_lsn(lsn);
+                            self.out.extend_from_slice(&protocol::parameter_status(causal::LAST_WRITE_LSN, &value));
+                        }
+                    }
+                    None => self.causal.unknown(),
+                }
+                if let Some(ready) = p.client_ready {
+                    self.out.extend_from_slice(&ready);
+                }
+                self.release_if_idle();
+            }
+            _ => {}
+        }
+    }
+
+    pub(super) fn apply_effects(&mut self, effects: Vec<(Effect, Option<Own>)>) {
         if effects.is_empty() {
             return;
         }
@@ -138,8 +196,8 @@ impl Session {
                 _ => {}
             }
             self.settings.apply(e);
-            if let Some(m) = mode {
-                self.mode = *m;
+            if let Some(own) = mode {
+                self.apply_own(*own);
             }
         }
         // The connection ran these statements: it now has exactly the client's settings.
@@ -153,6 +211,20 @@ impl Session {
     pub(super) fn server_lost(&mut self, e: ProtocolError) -> Result<(), End> {
         if !self.drop_broken_server(&e) {
             return Ok(());
+        }
+        self.observe.abandoned();
+        if let Some(p) = self.causal.probe.take() {
+            if let Some(ready) = p.client_ready {
+                // The client's request completed; only the probe behind it was lost.
+                self.causal.unknown();
+                self.out.extend_from_slice(&ready);
+                self.outstanding = 0;
+                self.expect.clear();
+                return Ok(());
+            }
+            // The probe never ran: the request itself is what was lost.
+            self.outstanding = self.outstanding.saturating_sub(1);
+            self.causal.unknown();
         }
         if self.outstanding == 1
             && self.tx_status == b'I'
@@ -193,6 +265,8 @@ impl Session {
         self.shared.pools.drop_idle(&server.conn.addr);
         server.discard(&self.shared.metrics);
         self.cancel.set(None);
+        self.load = None;
+        self.observe.attached(None);
         true
     }
 

@@ -5,7 +5,8 @@ use super::{End, Session};
 use crate::protocol::{self, Frame, ProtocolError};
 use crate::router::Decision;
 use crate::sql::session_cmd::{READ_ONLY_TRANSACTION, STANDBY_REFUSES};
-use crate::sql::{Effect, RouteMode, Target};
+use super::causal::Causal;
+use crate::sql::{Effect, Own, Target};
 
 impl Session {
     pub(super) async fn on_client_frame(&mut self, f: Frame) -> Result<(), End> {
@@ -75,10 +76,10 @@ impl Session {
             return Ok(());
         }
         if let [c] = analysis.statements.as_slice()
-            && let Some(mode) = c.route_mode
+            && let Some(own) = c.own
         {
-            // SET pgsplit.route is pgsplit's own: answered here, replayed (quoted) for SHOW.
-            self.mode = mode;
+            // pgsplit's own settings: answered here, replayed (quoted) for SHOW.
+            self.apply_own(own);
             self.settings.apply(&c.effect);
             self.out.extend_from_slice(&protocol::command_complete("SET"));
             self.out.extend_from_slice(&protocol::ready_for_query(self.tx_status));
@@ -91,13 +92,21 @@ impl Session {
         {
             self.move_fresh_transaction(&begin).await?;
         }
-        let decision = self.decide(target, reason, analysis.hint);
+        let decision = self.decide_waiting(target, reason, analysis.hint, analysis.min_lsn).await;
         if !self.place(decision).await? {
             self.out.extend_from_slice(&protocol::ready_for_query(self.tx_status));
             return Ok(());
         }
+        let probe = !self.on_replica()
+            && Causal::wanted(
+                self.shared.config.load().routing.read_your_writes,
+                self.tx_status != b'I',
+                target == Target::Primary,
+                analysis.opens,
+                analysis.commits,
+            );
         for c in &analysis.statements {
-            self.note_effect(&c.effect, c.route_mode);
+            self.note_effect(&c.effect, c.own);
         }
         if self.tx_status == b'I' && self.pin.is_none() && matches!(decision, Decision::Replica { .. }) {
             let work = super::RetryWork::Query(f.bytes.clone());
@@ -109,11 +118,34 @@ impl Session {
             }
         }
         self.outstanding += 1;
-        if let Some(s) = self.server.as_mut() {
-            // A simple Query destroys the unnamed prepared statement.
-            s.conn.unnamed = None;
+        let Some(s) = self.server.as_mut() else { return Ok(()) };
+        // A simple Query destroys the unnamed prepared statement.
+        s.conn.unnamed = None;
+        let (node, replica) = (s.conn.node, matches!(decision, Decision::Replica { .. }));
+        self.observe.sent(node, replica);
+        if probe {
+            let mut buf = bytes::BytesMut::with_capacity(f.bytes.len() + 64);
+            buf.extend_from_slice(&f.bytes);
+            self.queue_commit_probe(&mut buf);
+            return self.send_server(&buf).await;
         }
         self.send_server(&f.bytes).await
+    }
+
+    /// Appends the commit-position probe behind a request (see `causal.rs`).
+    pub(super) fn queue_commit_probe(&mut self, buf: &mut bytes::BytesMut) {
+        buf.extend_from_slice(&protocol::simple_query(super::causal::PROBE_SQL));
+        self.outstanding += 1;
+        self.causal.probe = Some(super::causal::Probe::default());
+    }
+
+    /// pgsplit's own settings take effect.
+    pub(super) fn apply_own(&mut self, own: Own) {
+        match own {
+            Own::Route(m) => self.mode = m,
+            Own::MinLsn(lsn) => self.causal.explicit = lsn,
+            Own::MaxLagMs(ms) => self.causal.max_lag_ms = ms,
+        }
     }
 
     /// A transaction that has run nothing but its BEGIN READ ONLY on a replica, whose next
@@ -171,7 +203,7 @@ impl Session {
         }
     }
 
-    pub(super) fn note_effect(&mut self, effect: &Effect, mode: Option<RouteMode>) {
+    pub(super) fn note_effect(&mut self, effect: &Effect, mode: Option<Own>) {
         match effect {
             Effect::None => {}
             Effect::Pin(why) => {

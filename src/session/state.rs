@@ -5,7 +5,7 @@
 
 use std::hash::{Hash, Hasher};
 
-use crate::sql::{Effect, RouteMode};
+use crate::sql::{Effect, Own};
 
 #[derive(Debug, Default)]
 pub struct Settings {
@@ -137,9 +137,9 @@ pub fn quote_literal(s: &str) -> String {
 #[derive(Debug, Default)]
 pub struct PendingEffects {
     /// Effects of statements sent since the last ReadyForQuery.
-    pub request: Vec<(Effect, Option<RouteMode>)>,
+    pub request: Vec<(Effect, Option<Own>)>,
     /// Effects of earlier requests in the open transaction.
-    pub transaction: Vec<(Effect, Option<RouteMode>)>,
+    pub transaction: Vec<(Effect, Option<Own>)>,
     pub error_in_request: bool,
     /// The last CommandComplete of the request was ROLLBACK (also what a failed COMMIT says).
     pub rolled_back: bool,
@@ -147,7 +147,7 @@ pub struct PendingEffects {
 
 impl PendingEffects {
     /// At ReadyForQuery: returns the effects that now hold, if the transaction is over.
-    pub fn settle(&mut self, status: u8) -> Vec<(Effect, Option<RouteMode>)> {
+    pub fn settle(&mut self, status: u8) -> Vec<(Effect, Option<Own>)> {
         let request = std::mem::take(&mut self.request);
         if !self.error_in_request {
             self.transaction.extend(request);

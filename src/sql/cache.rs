@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use super::lex::{Hint, leading_hint, normalize_into, split_statements};
+use super::lex::{Hint, leading_hint, leading_min_lsn, normalize_into, split_statements};
 use super::{Class, Target, classify::classify};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -14,6 +14,11 @@ pub struct Analysis {
     /// The strictest target of all statements.
     pub target: Target,
     pub reason: &'static str,
+    /// `/* pgsplit:min_lsn=... */`: read only where this much WAL has been replayed.
+    pub min_lsn: Option<u64>,
+    /// Some statement commits / opens a transaction.
+    pub commits: bool,
+    pub opens: bool,
 }
 
 impl Analysis {
@@ -21,7 +26,9 @@ impl Analysis {
         let statements: Vec<Class> = split_statements(sql).into_iter().map(|s| classify(s, max_parse_len)).collect();
         let strictest = statements.iter().max_by_key(|c| c.target);
         let (target, reason) = strictest.map(|c| (c.target, c.reason)).unwrap_or((Target::Any, "empty query"));
-        Analysis { hint: leading_hint(sql), statements, target, reason }
+        let commits = statements.iter().any(|c| c.commits);
+        let opens = statements.iter().any(|c| c.opens);
+        Analysis { hint: leading_hint(sql), min_lsn: leading_min_lsn(sql), statements, target, reason, commits, opens }
     }
 }
 
@@ -56,7 +63,8 @@ impl AnalysisCache {
                 return a.clone();
             }
             let a = Arc::new(Analysis::of(sql, self.max_parse_len));
-            let literal_dependent = a.statements.iter().any(|c| c.effect.carries_values() || c.route_mode.is_some());
+            let literal_dependent =
+                a.min_lsn.is_some() || a.statements.iter().any(|c| c.effect.carries_values() || c.own.is_some());
             if !literal_dependent {
                 let mut map = self.lock();
                 if map.len() >= self.capacity {

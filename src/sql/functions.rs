@@ -68,6 +68,25 @@ pub fn function_kind(qualified: &str) -> FunctionKind {
     FunctionKind::Unknown
 }
 
+/// Whether a routing reason is one of the audited functions' (for the metrics' reason class).
+pub fn is_function_reason(reason: &str) -> bool {
+    static REASONS: OnceLock<Vec<&'static str>> = OnceLock::new();
+    REASONS
+        .get_or_init(|| {
+            let mut r: Vec<&'static str> = builtins()
+                .values()
+                .filter_map(|k| match k {
+                    FunctionKind::Primary(why) | FunctionKind::PinsSession(why) => Some(*why),
+                    _ => None,
+                })
+                .collect();
+            r.sort_unstable();
+            r.dedup();
+            r
+        })
+        .contains(&reason)
+}
+
 /// Whether `name` is a function of pg_catalog (any verdict).
 pub fn is_builtin(name: &str) -> bool {
     builtins().contains_key(name)

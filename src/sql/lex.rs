@@ -200,6 +200,27 @@ pub fn leading_hint(sql: &str) -> Option<Hint> {
     }
 }
 
+/// A read-your-writes floor in a leading comment: `/* pgsplit:min_lsn=0/16B3748 */`.
+pub fn leading_min_lsn(sql: &str) -> Option<u64> {
+    let b = sql.as_bytes();
+    let mut i = 0;
+    loop {
+        while i < b.len() && b[i].is_ascii_whitespace() {
+            i += 1;
+        }
+        if !(b[i..].starts_with(b"--") || b[i..].starts_with(b"/*")) {
+            return None;
+        }
+        let end = skip_token(b, i);
+        if let Some(at) = sql[i..end].find("pgsplit:min_lsn=") {
+            let rest = &sql[i + at + "pgsplit:min_lsn=".len()..end];
+            let lsn: String = rest.chars().take_while(|c| c.is_ascii_hexdigit() || *c == '/').collect();
+            return crate::cluster::monitor::parse_lsn(&lsn);
+        }
+        i = end;
+    }
+}
+
 /// Lower-cased words of the statement, up to `n`, skipping comments. Quoted strings end the
 /// scan (session commands never need words past their first value).
 pub fn keywords(stmt: &str, n: usize) -> Vec<String> {
@@ -393,6 +414,9 @@ mod tests {
         assert_eq!(leading_hint("-- pgsplit:replica\nselect 1"), Some(Hint::Replica));
         assert_eq!(leading_hint("select 1 /* pgsplit:replica */"), None);
         assert_eq!(leading_hint("/* app=x */ select 1"), None);
+        assert_eq!(leading_min_lsn("/* pgsplit:min_lsn=0/16B3748 */ select 1"), Some(0x16B3748));
+        assert_eq!(leading_min_lsn("-- pgsplit:min_lsn=1/0\nselect 1"), Some(1 << 32));
+        assert_eq!(leading_min_lsn("select 1 /* pgsplit:min_lsn=0/1 */"), None);
     }
 
     #[test]

@@ -41,6 +41,17 @@ impl RouteMode {
     }
 }
 
+/// pgsplit's own session settings, answered by pgsplit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Own {
+    /// `SET pgsplit.route = primary | replica | auto`
+    Route(RouteMode),
+    /// `SET pgsplit.min_lsn = '0/16B3748'`: reads only where this much WAL has been replayed.
+    MinLsn(u64),
+    /// `SET pgsplit.max_lag = '500ms'`: reads only on replicas at most this far behind.
+    MaxLagMs(Option<u64>),
+}
+
 /// What a statement does to the client's session, beyond its own result.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Effect {
@@ -95,13 +106,17 @@ pub struct Class {
     /// Names whose safety only the catalog can tell (looked up once per database and cached):
     /// any that may write sends the statement to the primary.
     pub lookups: Vec<Lookup>,
-    /// `SET pgsplit.route = ...`
-    pub route_mode: Option<RouteMode>,
+    /// `SET pgsplit.route / pgsplit.min_lsn / pgsplit.max_lag = ...`: pgsplit's own settings.
+    pub own: Option<Own>,
+    /// The statement commits (COMMIT, END, COMMIT PREPARED).
+    pub commits: bool,
+    /// The statement opens a transaction (BEGIN, START TRANSACTION).
+    pub opens: bool,
 }
 
 impl Class {
     pub fn new(target: Target, reason: &'static str) -> Class {
-        Class { target, reason, effect: Effect::None, lookups: Vec::new(), route_mode: None }
+        Class { target, reason, effect: Effect::None, lookups: Vec::new(), own: None, commits: false, opens: false }
     }
     pub fn with_effect(mut self, effect: Effect) -> Class {
         self.effect = effect;

@@ -3,7 +3,7 @@
 //! These decide what pgsplit records and replays for a client, so they are read with the lexer
 //! rather than a full SQL parser: a statement the parser does not know must still be tracked.
 
-use super::{Class, Effect, RouteMode, Target};
+use super::{Class, Effect, Own, RouteMode, Target};
 
 /// Returns the classification when `stmt` is a session or transaction command, else None.
 /// `kw` are the statement's first keywords (`lex::keywords(stmt, 12)`).
@@ -19,7 +19,16 @@ pub fn classify(stmt: &str, kw: &[String]) -> Option<Class> {
                 Class::new(Target::Any, "session command")
                     .with_effect(Effect::Reset { name: "session_authorization".into() })
             }
-            name => Class::new(Target::Any, "session command").with_effect(Effect::Reset { name: name.into() }),
+            name => {
+                let mut c = Class::new(Target::Any, "session command").with_effect(Effect::Reset { name: name.into() });
+                c.own = match name {
+                    "pgsplit.route" => Some(Own::Route(RouteMode::Auto)),
+                    "pgsplit.min_lsn" => Some(Own::MinLsn(0)),
+                    "pgsplit.max_lag" => Some(Own::MaxLagMs(None)),
+                    _ => None,
+                };
+                c
+            }
         },
         "show" => Class::new(Target::Any, "session command"),
         "discard" => match second {
@@ -28,18 +37,24 @@ pub fn classify(stmt: &str, kw: &[String]) -> Option<Class> {
         },
         "begin" | "start" => {
             // The transaction itself is tracked by ReadyForQuery: nothing to record.
-            match (is_read_only(kw), kw.iter().any(|w| w == "serializable")) {
+            let mut c = match (is_read_only(kw), kw.iter().any(|w| w == "serializable")) {
                 // A standby refuses SERIALIZABLE even for READ ONLY transactions.
                 (true, true) => Class::new(Target::Primary, STANDBY_REFUSES),
                 (true, false) => Class::new(Target::Replica, READ_ONLY_TRANSACTION),
                 (false, _) => Class::new(Target::Primary, "transaction"),
-            }
+            };
+            c.opens = true;
+            c
         }
         "commit" | "rollback" | "end" | "abort" if second == "prepared" => {
-            Class::new(Target::Primary, "two-phase commit")
+            let mut c = Class::new(Target::Primary, "two-phase commit");
+            c.commits = first == "commit";
+            c
         }
         "commit" | "rollback" | "end" | "abort" | "savepoint" | "release" => {
-            Class::new(Target::Any, "transaction control")
+            let mut c = Class::new(Target::Any, "transaction control");
+            c.commits = first == "commit" || first == "end";
+            c
         }
         "prepare" if second == "transaction" => Class::new(Target::Primary, "two-phase commit"),
         "prepare" => Class::new(Target::Primary, "SQL PREPARE").with_effect(Effect::Pin("SQL PREPARE")),
@@ -166,10 +181,41 @@ fn classify_set(stmt: &str, kw: &[String]) -> Class {
             Some(m) => session_set(name, &format!("SET pgsplit.route = '{}'", m.as_str())),
             None => session_set(name, stmt),
         };
-        c.route_mode = mode;
+        c.own = mode.map(Own::Route);
+        return c;
+    }
+    if name == "pgsplit.min_lsn" || name == "pgsplit.max_lag" {
+        let value = set_value(&stmt.to_ascii_lowercase());
+        let own = if name == "pgsplit.min_lsn" {
+            crate::cluster::monitor::parse_lsn(&value.to_ascii_uppercase()).map(Own::MinLsn)
+        } else if value == "default" || value.is_empty() || value == "off" {
+            Some(Own::MaxLagMs(None))
+        } else {
+            parse_duration_ms(&value).map(|ms| Own::MaxLagMs(Some(ms)))
+        };
+        let Some(own) = own else {
+            return Class::new(Target::Any, "invalid pgsplit setting");
+        };
+        let mut c = session_set(name, &format!("SET {name} = '{value}'"));
+        c.own = Some(own);
         return c;
     }
     session_set(name, stmt)
+}
+
+/// "500ms", "2s", "1min", "250" (milliseconds).
+pub fn parse_duration_ms(v: &str) -> Option<u64> {
+    let v = v.trim();
+    let split = v.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(v.len());
+    let (num, unit) = v.split_at(split);
+    let n: f64 = num.parse().ok()?;
+    let factor = match unit.trim() {
+        "" | "ms" => 1.0,
+        "s" => 1000.0,
+        "min" => 60_000.0,
+        _ => return None,
+    };
+    Some((n * factor) as u64)
 }
 
 /// `SET SESSION CHARACTERISTICS AS TRANSACTION ...` sets the defaults of the session's
@@ -266,10 +312,16 @@ mod tests {
     }
 
     #[test]
-    fn route_mode() {
-        assert_eq!(classify("SET pgsplit.route = primary").unwrap().route_mode, Some(RouteMode::Primary));
-        assert_eq!(classify("set pgsplit.route to 'replica'").unwrap().route_mode, Some(RouteMode::Replica));
-        assert_eq!(classify("SET pgsplit.route = auto").unwrap().route_mode, Some(RouteMode::Auto));
+    fn own() {
+        assert_eq!(classify("SET pgsplit.route = primary").unwrap().own, Some(Own::Route(RouteMode::Primary)));
+        assert_eq!(classify("set pgsplit.route to 'replica'").unwrap().own, Some(Own::Route(RouteMode::Replica)));
+        assert_eq!(classify("SET pgsplit.route = auto").unwrap().own, Some(Own::Route(RouteMode::Auto)));
+        assert_eq!(classify("SET pgsplit.min_lsn = '0/16B3748'").unwrap().own, Some(Own::MinLsn(0x16B3748)));
+        assert_eq!(classify("SET pgsplit.max_lag = '500ms'").unwrap().own, Some(Own::MaxLagMs(Some(500))));
+        assert_eq!(classify("SET pgsplit.max_lag TO '2s'").unwrap().own, Some(Own::MaxLagMs(Some(2000))));
+        assert_eq!(classify("RESET pgsplit.min_lsn").unwrap().own, Some(Own::MinLsn(0)));
+        assert!(classify("COMMIT").unwrap().commits && classify("end").unwrap().commits);
+        assert!(!classify("ROLLBACK").unwrap().commits && classify("BEGIN").unwrap().opens);
     }
 
     #[test]

@@ -4,7 +4,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
-use pgsplit::cluster::LocalCluster;
+use pgsplit::localcluster::LocalCluster;
 use pgsplit::config::Config;
 use pgsplit::proxy::Proxy;
 use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
@@ -107,7 +107,11 @@ impl Env {
 pub fn base_config(cluster: &LocalCluster) -> Config {
     let mut c = Config { listen: "127.0.0.1:0".into(), ..Config::default() };
     c.servers.primary = cluster.primary().addr();
-    c.servers.replicas = cluster.replica_addrs();
+    c.servers.replicas = cluster.replica_addrs().into_iter().map(Into::into).collect();
+    c.routing.lag_hold_ms = 300;
+    // Most tests check where reads go right after their own writes; read-your-writes has
+    // tests of its own (ryw.rs), each with its own proxy.
+    c.routing.read_your_writes = pgsplit::config::ReadYourWrites::Off;
     c.monitor.interval_ms = 100;
     c.pool.size = 10;
     c.pool.checkout_timeout_ms = 10_000;

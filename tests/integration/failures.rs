@@ -189,18 +189,23 @@ pub async fn metrics_endpoint_reports_routing_and_lag(env: &Env) -> R {
     let mut body = String::new();
     s.read_to_string(&mut body).await?;
     check!(body.starts_with("HTTP/1.1 200"), "metrics answer: {}", &body[..body.len().min(200)]);
-    // Counters and gauges here are whole numbers.
-    let value = |prefix: &str| -> u64 {
-        body.lines().filter(|l| l.starts_with(prefix)).filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok()).sum()
+    // Sums of the series whose name and labels contain all of `parts`.
+    let value = |name: &str, parts: &[&str]| -> f64 {
+        body.lines()
+            .filter(|l| l.starts_with(name) && parts.iter().all(|p| l.contains(p)))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
     };
-    check!(value("pgsplit_routed_total{reason=\"read\",role=\"replica\"}") >= 5, "replica reads not counted:\n{body}");
-    check!(
-        value("pgsplit_routed_total{reason=\"write or utility statement\",role=\"primary\"}") >= 1,
-        "write not counted"
-    );
-    check!(body.contains("pgsplit_replica_lag_bytes{node="), "no lag gauge");
-    check!(value("pgsplit_node_in_rotation") >= 3, "nodes in rotation: {}", value("pgsplit_node_in_rotation"));
-    check!(value("pgsplit_client_connections") >= 1, "client connections not counted");
+    let routed = |parts: &[&str]| value("pgsplit_routed_total{", parts);
+    check!(routed(&["reason=\"read\"", "role=\"replica\""]) >= 5.0, "replica reads not counted:\n{body}");
+    check!(routed(&["reason=\"write\"", "role=\"primary\""]) >= 1.0, "write not counted");
+    let primary = format!("server=\"{}\"", env.cluster.primary().addr());
+    check!(routed(&["reason=\"write\"", &primary]) >= 1.0, "write not counted under its server");
+    check!(body.contains("pgsplit_replica_lag_bytes{server="), "no lag gauge");
+    check!(body.contains("pgsplit_replica_lag_seconds{server="), "no lag gauge in seconds");
+    check!(value("pgsplit_server_in_rotation", &[]) >= 3.0, "servers in rotation: {}", value("pgsplit_server_in_rotation", &[]));
+    check!(value("pgsplit_query_duration_seconds_count", &["role=\"replica\""]) >= 5.0, "no query durations");
+    check!(value("pgsplit_client_connections", &[]) >= 1.0, "client connections not counted");
     proxy.stop();
     Ok(())
 }
@@ -338,7 +343,7 @@ pub async fn reads_on_a_dying_connection_run_again_elsewhere(env: &Env) -> R {
     let (fwd, task) =
         killing_forwarder(env.cluster.nodes[1].addr(), b"retry-probe", armed.clone(), kills.clone()).await?;
     let replica2 = env.cluster.nodes[2].addr();
-    let proxy = env.proxy_with(|c| c.servers.replicas = vec![format!("127.0.0.1:{fwd}"), replica2]).await?;
+    let proxy = env.proxy_with(|c| c.servers.replicas = vec![format!("127.0.0.1:{fwd}").into(), replica2.into()]).await?;
     let c = connect(&env.conn_string(proxy.addr.port())).await?;
     for extended in [false, true] {
         let before = kills.load(Ordering::SeqCst);

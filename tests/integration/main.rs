@@ -1,5 +1,5 @@
 //! Integration tests against a real primary and two streaming replicas, started once for the
-//! whole run by the project's own harness (`pgsplit::cluster`) and torn down at the end.
+//! whole run by the project's own harness (`pgsplit::localcluster`) and torn down at the end.
 //!
 //! A custom runner (harness = false) so that the cluster outlives every test and is always
 //! torn down: tests run one after another (some stop and restart servers), each with a time

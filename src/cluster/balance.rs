@@ -1,0 +1,104 @@
+//! Which replica a read goes to, among those a caller finds eligible: random or round robin in
+//! proportion to each replica's `weight`, or the one with the least client work running per
+//! unit of weight. A pure function of the topology and a turn number.
+
+use super::topology::{Node, Role, Topology};
+use crate::config::Balance;
+
+/// Picks an eligible replica. `turn` is a round-robin counter or a random number, as the
+/// topology's policy wants (see `Cluster::next_turn`).
+pub fn pick(t: &Topology, turn: usize, eligible: impl Fn(usize, &Node) -> bool) -> Option<usize> {
+    let candidates = || {
+        t.nodes
+            .iter()
+            .enumerate()
+            .filter(|(i, n)| n.role == Role::Replica && !n.removed && !n.paused && eligible(*i, n))
+    };
+    match t.balance {
+        Balance::Random | Balance::RoundRobin => {
+            let total: u64 = candidates().map(|(_, n)| u64::from(n.weight.max(1))).sum();
+            if total == 0 {
+                return None;
+            }
+            let mut slot = turn as u64 % total;
+            for (i, n) in candidates() {
+                let w = u64::from(n.weight.max(1));
+                if slot < w {
+                    return Some(i);
+                }
+                slot -= w;
+            }
+            None
+        }
+        Balance::LeastOutstanding => {
+            // Lowest load per weight; ties broken by the turn so equal replicas share.
+            let best = candidates()
+                .map(|(i, n)| (n.outstanding() as u64 * 1000 / u64::from(n.weight.max(1)), i))
+                .min_by_key(|(score, _)| *score)?;
+            let tied: Vec<usize> = candidates()
+                .filter(|(_, n)| n.outstanding() as u64 * 1000 / u64::from(n.weight.max(1)) == best.0)
+                .map(|(i, _)| i)
+                .collect();
+            tied.get(turn % tied.len().max(1)).copied()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::Ordering;
+
+    fn topo(balance: Balance, weights: &[u32]) -> Topology {
+        let replicas: Vec<String> = (0..weights.len()).map(|i| format!("r{i}:1")).collect();
+        let mut t = Topology::new("p:1", &replicas);
+        for (n, w) in t.nodes[1..].iter_mut().zip(weights) {
+            n.weight = *w;
+        }
+        t.balance = balance;
+        t
+    }
+
+    fn counts(t: &Topology, picks: usize) -> Vec<usize> {
+        let mut c = vec![0; t.nodes.len()];
+        for turn in 0..picks {
+            if let Some(i) = t.pick_replica(turn, &[]) {
+                c[i] += 1;
+            }
+        }
+        c
+    }
+
+    #[test]
+    fn weights_share_reads() {
+        let t = topo(Balance::RoundRobin, &[1, 3]);
+        assert_eq!(counts(&t, 400), vec![0, 100, 300]);
+        let t = topo(Balance::Random, &[2, 2, 0]);
+        // Weight 0 counts as 1: a replica in rotation always gets some reads.
+        assert_eq!(counts(&t, 500), vec![0, 200, 200, 100]);
+    }
+
+    #[test]
+    fn out_of_rotation_paused_and_excluded_get_nothing() {
+        let mut t = topo(Balance::RoundRobin, &[1, 1, 1]);
+        t.nodes[1].in_rotation = false;
+        t.nodes[2].paused = true;
+        assert_eq!(counts(&t, 10), vec![0, 0, 0, 10]);
+        assert_eq!(t.pick_replica(0, &[3]), None);
+    }
+
+    #[test]
+    fn least_outstanding_prefers_the_idle_replica() {
+        let t = topo(Balance::LeastOutstanding, &[1, 1]);
+        t.nodes[1].load.store(5, Ordering::Relaxed);
+        assert_eq!(counts(&t, 10), vec![0, 0, 10]);
+        t.nodes[2].load.store(5, Ordering::Relaxed);
+        assert_eq!(counts(&t, 10), vec![0, 5, 5]);
+        // Weight: twice the capacity, twice the load before it stops being preferred.
+        let mut t = topo(Balance::LeastOutstanding, &[2, 1]);
+        t.nodes[1].weight = 2;
+        t.nodes[1].load.store(3, Ordering::Relaxed);
+        t.nodes[2].load.store(2, Ordering::Relaxed);
+        assert_eq!(counts(&t, 4), vec![0, 4, 0]);
+    }
+}

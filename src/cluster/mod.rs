@@ -1,0 +1,11 @@
+//! The cluster as pgsplit sees it: the servers, their roles, health and replay positions
+//! (`topology`), the probes that observe them (`monitor`), the pure rules that decide which
+//! replicas take reads (`rotation`) and which one a read goes to (`balance`).
+
+pub mod balance;
+pub mod monitor;
+pub mod rotation;
+pub mod sql_pools;
+pub mod topology;
+
+pub use topology::{Cluster, Node, OutReason, Role, Topology};

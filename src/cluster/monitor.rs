@@ -1,0 +1,242 @@
+//! Health and lag probes. One task per server probes every `monitor.interval_ms` through
+//! pgsplit's own SQL pools (apart from client traffic); after each probe the topology is
+//! recomputed (`publish`) with the rotation rules of `rotation.rs`.
+//!
+//! Lag in bytes is the primary's insert position minus the replica's replay position. Lag in
+//! time is the age of the last replayed transaction, but only while the replica has received
+//! WAL it has not replayed yet: a replica that has replayed everything it received has no time
+//! lag however idle the primary is (the age alone would call an idle cluster lagged, and
+//! comparing positions from probes taken at different moments would make it flap). A replica
+//! cut off from the primary shows up in the bytes and in its WAL receiver's status.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::task::JoinHandle;
+
+use super::rotation::{self, Fitness, Limits};
+use super::sql_pools::SqlPools;
+use super::topology::{Cluster, Observation, OutReason, Role};
+use crate::config::{Config, Live};
+use crate::metrics::Metrics;
+use crate::pool::Pools;
+
+#[derive(Debug, Clone, Default)]
+struct Probe {
+    /// At least one probe has completed: until then the node keeps its initial state.
+    done: bool,
+    ok: bool,
+    obs: Observation,
+}
+
+const PROBE_SQL: &str = "SELECT pg_is_in_recovery(), \
+     CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_current_wal_insert_lsn()::text END, \
+     pg_last_wal_receive_lsn()::text, pg_last_wal_replay_lsn()::text, \
+     (extract(epoch FROM now() - pg_last_xact_replay_timestamp()) * 1000)::float8, \
+     CASE WHEN pg_is_in_recovery() THEN pg_is_wal_replay_paused() ELSE false END, \
+     (SELECT status FROM pg_stat_wal_receiver LIMIT 1), \
+     CASE WHEN pg_is_in_recovery() THEN (SELECT received_tli FROM pg_stat_wal_receiver LIMIT 1)::text \
+          ELSE substr(pg_walfile_name(pg_current_wal_insert_lsn()), 1, 8) END";
+
+pub struct Monitor {
+    config: Live,
+    cluster: Arc<Cluster>,
+    pools: Arc<Pools>,
+    metrics: Arc<Metrics>,
+    sql: Arc<SqlPools>,
+    probes: Mutex<Vec<Probe>>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Monitor {
+    pub fn start(
+        config: Live,
+        cluster: Arc<Cluster>,
+        pools: Arc<Pools>,
+        metrics: Arc<Metrics>,
+        sql: Arc<SqlPools>,
+    ) -> Arc<Monitor> {
+        let m = Arc::new(Monitor {
+            config,
+            cluster,
+            pools,
+            metrics,
+            sql,
+            probes: Mutex::new(Vec::new()),
+            tasks: Mutex::new(Vec::new()),
+        });
+        m.ensure_tasks();
+        m
+    }
+
+    /// Starts a probe task for every node that has none (all at start, new ones after a
+    /// reload). Tasks of removed nodes end by themselves.
+    pub fn ensure_tasks(self: &Arc<Self>) {
+        let n = self.cluster.load().nodes.len();
+        let mut tasks = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
+        self.probes.lock().unwrap_or_else(|p| p.into_inner()).resize(n, Probe::default());
+        for node in tasks.len()..n {
+            let me = self.clone();
+            tasks.push(tokio::spawn(async move { me.run(node).await }));
+        }
+    }
+
+    pub fn stop(&self) {
+        for t in self.tasks.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            t.abort();
+        }
+    }
+
+    async fn run(self: Arc<Self>, node: usize) {
+        loop {
+            let (addr, removed) = match self.cluster.load().nodes.get(node) {
+                Some(n) => (n.addr.clone(), n.removed),
+                None => return,
+            };
+            if removed {
+                return;
+            }
+            let config = self.config.load_full();
+            let probe = probe(&self.sql, &config, &addr).await;
+            let before = self.probes.lock().unwrap_or_else(|p| p.into_inner())[node].clone();
+            if (before.ok || !before.done) && !probe.ok {
+                tracing::warn!(
+                    node = %addr,
+                    user = %config.monitor.user,
+                    "health check failed (server down, or [monitor] credentials refused): no reads go there"
+                );
+                self.pools.drop_idle(&addr);
+                self.sql.forget(&addr);
+            } else if !before.ok && before.done && probe.ok {
+                tracing::info!(node = %addr, "health check passed again");
+            }
+            if !probe.ok {
+                self.metrics.monitor_failures.inc();
+            }
+            {
+                let mut all = self.probes.lock().unwrap_or_else(|p| p.into_inner());
+                all[node] = probe;
+                publish(&config, &self.cluster, &self.metrics, &all, Instant::now());
+            }
+            self.cluster.published.notify_waiters();
+            let interval = Duration::from_millis(config.monitor.interval_ms);
+            tokio::select! {
+                _ = tokio::time::sleep(interval) => {}
+                _ = self.cluster.wake.notified() => {}
+            }
+        }
+    }
+}
+
+async fn probe(sql: &SqlPools, config: &Config, addr: &str) -> Probe {
+    let failed = Probe { done: true, ..Probe::default() };
+    let timeout = Duration::from_millis(config.pool.connect_timeout_ms.max(config.monitor.interval_ms));
+    let work = async {
+        let c = sql.get(addr, &config.monitor.database).await?;
+        c.query_one(PROBE_SQL, &[]).await.ok()
+    };
+    let Ok(Some(row)) = tokio::time::timeout(timeout, work).await else {
+        return failed;
+    };
+    let lsn = |i: usize| row.get::<_, Option<String>>(i).as_deref().and_then(parse_lsn).unwrap_or(0);
+    let age: Option<f64> = row.get(4);
+    let timeline: Option<String> = row.get(7);
+    let in_recovery: bool = row.get(0);
+    Probe {
+        done: true,
+        ok: true,
+        obs: Observation {
+            in_recovery,
+            insert_lsn: lsn(1),
+            receive_lsn: lsn(2),
+            replay_lsn: lsn(3),
+            replay_age_ms: age.map(|a| a.max(0.0) as u64),
+            replay_paused: row.get(5),
+            receiver_status: row.get(6),
+            timeline: timeline.and_then(|t| {
+                if in_recovery { t.parse().ok() } else { u32::from_str_radix(&t, 16).ok() }
+            }),
+        },
+    }
+}
+
+/// Parses a textual LSN ("16/B374D848") into a byte position.
+pub fn parse_lsn(s: &str) -> Option<u64> {
+    let (hi, lo) = s.split_once('/')?;
+    Some((u64::from_str_radix(hi, 16).ok()? << 32) | u64::from_str_radix(lo, 16).ok()?)
+}
+
+/// Formats a byte position as PostgreSQL writes an LSN.
+pub fn format_lsn(lsn: u64) -> String {
+    format!("{:X}/{:X}", lsn >> 32, lsn & 0xFFFF_FFFF)
+}
+
+fn publish(config: &Config, cluster: &Cluster, metrics: &Metrics, probes: &[Probe], now: Instant) {
+    let hold = Duration::from_millis(config.routing.lag_hold_ms);
+    cluster.topology.rcu(|t| {
+        let mut t = (**t).clone();
+        t.balance = config.routing.balance;
+        t.on_all_lagging = config.routing.on_all_lagging;
+        let primary = t.primary();
+        let pp = probes.get(primary).cloned().unwrap_or_default();
+        let primary_up = pp.ok && !pp.obs.in_recovery;
+        if primary_up {
+            t.primary_lsn = pp.obs.insert_lsn;
+        }
+        for (i, node) in t.nodes.iter_mut().enumerate() {
+            if let Some(r) = config.servers.replicas.iter().find(|r| r.addr() == &*node.addr) {
+                node.weight = r.weight();
+                (node.max_lag_bytes, node.max_lag_ms) = r.limits(&config.routing);
+            }
+            let Some(p) = probes.get(i).filter(|p| p.done) else { continue };
+            node.healthy = p.ok;
+            node.observed = p.ok.then(|| p.obs.clone());
+            if node.role != Role::Replica {
+                node.in_rotation = p.ok && !node.removed;
+                node.out = if node.in_rotation { None } else { Some(OutReason::Unreachable) };
+                continue;
+            }
+            let behind = (p.ok && primary_up).then(|| pp.obs.insert_lsn.saturating_sub(p.obs.replay_lsn));
+            let replay_pending = p.obs.receive_lsn > p.obs.replay_lsn;
+            node.lag_bytes = behind;
+            node.lag_ms = if behind == Some(0) || !replay_pending { Some(0) } else { p.obs.replay_age_ms };
+            let fitness = Fitness {
+                removed: node.removed,
+                paused: node.paused,
+                healthy: p.ok,
+                in_recovery: p.obs.in_recovery,
+                lag_bytes: node.lag_bytes,
+                lag_ms: node.lag_ms,
+                replay_paused: p.obs.replay_paused,
+                streaming: p.obs.receiver_status.as_deref() == Some("streaming"),
+                primary_healthy: primary_up,
+            };
+            let limits = Limits { max_lag_bytes: node.max_lag_bytes, max_lag_ms: node.max_lag_ms, hold };
+            let prev = rotation::State { in_rotation: node.in_rotation, out: node.out, fit_since: node.fit_since };
+            let next = rotation::step(prev, &fitness, &limits, now);
+            if next.in_rotation != node.in_rotation {
+                match next.out {
+                    Some(r) => tracing::info!(node = %node.addr, reason = r.as_str(), "replica leaves rotation"),
+                    None => tracing::info!(node = %node.addr, "replica back in rotation"),
+                }
+            }
+            (node.in_rotation, node.out, node.fit_since) = (next.in_rotation, next.out, next.fit_since);
+        }
+        t
+    });
+    metrics.publish_nodes(&cluster.load());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lsn_parsing() {
+        assert_eq!(parse_lsn("0/0"), Some(0));
+        assert_eq!(parse_lsn("16/B374D848"), Some((0x16 << 32) | 0xB374D848));
+        assert_eq!(parse_lsn("nope"), None);
+        assert_eq!(format_lsn((0x16 << 32) | 0xB374D848), "16/B374D848");
+        assert_eq!(format_lsn(0), "0/0");
+    }
+}

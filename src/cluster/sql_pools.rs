@@ -1,0 +1,77 @@
+//! pgsplit's own SQL connections (health and lag probes, catalog look-ups; failover later):
+//! one small deadpool-postgres pool per (server, database), with connect and recycle
+//! timeouts, made with the `[monitor]` credentials. Apart from client traffic.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
+use tokio_postgres::NoTls;
+
+use crate::config::Live;
+
+pub struct SqlPools {
+    config: Live,
+    pools: Mutex<HashMap<(String, String), Pool>>,
+}
+
+impl SqlPools {
+    pub fn new(config: Live) -> SqlPools {
+        SqlPools { config, pools: Mutex::new(HashMap::new()) }
+    }
+
+    /// A connection to `addr`'s `database`, or None when none can be had in time.
+    pub async fn get(&self, addr: &str, database: &str) -> Option<Object> {
+        let pool = self.pool(addr, database)?;
+        match pool.get().await {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::debug!(server = addr, database, "monitor connection failed: {e}");
+                None
+            }
+        }
+    }
+
+    fn pool(&self, addr: &str, database: &str) -> Option<Pool> {
+        let key = (addr.to_string(), database.to_string());
+        let mut pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(p) = pools.get(&key) {
+            return Some(p.clone());
+        }
+        let config = self.config.load();
+        let (host, port) = addr.rsplit_once(':')?;
+        let timeout = Duration::from_millis(config.pool.connect_timeout_ms);
+        let mut pg = tokio_postgres::Config::new();
+        pg.host(host)
+            .port(port.parse().ok()?)
+            .user(&config.monitor.user)
+            .dbname(database)
+            .application_name("pgsplit-monitor")
+            .connect_timeout(timeout);
+        if !config.monitor.password.is_empty() {
+            pg.password(&config.monitor.password);
+        }
+        let manager = Manager::from_config(pg, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        let pool = Pool::builder(manager)
+            .max_size(2)
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(timeout))
+            .create_timeout(Some(timeout))
+            .recycle_timeout(Some(timeout))
+            .build()
+            .ok()?;
+        pools.insert(key, pool.clone());
+        Some(pool)
+    }
+
+    /// Forgets every pool (after a reload changed the credentials, or a server went away).
+    pub fn clear(&self) {
+        self.pools.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+
+    /// Forgets the pools of one server (its connections are broken).
+    pub fn forget(&self, addr: &str) {
+        self.pools.lock().unwrap_or_else(|p| p.into_inner()).retain(|(a, _), _| a != addr);
+    }
+}

@@ -1,0 +1,276 @@
+//! The live view of the cluster: which server is the primary, which replicas are healthy, how
+//! far behind they are and whether they take reads (and why not). Written by the monitor (and
+//! by sessions that see a server refuse connections), read lock-free on the hot path through
+//! `ArcSwap`. Node indices are stable for the life of the process: a replica removed by a
+//! reload stays as a `removed` slot, a new one is appended.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+
+use crate::config::{Balance, OnAllLagging};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Primary,
+    Replica,
+}
+
+/// Why a replica takes no reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutReason {
+    /// Refused connections or failed its health check.
+    Unreachable,
+    /// Says it is not in recovery: not a streaming replica of this primary.
+    NotInRecovery,
+    /// Further behind than `max_lag_bytes` or `max_lag_ms`.
+    Lagging,
+    /// Replay paused (pg_wal_replay_pause).
+    ReplayPaused,
+    /// Its WAL receiver is not streaming: it gets no new WAL.
+    ReceiverDown,
+    /// An operator paused it (admin PAUSE).
+    Paused,
+    /// Removed from the configuration by a reload.
+    Removed,
+}
+
+impl OutReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OutReason::Unreachable => "unreachable",
+            OutReason::NotInRecovery => "not in recovery",
+            OutReason::Lagging => "lagging",
+            OutReason::ReplayPaused => "replay paused",
+            OutReason::ReceiverDown => "wal receiver down",
+            OutReason::Paused => "paused by operator",
+            OutReason::Removed => "removed",
+        }
+    }
+
+    pub const ALL: [OutReason; 7] = [
+        OutReason::Unreachable,
+        OutReason::NotInRecovery,
+        OutReason::Lagging,
+        OutReason::ReplayPaused,
+        OutReason::ReceiverDown,
+        OutReason::Paused,
+        OutReason::Removed,
+    ];
+}
+
+/// What the last probe of a server saw.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Observation {
+    pub in_recovery: bool,
+    /// pg_current_wal_insert_lsn() on a primary.
+    pub insert_lsn: u64,
+    /// pg_last_wal_receive_lsn() / pg_last_wal_replay_lsn() on a replica.
+    pub receive_lsn: u64,
+    pub replay_lsn: u64,
+    /// Milliseconds since the last replayed transaction.
+    pub replay_age_ms: Option<u64>,
+    pub replay_paused: bool,
+    /// pg_stat_wal_receiver.status ("streaming", ...); None when there is no receiver.
+    pub receiver_status: Option<String>,
+    /// The timeline the server is on (a primary's current one, a replica's received one).
+    pub timeline: Option<u32>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Node {
+    pub addr: Arc<str>,
+    pub role: Role,
+    /// The last health check (or connection attempt) succeeded.
+    pub healthy: bool,
+    /// The last probe's answers (None until the first probe).
+    pub observed: Option<Observation>,
+    /// WAL bytes between the primary's current position and this replica's replay position.
+    pub lag_bytes: Option<u64>,
+    /// Milliseconds of replay delay; 0 when the replica has replayed everything the primary
+    /// has written, however long ago the last transaction was.
+    pub lag_ms: Option<u64>,
+    /// Healthy and within the lag limits: may take reads.
+    pub in_rotation: bool,
+    /// Why not, when not.
+    pub out: Option<OutReason>,
+    /// Since when the replica has been fit to come back (hysteresis).
+    pub fit_since: Option<Instant>,
+    /// Share of reads relative to the other replicas.
+    pub weight: u32,
+    pub max_lag_bytes: u64,
+    pub max_lag_ms: u64,
+    /// Paused by an operator: no new work.
+    pub paused: bool,
+    /// Gone from the configuration (the slot stays so indices never move).
+    pub removed: bool,
+    /// Client work running there now (for least-outstanding balancing), shared by every
+    /// snapshot of this node.
+    pub load: Arc<AtomicUsize>,
+}
+
+impl Node {
+    pub fn new(addr: &str, role: Role, weight: u32, max_lag_bytes: u64, max_lag_ms: u64) -> Node {
+        Node {
+            addr: addr.into(),
+            role,
+            healthy: true,
+            observed: None,
+            lag_bytes: None,
+            lag_ms: None,
+            in_rotation: true,
+            out: None,
+            fit_since: None,
+            weight,
+            max_lag_bytes,
+            max_lag_ms,
+            paused: false,
+            removed: false,
+            load: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
+    /// The replay position the router may rely on (0 when unknown).
+    pub fn replay_lsn(&self) -> u64 {
+        self.observed.as_ref().map(|o| o.replay_lsn).unwrap_or(0)
+    }
+
+    pub fn outstanding(&self) -> usize {
+        self.load.load(Ordering::Relaxed)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Topology {
+    pub nodes: Vec<Node>,
+    /// How reads are spread over the replicas in rotation.
+    pub balance: Balance,
+    /// What reads do when no replica is in rotation.
+    pub on_all_lagging: OnAllLagging,
+    /// The primary's insert position at its last probe.
+    pub primary_lsn: u64,
+}
+
+impl Topology {
+    /// The configured servers, all healthy until proven otherwise.
+    pub fn from_config(c: &crate::config::Config) -> Topology {
+        let mut t = Topology::new(&c.servers.primary, &[]);
+        for r in &c.servers.replicas {
+            let (bytes, ms) = r.limits(&c.routing);
+            t.nodes.push(Node::new(r.addr(), Role::Replica, r.weight(), bytes, ms));
+        }
+        t.balance = c.routing.balance;
+        t.on_all_lagging = c.routing.on_all_lagging;
+        t
+    }
+
+    /// Node 0 is the primary, the rest replicas, all healthy until proven otherwise (so the
+    /// first queries need not wait for the first health check).
+    pub fn new(primary: &str, replicas: &[String]) -> Topology {
+        let mut nodes = vec![Node::new(primary, Role::Primary, 1, u64::MAX, u64::MAX)];
+        nodes.extend(replicas.iter().map(|r| Node::new(r, Role::Replica, 1, u64::MAX, u64::MAX)));
+        Topology { nodes, balance: Balance::Random, on_all_lagging: OnAllLagging::Primary, primary_lsn: 0 }
+    }
+
+    pub fn primary(&self) -> usize {
+        self.nodes.iter().position(|n| n.role == Role::Primary && !n.removed).unwrap_or(0)
+    }
+
+    /// A replica in rotation, skipping `exclude`, chosen by the balancing policy (`turn` is a
+    /// round-robin counter or a random number).
+    pub fn pick_replica(&self, turn: usize, exclude: &[usize]) -> Option<usize> {
+        super::balance::pick(self, turn, |i, n| n.in_rotation && !exclude.contains(&i))
+    }
+
+    /// The index of the node at `addr`.
+    pub fn find(&self, addr: &str) -> Option<usize> {
+        self.nodes.iter().position(|n| &*n.addr == addr && !n.removed)
+    }
+}
+
+/// The shared handle.
+pub struct Cluster {
+    pub topology: ArcSwap<Topology>,
+    /// Round-robin position.
+    pub turn: AtomicUsize,
+    /// Wakes the probes at once (a read waiting for a replica to catch up).
+    pub wake: tokio::sync::Notify,
+    /// Signalled after each probe's topology is published.
+    pub published: tokio::sync::Notify,
+}
+
+impl Cluster {
+    pub fn new(t: Topology) -> Arc<Cluster> {
+        Arc::new(Cluster {
+            topology: ArcSwap::from_pointee(t),
+            turn: AtomicUsize::new(0),
+            wake: tokio::sync::Notify::new(),
+            published: tokio::sync::Notify::new(),
+        })
+    }
+
+    pub fn load(&self) -> arc_swap::Guard<Arc<Topology>> {
+        self.topology.load()
+    }
+
+    /// The next turn for balancing: a counter for round robin, a random number otherwise.
+    pub fn next_turn(&self, balance: Balance) -> usize {
+        match balance {
+            Balance::RoundRobin => self.turn.fetch_add(1, Ordering::Relaxed),
+            _ => rand::random::<u32>() as usize,
+        }
+    }
+
+    /// A session could not reach a server: take it out of rotation until the monitor sees it
+    /// healthy again (and for the hold-down after that).
+    pub fn mark_unreachable(&self, node: usize) {
+        self.topology.rcu(|t| {
+            let mut t = (**t).clone();
+            if let Some(n) = t.nodes.get_mut(node) {
+                n.healthy = false;
+                n.in_rotation = false;
+                n.out = Some(OutReason::Unreachable);
+                n.fit_since = None;
+            }
+            t
+        });
+    }
+
+    /// Operator pause / resume of a server by address. False when there is no such server.
+    pub fn set_paused(&self, addr: &str, paused: bool) -> bool {
+        let mut found = false;
+        self.topology.rcu(|t| {
+            let mut t = (**t).clone();
+            found = false;
+            if let Some(i) = t.find(addr) {
+                found = true;
+                let n = &mut t.nodes[i];
+                n.paused = paused;
+                if paused && n.role == Role::Replica {
+                    n.in_rotation = false;
+                    n.out = Some(OutReason::Paused);
+                }
+            }
+            t
+        });
+        found
+    }
+}
+
+/// Counts a unit of client work on a node while it lives.
+pub struct LoadGuard(Arc<AtomicUsize>);
+
+impl LoadGuard {
+    pub fn new(load: &Arc<AtomicUsize>) -> LoadGuard {
+        load.fetch_add(1, Ordering::Relaxed);
+        LoadGuard(load.clone())
+    }
+}
+
+impl Drop for LoadGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,221 @@
+//! Prometheus metrics (the `prometheus` crate) and the /metrics endpoint. Names under
+//! `pgsplit_`, base units (seconds, bytes), labels `server`, `role`, `reason`.
+
+use std::sync::Arc;
+
+use prometheus::{
+    Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+use crate::cluster::topology::{OutReason, Role, Topology};
+
+pub struct Metrics {
+    pub registry: Registry,
+    /// Units of work routed, by server, destination role and reason class.
+    pub routed: IntCounterVec,
+    pub client_connections: IntGauge,
+    /// Open server connections per server.
+    pub server_connections: IntGaugeVec,
+    pub pool_connections: IntGaugeVec,
+    pub pool_waiting: IntGaugeVec,
+    pub checkout_timeouts: IntCounter,
+    pub checkout_wait: HistogramVec,
+    pub query_duration: HistogramVec,
+    pub server_queries: IntCounterVec,
+    pub server_query_seconds: prometheus::CounterVec,
+    pub server_bytes: IntCounterVec,
+    pub server_errors: IntCounter,
+    pub client_protocol_errors: IntCounter,
+    /// Errors relayed to clients, by SQLSTATE class.
+    pub errors: IntCounterVec,
+    pub server_up: IntGaugeVec,
+    pub server_in_rotation: IntGaugeVec,
+    pub server_out: IntGaugeVec,
+    pub replica_lag_bytes: IntGaugeVec,
+    pub replica_lag_seconds: GaugeVec,
+    pub primary_lsn: Gauge,
+    pub monitor_failures: IntCounter,
+    pub reloads: IntCounterVec,
+}
+
+/// Latency buckets, in seconds: 50 µs to 10 s.
+const BUCKETS: &[f64] = &[0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0];
+
+impl Metrics {
+    pub fn new() -> Arc<Metrics> {
+        let registry = Registry::new_custom(Some("pgsplit".into()), None).unwrap_or_default();
+        macro_rules! reg {
+            ($m:expr) => {{
+                let m = $m.unwrap_or_else(|e| panic!("metric definition: {e}"));
+                let _ = registry.register(Box::new(m.clone()));
+                m
+            }};
+        }
+        let server = &["server"];
+        let gauge = |name: &str, help: &str, labels: &[&str]| reg!(IntGaugeVec::new(Opts::new(name, help), labels));
+        let histogram = |name: &str, help: &str| {
+            reg!(HistogramVec::new(HistogramOpts::new(name, help).buckets(BUCKETS.to_vec()), &["role"]))
+        };
+        Arc::new(Metrics {
+            routed: reg!(IntCounterVec::new(
+                Opts::new(
+                    "routed_total",
+                    "Queries and extended-protocol batches routed, by server, role (primary, replica, held) and reason"
+                ),
+                &["server", "role", "reason"]
+            )),
+            client_connections: reg!(IntGauge::new("client_connections", "Connected clients")),
+            server_connections: gauge("server_connections", "Open server connections (client pools)", server),
+            pool_connections: gauge(
+                "pool_connections",
+                "Client-pool server connections by state (active: checked out, idle)",
+                &["server", "state"],
+            ),
+            pool_waiting: gauge("pool_waiting_clients", "Clients waiting for a server connection", server),
+            checkout_timeouts: reg!(IntCounter::new(
+                "pool_checkout_timeouts_total",
+                "Clients that waited longer than pool.checkout_timeout_ms for a server connection"
+            )),
+            checkout_wait: histogram("pool_checkout_wait_seconds", "Time to get a server connection, by role"),
+            query_duration: histogram("query_duration_seconds", "Time from sending a request to its ReadyForQuery, by role"),
+            server_queries: reg!(IntCounterVec::new(
+                Opts::new("server_queries_total", "Requests (queries, batches) run, by server"),
+                server
+            )),
+            server_query_seconds: reg!(prometheus::CounterVec::new(
+                Opts::new("server_query_seconds_total", "Time spent in requests, by server"),
+                server
+            )),
+            server_bytes: reg!(IntCounterVec::new(
+                Opts::new("server_bytes_total", "Bytes relayed from each server to clients"),
+                server
+            )),
+            server_errors: reg!(IntCounter::new(
+                "server_failures_total",
+                "Server connections lost or refused while serving a client"
+            )),
+            client_protocol_errors: reg!(IntCounter::new(
+                "client_protocol_errors_total",
+                "Clients disconnected for malformed messages"
+            )),
+            errors: reg!(IntCounterVec::new(
+                Opts::new("errors_total", "Errors sent to clients, by SQLSTATE class (first two characters)"),
+                &["class"]
+            )),
+            server_up: gauge("server_up", "1 when the server's last health check passed", server),
+            server_in_rotation: gauge("server_in_rotation", "1 when the server takes reads", server),
+            server_out: gauge(
+                "server_out_of_rotation",
+                "1 for the reason a replica takes no reads (lagging, replay paused, ...)",
+                &["server", "reason"],
+            ),
+            replica_lag_bytes: gauge("replica_lag_bytes", "WAL bytes the replica has still to replay", server),
+            replica_lag_seconds: reg!(GaugeVec::new(
+                Opts::new("replica_lag_seconds", "Replay delay of the replica (0 when it has replayed all it received)"),
+                server
+            )),
+            primary_lsn: reg!(Gauge::new("primary_wal_insert_lsn_bytes", "The primary's WAL insert position")),
+            monitor_failures: reg!(IntCounter::new("monitor_poll_failures_total", "Health and lag probes that failed")),
+            reloads: reg!(IntCounterVec::new(
+                Opts::new("config_reloads_total", "Configuration reloads, by result (ok, failed)"),
+                &["result"]
+            )),
+            registry,
+        })
+    }
+
+    /// Per-server gauges from a topology snapshot.
+    pub fn publish_nodes(&self, t: &Topology) {
+        self.primary_lsn.set(t.primary_lsn as f64);
+        for node in t.nodes.iter().filter(|n| !n.removed) {
+            let server = [&*node.addr];
+            self.server_up.with_label_values(&server).set(node.healthy as i64);
+            self.server_in_rotation.with_label_values(&server).set(node.in_rotation as i64);
+            if node.role == Role::Replica {
+                self.replica_lag_bytes.with_label_values(&server).set(node.lag_bytes.unwrap_or(0) as i64);
+                self.replica_lag_seconds.with_label_values(&server).set(node.lag_ms.unwrap_or(0) as f64 / 1000.0);
+                for r in OutReason::ALL {
+                    let on = node.out == Some(r) && !node.in_rotation;
+                    self.server_out.with_label_values(&[&*node.addr, r.as_str()]).set(on as i64);
+                }
+            }
+        }
+    }
+
+    /// Counts an error sent to a client.
+    pub fn error_sent(&self, sqlstate: &str) {
+        let class = sqlstate.get(..2).unwrap_or("XX");
+        self.errors.with_label_values(&[class]).inc();
+    }
+
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+/// The reason class of a routing decision, for the `reason` label: write, lock, function,
+/// transaction, session_pin, hint, causal, lag_fallback, parse_error, no_replica, read,
+/// session.
+pub fn reason_class(reason: &str) -> &'static str {
+    match reason {
+        "read" | "read (checked word by word)" | "COPY TO" | "read-only transaction" => "read",
+        "session command" | "transaction-level SET" | "transaction control" | "cursor command"
+        | "transaction-local set_config" | "empty query" => "session",
+        "locking clause" => "lock",
+        "inside a transaction" | "transaction" | "two-phase commit" | "serializable isolation" => "transaction",
+        crate::sql::session_cmd::STANDBY_REFUSES => "transaction",
+        "session pinned to the primary" => "session_pin",
+        "pgsplit:primary hint" | "pgsplit:replica hint" | "pgsplit.route = primary" => "hint",
+        crate::router::CAUSAL => "causal",
+        crate::router::LAG_FALLBACK => "lag_fallback",
+        "does not parse" | "too long to parse" | "not a single statement" => "parse_error",
+        "no replica in rotation" | "no replica reachable" | crate::router::NO_REPLICA_ERROR => "no_replica",
+        "function or view not known to be read-only" | "set_config that cannot be replayed" => "function",
+        r if crate::sql::functions::is_function_reason(r) => "function",
+        _ => "write",
+    }
+}
+
+/// Serves `GET /metrics` (any path, really) as Prometheus text. Deliberately minimal: one
+/// request per connection, no keep-alive. `refresh` updates gauges computed at scrape time.
+pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, refresh: Arc<dyn Fn() + Send + Sync>) {
+    loop {
+        let Ok((mut sock, _)) = listener.accept().await else {
+            continue;
+        };
+        let (metrics, refresh) = (metrics.clone(), refresh.clone());
+        tokio::spawn(async move {
+            let mut req = [0u8; 4096];
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), sock.read(&mut req)).await;
+            refresh();
+            let body = metrics.render();
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = sock.write_all(head.as_bytes()).await;
+            let _ = sock.write_all(body.as_bytes()).await;
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reasons_fall_into_classes() {
+        assert_eq!(reason_class("write or utility statement"), "write");
+        assert_eq!(reason_class("sequence function"), "function");
+        assert_eq!(reason_class("session advisory lock"), "function");
+        assert_eq!(reason_class("locking clause"), "lock");
+        assert_eq!(reason_class("does not parse"), "parse_error");
+        assert_eq!(reason_class("no replica in rotation"), "no_replica");
+        assert_eq!(reason_class("read"), "read");
+    }
+}

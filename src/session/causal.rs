@@ -1,0 +1,129 @@
+//! Read-your-writes for one client.
+//!
+//! PostgreSQL 15 does not report a commit's LSN. The insert position read by a query that
+//! starts after the commit completed is an upper bound on it: pgsplit sends
+//! `SELECT pg_current_wal_insert_lsn()` on the same primary connection right behind a request
+//! that commits a write (pipelined: no extra round trip, only that query's execution), holds
+//! the client's ReadyForQuery until the answer is in, then sends the client the ParameterStatus
+//! `pgsplit.last_write_lsn` and its ReadyForQuery. Until a replica has replayed that far, the
+//! client's reads go to the primary (or wait for a replica, `routing.causal_wait_ms`).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::Bytes;
+
+use crate::config::ReadYourWrites;
+
+/// The query whose answer bounds the commit's position.
+pub const PROBE_SQL: &str = "SELECT pg_catalog.pg_current_wal_insert_lsn()::text";
+
+/// The ParameterStatus that reports a client's last write.
+pub const LAST_WRITE_LSN: &str = "pgsplit.last_write_lsn";
+
+#[derive(Debug, Default)]
+pub struct Causal {
+    /// The bound of this client's last committed write.
+    pub floor: u64,
+    /// `SET pgsplit.min_lsn`.
+    pub explicit: u64,
+    /// `SET pgsplit.max_lag`.
+    pub max_lag_ms: Option<u64>,
+    /// A probe in flight.
+    pub probe: Option<Probe>,
+}
+
+/// A commit-position probe sent behind a client's request.
+#[derive(Debug, Default)]
+pub struct Probe {
+    /// The client's own ReadyForQuery, held until the probe answers.
+    pub client_ready: Option<Bytes>,
+    /// The client's request committed (no error, no ROLLBACK).
+    pub committed: bool,
+    pub lsn: Option<u64>,
+}
+
+impl Causal {
+    /// How far a replica must have replayed to take this client's next read.
+    pub fn min_lsn(&self, mode: ReadYourWrites, global: &AtomicU64, statement: Option<u64>) -> u64 {
+        let implicit = match mode {
+            ReadYourWrites::Off => 0,
+            ReadYourWrites::Session => self.floor,
+            ReadYourWrites::Global => self.floor.max(global.load(Ordering::Relaxed)),
+        };
+        implicit.max(self.explicit).max(statement.unwrap_or(0))
+    }
+
+    /// A probe answered: the floor rises (global too in that mode).
+    pub fn wrote(&mut self, lsn: u64, global: &AtomicU64) {
+        self.floor = self.floor.max(lsn);
+        global.fetch_max(lsn, Ordering::Relaxed);
+    }
+
+    /// The probe failed (the primary connection broke): nothing is known of the commit's
+    /// position, so reads go to the primary until a later write is measured.
+    pub fn unknown(&mut self) {
+        self.floor = u64::MAX;
+    }
+
+    /// Whether a request sent to the primary needs a probe behind it: it ends a transaction
+    /// that may have written (an autocommit write, a string that commits, a COMMIT), and
+    /// does not leave one open (the probe would run inside it).
+    pub fn wanted(mode: ReadYourWrites, in_transaction: bool, writes: bool, opens: bool, commits: bool) -> bool {
+        mode != ReadYourWrites::Off && if in_transaction { commits } else { writes && (!opens || commits) }
+    }
+}
+
+/// The text value of a one-column DataRow.
+pub fn data_row_text(body: &[u8]) -> Option<&str> {
+    let n = i16::from_be_bytes([*body.first()?, *body.get(1)?]);
+    if n != 1 {
+        return None;
+    }
+    let len = i32::from_be_bytes(body.get(2..6)?.try_into().ok()?);
+    let len = usize::try_from(len).ok()?;
+    std::str::from_utf8(body.get(6..6 + len)?).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn floors_by_mode() {
+        let global = AtomicU64::new(0);
+        let mut a = Causal::default();
+        let b = Causal::default();
+        a.wrote(500, &global);
+        assert_eq!(a.min_lsn(ReadYourWrites::Session, &global, None), 500);
+        assert_eq!(b.min_lsn(ReadYourWrites::Session, &global, None), 0);
+        assert_eq!(b.min_lsn(ReadYourWrites::Global, &global, None), 500);
+        assert_eq!(a.min_lsn(ReadYourWrites::Off, &global, None), 0);
+        assert_eq!(b.min_lsn(ReadYourWrites::Off, &global, Some(7)), 7);
+        let mut c = Causal { explicit: 900, ..Causal::default() };
+        assert_eq!(c.min_lsn(ReadYourWrites::Off, &global, None), 900);
+        c.unknown();
+        assert_eq!(c.min_lsn(ReadYourWrites::Session, &global, None), u64::MAX);
+    }
+
+    #[test]
+    fn when_to_probe() {
+        use ReadYourWrites::*;
+        // (mode, in transaction, writes, opens, commits)
+        assert!(Causal::wanted(Session, false, true, false, false), "autocommit write");
+        assert!(Causal::wanted(Session, false, true, true, true), "BEGIN; ...; COMMIT in one string");
+        assert!(!Causal::wanted(Session, false, true, true, false), "BEGIN left open");
+        assert!(!Causal::wanted(Session, false, false, false, false), "a read");
+        assert!(Causal::wanted(Global, true, false, false, true), "COMMIT");
+        assert!(!Causal::wanted(Session, true, true, false, false), "a write inside a transaction");
+        assert!(!Causal::wanted(Off, false, true, false, false));
+    }
+
+    #[test]
+    fn data_rows() {
+        let mut b = vec![0, 1, 0, 0, 0, 9];
+        b.extend_from_slice(b"0/16B3748");
+        assert_eq!(data_row_text(&b), Some("0/16B3748"));
+        assert_eq!(data_row_text(&[0, 1, 255, 255, 255, 255]), None);
+        assert_eq!(data_row_text(&[0]), None);
+    }
+}

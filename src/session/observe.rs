@@ -1,0 +1,130 @@
+//! What a session counts for the metrics and the admin console: routing decisions by server,
+//! role and reason, request durations, bytes relayed, and its own row in SHOW CLIENTS. Label
+//! look-ups hash and lock, so each session keeps the handles it has used.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Instant;
+
+use prometheus::{Counter, Histogram, IntCounter};
+
+use crate::metrics::{Metrics, reason_class};
+
+/// One client as the admin console shows it. The session writes it, the console reads it.
+#[derive(Debug)]
+pub struct ClientSlot {
+    pub id: u64,
+    pub user: String,
+    pub database: String,
+    pub addr: String,
+    pub connected: std::time::SystemTime,
+    /// The node of the server connection it holds (usize::MAX: none).
+    pub server: AtomicUsize,
+    /// 'I', 'T', 'E' as the last ReadyForQuery said.
+    pub tx_status: AtomicUsize,
+    pub requests: AtomicU64,
+}
+
+impl ClientSlot {
+    pub fn new(id: u64, user: &str, database: &str, addr: &str) -> ClientSlot {
+        ClientSlot {
+            id,
+            user: user.into(),
+            database: database.into(),
+            addr: addr.into(),
+            connected: std::time::SystemTime::now(),
+            server: AtomicUsize::new(usize::MAX),
+            tx_status: AtomicUsize::new(b'I' as usize),
+            requests: AtomicU64::new(0),
+        }
+    }
+}
+
+struct ServerCounters {
+    queries: IntCounter,
+    seconds: Counter,
+    bytes: IntCounter,
+}
+
+#[derive(Default)]
+pub(super) struct Observe {
+    routed: Vec<(&'static str, &'static str, usize, IntCounter)>,
+    servers: Vec<Option<ServerCounters>>,
+    durations: [Option<Histogram>; 2],
+    /// The request in flight: when it was sent, to which node, on a replica or not.
+    started: Option<(Instant, usize, bool)>,
+    bytes: u64,
+    pub slot: Option<Arc<ClientSlot>>,
+}
+
+impl Observe {
+    /// Counts a routing decision.
+    pub fn route(&mut self, metrics: &Metrics, server: &str, node: usize, role: &'static str, reason: &'static str) {
+        if let Some((_, _, _, c)) = self.routed.iter().find(|(r, why, n, _)| *r == role && *why == reason && *n == node) {
+            c.inc();
+            return;
+        }
+        let c = metrics.routed.with_label_values(&[server, role, reason_class(reason)]);
+        c.inc();
+        self.routed.push((role, reason, node, c));
+    }
+
+    /// A request was sent to `node`.
+    pub fn sent(&mut self, node: usize, replica: bool) {
+        if self.started.is_none() {
+            self.started = Some((Instant::now(), node, replica));
+        }
+        if let Some(s) = &self.slot {
+            s.requests.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub fn relayed(&mut self, bytes: usize) {
+        self.bytes += bytes as u64;
+    }
+
+    /// The request's ReadyForQuery came back.
+    pub fn done(&mut self, metrics: &Metrics, server: impl FnOnce(usize) -> Option<Arc<str>>) {
+        let Some((t0, node, replica)) = self.started.take() else { return };
+        let secs = t0.elapsed().as_secs_f64();
+        let h = self.durations[replica as usize].get_or_insert_with(|| {
+            metrics.query_duration.with_label_values(&[if replica { "replica" } else { "primary" }])
+        });
+        h.observe(secs);
+        if self.servers.len() <= node {
+            self.servers.resize_with(node + 1, || None);
+        }
+        if self.servers[node].is_none() {
+            let Some(addr) = server(node) else { return };
+            let label = [&*addr];
+            self.servers[node] = Some(ServerCounters {
+                queries: metrics.server_queries.with_label_values(&label),
+                seconds: metrics.server_query_seconds.with_label_values(&label),
+                bytes: metrics.server_bytes.with_label_values(&label),
+            });
+        }
+        if let Some(c) = &self.servers[node] {
+            c.queries.inc();
+            c.seconds.inc_by(secs);
+            c.bytes.inc_by(std::mem::take(&mut self.bytes));
+        }
+    }
+
+    /// The request will never complete (its connection broke).
+    pub fn abandoned(&mut self) {
+        self.started = None;
+        self.bytes = 0;
+    }
+
+    pub fn attached(&self, node: Option<usize>) {
+        if let Some(s) = &self.slot {
+            s.server.store(node.unwrap_or(usize::MAX), Ordering::Relaxed);
+        }
+    }
+
+    pub fn status(&self, status: u8) {
+        if let Some(s) = &self.slot {
+            s.tx_status.store(status as usize, Ordering::Relaxed);
+        }
+    }
+}
