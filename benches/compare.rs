@@ -6,8 +6,8 @@
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use pgsplit::localcluster::{LocalCluster, free_port};
 use pgsplit::config::Config;
+use pgsplit::localcluster::{LocalCluster, free_port};
 use pgsplit::proxy::Proxy;
 
 fn main() {

@@ -124,7 +124,10 @@ impl Catalog {
                     "catalog look-up connection failed (check [monitor] credentials): \
                      statements that need a look-up go to the primary"
                 );
-                self.refused.lock().unwrap_or_else(|p| p.into_inner()).insert(key, Instant::now() + Duration::from_secs(2));
+                self.refused
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(key, Instant::now() + Duration::from_secs(2));
                 continue;
             };
             match tokio::time::timeout(Duration::from_secs(2), Self::query(&client, l)).await {

@@ -40,9 +40,9 @@ enum Cmd {
 fn main() {
     let cli = Cli::parse();
     // The log filter: RUST_LOG, else the config's log_level (reloadable), else info.
-    let initial = std::env::var("RUST_LOG").ok().or_else(|| {
-        cli.config.as_ref().and_then(|p| Config::load(p).ok()).map(|c| c.log_level)
-    });
+    let initial = std::env::var("RUST_LOG")
+        .ok()
+        .or_else(|| cli.config.as_ref().and_then(|p| Config::load(p).ok()).map(|c| c.log_level));
     let filter = tracing_subscriber::EnvFilter::try_new(initial.as_deref().unwrap_or("info"))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
@@ -132,7 +132,7 @@ async fn run(cli: Cli, set_level: pgsplit::proxy::LogLevelSetter) -> Result<(), 
             config.admin.users.push("postgres".into());
         }
         if config.metrics_listen.is_empty() {
-            config.metrics_listen = "127.0.0.1:9930".into();
+            config.metrics_listen = "127.0.0.1:0".into();
         }
         c.psql(0, "CREATE TABLE IF NOT EXISTS demo (id serial PRIMARY KEY, note text); INSERT INTO demo (note) VALUES ('hello from the primary');")?;
         cluster = Some(c);

@@ -59,7 +59,11 @@ impl Proxy {
     }
 
     /// As `start`, with where a reload re-reads the configuration and how it sets the log level.
-    pub async fn start_with(config: Config, source: Source, log_level: Option<LogLevelSetter>) -> Result<Proxy, String> {
+    pub async fn start_with(
+        config: Config,
+        source: Source,
+        log_level: Option<LogLevelSetter>,
+    ) -> Result<Proxy, String> {
         config.validate().map_err(|e| e.to_string())?;
         let live = crate::config::live(config.clone());
         let metrics = Metrics::new();

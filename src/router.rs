@@ -106,7 +106,8 @@ pub fn route(
     // Session commands (SET, SHOW) run anywhere: freshness does not matter to them.
     let fresh = |n: &Node| {
         target == Target::Any
-            || (n.replay_lsn() >= session.min_lsn && session.max_lag_ms.is_none_or(|m| n.lag_ms.is_some_and(|l| l <= m)))
+            || (n.replay_lsn() >= session.min_lsn
+                && session.max_lag_ms.is_none_or(|m| n.lag_ms.is_some_and(|l| l <= m)))
     };
     if let Some(node) = balance::pick(topology, turn, |i, n| n.in_rotation && !exclude.contains(&i) && fresh(n)) {
         return Decision::Replica { node, reason };
@@ -219,11 +220,8 @@ mod tests {
     }
 
     fn observed(t: &mut Topology, node: usize, replay_lsn: u64, lag_bytes: u64) {
-        t.nodes[node].observed = Some(crate::cluster::topology::Observation {
-            in_recovery: true,
-            replay_lsn,
-            ..Default::default()
-        });
+        t.nodes[node].observed =
+            Some(crate::cluster::topology::Observation { in_recovery: true, replay_lsn, ..Default::default() });
         t.nodes[node].lag_bytes = Some(lag_bytes);
         t.nodes[node].lag_ms = Some(lag_bytes / 10);
     }
@@ -263,7 +261,10 @@ mod tests {
         let a = Analysis::of("SELECT 1", 1 << 20);
         let s = SessionView::default();
         t.on_all_lagging = OnAllLagging::Primary;
-        assert_eq!(route(a.target, a.reason, None, s, &t, 0, &[]), Decision::Primary { node: 0, reason: "no replica in rotation" });
+        assert_eq!(
+            route(a.target, a.reason, None, s, &t, 0, &[]),
+            Decision::Primary { node: 0, reason: "no replica in rotation" }
+        );
         t.on_all_lagging = OnAllLagging::LeastLagged;
         assert_eq!(route(a.target, a.reason, None, s, &t, 0, &[]), Decision::Replica { node: 2, reason: LAG_FALLBACK });
         // ... but never one without the client's last write.

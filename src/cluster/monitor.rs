@@ -153,9 +153,11 @@ async fn probe(sql: &SqlPools, config: &Config, addr: &str) -> Probe {
             replay_age_ms: age.map(|a| a.max(0.0) as u64),
             replay_paused: row.get(5),
             receiver_status: row.get(6),
-            timeline: timeline.and_then(|t| {
-                if in_recovery { t.parse().ok() } else { u32::from_str_radix(&t, 16).ok() }
-            }),
+            timeline: timeline.and_then(
+                |t| {
+                    if in_recovery { t.parse().ok() } else { u32::from_str_radix(&t, 16).ok() }
+                },
+            ),
         },
     }
 }

@@ -20,9 +20,15 @@ pub const DATABASE: &str = "pgsplit";
 /// What a command answers.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Answer {
-    Rows { columns: Vec<&'static str>, rows: Vec<Vec<Option<String>>> },
+    Rows {
+        columns: Vec<&'static str>,
+        rows: Vec<Vec<Option<String>>>,
+    },
     /// A command tag, with a notice to show first.
-    Done { tag: String, notice: Option<String> },
+    Done {
+        tag: String,
+        notice: Option<String>,
+    },
 }
 
 /// A refused command: SQLSTATE and message.
@@ -77,7 +83,11 @@ pub fn execute(shared: &Shared, sql: &str) -> Result<Answer, Refusal> {
         // The server argument keeps its case and may be quoted.
         let raw = sql.trim().trim_end_matches(';').split_whitespace().nth(1).unwrap_or("");
         let a = raw.trim_matches(|c| c == '\'' || c == '"');
-        if a.is_empty() { Err(refuse("42601", "which server? (HOST:PORT as SHOW SERVERS lists it)")) } else { Ok(a.to_string()) }
+        if a.is_empty() {
+            Err(refuse("42601", "which server? (HOST:PORT as SHOW SERVERS lists it)"))
+        } else {
+            Ok(a.to_string())
+        }
     };
     match words.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
         ["show", "servers"] => Ok(servers(shared)),
@@ -196,7 +206,17 @@ fn pools(shared: &Shared) -> Answer {
         .pools
         .stats()
         .into_iter()
-        .map(|p| vec![text(p.addr), text(p.user), text(p.database), text(p.size), text(p.active), text(p.idle), text(p.waiting)])
+        .map(|p| {
+            vec![
+                text(p.addr),
+                text(p.user),
+                text(p.database),
+                text(p.size),
+                text(p.active),
+                text(p.idle),
+                text(p.waiting),
+            ]
+        })
         .collect();
     Answer::Rows { columns: vec!["server", "user", "database", "size", "active", "idle", "waiting"], rows }
 }

@@ -42,7 +42,8 @@ pub struct Metrics {
 }
 
 /// Latency buckets, in seconds: 50 µs to 10 s.
-const BUCKETS: &[f64] = &[0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0];
+const BUCKETS: &[f64] =
+    &[0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0];
 
 impl Metrics {
     pub fn new() -> Arc<Metrics> {
@@ -59,7 +60,7 @@ impl Metrics {
         let histogram = |name: &str, help: &str| {
             reg!(HistogramVec::new(HistogramOpts::new(name, help).buckets(BUCKETS.to_vec()), &["role"]))
         };
-        Arc::new(Metrics {
+        let m = Arc::new(Metrics {
             routed: reg!(IntCounterVec::new(
                 Opts::new(
                     "routed_total",
@@ -80,7 +81,10 @@ impl Metrics {
                 "Clients that waited longer than pool.checkout_timeout_ms for a server connection"
             )),
             checkout_wait: histogram("pool_checkout_wait_seconds", "Time to get a server connection, by role"),
-            query_duration: histogram("query_duration_seconds", "Time from sending a request to its ReadyForQuery, by role"),
+            query_duration: histogram(
+                "query_duration_seconds",
+                "Time from sending a request to its ReadyForQuery, by role",
+            ),
             server_queries: reg!(IntCounterVec::new(
                 Opts::new("server_queries_total", "Requests (queries, batches) run, by server"),
                 server
@@ -114,7 +118,10 @@ impl Metrics {
             ),
             replica_lag_bytes: gauge("replica_lag_bytes", "WAL bytes the replica has still to replay", server),
             replica_lag_seconds: reg!(GaugeVec::new(
-                Opts::new("replica_lag_seconds", "Replay delay of the replica (0 when it has replayed all it received)"),
+                Opts::new(
+                    "replica_lag_seconds",
+                    "Replay delay of the replica (0 when it has replayed all it received)"
+                ),
                 server
             )),
             primary_lsn: reg!(Gauge::new("primary_wal_insert_lsn_bytes", "The primary's WAL insert position")),
@@ -124,7 +131,48 @@ impl Metrics {
                 &["result"]
             )),
             registry,
-        })
+        });
+        // Series that exist from the start, so dashboards and alerts see zeros, not gaps.
+        for result in ["ok", "failed"] {
+            m.reloads.with_label_values(&[result]);
+        }
+        m
+    }
+
+    /// The names of every metric pgsplit exports (also those with no sample yet).
+    pub fn names(&self) -> Vec<String> {
+        use prometheus::core::Collector;
+        let collectors: [&dyn Collector; 24] = [
+            &self.routed,
+            &self.client_connections,
+            &self.server_connections,
+            &self.pool_connections,
+            &self.pool_waiting,
+            &self.checkout_timeouts,
+            &self.checkout_wait,
+            &self.query_duration,
+            &self.server_queries,
+            &self.server_query_seconds,
+            &self.server_bytes,
+            &self.server_errors,
+            &self.client_protocol_errors,
+            &self.errors,
+            &self.server_up,
+            &self.server_in_rotation,
+            &self.server_out,
+            &self.replica_lag_bytes,
+            &self.replica_lag_seconds,
+            &self.primary_lsn,
+            &self.monitor_failures,
+            &self.reloads,
+            &self.query_duration,
+            &self.checkout_wait,
+        ];
+        let mut names: Vec<String> =
+            collectors.iter().flat_map(|c| c.desc().into_iter().map(|d| d.fq_name.clone())).collect();
+        names.sort();
+        names.dedup();
+        names.into_iter().map(|n| format!("pgsplit_{n}")).collect()
     }
 
     /// Per-server gauges from a topology snapshot.
@@ -164,8 +212,12 @@ impl Metrics {
 pub fn reason_class(reason: &str) -> &'static str {
     match reason {
         "read" | "read (checked word by word)" | "COPY TO" | "read-only transaction" => "read",
-        "session command" | "transaction-level SET" | "transaction control" | "cursor command"
-        | "transaction-local set_config" | "empty query" => "session",
+        "session command"
+        | "transaction-level SET"
+        | "transaction control"
+        | "cursor command"
+        | "transaction-local set_config"
+        | "empty query" => "session",
         "locking clause" => "lock",
         "inside a transaction" | "transaction" | "two-phase commit" | "serializable isolation" => "transaction",
         crate::sql::session_cmd::STANDBY_REFUSES => "transaction",

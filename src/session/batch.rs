@@ -6,16 +6,16 @@ use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use super::extended::{self, Prepared};
 use super::causal::Causal;
+use super::extended::{self, Prepared};
 use super::{End, Expect, Retry, RetryWork, Session};
+use crate::cluster::Role;
 use crate::protocol::{self, Frame, ProtocolError, message, put_cstr};
 use crate::router::Decision;
 use crate::sql::cache::Analysis;
 use crate::sql::session_cmd::STANDBY_REFUSES;
 use crate::sql::set_config::{self, Resolved};
 use crate::sql::{Effect, Target};
-use crate::cluster::Role;
 
 /// What checking the statements a batch needs on its connection found.
 pub(super) enum Checked {
@@ -52,6 +52,7 @@ pub(super) struct Batch {
     /// Some statement commits / opens a transaction (for the commit probe).
     commits: bool,
     opens: bool,
+    copies_in: bool,
 }
 
 impl Default for Batch {
@@ -65,6 +66,7 @@ impl Default for Batch {
             min_lsn: None,
             commits: false,
             opens: false,
+            copies_in: false,
         }
     }
 }
@@ -89,6 +91,7 @@ impl Batch {
         self.min_lsn = self.min_lsn.max(a.min_lsn);
         self.commits |= a.commits;
         self.opens |= a.opens;
+        self.copies_in |= a.statements.iter().any(|c| c.reason == "COPY FROM");
         if a.statements.iter().any(|c| !c.lookups.is_empty()) && !self.lookups.iter().any(|x| Arc::ptr_eq(x, a)) {
             self.lookups.push(a.clone());
         }
@@ -289,7 +292,12 @@ impl Session {
                     batch.opens,
                     batch.commits,
                 );
-            if probe {
+            let copies_in = batch.copies_in;
+            if probe && copies_in {
+                // COPY in the extended protocol: the probe cannot follow it; until a later
+                // write is measured this client's reads go to the primary.
+                self.causal.unknown();
+            } else if probe {
                 self.queue_commit_probe(&mut buf);
             }
         } else {

@@ -30,6 +30,8 @@ pub struct Causal {
     pub max_lag_ms: Option<u64>,
     /// A probe in flight.
     pub probe: Option<Probe>,
+    /// A COPY FROM that commits is running: the probe goes behind the client's CopyDone.
+    pub after_copy: bool,
 }
 
 /// A commit-position probe sent behind a client's request.

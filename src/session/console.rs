@@ -11,10 +11,8 @@ use crate::protocol::{self, ProtocolError, message, put_cstr};
 impl Session {
     pub(super) async fn console(&mut self) -> Result<(), End> {
         if !self.shared.config.load().is_admin(&self.user) {
-            let msg = format!(
-                "user \"{}\" may not use the pgsplit admin console (list it in [admin] users)",
-                self.user
-            );
+            let msg =
+                format!("user \"{}\" may not use the pgsplit admin console (list it in [admin] users)", self.user);
             self.out.extend_from_slice(&protocol::fatal("42501", &msg));
             return Err(End::Fatal(msg));
         }

@@ -60,7 +60,8 @@ pub(super) struct Observe {
 impl Observe {
     /// Counts a routing decision.
     pub fn route(&mut self, metrics: &Metrics, server: &str, node: usize, role: &'static str, reason: &'static str) {
-        if let Some((_, _, _, c)) = self.routed.iter().find(|(r, why, n, _)| *r == role && *why == reason && *n == node) {
+        if let Some((_, _, _, c)) = self.routed.iter().find(|(r, why, n, _)| *r == role && *why == reason && *n == node)
+        {
             c.inc();
             return;
         }

@@ -3,12 +3,12 @@
 
 use bytes::Bytes;
 
+use super::causal;
 use super::extended::Statements;
 use super::state::PendingEffects;
 use super::{End, Expect, HIDDEN_PARAMETERS, Session};
-use crate::protocol::{self, Frame, ProtocolError};
-use super::causal;
 use crate::cluster::monitor::{format_lsn, parse_lsn};
+use crate::protocol::{self, Frame, ProtocolError};
 use crate::sql::{Effect, Own};
 
 impl Session {
@@ -35,6 +35,10 @@ impl Session {
                 let cluster = &self.shared.cluster;
                 self.observe.done(&self.shared.metrics, |n| cluster.load().nodes.get(n).map(|n| n.addr.clone()));
                 self.observe.status(status);
+                if !self.copy_in {
+                    // A COPY that never started (or ended): nothing to follow.
+                    self.causal.after_copy = false;
+                }
                 if let Some(p) = self.causal.probe.as_mut() {
                     // The commit-position probe follows: the client's ReadyForQuery waits for it.
                     p.client_ready = Some(f.bytes);
@@ -136,12 +140,7 @@ impl Session {
     }
 
     fn release_if_idle(&mut self) {
-        if self.tx_status == b'I'
-            && self.outstanding == 0
-            && !self.batch_open
-            && self.pin.is_none()
-            && !self.copy_in
-        {
+        if self.tx_status == b'I' && self.outstanding == 0 && !self.batch_open && self.pin.is_none() && !self.copy_in {
             self.release_server();
         }
     }

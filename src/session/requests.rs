@@ -1,11 +1,11 @@
 //! Client to server: dispatching client messages; simple queries.
 
+use super::causal::Causal;
 use super::placement::AttachError;
 use super::{End, Session};
 use crate::protocol::{self, Frame, ProtocolError};
 use crate::router::Decision;
 use crate::sql::session_cmd::{READ_ONLY_TRANSACTION, STANDBY_REFUSES};
-use super::causal::Causal;
 use crate::sql::{Effect, Own, Target};
 
 impl Session {
@@ -23,6 +23,11 @@ impl Session {
                 if self.copy_in {
                     if f.tag() != b'd' {
                         self.copy_in = false;
+                        if std::mem::take(&mut self.causal.after_copy) {
+                            let mut buf = bytes::BytesMut::from(&f.bytes[..]);
+                            self.queue_commit_probe(&mut buf);
+                            return self.send_server(&buf).await;
+                        }
                     }
                     self.send_server(&f.bytes).await?;
                 }
@@ -123,7 +128,10 @@ impl Session {
         s.conn.unnamed = None;
         let (node, replica) = (s.conn.node, matches!(decision, Decision::Replica { .. }));
         self.observe.sent(node, replica);
-        if probe {
+        if probe && analysis.statements.iter().any(|c| c.reason == "COPY FROM") {
+            // The server will be in COPY: the probe follows the client's CopyDone instead.
+            self.causal.after_copy = true;
+        } else if probe {
             let mut buf = bytes::BytesMut::with_capacity(f.bytes.len() + 64);
             buf.extend_from_slice(&f.bytes);
             self.queue_commit_probe(&mut buf);

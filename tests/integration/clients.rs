@@ -12,6 +12,9 @@ fn root() -> PathBuf {
 }
 
 async fn run_client(env: &Env, program: &str, args: &[&str], extra_env: &[(&str, String)]) -> R {
+    // Every client checks that reads use both replicas: they must both be in rotation (a test
+    // before may have restarted a server, and replicas come back after their hold-down).
+    env.wait_rotation(&env.proxy, &env.replica_ports()).await?;
     let exe = root().join(program);
     let exe = if exe.exists() { exe } else { PathBuf::from(program) };
     let replicas: Vec<String> = env.replica_ports().iter().map(|p| p.to_string()).collect();
@@ -48,6 +51,29 @@ async fn python(env: &Env, script: &str) -> R {
     // The catalog look-ups and settings replay must have settled the replicas first.
     env.caught_up().await?;
     run_client(env, python, &[&format!("tests/clients/python/{script}")], &[]).await
+}
+
+/// The web-request-to-worker hand-off with the reported commit position, replicas replaying
+/// late (tests/clients/python/test_handoff.py).
+pub async fn read_your_writes_handoff(env: &Env) -> R {
+    let proxy = env.proxy_with(|c| c.routing.read_your_writes = pgsplit::config::ReadYourWrites::Session).await?;
+    let cluster = &env.cluster;
+    let delay = |d: &str| {
+        let sql = format!("ALTER SYSTEM SET recovery_min_apply_delay = '{d}'");
+        tokio::task::block_in_place(|| -> Result<(), String> {
+            for i in 1..cluster.nodes.len() {
+                cluster.psql(i, &sql)?;
+                cluster.psql(i, "SELECT pg_reload_conf()")?;
+            }
+            Ok(())
+        })
+    };
+    delay("300ms")?;
+    let python = "target/clients/venv/bin/python";
+    let port = proxy.addr.port().to_string();
+    let result = run_client(env, python, &["tests/clients/python/test_handoff.py"], &[("PGSPLIT_PORT", port)]).await;
+    delay("0")?;
+    result
 }
 
 pub async fn psycopg3(env: &Env) -> R {

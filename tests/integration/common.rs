@@ -4,8 +4,8 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
-use pgsplit::localcluster::LocalCluster;
 use pgsplit::config::Config;
+use pgsplit::localcluster::LocalCluster;
 use pgsplit::proxy::Proxy;
 use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
 
@@ -15,7 +15,7 @@ pub type TestFn = for<'a> fn(&'a Env) -> Pin<Box<dyn Future<Output = R> + 'a>>;
 #[macro_export]
 macro_rules! check {
     ($cond:expr, $($fmt:tt)+) => {
-        if !$cond {
+        if let false = $cond {
             return Err(format!($($fmt)+).into());
         }
     };

@@ -203,7 +203,11 @@ pub async fn metrics_endpoint_reports_routing_and_lag(env: &Env) -> R {
     check!(routed(&["reason=\"write\"", &primary]) >= 1.0, "write not counted under its server");
     check!(body.contains("pgsplit_replica_lag_bytes{server="), "no lag gauge");
     check!(body.contains("pgsplit_replica_lag_seconds{server="), "no lag gauge in seconds");
-    check!(value("pgsplit_server_in_rotation", &[]) >= 3.0, "servers in rotation: {}", value("pgsplit_server_in_rotation", &[]));
+    check!(
+        value("pgsplit_server_in_rotation", &[]) >= 3.0,
+        "servers in rotation: {}",
+        value("pgsplit_server_in_rotation", &[])
+    );
     check!(value("pgsplit_query_duration_seconds_count", &["role=\"replica\""]) >= 5.0, "no query durations");
     check!(value("pgsplit_client_connections", &[]) >= 1.0, "client connections not counted");
     proxy.stop();
@@ -343,7 +347,8 @@ pub async fn reads_on_a_dying_connection_run_again_elsewhere(env: &Env) -> R {
     let (fwd, task) =
         killing_forwarder(env.cluster.nodes[1].addr(), b"retry-probe", armed.clone(), kills.clone()).await?;
     let replica2 = env.cluster.nodes[2].addr();
-    let proxy = env.proxy_with(|c| c.servers.replicas = vec![format!("127.0.0.1:{fwd}").into(), replica2.into()]).await?;
+    let proxy =
+        env.proxy_with(|c| c.servers.replicas = vec![format!("127.0.0.1:{fwd}").into(), replica2.into()]).await?;
     let c = connect(&env.conn_string(proxy.addr.port())).await?;
     for extended in [false, true] {
         let before = kills.load(Ordering::SeqCst);

@@ -11,8 +11,11 @@ mod corners;
 mod corpus;
 mod differential;
 mod failures;
+mod lag;
+mod ops;
 mod protocol;
 mod routing;
+mod ryw;
 mod session;
 mod standby;
 mod tools;
@@ -79,6 +82,15 @@ fn main() {
         failures::lagging_replica_leaves_rotation,
         failures::replay_delay_in_time_leaves_rotation_but_idleness_does_not,
         failures::reads_on_a_dying_connection_run_again_elsewhere,
+        lag::a_stalled_replica_leaves_at_once_and_returns_after_the_hold,
+        lag::when_every_replica_is_out,
+        lag::weights_share_the_reads,
+        ryw::reads_see_their_own_writes_in_every_mode,
+        ryw::min_lsn_carries_the_floor_between_connections,
+        ops::admin_console,
+        ops::reload_under_load,
+        ops::prometheus_scrapes_the_series,
+        ops::grafana_dashboard_is_valid,
         failures::replica_down_reads_go_elsewhere,
         failures::primary_down_reads_go_on_writes_fail_fast,
         corners::portals_with_row_limits_in_transactions,
@@ -88,6 +100,7 @@ fn main() {
         corners::notify_reaches_a_listening_session,
         corners::savepoints_and_errors_in_transactions,
         differential::results_match_the_primary_byte_for_byte,
+        clients::read_your_writes_handoff,
         clients::psycopg3,
         clients::psycopg2,
         clients::asyncpg,

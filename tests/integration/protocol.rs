@@ -229,8 +229,8 @@ pub async fn malformed_message_gets_08p01(env: &Env) -> R {
 }
 
 pub async fn md5_and_scram_authentication(env: &Env) -> R {
-    use pgsplit::localcluster::{MD5_USER, SCRAM_USER};
     use pgsplit::config::{AuthMethod, UserConfig};
+    use pgsplit::localcluster::{MD5_USER, SCRAM_USER};
     for method in [AuthMethod::Md5, AuthMethod::ScramSha256] {
         let proxy = env
             .proxy_with(|c| {

@@ -1,0 +1,153 @@
+//! Read-your-writes: after a client's write commits, its reads go only to replicas that have
+//! replayed it, with one replica's replay artificially delayed; in session mode for the
+//! writer, in global mode for everyone; and across connections with the reported position.
+
+use std::time::Instant;
+
+use crate::check;
+use crate::common::{Env, R, connect};
+use pgsplit::config::ReadYourWrites;
+
+/// Delays replay on replica `i` (1-based node index) by `delay` ('0' to stop).
+async fn apply_delay(env: &Env, i: usize, delay: &str) -> R {
+    let cluster = &env.cluster;
+    tokio::task::block_in_place(|| -> Result<(), String> {
+        cluster.psql(i, &format!("ALTER SYSTEM SET recovery_min_apply_delay = '{delay}'"))?;
+        cluster.psql(i, "SELECT pg_reload_conf()")?;
+        Ok(())
+    })?;
+    Ok(())
+}
+
+struct Outcome {
+    misses: usize,
+    on_replicas: usize,
+    reads: usize,
+    secs: f64,
+}
+
+/// `n` iterations of: write a row through `writer`, read it back at once through `reader`.
+async fn write_then_read(
+    writer: &tokio_postgres::Client,
+    reader: &tokio_postgres::Client,
+    env: &Env,
+    table: &str,
+    n: usize,
+) -> Result<Outcome, Box<dyn std::error::Error + Send + Sync>> {
+    writer.batch_execute(&format!("DROP TABLE IF EXISTS {table}; CREATE TABLE {table} (id int PRIMARY KEY)")).await?;
+    env.caught_up().await?;
+    let insert = format!("INSERT INTO {table} (id) VALUES ($1)");
+    let select = format!("SELECT inet_server_port() FROM {table} WHERE id = $1");
+    let replicas = env.replica_ports();
+    let t0 = Instant::now();
+    let mut out = Outcome { misses: 0, on_replicas: 0, reads: n, secs: 0.0 };
+    for i in 0..n as i32 {
+        writer.execute(&insert, &[&i]).await?;
+        match reader.query_opt(&select, &[&i]).await? {
+            None => out.misses += 1,
+            Some(row) => {
+                if replicas.contains(&row.get::<_, i32>(0)) {
+                    out.on_replicas += 1;
+                }
+            }
+        }
+    }
+    out.secs = t0.elapsed().as_secs_f64();
+    Ok(out)
+}
+
+fn report(what: &str, o: &Outcome) {
+    println!(
+        "    {what}: {} reads, {} misses, {:.1}% on replicas, {:.0} iterations/s",
+        o.reads,
+        o.misses,
+        100.0 * o.on_replicas as f64 / o.reads as f64,
+        o.reads as f64 / o.secs
+    );
+}
+
+pub async fn reads_see_their_own_writes_in_every_mode(env: &Env) -> R {
+    // One replica replays 50 ms late: without read-your-writes, reads there miss rows.
+    apply_delay(env, 2, "50ms").await?;
+    let result = async {
+        let session = env.proxy_with(|c| c.routing.read_your_writes = ReadYourWrites::Session).await?;
+        let c = connect(&env.conn_string(session.addr.port())).await?;
+        let o = write_then_read(&c, &c, env, "ryw_session", 10_000).await?;
+        report("session mode", &o);
+        check!(o.misses == 0, "session mode: {} of {} reads missed their own write", o.misses, o.reads);
+
+        // Global: the write and the read on different connections (an app whose pool hands
+        // them to different connections).
+        let global = env.proxy_with(|c| c.routing.read_your_writes = ReadYourWrites::Global).await?;
+        let w = connect(&env.conn_string(global.addr.port())).await?;
+        let r = connect(&env.conn_string(global.addr.port())).await?;
+        let o = write_then_read(&w, &r, env, "ryw_global", 10_000).await?;
+        report("global mode, another connection reads", &o);
+        check!(o.misses == 0, "global mode: {} of {} reads missed another client's write", o.misses, o.reads);
+
+        // With the replicas caught up and a short wait allowed, reads stay on the replicas.
+        apply_delay(env, 2, "0").await?;
+        let waiting = env
+            .proxy_with(|c| {
+                c.routing.read_your_writes = ReadYourWrites::Session;
+                c.routing.causal_wait_ms = 20;
+            })
+            .await?;
+        env.wait_rotation(&waiting, &env.replica_ports()).await?;
+        let c = connect(&env.conn_string(waiting.addr.port())).await?;
+        let o = write_then_read(&c, &c, env, "ryw_wait", 2_000).await?;
+        report("session mode, causal_wait_ms = 20, caught-up replicas", &o);
+        check!(o.misses == 0, "causal wait: {} misses", o.misses);
+        check!(o.on_replicas * 2 > o.reads, "with caught-up replicas and causal_wait most reads should use them");
+
+        // Off, for comparison: reads may miss (printed, not asserted: timing decides).
+        let off = env.proxy_with(|c| c.routing.read_your_writes = ReadYourWrites::Off).await?;
+        apply_delay(env, 2, "50ms").await?;
+        let c = connect(&env.conn_string(off.addr.port())).await?;
+        let o = write_then_read(&c, &c, env, "ryw_off", 1_000).await?;
+        report("off (for comparison)", &o);
+        Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
+    }
+    .await;
+    apply_delay(env, 2, "0").await?;
+    result
+}
+
+pub async fn min_lsn_carries_the_floor_between_connections(env: &Env) -> R {
+    // Both replicas replay a second late but stay in rotation. A connection that did not
+    // write has no floor of its own: with the writer's position set explicitly (SET or the
+    // comment) its reads must see the row; read_your_writes is off to show the explicit floor
+    // alone does it.
+    let proxy = env.proxy_with(|c| c.routing.read_your_writes = ReadYourWrites::Off).await?;
+    let c = connect(&env.conn_string(proxy.addr.port())).await?;
+    c.batch_execute("DROP TABLE IF EXISTS ryw_lsn; CREATE TABLE ryw_lsn (id int)").await?;
+    env.caught_up().await?;
+    apply_delay(env, 1, "1s").await?;
+    apply_delay(env, 2, "1s").await?;
+    let result = async {
+        env.wait_rotation(&proxy, &env.replica_ports()).await?;
+        let mut misses_without = 0;
+        for i in 0..5 {
+            c.execute("INSERT INTO ryw_lsn VALUES ($1)", &[&i]).await?;
+            let after: String = c.query_one("SELECT pg_current_wal_insert_lsn()::text", &[]).await?.get(0);
+            let plain = connect(&env.conn_string(proxy.addr.port())).await?;
+            let n: i64 = plain.query_one("SELECT count(*) FROM ryw_lsn WHERE id = $1", &[&i]).await?.get(0);
+            misses_without += (n == 0) as usize;
+            let other = connect(&env.conn_string(proxy.addr.port())).await?;
+            other.batch_execute(&format!("SET pgsplit.min_lsn = '{after}'")).await?;
+            let shown = crate::common::simple_value(&other, "SHOW pgsplit.min_lsn").await?;
+            check!(shown.eq_ignore_ascii_case(&after), "SHOW pgsplit.min_lsn = {shown}, set {after}");
+            let n: i64 = other.query_one("SELECT count(*) FROM ryw_lsn WHERE id = $1", &[&i]).await?.get(0);
+            check!(n == 1, "a read with pgsplit.min_lsn {after} missed row {i}");
+            let q = format!("/* pgsplit:min_lsn={after} */ SELECT count(*) FROM ryw_lsn WHERE id = {i}");
+            let n = crate::common::simple_value(&plain, &q).await?;
+            check!(n == "1", "a read with the min_lsn comment missed row {i}");
+        }
+        println!("    without a floor, {misses_without} of 5 reads on another connection missed the row");
+        Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
+    }
+    .await;
+    apply_delay(env, 1, "0").await?;
+    apply_delay(env, 2, "0").await?;
+    result
+}
