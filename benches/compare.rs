@@ -33,10 +33,15 @@ fn main() {
     only_primary.pool.size = 16;
     let mut split = only_primary.clone();
     split.servers.replicas = cluster.replica_addrs().into_iter().map(Into::into).collect();
-    let (proxy_primary, proxy_split) = rt.block_on(async {
+    // The cost of read-your-writes (the commit-position probe behind each write): the same
+    // split without it.
+    let mut split_off = split.clone();
+    split_off.routing.read_your_writes = pgsplit::config::ReadYourWrites::Off;
+    let (proxy_primary, proxy_split, proxy_split_off) = rt.block_on(async {
         (
             Proxy::start(only_primary).await.unwrap_or_else(|e| panic!("{e}")),
             Proxy::start(split).await.unwrap_or_else(|e| panic!("{e}")),
+            Proxy::start(split_off).await.unwrap_or_else(|e| panic!("{e}")),
         )
     });
     let bouncer = start_pgbouncer(&cluster);
@@ -47,6 +52,7 @@ fn main() {
     }
     targets.push(("pgsplit -> primary only", proxy_primary.addr.port()));
     targets.push(("pgsplit -> primary + 2 replicas", proxy_split.addr.port()));
+    targets.push(("pgsplit -> split, read_your_writes off", proxy_split_off.addr.port()));
 
     println!("pgbench, {clients} clients, {seconds}s per run, 2-core machine shared by servers, proxy and pgbench");
     for (workload, extra) in [
@@ -61,11 +67,11 @@ fn main() {
             args.extend(extra.iter().copied());
             match pgbench(*port, &args) {
                 Ok((tps, lat)) => {
-                    println!("{name:<34} {tps:>10.0} tps  {lat:>7.3} ms avg latency");
+                    println!("{name:<40} {tps:>10.0} tps  {lat:>7.3} ms avg latency");
                     results.push((*name, Some(tps)));
                 }
                 Err(why) => {
-                    println!("{name:<34}     failed: {why}");
+                    println!("{name:<40}     failed: {why}");
                     results.push((*name, None));
                 }
             }
@@ -74,7 +80,7 @@ fn main() {
         let (direct, bouncer) = (tps_of("direct"), tps_of("pgbouncer"));
         for (name, tps) in results.iter().filter(|(n, _)| n.starts_with("pgsplit")) {
             let Some(tps) = tps else { continue };
-            print!("{name:<34}");
+            print!("{name:<40}");
             if let Some(d) = direct {
                 print!(" {:>6.2}x direct", tps / d);
             }

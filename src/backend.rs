@@ -191,12 +191,28 @@ impl ServerConn {
     /// Runs a simple query to completion, discarding its results. Returns the first
     /// ErrorResponse, if any. ParameterStatus messages are recorded.
     pub async fn run_silently(&mut self, sql: &str) -> Result<Option<Frame>, ProtocolError> {
-        self.send(&protocol::simple_query(sql)).await?;
+        self.run_silently_each(&[sql]).await
+    }
+
+    /// Runs simple queries one after another, each in its own implicit transaction, sent in
+    /// one write (no round trip between them). Returns the first ErrorResponse, if any.
+    pub async fn run_silently_each(&mut self, sqls: &[&str]) -> Result<Option<Frame>, ProtocolError> {
+        let mut buf = bytes::BytesMut::new();
+        for sql in sqls {
+            buf.extend_from_slice(&protocol::simple_query(sql));
+        }
+        self.send(&buf).await?;
         let mut error = None;
+        let mut pending = sqls.len();
         loop {
             let f = self.reader.next().await?;
             match f.tag() {
-                b'Z' => return Ok(error),
+                b'Z' => {
+                    pending -= 1;
+                    if pending == 0 {
+                        return Ok(error);
+                    }
+                }
                 b'E' if error.is_none() => error = Some(f),
                 b'S' => self.note_parameter(&f),
                 _ => {}

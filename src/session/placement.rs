@@ -192,7 +192,9 @@ impl Session {
             }
         };
         if co.conn.settings != self.settings.hash() {
-            match co.conn.run_silently(&self.settings.replay_sql()).await {
+            let (reset, settings) = self.settings.replay_sql();
+            let replay = if settings.is_empty() { vec![reset] } else { vec![reset, settings.as_str()] };
+            match co.conn.run_silently_each(&replay).await {
                 Ok(None) => {
                     co.conn.settings = self.settings.hash();
                     co.conn.identity_changed |= self.settings.changes_identity();

@@ -35,14 +35,20 @@ impl Settings {
         self.current.iter().any(|(n, _)| n == "role" || n == "session_authorization")
     }
 
-    /// The statement that brings a server connection to these settings.
-    pub fn replay_sql(&self) -> String {
-        let mut sql = String::from("RESET ALL");
+    /// The statements that bring a server connection to these settings: `RESET ALL`, then the
+    /// settings. Two queries, run one after the other: the settings must not run in the
+    /// implicit transaction RESET ALL ran in, which started with the connection's previous
+    /// defaults (a SERIALIZABLE default left on a standby connection would make a replayed
+    /// `SELECT set_config(...)` fail there).
+    pub fn replay_sql(&self) -> (&'static str, String) {
+        let mut sql = String::new();
         for (_, stmt) in &self.current {
-            sql.push_str("; ");
+            if !sql.is_empty() {
+                sql.push_str("; ");
+            }
             sql.push_str(stmt);
         }
-        sql
+        ("RESET ALL", sql)
     }
 
     /// The session's transactions default to SERIALIZABLE, which a standby refuses to run.
@@ -179,7 +185,7 @@ mod tests {
         assert_ne!(h0, 0);
         s.apply(&set("search_path", "a"));
         s.apply(&set("search_path", "b"));
-        assert_eq!(s.replay_sql(), "RESET ALL; SET \"application_name\" TO 'app'; SET search_path = b");
+        assert_eq!(s.replay_sql(), ("RESET ALL", "SET \"application_name\" TO 'app'; SET search_path = b".to_string()));
         s.apply(&Effect::Reset { name: "search_path".into() });
         assert_eq!(s.hash(), h0);
         s.apply(&set("x.y", "1"));

@@ -48,7 +48,8 @@ pub async fn a_stalled_replica_leaves_at_once_and_returns_after_the_hold(env: &E
         let out = proxy.shared.cluster.load().nodes[1].out;
         println!("    replay paused: out of rotation after {} ms ({:?})", left.as_millis(), out);
         check!(out == Some(OutReason::ReplayPaused), "reason {out:?}");
-        check!(left <= Duration::from_millis(2 * interval + 150), "left after {left:?}, more than two polls");
+        // Two polls, and slack for a loaded machine (the figure is printed above).
+        check!(left <= Duration::from_millis(2 * interval + 500), "left after {left:?}, more than two polls");
         // Reads avoid it meanwhile.
         let c = connect(&env.conn_string(proxy.addr.port())).await?;
         for _ in 0..10 {

@@ -89,6 +89,7 @@ fn main() {
         ryw::min_lsn_carries_the_floor_between_connections,
         ops::admin_console,
         ops::reload_under_load,
+        ops::reload_removes_and_adds_replicas,
         ops::prometheus_scrapes_the_series,
         ops::grafana_dashboard_is_valid,
         failures::replica_down_reads_go_elsewhere,

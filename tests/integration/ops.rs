@@ -409,3 +409,50 @@ pub async fn grafana_dashboard_is_valid(env: &Env) -> R {
     }
     Ok(())
 }
+
+/// A reload that removes a replica and adds it back: reads stop going there at once, clients
+/// in flight keep their connections, and the new entry takes reads once probed fit.
+pub async fn reload_removes_and_adds_replicas(env: &Env) -> R {
+    let proxy = env.proxy_with(|_| {}).await?;
+    env.wait_rotation(&proxy, &env.replica_ports()).await?;
+    let c = connect(&env.conn_string(proxy.addr.port())).await?;
+    c.batch_execute("BEGIN").await?;
+    let mut config = (*proxy.shared.config.load_full()).clone();
+    let r1 = env.cluster.nodes[1].addr();
+    config.servers.replicas.retain(|r| r.addr() != r1);
+    let msg = pgsplit::ops::reload::apply(&proxy.shared, config.clone())?;
+    check!(msg.contains("replicas removed"), "{msg}");
+    for _ in 0..10 {
+        let p = port_of(&c, "SELECT inet_server_port()").await?;
+        check!(p == env.primary_port(), "inside the transaction opened before the reload: {p}");
+    }
+    c.batch_execute("COMMIT").await?;
+    for _ in 0..10 {
+        let p = port_of(&c, "SELECT inet_server_port()").await?;
+        check!(p == env.replica_ports()[1], "a read went to {p} after its replica was removed");
+    }
+    config.servers.replicas.push(r1.clone().into());
+    let msg = pgsplit::ops::reload::apply(&proxy.shared, config)?;
+    check!(msg.contains("replicas added"), "{msg}");
+    let t0 = Instant::now();
+    loop {
+        let t = proxy.shared.cluster.load();
+        if t.nodes.iter().any(|n| *n.addr == *r1 && !n.removed && n.in_rotation) {
+            break;
+        }
+        check!(t0.elapsed() < Duration::from_secs(15), "the re-added replica never took reads: {:?}", t.nodes);
+        drop(t);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..30 {
+        seen.insert(port_of(&c, "SELECT inet_server_port()").await?);
+    }
+    check!(seen.len() == 2 && !seen.contains(&env.primary_port()), "reads after re-adding ran on {seen:?}");
+    // A reload that changes the primary is refused.
+    let mut bad = (*proxy.shared.config.load_full()).clone();
+    bad.servers.primary = "127.0.0.1:1".into();
+    check!(pgsplit::ops::reload::apply(&proxy.shared, bad).is_err(), "a reload moved the primary");
+    proxy.stop();
+    Ok(())
+}

@@ -121,6 +121,19 @@ pub async fn serializable_sessions_read_on_the_primary(env: &Env) -> R {
         let p = port_of(&c, "SELECT inet_server_port()").await?;
         check!(env.replica_ports().contains(&p), "after {reset}: read ran on {p}");
     }
+    // A connection left SERIALIZABLE by default on a standby (the SET ran there) and reused for
+    // a session whose settings include a set_config: the replay must not fail.
+    for _ in 0..5 {
+        c.batch_execute("SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL SERIALIZABLE").await?;
+        c.batch_execute("SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL READ COMMITTED").await?;
+        c.batch_execute("SELECT set_config('TimeZone', 'UTC', false)").await?;
+        for _ in 0..6 {
+            let p = port_of(&c, "SELECT inet_server_port()")
+                .await
+                .map_err(|e| format!("replay after serializable: {e}"))?;
+            check!(env.replica_ports().contains(&p), "read committed again, a read ran on {p}");
+        }
+    }
     // From the startup packet.
     let conn =
         format!("{} options='-c default_transaction_isolation=serializable'", env.conn_string(env.proxy.addr.port()));
