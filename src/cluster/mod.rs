@@ -3,6 +3,7 @@
 //! replicas take reads (`rotation`) and which one a read goes to (`balance`).
 
 pub mod balance;
+pub mod failover;
 pub mod monitor;
 pub mod rotation;
 pub mod sql_pools;
