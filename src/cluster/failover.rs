@@ -193,10 +193,11 @@ pub fn step(state: &State, check: &Check, policy: &Policy) -> (State, Vec<Action
     // 3. Someone else promoted a replica.
     let others: Vec<usize> =
         (0..check.nodes.len()).filter(|&i| i != state.primary && !state.fenced.contains(&i) && writable(i)).collect();
-    if !check.primary_ok && !matches!(state.phase, Phase::Promoting(_)) {
-        if let [adopt] = others.as_slice() {
-            return new_primary(s, *adopt, check, actions, "adopted (promoted outside pgsplit)");
-        }
+    if !check.primary_ok
+        && !matches!(state.phase, Phase::Promoting(_))
+        && let [adopt] = others.as_slice()
+    {
+        return new_primary(s, *adopt, check, actions, "adopted (promoted outside pgsplit)");
     }
     // 4. Healthy.
     if check.primary_ok {
