@@ -91,6 +91,16 @@ pub struct ReplicaSettings {
     /// Overrides of routing.max_lag_bytes / routing.max_lag_ms for this replica.
     pub max_lag_bytes: Option<u64>,
     pub max_lag_ms: Option<u64>,
+    /// Breaks ties between equally advanced failover candidates (higher first).
+    #[serde(default)]
+    pub priority: i32,
+    /// false: never promoted automatically.
+    #[serde(default = "yes")]
+    pub promotable: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 fn one() -> u32 {
@@ -116,6 +126,14 @@ impl ReplicaEntry {
             ReplicaEntry::Settings(s) => s.weight,
         }
     }
+    /// (priority, promotable) for failover.
+    pub fn failover(&self) -> (i32, bool) {
+        match self {
+            ReplicaEntry::Addr(_) => (0, true),
+            ReplicaEntry::Settings(s) => (s.priority, s.promotable),
+        }
+    }
+
     /// (max_lag_bytes, max_lag_ms) for this replica.
     pub fn limits(&self, r: &RoutingConfig) -> (u64, u64) {
         match self {
@@ -141,9 +159,59 @@ pub struct Config {
     pub routing: RoutingConfig,
     pub monitor: MonitorConfig,
     pub admin: AdminConfig,
+    pub failover: FailoverConfig,
     /// tracing filter (`info`, `debug`, `pgsplit=debug,warn`...); RUST_LOG overrides it at start.
     pub log_level: String,
     pub users: Vec<UserConfig>,
+}
+
+/// Automatic failover.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FailoverConfig {
+    /// "auto": promote by itself; "manual": detect, report and wait for the admin PROMOTE.
+    pub mode: FailoverMode,
+    /// How often the primary is health-checked (a kept and a fresh connection).
+    pub health_interval_ms: u64,
+    /// A health check that takes longer than this failed.
+    pub check_timeout_ms: u64,
+    /// The primary is dead after failing its checks for this long.
+    pub failover_after_ms: u64,
+    /// Writes outside a transaction wait this long for a new primary before they fail.
+    pub failover_wait_ms: u64,
+    /// Refuse an automatic promotion that would lose more WAL than this.
+    pub max_failover_lag_bytes: u64,
+    /// Where the topology (primary, epoch, fenced servers) is kept across restarts; empty: not
+    /// kept (a restart believes the config file again).
+    pub state_dir: String,
+    /// Make a fenced old primary that comes back read-only and end its client sessions.
+    pub fence_old_primary: bool,
+    /// Run after a failover with the old and the new primary (HOST:PORT) as arguments.
+    pub on_failover_command: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum FailoverMode {
+    #[default]
+    Auto,
+    Manual,
+}
+
+impl Default for FailoverConfig {
+    fn default() -> Self {
+        FailoverConfig {
+            mode: FailoverMode::Auto,
+            health_interval_ms: 500,
+            check_timeout_ms: 1000,
+            failover_after_ms: 3000,
+            failover_wait_ms: 10_000,
+            max_failover_lag_bytes: 1024 * 1024,
+            state_dir: String::new(),
+            fence_old_primary: true,
+            on_failover_command: String::new(),
+        }
+    }
 }
 
 /// The admin console: the virtual database `pgsplit`.
@@ -232,6 +300,7 @@ impl Default for Config {
             routing: RoutingConfig::default(),
             monitor: MonitorConfig::default(),
             admin: AdminConfig::default(),
+            failover: FailoverConfig::default(),
             log_level: "info".into(),
             users: Vec::new(),
         }

@@ -42,6 +42,10 @@ pub struct Shared {
     pub clients: Clients,
     pub source: Source,
     pub log_level: Option<LogLevelSetter>,
+    /// The failover state (for the console and the metrics), written by the failover loop.
+    pub failover: std::sync::Mutex<crate::cluster::failover::State>,
+    /// Wakes the failover loop for an immediate check.
+    pub failover_wake: tokio::sync::Notify,
 }
 
 /// A running proxy.
@@ -67,7 +71,12 @@ impl Proxy {
         config.validate().map_err(|e| e.to_string())?;
         let live = crate::config::live(config.clone());
         let metrics = Metrics::new();
-        let cluster = Cluster::new(Topology::from_config(&config));
+        let mut topology = Topology::from_config(&config);
+        if let Some(saved) = crate::cluster::state_file::load_from(&config.failover.state_dir) {
+            crate::cluster::state_file::apply(&saved, &mut topology);
+        }
+        let first_primary = topology.primary();
+        let cluster = Cluster::new(topology);
         let pools = Pools::new(live.clone(), metrics.clone());
         let sql = Arc::new(SqlPools::new(live.clone()));
         let monitor = Monitor::start(live.clone(), cluster.clone(), pools.clone(), metrics.clone(), sql.clone());
@@ -85,11 +94,13 @@ impl Proxy {
             clients: Clients::default(),
             source,
             log_level,
+            failover: std::sync::Mutex::new(crate::cluster::failover::State::new(first_primary)),
+            failover_wake: tokio::sync::Notify::new(),
         });
         let listener =
             TcpListener::bind(&config.listen).await.map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
-        let mut tasks = Vec::new();
+        let mut tasks = vec![tokio::spawn(crate::cluster::failover_io::run(shared.clone()))];
         let mut metrics_addr = None;
         if !config.metrics_listen.is_empty() {
             let l = TcpListener::bind(&config.metrics_listen)

@@ -12,7 +12,7 @@ pub fn pick(t: &Topology, turn: usize, eligible: impl Fn(usize, &Node) -> bool) 
         t.nodes
             .iter()
             .enumerate()
-            .filter(|(i, n)| n.role == Role::Replica && !n.removed && !n.paused && eligible(*i, n))
+            .filter(|(i, n)| n.role == Role::Replica && !n.removed && !n.fenced && !n.paused && eligible(*i, n))
     };
     match t.balance {
         Balance::Random | Balance::RoundRobin => {

@@ -4,9 +4,11 @@
 
 pub mod balance;
 pub mod failover;
+pub mod failover_io;
 pub mod monitor;
 pub mod rotation;
 pub mod sql_pools;
+pub mod state_file;
 pub mod topology;
 
 pub use topology::{Cluster, Node, OutReason, Role, Topology};

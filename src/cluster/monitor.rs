@@ -189,11 +189,12 @@ fn publish(config: &Config, cluster: &Cluster, metrics: &Metrics, probes: &[Prob
             if let Some(r) = config.servers.replicas.iter().find(|r| r.addr() == &*node.addr) {
                 node.weight = r.weight();
                 (node.max_lag_bytes, node.max_lag_ms) = r.limits(&config.routing);
+                (node.priority, node.promotable) = r.failover();
             }
             let Some(p) = probes.get(i).filter(|p| p.done) else { continue };
             node.healthy = p.ok;
             node.observed = p.ok.then(|| p.obs.clone());
-            if node.role != Role::Replica {
+            if node.role != Role::Replica && !node.fenced {
                 node.in_rotation = p.ok && !node.removed;
                 node.out = if node.in_rotation { None } else { Some(OutReason::Unreachable) };
                 continue;
@@ -204,6 +205,7 @@ fn publish(config: &Config, cluster: &Cluster, metrics: &Metrics, probes: &[Prob
             node.lag_ms = if behind == Some(0) || !replay_pending { Some(0) } else { p.obs.replay_age_ms };
             let fitness = Fitness {
                 removed: node.removed,
+                fenced: node.fenced,
                 paused: node.paused,
                 healthy: p.ok,
                 in_recovery: p.obs.in_recovery,

@@ -19,6 +19,7 @@ pub struct Limits {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Fitness {
     pub removed: bool,
+    pub fenced: bool,
     pub paused: bool,
     pub healthy: bool,
     pub in_recovery: bool,
@@ -43,6 +44,9 @@ pub struct State {
 pub fn unfit(f: &Fitness, l: &Limits) -> Option<OutReason> {
     if f.removed {
         return Some(OutReason::Removed);
+    }
+    if f.fenced {
+        return Some(OutReason::Fenced);
     }
     if f.paused {
         return Some(OutReason::Paused);
@@ -115,6 +119,7 @@ mod tests {
             (Fitness { streaming: false, primary_healthy: false, lag_bytes: None, ..fit() }, None),
             (Fitness { paused: true, ..fit() }, Some(OutReason::Paused)),
             (Fitness { removed: true, paused: true, ..fit() }, Some(OutReason::Removed)),
+            (Fitness { fenced: true, ..fit() }, Some(OutReason::Fenced)),
             (Fitness { paused: true, healthy: false, ..fit() }, Some(OutReason::Paused)),
         ];
         for (f, want) in rows {

@@ -35,6 +35,8 @@ pub enum OutReason {
     Paused,
     /// Removed from the configuration by a reload.
     Removed,
+    /// A former primary after a failover: never routed to again.
+    Fenced,
 }
 
 impl OutReason {
@@ -47,10 +49,11 @@ impl OutReason {
             OutReason::ReceiverDown => "wal receiver down",
             OutReason::Paused => "paused by operator",
             OutReason::Removed => "removed",
+            OutReason::Fenced => "fenced (former primary)",
         }
     }
 
-    pub const ALL: [OutReason; 7] = [
+    pub const ALL: [OutReason; 8] = [
         OutReason::Unreachable,
         OutReason::NotInRecovery,
         OutReason::Lagging,
@@ -58,6 +61,7 @@ impl OutReason {
         OutReason::ReceiverDown,
         OutReason::Paused,
         OutReason::Removed,
+        OutReason::Fenced,
     ];
 }
 
@@ -106,6 +110,11 @@ pub struct Node {
     pub paused: bool,
     /// Gone from the configuration (the slot stays so indices never move).
     pub removed: bool,
+    /// A former primary: never receives traffic from pgsplit again.
+    pub fenced: bool,
+    /// Failover: tie-break priority, and whether it may be promoted automatically.
+    pub priority: i32,
+    pub promotable: bool,
     /// Client work running there now (for least-outstanding balancing), shared by every
     /// snapshot of this node.
     pub load: Arc<AtomicUsize>,
@@ -128,6 +137,9 @@ impl Node {
             max_lag_ms,
             paused: false,
             removed: false,
+            fenced: false,
+            priority: 0,
+            promotable: true,
             load: Arc::new(AtomicUsize::new(0)),
         }
     }
@@ -159,7 +171,9 @@ impl Topology {
         let mut t = Topology::new(&c.servers.primary, &[]);
         for r in &c.servers.replicas {
             let (bytes, ms) = r.limits(&c.routing);
-            t.nodes.push(Node::new(r.addr(), Role::Replica, r.weight(), bytes, ms));
+            let mut n = Node::new(r.addr(), Role::Replica, r.weight(), bytes, ms);
+            (n.priority, n.promotable) = r.failover();
+            t.nodes.push(n);
         }
         t.balance = c.routing.balance;
         t.on_all_lagging = c.routing.on_all_lagging;
@@ -175,7 +189,7 @@ impl Topology {
     }
 
     pub fn primary(&self) -> usize {
-        self.nodes.iter().position(|n| n.role == Role::Primary && !n.removed).unwrap_or(0)
+        self.nodes.iter().position(|n| n.role == Role::Primary && !n.removed && !n.fenced).unwrap_or(0)
     }
 
     /// A replica in rotation, skipping `exclude`, chosen by the balancing policy (`turn` is a

@@ -39,6 +39,9 @@ pub struct Metrics {
     pub primary_lsn: Gauge,
     pub monitor_failures: IntCounter,
     pub reloads: IntCounterVec,
+    pub failovers: IntCounter,
+    pub last_failover_seconds: Gauge,
+    pub split_brain: IntGauge,
 }
 
 /// Latency buckets, in seconds: 50 µs to 10 s.
@@ -130,6 +133,18 @@ impl Metrics {
                 Opts::new("config_reloads_total", "Configuration reloads, by result (ok, failed)"),
                 &["result"]
             )),
+            failovers: reg!(IntCounter::new(
+                "failovers_total",
+                "Failovers carried out (a new primary promoted or adopted)"
+            )),
+            last_failover_seconds: reg!(Gauge::new(
+                "last_failover_seconds",
+                "From the primary's first failed check to the new primary in the topology, last failover"
+            )),
+            split_brain: reg!(IntGauge::new(
+                "split_brain",
+                "1 when a fenced former primary answers writable (it gets no traffic from pgsplit)"
+            )),
             registry,
         });
         // Series that exist from the start, so dashboards and alerts see zeros, not gaps.
@@ -142,7 +157,10 @@ impl Metrics {
     /// The names of every metric pgsplit exports (also those with no sample yet).
     pub fn names(&self) -> Vec<String> {
         use prometheus::core::Collector;
-        let collectors: [&dyn Collector; 24] = [
+        let collectors: [&dyn Collector; 27] = [
+            &self.failovers,
+            &self.last_failover_seconds,
+            &self.split_brain,
             &self.routed,
             &self.client_connections,
             &self.server_connections,

@@ -121,6 +121,7 @@ impl Session {
         }
         let mut exclude = Vec::new();
         let mut decision = decision;
+        let mut primary_deadline = None;
         loop {
             let node = match decision {
                 Decision::Held { .. } => self.shared.cluster.load().primary(),
@@ -141,11 +142,48 @@ impl Session {
                     };
                     let _ = f;
                 }
+                Err(AttachError::Failed(f))
+                    if matches!(decision, Decision::Primary { .. }) && self.tx_status == b'I' && self.pin.is_none() =>
+                {
+                    // The primary is down: outside a transaction nothing has started, so the
+                    // work waits for a new primary (a failover) up to failover_wait.
+                    let wait = self.shared.config.load().failover.failover_wait_ms;
+                    let deadline = *primary_deadline.get_or_insert(Instant::now() + Duration::from_millis(wait));
+                    match self.wait_for_primary(node, deadline).await {
+                        Some(p) => decision = Decision::Primary { node: p, reason: decision.reason() },
+                        None => {
+                            self.out.extend_from_slice(&as_error(&f));
+                            return Ok(false);
+                        }
+                    }
+                }
                 Err(AttachError::Failed(f)) | Err(AttachError::Refused(f)) => {
                     self.out.extend_from_slice(&as_error(&f));
                     return Ok(false);
                 }
             }
+        }
+    }
+
+    /// Waits until the topology names a primary other than `failed` (or `failed` is healthy
+    /// again), up to `deadline`. None when the deadline passed.
+    async fn wait_for_primary(&self, failed: usize, deadline: Instant) -> Option<usize> {
+        loop {
+            let now = Instant::now();
+            if now >= deadline {
+                return None;
+            }
+            let published = self.shared.cluster.published.notified();
+            tokio::pin!(published);
+            published.as_mut().enable();
+            {
+                let t = self.shared.cluster.load();
+                let p = t.primary();
+                if p != failed || t.nodes.get(p).is_some_and(|n| n.healthy) {
+                    return Some(p);
+                }
+            }
+            let _ = tokio::time::timeout(deadline - now, published).await;
         }
     }
 

@@ -112,6 +112,10 @@ pub fn base_config(cluster: &LocalCluster) -> Config {
     // Most tests check where reads go right after their own writes; read-your-writes has
     // tests of its own (ryw.rs), each with its own proxy.
     c.routing.read_your_writes = pgsplit::config::ReadYourWrites::Off;
+    // The shared cluster is never failed over (tests stop its primary on purpose); failover
+    // tests make clusters of their own.
+    c.failover.mode = pgsplit::config::FailoverMode::Manual;
+    c.failover.failover_wait_ms = 0;
     c.monitor.interval_ms = 100;
     c.pool.size = 10;
     c.pool.checkout_timeout_ms = 10_000;

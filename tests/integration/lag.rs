@@ -137,6 +137,8 @@ pub async fn weights_share_the_reads(env: &Env) -> R {
                     weight: 3,
                     max_lag_bytes: None,
                     max_lag_ms: None,
+                    priority: 0,
+                    promotable: true,
                 }),
             ];
         })

@@ -10,6 +10,7 @@ mod common;
 mod corners;
 mod corpus;
 mod differential;
+mod failover;
 mod failures;
 mod lag;
 mod ops;
@@ -101,6 +102,7 @@ fn main() {
         corners::notify_reaches_a_listening_session,
         corners::savepoints_and_errors_in_transactions,
         differential::results_match_the_primary_byte_for_byte,
+        failover::kill_the_primary_under_load,
         clients::read_your_writes_handoff,
         clients::psycopg3,
         clients::psycopg2,

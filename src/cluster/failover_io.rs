@@ -1,0 +1,340 @@
+//! The I/O around the failover rules (`failover.rs`): health checks of the primary (on a kept
+//! and on a fresh connection, with a timeout), the replicas' state, and carrying out the
+//! actions: pg_promote, the state file, the new topology, re-pointing the other replicas,
+//! fencing the old primary, the on_failover_command hook.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tokio_postgres::NoTls;
+
+use super::failover::{self, Action, Check, Phase, Policy, Seen, State};
+use super::monitor::parse_lsn;
+use super::topology::{OutReason, Role};
+use crate::Shared;
+use crate::config::{Config, FailoverMode};
+
+const REPLICA_SQL: &str = "SELECT pg_is_in_recovery(), \
+     CASE WHEN pg_is_in_recovery() THEN greatest(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn())::text \
+          ELSE pg_current_wal_insert_lsn()::text END, \
+     CASE WHEN pg_is_in_recovery() THEN (SELECT received_tli FROM pg_stat_wal_receiver LIMIT 1)::text \
+          ELSE substr(pg_walfile_name(pg_current_wal_insert_lsn()), 1, 8) END, \
+     coalesce((SELECT status = 'streaming' FROM pg_stat_wal_receiver LIMIT 1), false), \
+     (SELECT (extract(epoch FROM last_msg_receipt_time) * 1000)::int8 FROM pg_stat_wal_receiver LIMIT 1)";
+
+/// Runs the failover loop for as long as the proxy runs.
+pub async fn run(shared: Arc<Shared>) {
+    let mut state = {
+        let t = shared.cluster.load();
+        State {
+            fenced: t.nodes.iter().enumerate().filter(|(_, n)| n.fenced).map(|(i, _)| i).collect(),
+            ..State::new(t.primary())
+        }
+    };
+    if let Some(saved) = super::state_file::load(&shared) {
+        state.epoch = saved.epoch;
+    }
+    loop {
+        let config = shared.config.load_full();
+        let policy = Policy {
+            failover_after: Duration::from_millis(config.failover.failover_after_ms),
+            max_failover_lag_bytes: config.failover.max_failover_lag_bytes,
+            auto: config.failover.mode == FailoverMode::Auto,
+        };
+        let check = gather(&shared, &config, &state).await;
+        let (next, actions) = failover::step(&state, &check, &policy);
+        let started = state.failing_since.map(|(t, _)| t);
+        for a in actions {
+            execute(&shared, &config, &check, &next, a, started).await;
+        }
+        if next.phase != state.phase {
+            tracing::info!(phase = ?next.phase, "failover state");
+        }
+        state = next;
+        *shared.failover.lock().unwrap_or_else(|p| p.into_inner()) = state.clone();
+        let interval = Duration::from_millis(config.failover.health_interval_ms);
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = shared.failover_wake.notified() => {}
+        }
+    }
+}
+
+/// One health check of every server, all at once.
+async fn gather(shared: &Arc<Shared>, config: &Arc<Config>, state: &State) -> Check {
+    let t = shared.cluster.topology.load_full();
+    let timeout = Duration::from_millis(config.failover.check_timeout_ms);
+    let now = Instant::now();
+    let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+    let tasks: Vec<_> = t
+        .nodes
+        .iter()
+        .map(|n| {
+            let (shared, config, addr, removed) = (shared.clone(), config.clone(), n.addr.clone(), n.removed);
+            tokio::spawn(async move {
+                if removed {
+                    return Seen::default();
+                }
+                seen(&shared, &config, &addr, timeout).await
+            })
+        })
+        .collect();
+    let mut nodes = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        nodes.push(task.await.unwrap_or_default());
+    }
+    for (i, n) in t.nodes.iter().enumerate() {
+        if let Some(s) = nodes.get_mut(i) {
+            s.promotable = n.promotable && n.role == Role::Replica && !n.fenced;
+            s.priority = n.priority;
+        }
+    }
+    // The primary on a fresh connection too: a kept connection can outlive a server that no
+    // longer accepts new ones, and the other way round.
+    let p = state.primary;
+    let kept_ok = nodes.get(p).is_some_and(|s| s.reachable && !s.in_recovery);
+    let fresh_ok = kept_ok && fresh_check(config, &t.nodes[p].addr, timeout).await;
+    Check { now, now_ms, primary_ok: kept_ok && fresh_ok, nodes, sync_configured: false }
+}
+
+async fn seen(shared: &Shared, config: &Config, addr: &str, timeout: Duration) -> Seen {
+    let work = async {
+        let c = shared.sql.get(addr, &config.monitor.database).await?;
+        c.query_one(REPLICA_SQL, &[]).await.ok()
+    };
+    let Ok(Some(row)) = tokio::time::timeout(timeout, work).await else {
+        shared.sql.forget(addr);
+        return Seen::default();
+    };
+    let in_recovery: bool = row.get(0);
+    let timeline: Option<String> = row.get(2);
+    Seen {
+        reachable: true,
+        in_recovery,
+        position: row.get::<_, Option<String>>(1).as_deref().and_then(parse_lsn).unwrap_or(0),
+        timeline: timeline.and_then(|t| if in_recovery { t.parse().ok() } else { u32::from_str_radix(&t, 16).ok() }),
+        streaming: row.get(3),
+        heard_ms: row.get::<_, Option<i64>>(4).map(|v| v.max(0) as u64),
+        ..Seen::default()
+    }
+}
+
+/// A new connection and a round trip, within `timeout`.
+async fn fresh_check(config: &Config, addr: &str, timeout: Duration) -> bool {
+    let Some((host, port)) = addr.rsplit_once(':') else { return false };
+    let Ok(port) = port.parse() else { return false };
+    let mut pg = tokio_postgres::Config::new();
+    pg.host(host)
+        .port(port)
+        .user(&config.monitor.user)
+        .dbname(&config.monitor.database)
+        .application_name("pgsplit-health")
+        .connect_timeout(timeout);
+    if !config.monitor.password.is_empty() {
+        pg.password(&config.monitor.password);
+    }
+    let work = async {
+        let (client, conn) = pg.connect(NoTls).await.ok()?;
+        let task = tokio::spawn(conn);
+        let ok = client.query_one("SELECT NOT pg_is_in_recovery()", &[]).await.ok()?.get::<_, bool>(0);
+        drop(client);
+        task.abort();
+        Some(ok)
+    };
+    matches!(tokio::time::timeout(timeout, work).await, Ok(Some(true)))
+}
+
+async fn execute(
+    shared: &Shared,
+    config: &Config,
+    check: &Check,
+    next: &State,
+    action: Action,
+    started: Option<Instant>,
+) {
+    let t = shared.cluster.topology.load_full();
+    let addr = |i: usize| t.nodes.get(i).map(|n| n.addr.to_string()).unwrap_or_default();
+    match action {
+        Action::Report(msg) => tracing::warn!("failover: {msg}"),
+        Action::Promote(node) => {
+            let a = addr(node);
+            tracing::warn!(server = %a, "failover: promoting");
+            let work = async {
+                let c = shared.sql.get(&a, &config.monitor.database).await.ok_or("no connection")?;
+                let _ = c.batch_execute("SELECT pg_wal_replay_resume()").await;
+                let promoted: bool =
+                    c.query_one("SELECT pg_promote(true, 60)", &[]).await.map_err(|e| e.to_string())?.get(0);
+                if !promoted {
+                    return Err("pg_promote did not finish within 60 s".to_string());
+                }
+                // Out of recovery and taking writes (an xid is assigned).
+                c.query_one("SELECT txid_current()", &[]).await.map_err(|e| e.to_string())?;
+                Ok::<_, String>(())
+            };
+            match tokio::time::timeout(Duration::from_secs(70), work).await {
+                Ok(Ok(())) => {
+                    tracing::warn!(server = %a, "failover: promoted");
+                    // The next check sees it out of recovery at once.
+                    shared.failover_wake.notify_one();
+                }
+                Ok(Err(e)) => tracing::error!(server = %a, "failover: promotion failed: {e}"),
+                Err(_) => tracing::error!(server = %a, "failover: promotion timed out"),
+            }
+        }
+        Action::Persist => {
+            // The new topology is written down before any client sees it.
+            if let Err(e) = super::state_file::save(shared, next, &t) {
+                tracing::error!("failover: cannot write the state file: {e}");
+            }
+            shared.cluster.topology.rcu(|t| {
+                let mut t = (**t).clone();
+                for (i, n) in t.nodes.iter_mut().enumerate() {
+                    if i == next.primary {
+                        n.role = Role::Primary;
+                        n.fenced = false;
+                        n.healthy = true;
+                        n.in_rotation = true;
+                        n.out = None;
+                    } else if next.fenced.contains(&i) {
+                        n.role = Role::Replica;
+                        n.fenced = true;
+                        n.in_rotation = false;
+                        n.out = Some(OutReason::Fenced);
+                    }
+                }
+                t
+            });
+            let old = t.primary();
+            shared.pools.drop_idle(&addr(old));
+            shared.metrics.failovers.inc();
+            if let Some(s) = started {
+                shared.metrics.last_failover_seconds.set(s.elapsed().as_secs_f64());
+            }
+            shared.metrics.publish_nodes(&shared.cluster.load());
+            shared.cluster.published.notify_waiters();
+            if !config.failover.on_failover_command.is_empty() {
+                let (cmd, old, new) = (config.failover.on_failover_command.clone(), addr(old), addr(next.primary));
+                tokio::spawn(async move {
+                    let r = tokio::process::Command::new("sh")
+                        .args(["-c", &format!("{cmd} \"$0\" \"$1\""), &old, &new])
+                        .status()
+                        .await;
+                    tracing::info!("on_failover_command finished: {r:?}");
+                });
+            }
+        }
+        Action::Repoint { node, primary } => {
+            let (a, p) = (addr(node), addr(primary));
+            if !check.nodes.get(node).is_some_and(|n| n.reachable) {
+                tracing::warn!(server = %a, "failover: cannot re-point an unreachable replica");
+                return;
+            }
+            match repoint(shared, config, &a, &p).await {
+                Ok(()) => tracing::info!(server = %a, primary = %p, "failover: replica re-pointed"),
+                Err(e) => tracing::error!(server = %a, "failover: re-pointing failed: {e}"),
+            }
+        }
+        Action::Fence(node) | Action::SplitBrain(node) => {
+            let a = addr(node);
+            if matches!(action, Action::SplitBrain(_)) {
+                shared.metrics.split_brain.set(1);
+                tracing::error!(server = %a, "split brain: the fenced former primary answers writable; it gets no traffic");
+            }
+            if config.failover.fence_old_primary && check.nodes.get(node).is_some_and(|n| n.reachable && !n.in_recovery)
+            {
+                match fence(shared, config, &a).await {
+                    Ok(()) => tracing::warn!(server = %a, "fenced: read-only, client sessions ended"),
+                    Err(e) => tracing::error!(server = %a, "fencing failed: {e}"),
+                }
+            }
+        }
+    }
+    let _ = Phase::Healthy;
+}
+
+/// Points a replica's WAL receiver at a new primary: its primary_conninfo with the new host and
+/// port (the rest kept), then a reload (PostgreSQL 13+ restarts the receiver by itself; the
+/// default recovery_target_timeline = latest follows the promotion).
+async fn repoint(shared: &Shared, config: &Config, replica: &str, primary: &str) -> Result<(), String> {
+    let (host, port) = primary.rsplit_once(':').ok_or("bad address")?;
+    let c = shared.sql.get(replica, &config.monitor.database).await.ok_or("no connection")?;
+    let current: String = c.query_one("SHOW primary_conninfo", &[]).await.map_err(|e| e.to_string())?.get(0);
+    let conninfo = with_host_port(&current, host, port);
+    let quoted = conninfo.replace('\'', "''");
+    c.batch_execute(&format!("ALTER SYSTEM SET primary_conninfo = '{quoted}'")).await.map_err(|e| e.to_string())?;
+    c.batch_execute("SELECT pg_reload_conf()").await.map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+/// `conninfo` (key=value pairs, values maybe single-quoted) with host and port replaced.
+pub fn with_host_port(conninfo: &str, host: &str, port: &str) -> String {
+    let mut out: Vec<String> = Vec::new();
+    let b = conninfo.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        while i < b.len() && b[i].is_ascii_whitespace() {
+            i += 1;
+        }
+        let ks = i;
+        while i < b.len() && b[i] != b'=' && !b[i].is_ascii_whitespace() {
+            i += 1;
+        }
+        let key = &conninfo[ks..i];
+        while i < b.len() && (b[i] == b'=' || b[i].is_ascii_whitespace()) {
+            i += 1;
+        }
+        let vs = i;
+        if i < b.len() && b[i] == b'\'' {
+            i += 1;
+            while i < b.len() && b[i] != b'\'' {
+                if b[i] == b'\\' {
+                    i += 1;
+                }
+                i += 1;
+            }
+            i += 1;
+        } else {
+            while i < b.len() && !b[i].is_ascii_whitespace() {
+                i += 1;
+            }
+        }
+        let value = &conninfo[vs..i.min(b.len())];
+        if key.is_empty() || matches!(key, "host" | "hostaddr" | "port") {
+            continue;
+        }
+        out.push(format!("{key}={value}"));
+    }
+    out.insert(0, format!("host={host} port={port}"));
+    out.join(" ")
+}
+
+/// Best effort against a former primary that answers: read-only by default for new
+/// transactions, and its client backends ended. The real fence is that pgsplit never sends it
+/// anything again.
+async fn fence(shared: &Shared, config: &Config, addr: &str) -> Result<(), String> {
+    let c = shared.sql.get(addr, &config.monitor.database).await.ok_or("no connection")?;
+    c.batch_execute("ALTER SYSTEM SET default_transaction_read_only = on").await.map_err(|e| e.to_string())?;
+    c.batch_execute("SELECT pg_reload_conf()").await.map_err(|e| e.to_string())?;
+    c.batch_execute(
+        "SELECT pg_terminate_backend(pid, 1000) FROM pg_stat_activity \
+         WHERE backend_type = 'client backend' AND pid <> pg_backend_pid() AND application_name NOT LIKE 'pgsplit-%'",
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conninfo_gets_the_new_primary() {
+        let c = "user=postgres passfile='/var/lib/x y' channel_binding=prefer host=127.0.0.1 port=5432 sslmode=prefer application_name=r1";
+        assert_eq!(
+            with_host_port(c, "10.0.0.2", "5433"),
+            "host=10.0.0.2 port=5433 user=postgres passfile='/var/lib/x y' channel_binding=prefer sslmode=prefer application_name=r1"
+        );
+        assert_eq!(with_host_port("", "h", "1"), "host=h port=1");
+    }
+}

@@ -1,0 +1,245 @@
+//! Failover on a cluster of its own (the shared one is never failed over): kill -9 the primary
+//! under load through pgsplit; pgsplit promotes the most advanced replica, re-points the
+//! other, fences the old primary (which stays fenced when it comes back writable), and a
+//! restarted pgsplit keeps the new topology. Prints what it measured; asserts correctness.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use pgsplit::config::{Config, FailoverMode, ReadYourWrites};
+use pgsplit::localcluster::LocalCluster;
+use pgsplit::proxy::Proxy;
+
+use crate::check;
+use crate::common::{Env, R, connect};
+
+type E = Box<dyn std::error::Error + Send + Sync>;
+
+fn config(cluster: &LocalCluster, state_dir: &str) -> Config {
+    let mut c = Config { listen: "127.0.0.1:0".into(), ..Config::default() };
+    c.servers.primary = cluster.primary().addr();
+    c.servers.replicas = cluster.replica_addrs().into_iter().map(Into::into).collect();
+    c.monitor.interval_ms = 100;
+    c.pool.size = 10;
+    c.routing.lag_hold_ms = 300;
+    c.routing.read_your_writes = ReadYourWrites::Session;
+    c.failover.mode = FailoverMode::Auto;
+    c.failover.state_dir = state_dir.into();
+    c.admin.users = vec!["postgres".into()];
+    c
+}
+
+fn postmaster_pid(cluster: &LocalCluster, i: usize) -> Result<String, E> {
+    let text = std::fs::read_to_string(cluster.nodes[i].dir.join("postmaster.pid"))?;
+    Ok(text.lines().next().unwrap_or("").trim().to_string())
+}
+
+pub async fn kill_the_primary_under_load(_env: &Env) -> R {
+    let base = std::env::temp_dir().join(format!("pgsplit-failover-{}", std::process::id()));
+    let cluster = tokio::task::spawn_blocking({
+        let base = base.clone();
+        move || LocalCluster::start(&base, 2)
+    })
+    .await??;
+    let state_dir = base.join("state");
+    let state_dir = state_dir.to_str().unwrap_or_default().to_string();
+    let cfg = config(&cluster, &state_dir);
+    let proxy = Proxy::start(cfg.clone()).await?;
+    let conn = format!("host=127.0.0.1 port={} user=postgres dbname=postgres", proxy.addr.port());
+    let setup = connect(&conn).await?;
+    setup.batch_execute("CREATE TABLE fo_writes (id int PRIMARY KEY, at timestamptz DEFAULT now())").await?;
+    let (primary_port, replica_ports) =
+        (cluster.nodes[0].port as i32, [cluster.nodes[1].port as i32, cluster.nodes[2].port as i32]);
+    tokio::task::block_in_place(|| cluster.wait_caught_up())?;
+
+    // Readers: pgbench-like select loops outside transactions, counting errors.
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut readers = Vec::new();
+    for _ in 0..2 {
+        let (conn, stop) = (conn.clone(), stop.clone());
+        readers.push(tokio::spawn(async move {
+            let c = connect(&conn).await?;
+            let (mut ok, mut errors) = (0u64, Vec::new());
+            while !stop.load(Ordering::Relaxed) {
+                match c.query_one("SELECT count(*) FROM fo_writes", &[]).await {
+                    Ok(_) => ok += 1,
+                    Err(e) => errors.push(e.to_string()),
+                }
+            }
+            Ok::<_, E>((ok, errors))
+        }));
+    }
+    // The writer: autocommit inserts, each acknowledged id recorded.
+    let writer = {
+        let (conn, stop) = (conn.clone(), stop.clone());
+        tokio::spawn(async move {
+            let c = connect(&conn).await?;
+            let mut acked = Vec::new();
+            let mut failures = Vec::new();
+            let mut id = 0;
+            while !stop.load(Ordering::Relaxed) {
+                id += 1;
+                match c.execute("INSERT INTO fo_writes (id) VALUES ($1)", &[&id]).await {
+                    Ok(_) => acked.push((id, Instant::now())),
+                    Err(e) => failures.push((id, e.code().map(|c| c.code().to_string()), Instant::now())),
+                }
+            }
+            Ok::<_, E>((acked, failures))
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let pid = postmaster_pid(&cluster, 0)?;
+    let killed = Instant::now();
+    let status = tokio::process::Command::new("kill").args(["-9", &pid]).status().await?;
+    check!(status.success(), "kill -9 {pid}");
+    // Wait for the new primary in the topology.
+    let new_primary = loop {
+        let t = proxy.shared.cluster.load();
+        let p = t.primary();
+        if p != 0 {
+            break p;
+        }
+        check!(
+            killed.elapsed() < Duration::from_secs(60),
+            "no failover after 60 s: {:?}",
+            *proxy.shared.failover.lock().unwrap_or_else(|p| p.into_inner())
+        );
+        drop(t);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let promoted_after = killed.elapsed();
+    // Let the writer run on the new primary for a while.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, Ordering::Relaxed);
+    let (acked, failures) = writer.await??;
+    // The first write acknowledged by the new primary: after the one that failed at the kill,
+    // or (none failed) the first sent after the kill was noticed.
+    let first_failed = failures.first().map(|(id, _, _)| *id).unwrap_or(i32::MAX);
+    let first_write_after = acked
+        .iter()
+        .find(|(id, t)| *id > first_failed || (first_failed == i32::MAX && *t > killed + promoted_after))
+        .map(|(_, t)| t.duration_since(killed));
+    let mut read_ok = 0;
+    let mut read_errors = Vec::new();
+    for r in readers {
+        let (ok, errors) = r.await??;
+        read_ok += ok;
+        read_errors.extend(errors);
+    }
+    // Acknowledged writes missing on the new primary (asynchronous replication may lose some).
+    let new_port = cluster.nodes[new_primary].port;
+    let direct = connect(&format!("host=127.0.0.1 port={new_port} user=postgres dbname=postgres")).await?;
+    let present: BTreeSet<i32> =
+        direct.query("SELECT id FROM fo_writes", &[]).await?.iter().map(|r| r.get(0)).collect();
+    let lost: Vec<i32> = acked.iter().map(|(id, _)| *id).filter(|id| !present.contains(id)).collect();
+    println!(
+        "    kill -9 of the primary: new primary (node {new_primary}) after {:.2} s, first acknowledged write after {:.2} s",
+        promoted_after.as_secs_f64(),
+        first_write_after.map(|d| d.as_secs_f64()).unwrap_or(f64::NAN)
+    );
+    println!(
+        "    {} writes acknowledged, {} failed (in flight at the kill or waiting past failover_wait: {:?}), {} acknowledged rows lost (async replication)",
+        acked.len(),
+        failures.len(),
+        failures.iter().map(|(_, c, _)| c.clone().unwrap_or_default()).collect::<BTreeSet<_>>(),
+        lost.len()
+    );
+    println!("    reads outside transactions: {read_ok} ok, {} failed", read_errors.len());
+    check!(first_write_after.is_some(), "no write succeeded after the failover");
+    check!(read_errors.is_empty(), "reads outside transactions failed: {:?}", &read_errors[..read_errors.len().min(5)]);
+    check!(failures.len() <= 1, "more than the write in flight at the kill failed: {failures:?}");
+
+    // The other replica follows the new primary and serves reads again.
+    let other = 3 - new_primary;
+    let new_addr = cluster.nodes[new_primary].addr();
+    let t0 = Instant::now();
+    loop {
+        let sender = tokio::task::block_in_place(|| {
+            cluster.psql(other, "SELECT coalesce(sender_port::text, '') || ' ' || status FROM pg_stat_wal_receiver")
+        })
+        .unwrap_or_default();
+        let in_rotation = proxy.shared.cluster.load().nodes[other].in_rotation;
+        if sender == format!("{new_port} streaming") && in_rotation {
+            break;
+        }
+        check!(t0.elapsed() < Duration::from_secs(30), "node {other} never followed {new_addr}: receiver {sender:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    println!(
+        "    the other replica streams from the new primary {:.2} s after the promotion",
+        t0.elapsed().as_secs_f64()
+    );
+    let c = connect(&conn).await?;
+    let mut ports = BTreeSet::new();
+    for _ in 0..20 {
+        ports.insert(c.query_one("SELECT inet_server_port()", &[]).await?.get::<_, i32>(0));
+    }
+    check!(ports == BTreeSet::from([cluster.nodes[other].port as i32]), "reads after the failover ran on {ports:?}");
+    let p: i32 = c.query_one("INSERT INTO fo_writes (id) VALUES (-1) RETURNING inet_server_port()", &[]).await?.get(0);
+    check!(p == new_port as i32, "a write ran on {p}");
+
+    // The old primary restarted: it comes back writable, stays fenced, is made read-only,
+    // and gets none of pgsplit's client traffic.
+    tokio::task::block_in_place(|| cluster.start_node(0))?;
+    let t0 = Instant::now();
+    while proxy.shared.metrics.split_brain.get() == 0 {
+        check!(t0.elapsed() < Duration::from_secs(20), "split brain not reported");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for i in 0..20 {
+        let p: i32 = c
+            .query_one("INSERT INTO fo_writes (id) VALUES ($1) RETURNING inet_server_port()", &[&(-100 - i)])
+            .await?
+            .get(0);
+        check!(p == new_port as i32, "a write after the old primary came back ran on {p}");
+        let r: i32 = c.query_one("SELECT inet_server_port()", &[]).await?.get(0);
+        check!(r != primary_port, "a read reached the fenced old primary");
+    }
+    let on_old = tokio::task::block_in_place(|| cluster.psql(0, "SELECT count(*) FROM fo_writes WHERE id <= -1"))?;
+    check!(on_old == "0", "{on_old} rows written after the failover reached the old primary");
+    let t0 = Instant::now();
+    loop {
+        let ro =
+            tokio::task::block_in_place(|| cluster.psql(0, "SHOW default_transaction_read_only")).unwrap_or_default();
+        if ro == "on" {
+            break;
+        }
+        check!(t0.elapsed() < Duration::from_secs(10), "the old primary was not made read-only ({ro})");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let admin = connect(&format!("host=127.0.0.1 port={} user=postgres dbname=pgsplit", proxy.addr.port())).await?;
+    let servers = admin.simple_query("SHOW SERVERS").await?;
+    let fenced = servers.iter().any(|m| match m {
+        tokio_postgres::SimpleQueryMessage::Row(r) => {
+            r.get("server") == Some(cluster.nodes[0].addr().as_str())
+                && r.get("out_reason").is_some_and(|w| w.contains("fenced"))
+        }
+        _ => false,
+    });
+    check!(fenced, "SHOW SERVERS does not show the old primary fenced");
+    let body = proxy.shared.metrics.render();
+    check!(body.contains("pgsplit_failovers_total 1"), "failovers_total");
+    proxy.stop();
+
+    // A restarted pgsplit with the old (now stale) configuration keeps the fence and the new
+    // primary, from the state file.
+    let again = Proxy::start(cfg).await?;
+    let t = again.shared.cluster.load();
+    check!(
+        t.primary() == new_primary && t.nodes[0].fenced,
+        "after a restart: primary {}, fenced {}",
+        t.primary(),
+        t.nodes[0].fenced
+    );
+    drop(t);
+    let c = connect(&format!("host=127.0.0.1 port={} user=postgres dbname=postgres", again.addr.port())).await?;
+    let p: i32 =
+        c.query_one("INSERT INTO fo_writes (id) VALUES (-1000) RETURNING inet_server_port()", &[]).await?.get(0);
+    check!(p == new_port as i32, "after a restart a write ran on {p}");
+    again.stop();
+    let _ = (replica_ports, &direct);
+    drop(cluster);
+    Ok(())
+}
