@@ -67,6 +67,17 @@ impl ServerConn {
         let unreachable = |msg: String| BackendError::Unreachable { addr: p.addr.to_string(), msg };
         let stream = TcpStream::connect(p.addr).await.map_err(|e| unreachable(e.to_string()))?;
         let _ = stream.set_nodelay(true);
+        // A server behind a link that goes silent (no RST, no FIN) must not hang anyone:
+        // keepalives probe an idle connection, and unacknowledged data fails it after the
+        // user timeout.
+        let sock = socket2::SockRef::from(&stream);
+        let keepalive = socket2::TcpKeepalive::new()
+            .with_time(Duration::from_secs(5))
+            .with_interval(Duration::from_secs(2))
+            .with_retries(3);
+        let _ = sock.set_tcp_keepalive(&keepalive);
+        #[cfg(target_os = "linux")]
+        let _ = sock.set_tcp_user_timeout(Some(Duration::from_secs(10)));
         let (r, mut w) = stream.into_split();
         let mut reader = FrameReader::new(r);
         let startup = protocol::startup_message(&[("user", p.user), ("database", p.database)]);

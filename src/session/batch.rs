@@ -53,6 +53,9 @@ pub(super) struct Batch {
     commits: bool,
     opens: bool,
     copies_in: bool,
+    /// Statements parsed or bound, and whether all are ROLLBACK / ABORT.
+    statements: usize,
+    only_rollback: bool,
 }
 
 impl Default for Batch {
@@ -67,6 +70,8 @@ impl Default for Batch {
             commits: false,
             opens: false,
             copies_in: false,
+            statements: 0,
+            only_rollback: true,
         }
     }
 }
@@ -92,6 +97,8 @@ impl Batch {
         self.commits |= a.commits;
         self.opens |= a.opens;
         self.copies_in |= a.statements.iter().any(|c| c.reason == "COPY FROM");
+        self.statements += a.statements.len();
+        self.only_rollback &= a.only_rollback;
         if a.statements.iter().any(|c| !c.lookups.is_empty()) && !self.lookups.iter().any(|x| Arc::ptr_eq(x, a)) {
             self.lookups.push(a.clone());
         }
@@ -197,6 +204,15 @@ impl Session {
             return Ok(());
         }
         let batch = std::mem::take(&mut self.batch);
+        if self.lost != super::lost::Lost::No {
+            // The transaction's connection is gone: answered here (at the Sync).
+            if is_sync {
+                let rollback = batch.only_rollback && batch.statements > 0;
+                let commit = batch.commits;
+                self.answer_lost(rollback, commit, Some(&batch.items));
+            }
+            return Ok(());
+        }
         if batch.items.is_empty() && self.server.is_none() {
             // A lone Sync (or Flush) with nothing to run: answered here, no server needed.
             if is_sync {
@@ -282,6 +298,7 @@ impl Session {
         if is_sync {
             self.expect.push_back(Expect::Sync);
             self.outstanding += 1;
+            self.in_flight = super::lost::InFlight { commits: batch.commits, writes: target == Target::Primary };
             self.batch_open = false;
             self.observe.sent(node, matches!(decision, Decision::Replica { .. }));
             let probe = !self.on_replica()

@@ -10,6 +10,7 @@ mod batch;
 pub mod causal;
 mod console;
 mod extended;
+mod lost;
 pub mod observe;
 mod placement;
 mod relay;
@@ -119,6 +120,10 @@ struct Session {
     causal: causal::Causal,
     /// Counts this client's work on the node it holds (least-outstanding balancing).
     load: Option<crate::cluster::topology::LoadGuard>,
+    /// The transaction whose server connection was lost.
+    lost: lost::Lost,
+    /// What the request in flight would do (for the error it gets if it is lost).
+    in_flight: lost::InFlight,
     /// The read in flight on a replica, until the server starts answering it.
     retry: Option<Retry>,
     /// A read whose connection died before any answer: to run again elsewhere.
@@ -230,6 +235,8 @@ async fn run_client(shared: &Arc<Shared>, stream: TcpStream, peer: String) -> Re
         observe: observe::Observe::default(),
         causal: causal::Causal::default(),
         load: None,
+        lost: lost::Lost::No,
+        in_flight: lost::InFlight::default(),
     };
     if s.database == crate::ops::admin::DATABASE {
         // The admin console: no server behind it.

@@ -5,7 +5,6 @@ use bytes::Bytes;
 
 use super::causal;
 use super::extended::Statements;
-use super::state::PendingEffects;
 use super::{End, Expect, HIDDEN_PARAMETERS, Session};
 use crate::cluster::monitor::{format_lsn, parse_lsn};
 use crate::protocol::{self, Frame, ProtocolError};
@@ -48,6 +47,16 @@ impl Session {
                 self.out.extend_from_slice(&f.bytes);
                 self.release_if_idle();
             }
+            b'E' if matches!(protocol::error_field(f.body(), b'V'), Some("FATAL" | "PANIC")) => {
+                // The server ends this connection (shutdown, crash of another backend): that is
+                // pgsplit's connection, not the client's. The client hears of it as a lost
+                // connection, when it goes (server_lost), in terms of what it was doing.
+                tracing::warn!(
+                    code = protocol::error_field(f.body(), b'C').unwrap_or(""),
+                    "server ends the connection: {}",
+                    protocol::error_field(f.body(), b'M').unwrap_or("")
+                );
+            }
             b'E' => {
                 if let Some(code) = protocol::error_field(f.body(), b'C') {
                     self.shared.metrics.error_sent(code);
@@ -84,8 +93,12 @@ impl Session {
                     self.out.extend_from_slice(&protocol::error("42P05", &msg));
                     return;
                 }
-                if protocol::error_field(f.body(), b'C') == Some("25006") {
-                    tracing::warn!("server reported read-only transaction (25006) to a client");
+                if protocol::error_field(f.body(), b'C') == Some("25006") && !self.on_replica() {
+                    // The server pgsplit takes for the primary is read-only: the topology may
+                    // have changed under it. Check now.
+                    tracing::warn!("the primary answered 25006 (read-only): checking the topology");
+                    self.shared.failover_wake.notify_one();
+                    self.shared.cluster.wake.notify_waiters();
                 }
                 self.out.extend_from_slice(&f.bytes);
             }
@@ -234,21 +247,7 @@ impl Session {
             self.retry_now = Some(r);
             return Ok(());
         }
-        let recoverable = self.tx_status == b'I' && self.pin.is_none() && !self.batch_open && !self.copy_in;
-        self.out.extend_from_slice(&protocol::error(
-            "08006",
-            "pgsplit: the server connection was lost while running this statement",
-        ));
-        if !recoverable {
-            return Err(End::Fatal("server lost in the middle of a transaction or session".into()));
-        }
-        self.expect.clear();
-        self.effects = PendingEffects::default();
-        if self.outstanding > 0 {
-            self.outstanding = 0;
-            self.out.extend_from_slice(&protocol::ready_for_query(b'I'));
-        }
-        Ok(())
+        self.transaction_lost()
     }
 
     /// Closes the client's server connection after it broke, takes that server out of rotation

@@ -55,6 +55,11 @@ impl Session {
         let mut body = f.body();
         let sql = protocol::read_cstr(&mut body)?;
         let analysis = self.shared.cache.analyze(sql);
+        if self.lost != super::lost::Lost::No {
+            let rollback = analysis.only_rollback && !analysis.statements.is_empty();
+            self.answer_lost(rollback, analysis.commits, None);
+            return Ok(());
+        }
         let fresh_begin = self.fresh_begin.take();
         if self.batch_open && self.tx_status == b'I' && self.pin.is_none() {
             // A simple Query after Parse/Describe/Flush with no Sync (asyncpg prepares that
@@ -123,6 +128,7 @@ impl Session {
             }
         }
         self.outstanding += 1;
+        self.in_flight = super::lost::InFlight { commits: analysis.commits, writes: target == Target::Primary };
         let Some(s) = self.server.as_mut() else { return Ok(()) };
         // A simple Query destroys the unnamed prepared statement.
         s.conn.unnamed = None;

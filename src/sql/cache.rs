@@ -19,6 +19,8 @@ pub struct Analysis {
     /// Some statement commits / opens a transaction.
     pub commits: bool,
     pub opens: bool,
+    /// Every statement is a ROLLBACK / ABORT (or there is none).
+    pub only_rollback: bool,
 }
 
 impl Analysis {
@@ -28,7 +30,17 @@ impl Analysis {
         let (target, reason) = strictest.map(|c| (c.target, c.reason)).unwrap_or((Target::Any, "empty query"));
         let commits = statements.iter().any(|c| c.commits);
         let opens = statements.iter().any(|c| c.opens);
-        Analysis { hint: leading_hint(sql), min_lsn: leading_min_lsn(sql), statements, target, reason, commits, opens }
+        let only_rollback = statements.iter().all(|c| c.rolls_back);
+        Analysis {
+            hint: leading_hint(sql),
+            min_lsn: leading_min_lsn(sql),
+            statements,
+            target,
+            reason,
+            commits,
+            opens,
+            only_rollback,
+        }
     }
 }
 

@@ -112,11 +112,22 @@ pub struct Class {
     pub commits: bool,
     /// The statement opens a transaction (BEGIN, START TRANSACTION).
     pub opens: bool,
+    /// The statement ends the transaction with a rollback (ROLLBACK, ABORT; not TO SAVEPOINT).
+    pub rolls_back: bool,
 }
 
 impl Class {
     pub fn new(target: Target, reason: &'static str) -> Class {
-        Class { target, reason, effect: Effect::None, lookups: Vec::new(), own: None, commits: false, opens: false }
+        Class {
+            target,
+            reason,
+            effect: Effect::None,
+            lookups: Vec::new(),
+            own: None,
+            commits: false,
+            opens: false,
+            rolls_back: false,
+        }
     }
     pub fn with_effect(mut self, effect: Effect) -> Class {
         self.effect = effect;

@@ -54,6 +54,7 @@ pub fn classify(stmt: &str, kw: &[String]) -> Option<Class> {
         "commit" | "rollback" | "end" | "abort" | "savepoint" | "release" => {
             let mut c = Class::new(Target::Any, "transaction control");
             c.commits = first == "commit" || first == "end";
+            c.rolls_back = (first == "rollback" || first == "abort") && !kw.iter().any(|w| w == "to");
             c
         }
         "prepare" if second == "transaction" => Class::new(Target::Primary, "two-phase commit"),
@@ -322,6 +323,8 @@ mod tests {
         assert_eq!(classify("RESET pgsplit.min_lsn").unwrap().own, Some(Own::MinLsn(0)));
         assert!(classify("COMMIT").unwrap().commits && classify("end").unwrap().commits);
         assert!(!classify("ROLLBACK").unwrap().commits && classify("BEGIN").unwrap().opens);
+        assert!(classify("ROLLBACK").unwrap().rolls_back && classify("abort work").unwrap().rolls_back);
+        assert!(!classify("ROLLBACK TO SAVEPOINT a").unwrap().rolls_back);
     }
 
     #[test]

@@ -89,6 +89,13 @@ pub async fn kill_the_primary_under_load(_env: &Env) -> R {
             Ok::<_, E>((acked, failures))
         })
     };
+    // A client inside a transaction, and one pinned to its primary connection.
+    let in_tx = connect(&conn).await?;
+    in_tx.batch_execute("SET application_name = 'fo-tx'").await?;
+    in_tx.batch_execute("BEGIN").await?;
+    in_tx.batch_execute("INSERT INTO fo_writes (id) VALUES (-5)").await?;
+    let pinned = connect(&conn).await?;
+    pinned.batch_execute("CREATE TEMP TABLE fo_tmp (a int)").await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let pid = postmaster_pid(&cluster, 0)?;
     let killed = Instant::now();
@@ -150,6 +157,27 @@ pub async fn kill_the_primary_under_load(_env: &Env) -> R {
     check!(first_write_after.is_some(), "no write succeeded after the failover");
     check!(read_errors.is_empty(), "reads outside transactions failed: {:?}", &read_errors[..read_errors.len().min(5)]);
     check!(failures.len() <= 1, "more than the write in flight at the kill failed: {failures:?}");
+
+    // The transaction is gone: 40001 (safe to retry), then ROLLBACK works and the session
+    // goes on, its settings on the new servers.
+    let e = in_tx
+        .simple_query("INSERT INTO fo_writes (id) VALUES (-6)")
+        .await
+        .err()
+        .ok_or("the lost transaction went on")?;
+    check!(crate::common::sqlstate(&e) == "40001", "in a lost transaction: {e:?}");
+    let e = in_tx.simple_query("SELECT 1").await.err().ok_or("the failed transaction went on")?;
+    check!(crate::common::sqlstate(&e) == "25P02", "after the loss, before ROLLBACK: {e:?}");
+    in_tx.batch_execute("ROLLBACK").await?;
+    let app = crate::common::simple_value(&in_tx, "SELECT current_setting('application_name')").await?;
+    check!(app == "fo-tx", "settings after the lost transaction: {app}");
+    in_tx.batch_execute("INSERT INTO fo_writes (id) VALUES (-7)").await?;
+    // The pinned session cannot move: a FATAL that says why.
+    let e = pinned.simple_query("SELECT * FROM fo_tmp").await.err().ok_or("a pinned session survived its primary")?;
+    // (pgsplit sends the FATAL when the connection goes; a client idle then sees its
+    // connection closed, one with a query in flight sees the message.)
+    let msg = e.as_db_error().map(|d| d.message().to_string()).unwrap_or_default();
+    check!(pinned.is_closed() || msg.contains("cannot move"), "pinned session: {e:?}");
 
     // The other replica follows the new primary and serves reads again.
     let other = 3 - new_primary;
