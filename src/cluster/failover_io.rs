@@ -42,6 +42,16 @@ pub async fn run(shared: Arc<Shared>) {
             auto: config.failover.mode == FailoverMode::Auto,
         };
         let check = gather(&shared, &config, &state).await;
+        if !check.primary_ok {
+            shared.cluster.topology.rcu(|t| {
+                let mut t = (**t).clone();
+                if let Some(n) = t.nodes.get_mut(state.primary) {
+                    n.healthy = false;
+                }
+                t
+            });
+            shared.cluster.unreachable.send_modify(|n| *n += 1);
+        }
         let (next, actions) = failover::step(&state, &check, &policy);
         let started = state.failing_since.map(|(t, _)| t);
         for a in actions {

@@ -112,6 +112,7 @@ impl Monitor {
             }
             if !probe.ok {
                 self.metrics.monitor_failures.inc();
+                self.cluster.unreachable.send_modify(|n| *n += 1);
             }
             {
                 let mut all = self.probes.lock().unwrap_or_else(|p| p.into_inner());
@@ -173,6 +174,9 @@ pub fn format_lsn(lsn: u64) -> String {
     format!("{:X}/{:X}", lsn >> 32, lsn & 0xFFFF_FFFF)
 }
 
+/// How long a replica's WAL receiver may be down before the replica leaves rotation for it.
+const RECEIVER_GRACE: Duration = Duration::from_secs(2);
+
 fn publish(config: &Config, cluster: &Cluster, metrics: &Metrics, probes: &[Probe], now: Instant) {
     let hold = Duration::from_millis(config.routing.lag_hold_ms);
     cluster.topology.rcu(|t| {
@@ -203,6 +207,13 @@ fn publish(config: &Config, cluster: &Cluster, metrics: &Metrics, probes: &[Prob
             let replay_pending = p.obs.receive_lsn > p.obs.replay_lsn;
             node.lag_bytes = behind;
             node.lag_ms = if behind == Some(0) || !replay_pending { Some(0) } else { p.obs.replay_age_ms };
+            // A receiver that stopped streaming counts only after RECEIVER_GRACE: when the
+            // primary dies, every receiver stops before the primary's own probe fails, and
+            // the replicas must not leave rotation then (reads go on during a failover).
+            let streaming = p.obs.receiver_status.as_deref() == Some("streaming");
+            node.receiver_down_since = if streaming { None } else { Some(node.receiver_down_since.unwrap_or(now)) };
+            let receiver_ok =
+                streaming || node.receiver_down_since.is_some_and(|t| now.duration_since(t) < RECEIVER_GRACE);
             let fitness = Fitness {
                 removed: node.removed,
                 fenced: node.fenced,
@@ -212,7 +223,7 @@ fn publish(config: &Config, cluster: &Cluster, metrics: &Metrics, probes: &[Prob
                 lag_bytes: node.lag_bytes,
                 lag_ms: node.lag_ms,
                 replay_paused: p.obs.replay_paused,
-                streaming: p.obs.receiver_status.as_deref() == Some("streaming"),
+                streaming: receiver_ok,
                 primary_healthy: primary_up,
             };
             let limits = Limits { max_lag_bytes: node.max_lag_bytes, max_lag_ms: node.max_lag_ms, hold };

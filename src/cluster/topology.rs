@@ -102,6 +102,8 @@ pub struct Node {
     pub out: Option<OutReason>,
     /// Since when the replica has been fit to come back (hysteresis).
     pub fit_since: Option<Instant>,
+    /// Since when its WAL receiver has not been streaming.
+    pub receiver_down_since: Option<Instant>,
     /// Share of reads relative to the other replicas.
     pub weight: u32,
     pub max_lag_bytes: u64,
@@ -132,6 +134,7 @@ impl Node {
             in_rotation: true,
             out: None,
             fit_since: None,
+            receiver_down_since: None,
             weight,
             max_lag_bytes,
             max_lag_ms,
@@ -213,6 +216,9 @@ pub struct Cluster {
     pub wake: tokio::sync::Notify,
     /// Signalled after each probe's topology is published.
     pub published: tokio::sync::Notify,
+    /// Ticks at every failed health check, so that sessions waiting on a server can give up
+    /// on one found unreachable.
+    pub unreachable: tokio::sync::watch::Sender<u64>,
 }
 
 impl Cluster {
@@ -222,6 +228,7 @@ impl Cluster {
             turn: AtomicUsize::new(0),
             wake: tokio::sync::Notify::new(),
             published: tokio::sync::Notify::new(),
+            unreachable: tokio::sync::watch::Sender::new(0),
         })
     }
 

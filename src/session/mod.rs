@@ -124,6 +124,8 @@ struct Session {
     lost: lost::Lost,
     /// What the request in flight would do (for the error it gets if it is lost).
     in_flight: lost::InFlight,
+    /// Ticks while some server fails its health checks.
+    unreachable: tokio::sync::watch::Receiver<u64>,
     /// The read in flight on a replica, until the server starts answering it.
     retry: Option<Retry>,
     /// A read whose connection died before any answer: to run again elsewhere.
@@ -237,6 +239,7 @@ async fn run_client(shared: &Arc<Shared>, stream: TcpStream, peer: String) -> Re
         load: None,
         lost: lost::Lost::No,
         in_flight: lost::InFlight::default(),
+        unreachable: shared.cluster.unreachable.subscribe(),
     };
     if s.database == crate::ops::admin::DATABASE {
         // The admin console: no server behind it.
@@ -330,6 +333,7 @@ impl Session {
                         }
                     } => Event::Server(r),
                     r = self.client.next(), if read_client => Event::Client(r),
+                    _ = self.unreachable.changed(), if self.outstanding > 0 => Event::Unreachable,
                 }
             };
             match event {
@@ -346,6 +350,7 @@ impl Session {
                         self.on_client_frame(f).await?;
                     }
                 }
+                Event::Unreachable => self.check_stuck()?,
                 Event::Client(Err(ProtocolError::Closed)) => return Err(End::Terminated),
                 Event::Client(Err(e)) => return Err(e.into()),
             }
@@ -377,6 +382,22 @@ impl Session {
         Ok(())
     }
 
+    /// A request waits on a server the health checks find unreachable (a link gone silent: no
+    /// RST, no FIN, so the socket alone would wait for ever). Past `failover_wait` the
+    /// connection is given up: the client gets the error of a lost connection, in terms of
+    /// what it was doing, and its pgsplit connection stays usable.
+    fn check_stuck(&mut self) -> Result<(), End> {
+        let Some(node) = self.server.as_ref().map(|s| s.conn.node) else { return Ok(()) };
+        let wait = std::time::Duration::from_millis(self.shared.config.load().failover.failover_wait_ms);
+        let unhealthy = self.shared.cluster.load().nodes.get(node).is_some_and(|n| !n.healthy);
+        if unhealthy && self.observe.waiting_longer_than(wait) {
+            tracing::warn!(node, "giving up a request on an unreachable server");
+            let e = std::io::Error::new(std::io::ErrorKind::TimedOut, "server unreachable (health checks failing)");
+            return self.server_lost(ProtocolError::Io(e));
+        }
+        Ok(())
+    }
+
     /// The client is gone: a server connection still busy with its work is cancelled and
     /// closed, never handed to someone else.
     async fn finish(&mut self) {
@@ -403,4 +424,6 @@ impl Session {
 enum Event {
     Server(Result<Frame, ProtocolError>),
     Client(Result<Frame, ProtocolError>),
+    /// A server failed a health check (see `check_stuck`).
+    Unreachable,
 }

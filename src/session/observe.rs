@@ -111,6 +111,11 @@ impl Observe {
         }
     }
 
+    /// The request in flight has waited longer than `d`.
+    pub fn waiting_longer_than(&self, d: std::time::Duration) -> bool {
+        self.started.is_some_and(|(t0, _, _)| t0.elapsed() > d)
+    }
+
     /// The request will never complete (its connection broke).
     pub fn abandoned(&mut self) {
         self.started = None;

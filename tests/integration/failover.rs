@@ -271,3 +271,127 @@ pub async fn kill_the_primary_under_load(_env: &Env) -> R {
     drop(cluster);
     Ok(())
 }
+
+/// A TCP relay that can go silent: connections stay open, bytes stop (a partition that drops
+/// packets: no RST, no FIN), new connections are accepted and never answered.
+async fn silent_relay(target: String, cut: Arc<AtomicBool>) -> Result<u16, E> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let port = listener.local_addr()?.port();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let (cut, target) = (cut.clone(), target.clone());
+            tokio::spawn(async move {
+                if cut.load(Ordering::Relaxed) {
+                    tokio::time::sleep(Duration::from_secs(3600)).await;
+                    return;
+                }
+                let Ok(server) = tokio::net::TcpStream::connect(&target).await else { return };
+                let (cr, cw) = client.into_split();
+                let (sr, sw) = server.into_split();
+                let pipe = |mut r: tokio::net::tcp::OwnedReadHalf,
+                            mut w: tokio::net::tcp::OwnedWriteHalf,
+                            cut: Arc<AtomicBool>| async move {
+                    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                    let mut buf = vec![0u8; 16384];
+                    loop {
+                        let Ok(n) = r.read(&mut buf).await else { return };
+                        if n == 0 {
+                            return;
+                        }
+                        if cut.load(Ordering::Relaxed) {
+                            // Silence: hold the connection, deliver nothing.
+                            tokio::time::sleep(Duration::from_secs(3600)).await;
+                            return;
+                        }
+                        if w.write_all(&buf[..n]).await.is_err() {
+                            return;
+                        }
+                    }
+                };
+                tokio::join!(pipe(cr, sw, cut.clone()), pipe(sr, cw, cut));
+            });
+        }
+    });
+    Ok(port)
+}
+
+pub async fn cut_off_from_a_live_primary_no_promotion(_env: &Env) -> R {
+    let base = std::env::temp_dir().join(format!("pgsplit-partition-{}", std::process::id()));
+    let cluster = tokio::task::spawn_blocking({
+        let base = base.clone();
+        move || LocalCluster::start(&base, 2)
+    })
+    .await??;
+    let cut = Arc::new(AtomicBool::new(false));
+    let relay = silent_relay(cluster.primary().addr(), cut.clone()).await?;
+    let mut cfg = config(&cluster, "");
+    cfg.servers.primary = format!("127.0.0.1:{relay}");
+    cfg.failover.failover_wait_ms = 1000;
+    cfg.failover.check_timeout_ms = 500;
+    let proxy = Proxy::start(cfg).await?;
+    let conn = format!("host=127.0.0.1 port={} user=postgres dbname=postgres", proxy.addr.port());
+    let c = connect(&conn).await?;
+    c.batch_execute("CREATE TABLE part_writes (id int)").await?;
+    tokio::task::block_in_place(|| cluster.wait_caught_up())?;
+    // Writes keep going on the primary directly, so the replicas keep hearing from it.
+    let stop = Arc::new(AtomicBool::new(false));
+    let direct_writer = {
+        let (addr, stop) = (cluster.primary().port, stop.clone());
+        tokio::spawn(async move {
+            let d = connect(&format!("host=127.0.0.1 port={addr} user=postgres dbname=postgres")).await?;
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                d.execute("INSERT INTO part_writes VALUES (1)", &[]).await?;
+                n += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Ok::<_, E>(n)
+        })
+    };
+    // A statement on the primary when the link goes silent: it must not wait for ever.
+    let stuck = {
+        let conn = conn.clone();
+        tokio::spawn(async move {
+            let c = connect(&conn).await?;
+            let t0 = Instant::now();
+            let r = c.simple_query("/* pgsplit:primary */ SELECT pg_sleep(1)").await;
+            Ok::<_, E>((r.err().map(|e| crate::common::sqlstate(&e)), t0.elapsed()))
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    cut.store(true, Ordering::Relaxed);
+    let t0 = Instant::now();
+    // Well past failover_after (3 s): no promotion, the phase says why.
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    let phase = proxy.shared.failover.lock().unwrap_or_else(|p| p.into_inner()).phase.clone();
+    let t = proxy.shared.cluster.load();
+    let promoted: Vec<usize> = (1..3).filter(|&i| t.nodes[i].role == pgsplit::cluster::Role::Primary).collect();
+    drop(t);
+    let in_recovery: Vec<String> = (1..3)
+        .map(|i| tokio::task::block_in_place(|| cluster.psql(i, "SELECT pg_is_in_recovery()")).unwrap_or_default())
+        .collect();
+    println!("    cut off from the primary for {:.1} s: phase {phase:?}", t0.elapsed().as_secs_f64());
+    check!(
+        promoted.is_empty() && in_recovery.iter().all(|r| r == "t"),
+        "a replica was promoted: {promoted:?} {in_recovery:?}"
+    );
+    check!(matches!(phase, pgsplit::cluster::failover::Phase::Vetoed(_)), "phase {phase:?}");
+    // Reads go on (replicas); writes through pgsplit fail after failover_wait, they never hang.
+    let r: i32 = c.query_one("SELECT inet_server_port()", &[]).await?.get(0);
+    check!(r != cluster.primary().port as i32, "a read went through the cut link");
+    let w0 = Instant::now();
+    let fresh = connect(&conn).await?;
+    let write =
+        tokio::time::timeout(Duration::from_secs(20), fresh.execute("INSERT INTO part_writes VALUES (2)", &[])).await;
+    println!("    a write through the cut link failed after {:.1} s", w0.elapsed().as_secs_f64());
+    check!(matches!(write, Ok(Err(_))), "a write through the cut link did not fail in time: {write:?}");
+    let (code, waited) = tokio::time::timeout(Duration::from_secs(30), stuck).await???;
+    println!("    a statement caught by the silent link got {code:?} after {:.1} s", waited.as_secs_f64());
+    check!(code.as_deref().is_some_and(|c| c.starts_with("08")), "the stuck statement: {code:?}");
+    stop.store(true, Ordering::Relaxed);
+    let n = direct_writer.await??;
+    check!(n > 10, "the direct writer wrote {n} rows");
+    proxy.stop();
+    drop(cluster);
+    Ok(())
+}
