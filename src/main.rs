@@ -127,6 +127,10 @@ async fn run(cli: Cli, set_level: pgsplit::proxy::LogLevelSetter) -> Result<(), 
             .map_err(|e| e.to_string())??;
         config.servers.primary = c.primary().addr();
         config.servers.replicas = c.replica_addrs().into_iter().map(Into::into).collect();
+        // Failover state next to the demo's servers.
+        if config.failover.state_dir.is_empty() {
+            config.failover.state_dir = c.base.join("pgsplit-state").display().to_string();
+        }
         // The console for the demo's own user, and Prometheus on a local port.
         if config.admin.users.is_empty() {
             config.admin.users.push("postgres".into());
@@ -175,6 +179,17 @@ async fn run(cli: Cli, set_level: pgsplit::proxy::LogLevelSetter) -> Result<(), 
         println!("  psql \"host={} port={} user=postgres dbname=postgres\"", proxy.addr.ip(), proxy.addr.port());
         println!("The admin console (SHOW SERVERS; SHOW POOLS; SHOW ROUTES; ...):");
         println!("  psql \"host={} port={} user=postgres dbname=pgsplit\"", proxy.addr.ip(), proxy.addr.port());
+        if let Some(c) = &cluster {
+            println!("The servers (kill -9 the primary's PID and watch SHOW SERVERS: pgsplit promotes a replica):");
+            for (i, n) in c.nodes.iter().enumerate() {
+                let pid = std::fs::read_to_string(n.dir.join("postmaster.pid"))
+                    .ok()
+                    .and_then(|t| t.lines().next().map(str::to_string))
+                    .unwrap_or_default();
+                let role = if i == 0 { "primary" } else { "replica" };
+                println!("  {role:<8} 127.0.0.1:{:<6} pid {pid:<8} data {}", n.port, n.dir.display());
+            }
+        }
         println!("Try: SELECT inet_server_port(), pg_is_in_recovery();   -- a read, on a replica");
         println!("     BEGIN; SELECT inet_server_port(); COMMIT;          -- a transaction, on the primary");
         println!("Ctrl-C stops pgsplit and removes the demo cluster.");

@@ -46,6 +46,8 @@ pub struct Shared {
     pub failover: std::sync::Mutex<crate::cluster::failover::State>,
     /// Wakes the failover loop for an immediate check.
     pub failover_wake: tokio::sync::Notify,
+    /// An operator's FAILOVER or PROMOTE, for the failover loop.
+    pub failover_request: std::sync::Mutex<Option<crate::cluster::failover_io::Request>>,
 }
 
 /// A running proxy.
@@ -96,6 +98,7 @@ impl Proxy {
             log_level,
             failover: std::sync::Mutex::new(crate::cluster::failover::State::new(first_primary)),
             failover_wake: tokio::sync::Notify::new(),
+            failover_request: std::sync::Mutex::new(None),
         });
         let listener =
             TcpListener::bind(&config.listen).await.map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;

@@ -22,6 +22,16 @@ const REPLICA_SQL: &str = "SELECT pg_is_in_recovery(), \
      coalesce((SELECT status = 'streaming' FROM pg_stat_wal_receiver LIMIT 1), false), \
      (SELECT (extract(epoch FROM last_msg_receipt_time) * 1000)::int8 FROM pg_stat_wal_receiver LIMIT 1)";
 
+/// An operator's request (admin console).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Request {
+    /// Fail over now if the primary is down, even with failover = "manual".
+    Failover,
+    /// Promote this replica, whatever its lag and whatever the old primary's state (which is
+    /// fenced).
+    Promote(usize),
+}
+
 /// Runs the failover loop for as long as the proxy runs.
 pub async fn run(shared: Arc<Shared>) {
     let mut state = {
@@ -52,7 +62,15 @@ pub async fn run(shared: Arc<Shared>) {
             });
             shared.cluster.unreachable.send_modify(|n| *n += 1);
         }
-        let (next, actions) = failover::step(&state, &check, &policy);
+        let request = shared.failover_request.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let (next, actions) = match request {
+            Some(Request::Promote(node)) => failover::promote_by_hand(&state, node),
+            Some(Request::Failover) => {
+                let now = Policy { auto: true, failover_after: Duration::ZERO, ..policy };
+                failover::step(&state, &check, &now)
+            }
+            None => failover::step(&state, &check, &policy),
+        };
         let started = state.failing_since.map(|(t, _)| t);
         for a in actions {
             execute(&shared, &config, &check, &next, a, started).await;

@@ -1,7 +1,7 @@
 //! The admin console: the virtual database `pgsplit`, which `[admin] users` log into with
 //! psql (or any client; results are ordinary row sets). Commands:
-//! SHOW SERVERS | POOLS | CLIENTS | STATS | CONFIG | ROUTES | VERSION, RELOAD,
-//! PAUSE <server>, RESUME <server>.
+//! SHOW SERVERS | POOLS | CLIENTS | STATS | CONFIG | ROUTES | FAILOVER | VERSION, RELOAD,
+//! PAUSE <server>, RESUME <server>, FAILOVER, PROMOTE <server>.
 //!
 //! This module turns a command into answers; `session/console.rs` speaks the protocol.
 
@@ -100,6 +100,36 @@ pub fn execute(shared: &Shared, sql: &str) -> Result<Answer, Refusal> {
             columns: vec!["version"],
             rows: vec![vec![Some(format!("pgsplit {}", env!("CARGO_PKG_VERSION")))]],
         }),
+        ["show", "failover"] => Ok(failover_state(shared)),
+        ["failover"] => {
+            let t = shared.cluster.load();
+            if t.nodes.get(t.primary()).is_some_and(|n| n.healthy) {
+                return Err(refuse("55000", "the primary is healthy: nothing to fail over"));
+            }
+            drop(t);
+            request(shared, crate::cluster::failover_io::Request::Failover);
+            Ok(Answer::Done {
+                tag: "FAILOVER".into(),
+                notice: Some("failover requested: SHOW FAILOVER, SHOW SERVERS".into()),
+            })
+        }
+        ["promote", _] => {
+            let server = arg()?;
+            let t = shared.cluster.load();
+            match t.find(&server).map(|i| (i, &t.nodes[i])) {
+                None => Err(refuse("42704", format!("no server {server} (SHOW SERVERS lists them)"))),
+                Some((_, n)) if n.role == Role::Primary => Err(refuse("55000", format!("{server} is the primary"))),
+                Some((_, n)) if n.fenced => Err(refuse("55000", format!("{server} is fenced"))),
+                Some((i, _)) => {
+                    drop(t);
+                    request(shared, crate::cluster::failover_io::Request::Promote(i));
+                    Ok(Answer::Done {
+                        tag: "PROMOTE".into(),
+                        notice: Some(format!("promoting {server}; the current primary will be fenced")),
+                    })
+                }
+            }
+        }
         ["reload"] => match crate::ops::reload::reload(shared) {
             Ok(msg) => Ok(Answer::Done { tag: "RELOAD".into(), notice: Some(msg) }),
             Err(e) => Err(refuse("F0000", format!("reload refused, the running configuration stays: {e}"))),
@@ -130,12 +160,35 @@ pub fn execute(shared: &Shared, sql: &str) -> Result<Answer, Refusal> {
         _ => Err(refuse(
             "42601",
             format!(
-                "unknown admin command {:?}: SHOW SERVERS | POOLS | CLIENTS | STATS | CONFIG | ROUTES | VERSION, \
-                 RELOAD, PAUSE <server>, RESUME <server>",
+                "unknown admin command {:?}: SHOW SERVERS | POOLS | CLIENTS | STATS | CONFIG | ROUTES | FAILOVER | \
+                 VERSION, RELOAD, PAUSE <server>, RESUME <server>, FAILOVER, PROMOTE <server>",
                 sql.trim()
             ),
         )),
     }
+}
+
+fn request(shared: &Shared, r: crate::cluster::failover_io::Request) {
+    *shared.failover_request.lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
+    shared.failover_wake.notify_one();
+}
+
+fn failover_state(shared: &Shared) -> Answer {
+    let s = shared.failover.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let t = shared.cluster.load();
+    let addr = |i: usize| t.nodes.get(i).map(|n| n.addr.to_string()).unwrap_or_default();
+    let config = shared.config.load();
+    let rows = vec![
+        vec![text("mode"), text(format!("{:?}", config.failover.mode).to_ascii_lowercase())],
+        vec![text("epoch"), text(s.epoch)],
+        vec![text("primary"), text(addr(s.primary))],
+        vec![text("timeline"), text(s.timeline)],
+        vec![text("phase"), text(format!("{:?}", s.phase))],
+        vec![text("fenced"), text(s.fenced.iter().map(|&i| addr(i)).collect::<Vec<_>>().join(", "))],
+        vec![text("last_primary_lsn"), text(format_lsn(s.last_primary_lsn))],
+        vec![text("failovers"), text(shared.metrics.failovers.get())],
+    ];
+    Answer::Rows { columns: vec!["key", "value"], rows }
 }
 
 fn text(v: impl ToString) -> Option<String> {
@@ -159,7 +212,13 @@ fn servers(shared: &Shared) -> Answer {
                 Role::Replica => "replica",
             };
             let lsn = o.map(|o| if n.role == Role::Primary { o.insert_lsn } else { o.replay_lsn });
-            let why = if n.in_rotation { None } else { n.out.map(|r| r.as_str().to_string()) };
+            let why = if n.fenced {
+                Some(crate::cluster::OutReason::Fenced.as_str().to_string())
+            } else if n.in_rotation {
+                None
+            } else {
+                n.out.map(|r| r.as_str().to_string())
+            };
             vec![
                 text(&n.addr),
                 text(role),

@@ -395,3 +395,43 @@ pub async fn cut_off_from_a_live_primary_no_promotion(_env: &Env) -> R {
     drop(cluster);
     Ok(())
 }
+
+pub async fn manual_mode_waits_for_promote(_env: &Env) -> R {
+    let base = std::env::temp_dir().join(format!("pgsplit-manual-{}", std::process::id()));
+    let cluster = tokio::task::spawn_blocking({
+        let base = base.clone();
+        move || LocalCluster::start(&base, 2)
+    })
+    .await??;
+    let mut cfg = config(&cluster, "");
+    cfg.failover.mode = FailoverMode::Manual;
+    let proxy = Proxy::start(cfg).await?;
+    let admin = connect(&format!("host=127.0.0.1 port={} user=postgres dbname=pgsplit", proxy.addr.port())).await?;
+    let e = admin.simple_query("FAILOVER").await.err().ok_or("FAILOVER with a healthy primary")?;
+    check!(crate::common::sqlstate(&e) == "55000", "FAILOVER with a healthy primary: {e:?}");
+    tokio::task::block_in_place(|| cluster.wait_caught_up())?;
+    let pid = postmaster_pid(&cluster, 0)?;
+    tokio::process::Command::new("kill").args(["-9", &pid]).status().await?;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let phase = proxy.shared.failover.lock().unwrap_or_else(|p| p.into_inner()).phase.clone();
+    check!(proxy.shared.cluster.load().primary() == 0, "manual mode promoted by itself");
+    check!(matches!(&phase, pgsplit::cluster::failover::Phase::Blocked(w) if w.contains("manual")), "{phase:?}");
+    // The operator picks the second replica.
+    let target = cluster.nodes[2].addr();
+    admin.simple_query(&format!("PROMOTE {target}")).await?;
+    let t0 = Instant::now();
+    while proxy.shared.cluster.load().primary() != 2 {
+        check!(t0.elapsed() < Duration::from_secs(30), "PROMOTE did not take effect");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    println!("    manual mode: PROMOTE {target} took effect in {:.2} s", t0.elapsed().as_secs_f64());
+    let c = connect(&format!("host=127.0.0.1 port={} user=postgres dbname=postgres", proxy.addr.port())).await?;
+    c.batch_execute("CREATE TABLE manual_probe2 (a int)").await?;
+    let port: i32 = c.query_one("INSERT INTO manual_probe2 VALUES (1) RETURNING inet_server_port()", &[]).await?.get(0);
+    check!(port == cluster.nodes[2].port as i32, "a write after PROMOTE ran on {port}");
+    let state = admin.simple_query("SHOW FAILOVER").await?;
+    check!(state.len() > 3, "SHOW FAILOVER: {}", state.len());
+    proxy.stop();
+    drop(cluster);
+    Ok(())
+}

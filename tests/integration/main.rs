@@ -104,6 +104,7 @@ fn main() {
         differential::results_match_the_primary_byte_for_byte,
         failover::kill_the_primary_under_load,
         failover::cut_off_from_a_live_primary_no_promotion,
+        failover::manual_mode_waits_for_promote,
         clients::read_your_writes_handoff,
         clients::psycopg3,
         clients::psycopg2,
