@@ -20,7 +20,20 @@ const REPLICA_SQL: &str = "SELECT pg_is_in_recovery(), \
      CASE WHEN pg_is_in_recovery() THEN (SELECT received_tli FROM pg_stat_wal_receiver LIMIT 1)::text \
           ELSE substr(pg_walfile_name(pg_current_wal_insert_lsn()), 1, 8) END, \
      coalesce((SELECT status = 'streaming' FROM pg_stat_wal_receiver LIMIT 1), false), \
-     (SELECT (extract(epoch FROM last_msg_receipt_time) * 1000)::int8 FROM pg_stat_wal_receiver LIMIT 1)";
+     (SELECT (extract(epoch FROM last_msg_receipt_time) * 1000)::int8 FROM pg_stat_wal_receiver LIMIT 1), \
+     current_setting('primary_conninfo'), current_setting('cluster_name'), \
+     CASE WHEN pg_is_in_recovery() THEN NULL ELSE current_setting('synchronous_standby_names') END, \
+     CASE WHEN pg_is_in_recovery() THEN NULL ELSE (SELECT string_agg(application_name, ',') \
+          FROM pg_stat_replication WHERE sync_state IN ('sync', 'quorum')) END";
+
+/// What one node answered, beyond what the rules need.
+struct Answered {
+    seen: Seen,
+    /// The name its WAL receiver gives the primary (application_name).
+    standby_name: String,
+    /// On a primary: synchronous_standby_names is set, and the names in its sync set.
+    sync: Option<(bool, Vec<String>)>,
+}
 
 /// An operator's request (admin console).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,7 +56,10 @@ pub async fn run(shared: Arc<Shared>) {
     };
     if let Some(saved) = super::state_file::load(&shared) {
         state.epoch = saved.epoch;
+        state.timeline = saved.timeline;
     }
+    // The primary's synchronous set at its last good check (None: asynchronous).
+    let last_sync = std::sync::Mutex::new(None);
     loop {
         let config = shared.config.load_full();
         let policy = Policy {
@@ -51,7 +67,7 @@ pub async fn run(shared: Arc<Shared>) {
             max_failover_lag_bytes: config.failover.max_failover_lag_bytes,
             auto: config.failover.mode == FailoverMode::Auto,
         };
-        let check = gather(&shared, &config, &state).await;
+        let check = gather(&shared, &config, &state, &last_sync).await;
         if !check.primary_ok {
             shared.cluster.topology.rcu(|t| {
                 let mut t = (**t).clone();
@@ -89,7 +105,12 @@ pub async fn run(shared: Arc<Shared>) {
 }
 
 /// One health check of every server, all at once.
-async fn gather(shared: &Arc<Shared>, config: &Arc<Config>, state: &State) -> Check {
+async fn gather(
+    shared: &Arc<Shared>,
+    config: &Arc<Config>,
+    state: &State,
+    sync: &std::sync::Mutex<Option<Vec<bool>>>,
+) -> Check {
     let t = shared.cluster.topology.load_full();
     let timeout = Duration::from_millis(config.failover.check_timeout_ms);
     let now = Instant::now();
@@ -101,15 +122,28 @@ async fn gather(shared: &Arc<Shared>, config: &Arc<Config>, state: &State) -> Ch
             let (shared, config, addr, removed) = (shared.clone(), config.clone(), n.addr.clone(), n.removed);
             tokio::spawn(async move {
                 if removed {
-                    return Seen::default();
+                    return Answered { seen: Seen::default(), standby_name: String::new(), sync: None };
                 }
                 seen(&shared, &config, &addr, timeout).await
             })
         })
         .collect();
-    let mut nodes = Vec::with_capacity(tasks.len());
+    let mut answers = Vec::with_capacity(tasks.len());
     for task in tasks {
-        nodes.push(task.await.unwrap_or_default());
+        answers.push(task.await.unwrap_or(Answered { seen: Seen::default(), standby_name: String::new(), sync: None }));
+    }
+    // The primary's synchronous set, as last observed while it answered: only its members may
+    // be promoted, so that no acknowledged commit is lost.
+    if let Some(Some((configured, members))) = answers.get(state.primary).map(|a| a.sync.clone()) {
+        let in_set = answers.iter().map(|a| members.contains(&a.standby_name)).collect();
+        *sync.lock().unwrap_or_else(|p| p.into_inner()) = configured.then_some(in_set);
+    }
+    let last_sync = sync.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let mut nodes: Vec<Seen> = answers.into_iter().map(|a| a.seen).collect();
+    if let Some(set) = &last_sync {
+        for (n, member) in nodes.iter_mut().zip(set) {
+            n.sync = *member;
+        }
     }
     for (i, n) in t.nodes.iter().enumerate() {
         if let Some(s) = nodes.get_mut(i) {
@@ -122,21 +156,33 @@ async fn gather(shared: &Arc<Shared>, config: &Arc<Config>, state: &State) -> Ch
     let p = state.primary;
     let kept_ok = nodes.get(p).is_some_and(|s| s.reachable && !s.in_recovery);
     let fresh_ok = kept_ok && fresh_check(config, &t.nodes[p].addr, timeout).await;
-    Check { now, now_ms, primary_ok: kept_ok && fresh_ok, nodes, sync_configured: false }
+    Check { now, now_ms, primary_ok: kept_ok && fresh_ok, nodes, sync_configured: last_sync.is_some() }
 }
 
-async fn seen(shared: &Shared, config: &Config, addr: &str, timeout: Duration) -> Seen {
+async fn seen(shared: &Shared, config: &Config, addr: &str, timeout: Duration) -> Answered {
     let work = async {
         let c = shared.sql.get(addr, &config.monitor.database).await?;
         c.query_one(REPLICA_SQL, &[]).await.ok()
     };
     let Ok(Some(row)) = tokio::time::timeout(timeout, work).await else {
         shared.sql.forget(addr);
-        return Seen::default();
+        return Answered { seen: Seen::default(), standby_name: String::new(), sync: None };
     };
     let in_recovery: bool = row.get(0);
     let timeline: Option<String> = row.get(2);
-    Seen {
+    let conninfo: String = row.get(5);
+    let cluster_name: String = row.get(6);
+    let standby_name = conninfo_value(&conninfo, "application_name")
+        .or_else(|| (!cluster_name.is_empty()).then_some(cluster_name))
+        .unwrap_or_else(|| "walreceiver".into());
+    let sync = row.get::<_, Option<String>>(7).map(|names| {
+        let members: Option<String> = row.get(8);
+        (
+            !names.trim().is_empty(),
+            members.unwrap_or_default().split(',').filter(|s| !s.is_empty()).map(str::to_string).collect(),
+        )
+    });
+    let seen = Seen {
         reachable: true,
         in_recovery,
         position: row.get::<_, Option<String>>(1).as_deref().and_then(parse_lsn).unwrap_or(0),
@@ -144,7 +190,16 @@ async fn seen(shared: &Shared, config: &Config, addr: &str, timeout: Duration) -
         streaming: row.get(3),
         heard_ms: row.get::<_, Option<i64>>(4).map(|v| v.max(0) as u64),
         ..Seen::default()
-    }
+    };
+    Answered { seen, standby_name, sync }
+}
+
+/// A value of a conninfo string.
+fn conninfo_value(conninfo: &str, key: &str) -> Option<String> {
+    conninfo.split_whitespace().find_map(|kv| {
+        let (k, v) = kv.split_once('=')?;
+        (k == key).then(|| v.trim_matches('\'').to_string())
+    })
 }
 
 /// A new connection and a round trip, within `timeout`.

@@ -435,3 +435,83 @@ pub async fn manual_mode_waits_for_promote(_env: &Env) -> R {
     drop(cluster);
     Ok(())
 }
+
+pub async fn synchronous_replication_loses_no_acknowledged_commit(_env: &Env) -> R {
+    let base = std::env::temp_dir().join(format!("pgsplit-sync-{}", std::process::id()));
+    let cluster = tokio::task::spawn_blocking({
+        let base = base.clone();
+        move || LocalCluster::start(&base, 2)
+    })
+    .await??;
+    // Name the standbys, then make commits wait for one of them.
+    let psql = |i: usize, sql: &str| tokio::task::block_in_place(|| cluster.psql(i, sql));
+    for i in 1..3 {
+        let current = psql(i, "SHOW primary_conninfo")?;
+        let named = format!("{current} application_name=r{i}").replace('\'', "''");
+        psql(i, &format!("ALTER SYSTEM SET primary_conninfo = '{named}'"))?;
+        psql(i, "SELECT pg_reload_conf()")?;
+    }
+    psql(0, "ALTER SYSTEM SET synchronous_standby_names = 'ANY 1 (r1, r2)'")?;
+    psql(0, "SELECT pg_reload_conf()")?;
+    let t0 = Instant::now();
+    while psql(0, "SELECT count(*) FROM pg_stat_replication WHERE sync_state = 'quorum'")? != "2" {
+        check!(t0.elapsed() < Duration::from_secs(30), "the standbys never became synchronous");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let proxy = Proxy::start(config(&cluster, "")).await?;
+    let conn = format!("host=127.0.0.1 port={} user=postgres dbname=postgres", proxy.addr.port());
+    let c = connect(&conn).await?;
+    c.batch_execute("CREATE TABLE sync_writes (id int PRIMARY KEY)").await?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers: Vec<_> = (0..3)
+        .map(|w| {
+            let (conn, stop) = (conn.clone(), stop.clone());
+            tokio::spawn(async move {
+                let c = connect(&conn).await?;
+                let mut acked = Vec::new();
+                let mut id = w * 1_000_000;
+                while !stop.load(Ordering::Relaxed) {
+                    id += 1;
+                    if c.execute("INSERT INTO sync_writes VALUES ($1)", &[&id]).await.is_ok() {
+                        acked.push(id);
+                    }
+                }
+                Ok::<_, E>(acked)
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let pid = postmaster_pid(&cluster, 0)?;
+    tokio::process::Command::new("kill").args(["-9", &pid]).status().await?;
+    let killed = Instant::now();
+    while proxy.shared.cluster.load().primary() == 0 {
+        check!(killed.elapsed() < Duration::from_secs(60), "no failover");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut acked = Vec::new();
+    for w in writers {
+        acked.extend(w.await??);
+    }
+    let p = proxy.shared.cluster.load().primary();
+    let direct =
+        connect(&format!("host=127.0.0.1 port={} user=postgres dbname=postgres", cluster.nodes[p].port)).await?;
+    let present: BTreeSet<i32> =
+        direct.query("SELECT id FROM sync_writes", &[]).await?.iter().map(|r| r.get(0)).collect();
+    let lost: Vec<&i32> = acked.iter().filter(|id| !present.contains(id)).collect();
+    println!(
+        "    synchronous (ANY 1): {} commits acknowledged, {} lost after the failover to node {p} ({:.2} s)",
+        acked.len(),
+        lost.len(),
+        killed.elapsed().as_secs_f64()
+    );
+    check!(
+        lost.is_empty(),
+        "acknowledged commits lost with synchronous replication: {:?}",
+        &lost[..lost.len().min(10)]
+    );
+    proxy.stop();
+    drop(cluster);
+    Ok(())
+}

@@ -105,6 +105,7 @@ fn main() {
         failover::kill_the_primary_under_load,
         failover::cut_off_from_a_live_primary_no_promotion,
         failover::manual_mode_waits_for_promote,
+        failover::synchronous_replication_loses_no_acknowledged_commit,
         clients::read_your_writes_handoff,
         clients::psycopg3,
         clients::psycopg2,
