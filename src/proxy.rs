@@ -46,6 +46,8 @@ pub struct Shared {
     pub failover: std::sync::Mutex<crate::cluster::failover::State>,
     /// Wakes the failover loop for an immediate check.
     pub failover_wake: tokio::sync::Notify,
+    /// A switchover holds new writes (sessions wait as for a failover).
+    pub writes_held: std::sync::atomic::AtomicBool,
     /// An operator's FAILOVER or PROMOTE, for the failover loop.
     pub failover_request: std::sync::Mutex<Option<crate::cluster::failover_io::Request>>,
 }
@@ -99,6 +101,7 @@ impl Proxy {
             failover: std::sync::Mutex::new(crate::cluster::failover::State::new(first_primary)),
             failover_wake: tokio::sync::Notify::new(),
             failover_request: std::sync::Mutex::new(None),
+            writes_held: std::sync::atomic::AtomicBool::new(false),
         });
         let listener =
             TcpListener::bind(&config.listen).await.map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;

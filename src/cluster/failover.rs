@@ -47,6 +47,8 @@ pub struct Seen {
     pub priority: i32,
     /// Listed in the primary's synchronous_standby_names (as last observed).
     pub sync: bool,
+    /// default_transaction_read_only is on (a fenced or switched-over former primary).
+    pub read_only: bool,
 }
 
 /// What one health check saw.
@@ -180,7 +182,7 @@ pub fn step(state: &State, check: &Check, policy: &Policy) -> (State, Vec<Action
 
     // 1. Fenced nodes that answer writable: split brain, never the primary.
     for &f in &state.fenced {
-        if writable(f) {
+        if writable(f) && !check.nodes[f].read_only {
             actions.push(Action::SplitBrain(f));
         }
     }
@@ -379,6 +381,12 @@ mod tests {
         assert_eq!((s2.primary, s2.epoch), (1, 2));
         assert!(a.contains(&Action::SplitBrain(0)));
         assert!(!a.iter().any(|x| matches!(x, Action::Promote(_))));
+        // Once made read-only, it is no longer a split brain (and still fenced).
+        let fenced_ro =
+            vec![Seen { read_only: true, ..primary(9999) }, Seen { timeline: Some(2), ..primary(5000) }, replica(5000)];
+        let (s3, a) = step(&s2, &check(t0, 1, true, fenced_ro), &POLICY);
+        assert!(!a.contains(&Action::SplitBrain(0)));
+        assert_eq!(s3.fenced, vec![0]);
     }
 
     #[test]

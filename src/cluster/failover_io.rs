@@ -22,6 +22,7 @@ const REPLICA_SQL: &str = "SELECT pg_is_in_recovery(), \
      coalesce((SELECT status = 'streaming' FROM pg_stat_wal_receiver LIMIT 1), false), \
      (SELECT (extract(epoch FROM last_msg_receipt_time) * 1000)::int8 FROM pg_stat_wal_receiver LIMIT 1), \
      current_setting('primary_conninfo'), current_setting('cluster_name'), \
+     current_setting('default_transaction_read_only') = 'on', \
      CASE WHEN pg_is_in_recovery() THEN NULL ELSE current_setting('synchronous_standby_names') END, \
      CASE WHEN pg_is_in_recovery() THEN NULL ELSE (SELECT string_agg(application_name, ',') \
           FROM pg_stat_replication WHERE sync_state IN ('sync', 'quorum')) END";
@@ -43,6 +44,11 @@ pub enum Request {
     /// Promote this replica, whatever its lag and whatever the old primary's state (which is
     /// fenced).
     Promote(usize),
+    /// A planned switchover to this replica: no write lost, no client error outside
+    /// transactions.
+    Switchover(usize),
+    /// Re-admit a fenced node that now streams from the current primary as a replica.
+    Rejoin(usize),
 }
 
 /// Runs the failover loop for as long as the proxy runs.
@@ -81,6 +87,26 @@ pub async fn run(shared: Arc<Shared>) {
         let request = shared.failover_request.lock().unwrap_or_else(|p| p.into_inner()).take();
         let (next, actions) = match request {
             Some(Request::Promote(node)) => failover::promote_by_hand(&state, node),
+            Some(Request::Switchover(node)) => match switchover(&shared, &config, &state, node).await {
+                Ok(()) => failover::promote_by_hand(&state, node),
+                Err(e) => {
+                    tracing::error!("switchover refused: {e}");
+                    resume_writes(&shared);
+                    (state.clone(), Vec::new())
+                }
+            },
+            Some(Request::Rejoin(node)) => match follows(&shared, &config, node, state.primary).await {
+                Ok(()) => {
+                    let mut next = state.clone();
+                    next.fenced.retain(|&f| f != node);
+                    rejoined(&shared, node);
+                    if let Err(e) = super::state_file::save(&shared, &next, &shared.cluster.load()) {
+                        tracing::error!("cannot write the state file: {e}");
+                    }
+                    (next, vec![Action::Report(format!("node {node} rejoined as a replica"))])
+                }
+                Err(e) => (state.clone(), vec![Action::Report(format!("REJOIN of node {node} refused: {e}"))]),
+            },
             Some(Request::Failover) => {
                 let now = Policy { auto: true, failover_after: Duration::ZERO, ..policy };
                 failover::step(&state, &check, &now)
@@ -175,8 +201,8 @@ async fn seen(shared: &Shared, config: &Config, addr: &str, timeout: Duration) -
     let standby_name = conninfo_value(&conninfo, "application_name")
         .or_else(|| (!cluster_name.is_empty()).then_some(cluster_name))
         .unwrap_or_else(|| "walreceiver".into());
-    let sync = row.get::<_, Option<String>>(7).map(|names| {
-        let members: Option<String> = row.get(8);
+    let sync = row.get::<_, Option<String>>(8).map(|names| {
+        let members: Option<String> = row.get(9);
         (
             !names.trim().is_empty(),
             members.unwrap_or_default().split(',').filter(|s| !s.is_empty()).map(str::to_string).collect(),
@@ -189,6 +215,7 @@ async fn seen(shared: &Shared, config: &Config, addr: &str, timeout: Duration) -
         timeline: timeline.and_then(|t| if in_recovery { t.parse().ok() } else { u32::from_str_radix(&t, 16).ok() }),
         streaming: row.get(3),
         heard_ms: row.get::<_, Option<i64>>(4).map(|v| v.max(0) as u64),
+        read_only: row.get(7),
         ..Seen::default()
     };
     Answered { seen, standby_name, sync }
@@ -294,7 +321,7 @@ async fn execute(
                 shared.metrics.last_failover_seconds.set(s.elapsed().as_secs_f64());
             }
             shared.metrics.publish_nodes(&shared.cluster.load());
-            shared.cluster.published.notify_waiters();
+            resume_writes(shared);
             if !config.failover.on_failover_command.is_empty() {
                 let (cmd, old, new) = (config.failover.on_failover_command.clone(), addr(old), addr(next.primary));
                 tokio::spawn(async move {
@@ -333,6 +360,114 @@ async fn execute(
         }
     }
     let _ = Phase::Healthy;
+}
+
+/// The switchover's first half: writes are held (sessions wait, as during a failover), the
+/// transactions in flight on the primary finish (up to half of failover_wait, then they are
+/// ended), the primary is made read-only, and the target replays everything it wrote. Then
+/// the target is promoted like any candidate; the old primary stays read-only and fenced,
+/// awaiting REJOIN.
+async fn switchover(shared: &Arc<Shared>, config: &Config, state: &State, target: usize) -> Result<(), String> {
+    let t = shared.cluster.topology.load_full();
+    let (old, new) = (
+        t.nodes.get(state.primary).map(|n| n.addr.to_string()).unwrap_or_default(),
+        t.nodes.get(target).map(|n| n.addr.to_string()).ok_or("no such server")?,
+    );
+    if target == state.primary || t.nodes[target].role != Role::Replica || t.nodes[target].fenced {
+        return Err(format!("{new} is not a replica"));
+    }
+    tracing::warn!(from = %old, to = %new, "switchover: holding writes");
+    shared.writes_held.store(true, std::sync::atomic::Ordering::SeqCst);
+    let p = shared.sql.get(&old, &config.monitor.database).await.ok_or("the primary does not answer")?;
+    let deadline = Instant::now() + Duration::from_millis(config.failover.failover_wait_ms / 2);
+    const IN_FLIGHT: &str = "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'          AND xact_start IS NOT NULL AND pid <> pg_backend_pid() AND application_name NOT LIKE 'pgsplit-%'";
+    loop {
+        let n: i64 = p.query_one(IN_FLIGHT, &[]).await.map_err(|e| e.to_string())?.get(0);
+        if n == 0 {
+            break;
+        }
+        if Instant::now() >= deadline {
+            tracing::warn!(transactions = n, "switchover: ending the transactions still open");
+            p.batch_execute(
+                "SELECT pg_terminate_backend(pid, 1000) FROM pg_stat_activity WHERE backend_type = 'client backend'                  AND xact_start IS NOT NULL AND pid <> pg_backend_pid() AND application_name NOT LIKE 'pgsplit-%'",
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    p.batch_execute("ALTER SYSTEM SET default_transaction_read_only = on").await.map_err(|e| e.to_string())?;
+    p.batch_execute("SELECT pg_reload_conf()").await.map_err(|e| e.to_string())?;
+    let last: String =
+        p.query_one("SELECT pg_current_wal_insert_lsn()::text", &[]).await.map_err(|e| e.to_string())?.get(0);
+    let r = shared.sql.get(&new, &config.monitor.database).await.ok_or("the target does not answer")?;
+    let t0 = Instant::now();
+    loop {
+        let caught: bool = r
+            .query_one("SELECT pg_last_wal_replay_lsn() >= $1::text::pg_lsn", &[&last])
+            .await
+            .map_err(|e| e.to_string())?
+            .get(0);
+        if caught {
+            break;
+        }
+        if t0.elapsed() > Duration::from_millis(config.failover.failover_wait_ms) {
+            p.batch_execute("ALTER SYSTEM RESET default_transaction_read_only").await.map_err(|e| e.to_string())?;
+            p.batch_execute("SELECT pg_reload_conf()").await.map_err(|e| e.to_string())?;
+            return Err(format!("{new} did not replay up to {last} in time"));
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tracing::warn!(to = %new, lsn = %last, "switchover: the target has every write; promoting");
+    Ok(())
+}
+
+/// Whether `node` is a replica streaming from `primary`.
+async fn follows(shared: &Shared, config: &Config, node: usize, primary: usize) -> Result<(), String> {
+    let t = shared.cluster.load();
+    let (addr, paddr) = (
+        t.nodes.get(node).map(|n| n.addr.to_string()).ok_or("no such node")?,
+        t.nodes.get(primary).map(|n| n.addr.to_string()).ok_or("no primary")?,
+    );
+    drop(t);
+    let c = shared.sql.get(&addr, &config.monitor.database).await.ok_or("it does not answer")?;
+    let row = c
+        .query_one(
+            "SELECT pg_is_in_recovery(), (SELECT sender_port::text FROM pg_stat_wal_receiver WHERE status = 'streaming')",
+            &[],
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    let (in_recovery, sender_port): (bool, Option<String>) = (row.get(0), row.get(1));
+    let port = paddr.rsplit_once(':').map(|(_, p)| p.to_string()).unwrap_or_default();
+    if !in_recovery {
+        return Err(format!("{addr} is not in recovery (rebuild it as a replica of {paddr} first)"));
+    }
+    if sender_port.as_deref() != Some(port.as_str()) {
+        return Err(format!("{addr} does not stream from {paddr} (its receiver: {sender_port:?})"));
+    }
+    Ok(())
+}
+
+fn resume_writes(shared: &Shared) {
+    shared.writes_held.store(false, std::sync::atomic::Ordering::SeqCst);
+    shared.cluster.published.notify_waiters();
+}
+
+/// A fenced node back as a replica of the current primary.
+fn rejoined(shared: &Shared, node: usize) {
+    shared.cluster.topology.rcu(|t| {
+        let mut t = (**t).clone();
+        if let Some(n) = t.nodes.get_mut(node) {
+            n.fenced = false;
+            n.role = Role::Replica;
+            n.in_rotation = false;
+            n.out = Some(OutReason::Unreachable);
+        }
+        t
+    });
+    shared.metrics.split_brain.set(0);
 }
 
 /// Points a replica's WAL receiver at a new primary: its primary_conninfo with the new host and

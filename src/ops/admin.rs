@@ -1,7 +1,8 @@
 //! The admin console: the virtual database `pgsplit`, which `[admin] users` log into with
 //! psql (or any client; results are ordinary row sets). Commands:
 //! SHOW SERVERS | POOLS | CLIENTS | STATS | CONFIG | ROUTES | FAILOVER | VERSION, RELOAD,
-//! PAUSE <server>, RESUME <server>, FAILOVER, PROMOTE <server>.
+//! PAUSE <server>, RESUME <server>, FAILOVER, PROMOTE <server>, SWITCHOVER TO <server>,
+//! REJOIN <server>.
 //!
 //! This module turns a command into answers; `session/console.rs` speaks the protocol.
 
@@ -130,6 +131,37 @@ pub fn execute(shared: &Shared, sql: &str) -> Result<Answer, Refusal> {
                 }
             }
         }
+        ["switchover", "to", _] | ["switchover", _] | ["rejoin", _] => {
+            let raw = sql.trim().trim_end_matches(';').split_whitespace().last().unwrap_or("");
+            let server = raw.trim_matches(|c| c == '\'' || c == '"').to_string();
+            let t = shared.cluster.load();
+            let Some(i) = t.nodes.iter().position(|n| *n.addr == *server && !n.removed) else {
+                return Err(refuse("42704", format!("no server {server} (SHOW SERVERS lists them)")));
+            };
+            let n = &t.nodes[i];
+            if words[0] == "rejoin" {
+                if !n.fenced {
+                    return Err(refuse("55000", format!("{server} is not fenced")));
+                }
+                drop(t);
+                request(shared, crate::cluster::failover_io::Request::Rejoin(i));
+                return Ok(Answer::Done {
+                    tag: "REJOIN".into(),
+                    notice: Some(format!(
+                        "{server} rejoins once it is checked to stream from the primary (SHOW SERVERS)"
+                    )),
+                });
+            }
+            if n.role != Role::Replica || n.fenced {
+                return Err(refuse("55000", format!("{server} is not a replica")));
+            }
+            drop(t);
+            request(shared, crate::cluster::failover_io::Request::Switchover(i));
+            Ok(Answer::Done {
+                tag: "SWITCHOVER".into(),
+                notice: Some(format!("switching over to {server}: new writes wait, then run there (SHOW FAILOVER)")),
+            })
+        }
         ["reload"] => match crate::ops::reload::reload(shared) {
             Ok(msg) => Ok(Answer::Done { tag: "RELOAD".into(), notice: Some(msg) }),
             Err(e) => Err(refuse("F0000", format!("reload refused, the running configuration stays: {e}"))),
@@ -161,7 +193,8 @@ pub fn execute(shared: &Shared, sql: &str) -> Result<Answer, Refusal> {
             "42601",
             format!(
                 "unknown admin command {:?}: SHOW SERVERS | POOLS | CLIENTS | STATS | CONFIG | ROUTES | FAILOVER | \
-                 VERSION, RELOAD, PAUSE <server>, RESUME <server>, FAILOVER, PROMOTE <server>",
+                 VERSION, RELOAD, PAUSE <server>, RESUME <server>, FAILOVER, PROMOTE <server>, SWITCHOVER TO <server>, \
+                 REJOIN <server>",
                 sql.trim()
             ),
         )),

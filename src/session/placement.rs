@@ -122,6 +122,25 @@ impl Session {
         let mut exclude = Vec::new();
         let mut decision = decision;
         let mut primary_deadline = None;
+        if matches!(decision, Decision::Primary { .. })
+            && self.tx_status == b'I'
+            && self.pin.is_none()
+            && self.shared.writes_held.load(std::sync::atomic::Ordering::SeqCst)
+        {
+            // A switchover holds new work on the primary: wait for the new one.
+            let wait = self.shared.config.load().failover.failover_wait_ms;
+            let deadline = Instant::now() + Duration::from_millis(wait);
+            while self.shared.writes_held.load(std::sync::atomic::Ordering::SeqCst) && Instant::now() < deadline {
+                let published = self.shared.cluster.published.notified();
+                tokio::pin!(published);
+                published.as_mut().enable();
+                if !self.shared.writes_held.load(std::sync::atomic::Ordering::SeqCst) {
+                    break;
+                }
+                let _ = tokio::time::timeout(deadline.saturating_duration_since(Instant::now()), published).await;
+            }
+            decision = Decision::Primary { node: self.shared.cluster.load().primary(), reason: decision.reason() };
+        }
         loop {
             let node = match decision {
                 Decision::Held { .. } => self.shared.cluster.load().primary(),

@@ -515,3 +515,77 @@ pub async fn synchronous_replication_loses_no_acknowledged_commit(_env: &Env) ->
     drop(cluster);
     Ok(())
 }
+
+pub async fn switchover_loses_nothing(_env: &Env) -> R {
+    let base = std::env::temp_dir().join(format!("pgsplit-switchover-{}", std::process::id()));
+    let cluster = tokio::task::spawn_blocking({
+        let base = base.clone();
+        move || LocalCluster::start(&base, 2)
+    })
+    .await??;
+    let proxy = Proxy::start(config(&cluster, "")).await?;
+    let conn = format!("host=127.0.0.1 port={} user=postgres dbname=postgres", proxy.addr.port());
+    let c = connect(&conn).await?;
+    c.batch_execute("CREATE TABLE sw_writes (id int PRIMARY KEY)").await?;
+    tokio::task::block_in_place(|| cluster.wait_caught_up())?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients: Vec<_> = (0..4)
+        .map(|w| {
+            let (conn, stop) = (conn.clone(), stop.clone());
+            tokio::spawn(async move {
+                let c = connect(&conn).await?;
+                let (mut acked, mut errors) = (0u64, Vec::new());
+                let mut id = w * 1_000_000;
+                while !stop.load(Ordering::Relaxed) {
+                    id += 1;
+                    match c.execute("INSERT INTO sw_writes VALUES ($1)", &[&id]).await {
+                        Ok(_) => acked += 1,
+                        Err(e) => errors.push(format!("write: {e:?}")),
+                    }
+                    if let Err(e) = c.query_one("SELECT count(*) FROM sw_writes", &[]).await {
+                        errors.push(format!("read: {e:?}"));
+                    }
+                }
+                Ok::<_, E>((acked, errors))
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let admin = connect(&format!("host=127.0.0.1 port={} user=postgres dbname=pgsplit", proxy.addr.port())).await?;
+    let target = cluster.nodes[1].addr();
+    let t0 = Instant::now();
+    admin.simple_query(&format!("SWITCHOVER TO {target}")).await?;
+    while proxy.shared.cluster.load().primary() != 1 {
+        check!(
+            t0.elapsed() < Duration::from_secs(30),
+            "the switchover did not happen: {:?}",
+            *proxy.shared.failover.lock().unwrap_or_else(|p| p.into_inner())
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let took = t0.elapsed();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, Ordering::Relaxed);
+    let (mut acked, mut errors) = (0, Vec::new());
+    for cl in clients {
+        let (a, e) = cl.await??;
+        acked += a;
+        errors.extend(e);
+    }
+    let direct =
+        connect(&format!("host=127.0.0.1 port={} user=postgres dbname=postgres", cluster.nodes[1].port)).await?;
+    let rows: i64 = direct.query_one("SELECT count(*) FROM sw_writes", &[]).await?.get(0);
+    println!(
+        "    switchover to {target} in {:.2} s: {acked} writes acknowledged, {rows} rows on the new primary, {} client errors",
+        took.as_secs_f64(),
+        errors.len()
+    );
+    check!(errors.is_empty(), "clients saw errors: {:?}", &errors[..errors.len().min(5)]);
+    check!(rows as u64 == acked, "{acked} acknowledged, {rows} on the new primary");
+    let ro = tokio::task::block_in_place(|| cluster.psql(0, "SHOW default_transaction_read_only"))?;
+    check!(ro == "on", "the old primary is not read-only: {ro}");
+    check!(proxy.shared.cluster.load().nodes[0].fenced, "the old primary is not fenced");
+    proxy.stop();
+    drop(cluster);
+    Ok(())
+}

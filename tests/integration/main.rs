@@ -106,6 +106,7 @@ fn main() {
         failover::cut_off_from_a_live_primary_no_promotion,
         failover::manual_mode_waits_for_promote,
         failover::synchronous_replication_loses_no_acknowledged_commit,
+        failover::switchover_loses_nothing,
         clients::read_your_writes_handoff,
         clients::psycopg3,
         clients::psycopg2,
