@@ -188,6 +188,9 @@ pub struct FailoverConfig {
     pub fence_old_primary: bool,
     /// Run after a failover with the old and the new primary (HOST:PORT) as arguments.
     pub on_failover_command: String,
+    /// Run for a replica that diverged from the new primary (it needs pg_rewind), with the
+    /// replica and the new primary (HOST:PORT) as arguments.
+    pub rejoin_command: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
@@ -210,6 +213,7 @@ impl Default for FailoverConfig {
             state_dir: String::new(),
             fence_old_primary: true,
             on_failover_command: String::new(),
+            rejoin_command: String::new(),
         }
     }
 }

@@ -114,8 +114,16 @@ pub async fn run(shared: Arc<Shared>) {
             None => failover::step(&state, &check, &policy),
         };
         let started = state.failing_since.map(|(t, _)| t);
+        let mut next = next;
         for a in actions {
-            execute(&shared, &config, &check, &next, a, started).await;
+            if let Some(diverged) = execute(&shared, &config, &check, &next, a, started, state.timeline).await
+                && !next.fenced.contains(&diverged)
+            {
+                next.fenced.push(diverged);
+                if let Err(e) = super::state_file::save(&shared, &next, &shared.cluster.load()) {
+                    tracing::error!("cannot write the state file: {e}");
+                }
+            }
         }
         if next.phase != state.phase {
             tracing::info!(phase = ?next.phase, "failover state");
@@ -254,6 +262,7 @@ async fn fresh_check(config: &Config, addr: &str, timeout: Duration) -> bool {
     matches!(tokio::time::timeout(timeout, work).await, Ok(Some(true)))
 }
 
+/// Carries out one action. Some(node): that replica turned out diverged (fence it).
 async fn execute(
     shared: &Shared,
     config: &Config,
@@ -261,7 +270,8 @@ async fn execute(
     next: &State,
     action: Action,
     started: Option<Instant>,
-) {
+    old_timeline: u32,
+) -> Option<usize> {
     let t = shared.cluster.topology.load_full();
     let addr = |i: usize| t.nodes.get(i).map(|n| n.addr.to_string()).unwrap_or_default();
     match action {
@@ -335,9 +345,37 @@ async fn execute(
         }
         Action::Repoint { node, primary } => {
             let (a, p) = (addr(node), addr(primary));
-            if !check.nodes.get(node).is_some_and(|n| n.reachable) {
+            let Some(seen) = check.nodes.get(node).filter(|n| n.reachable) else {
                 tracing::warn!(server = %a, "failover: cannot re-point an unreachable replica");
-                return;
+                return None;
+            };
+            let timeline = seen.timeline.unwrap_or(old_timeline);
+            match diverged(shared, config, &p, next.timeline, timeline, seen.position).await {
+                Ok(Some(fork)) => {
+                    tracing::error!(
+                        server = %a,
+                        position = %super::monitor::format_lsn(seen.position),
+                        fork = %super::monitor::format_lsn(fork),
+                        "failover: replica diverged from the new primary (replayed past the fork): \
+                         out of rotation, needs pg_rewind; REJOIN it once it streams again"
+                    );
+                    mark_diverged(shared, node);
+                    if !config.failover.rejoin_command.is_empty() {
+                        let (cmd, a, p) = (config.failover.rejoin_command.clone(), a.clone(), p.clone());
+                        tokio::spawn(async move {
+                            let r = tokio::process::Command::new("sh")
+                                .args(["-c", &format!("{cmd} \"$0\" \"$1\""), &a, &p])
+                                .status()
+                                .await;
+                            tracing::info!("rejoin_command finished: {r:?}");
+                        });
+                    }
+                    return Some(node);
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(server = %a, "failover: cannot check the fork point ({e}); re-pointing anyway")
+                }
             }
             match repoint(shared, config, &a, &p).await {
                 Ok(()) => tracing::info!(server = %a, primary = %p, "failover: replica re-pointed"),
@@ -360,6 +398,51 @@ async fn execute(
         }
     }
     let _ = Phase::Healthy;
+    None
+}
+
+/// The fork point when a replica at `position` on `timeline` cannot follow a primary on
+/// `new_timeline` (it has replayed past the switchpoint recorded in the new timeline's history
+/// file); None when it can.
+async fn diverged(
+    shared: &Shared,
+    config: &Config,
+    primary: &str,
+    new_timeline: u32,
+    timeline: u32,
+    position: u64,
+) -> Result<Option<u64>, String> {
+    if timeline >= new_timeline {
+        return Ok(None);
+    }
+    let c = shared.sql.get(primary, &config.monitor.database).await.ok_or("the new primary does not answer")?;
+    let file = format!("pg_wal/{new_timeline:08X}.history");
+    let bytes: Vec<u8> =
+        c.query_one("SELECT pg_read_binary_file($1)", &[&file]).await.map_err(|e| e.to_string())?.get(0);
+    let text = String::from_utf8_lossy(&bytes);
+    Ok(fork_point(&text, timeline).filter(|fork| position > *fork))
+}
+
+/// The switchpoint of `timeline` in a timeline history file ("parent<TAB>switchpoint<TAB>reason").
+pub fn fork_point(history: &str, timeline: u32) -> Option<u64> {
+    history.lines().find_map(|l| {
+        let mut f = l.split_whitespace();
+        let tli: u32 = f.next()?.parse().ok()?;
+        if tli == timeline { f.next().and_then(parse_lsn) } else { None }
+    })
+}
+
+fn mark_diverged(shared: &Shared, node: usize) {
+    shared.cluster.topology.rcu(|t| {
+        let mut t = (**t).clone();
+        if let Some(n) = t.nodes.get_mut(node) {
+            n.fenced = true;
+            n.diverged = true;
+            n.in_rotation = false;
+            n.out = Some(OutReason::Diverged);
+        }
+        t
+    });
 }
 
 /// The switchover's first half: writes are held (sessions wait, as during a failover), the
@@ -461,6 +544,7 @@ fn rejoined(shared: &Shared, node: usize) {
         let mut t = (**t).clone();
         if let Some(n) = t.nodes.get_mut(node) {
             n.fenced = false;
+            n.diverged = false;
             n.role = Role::Replica;
             n.in_rotation = false;
             n.out = Some(OutReason::Unreachable);
@@ -545,6 +629,14 @@ async fn fence(shared: &Shared, config: &Config, addr: &str) -> Result<(), Strin
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fork_points() {
+        let h = "1\t0/3000148\tno recovery target specified\n2\t0/5000000\tbefore 2000-01-01\n";
+        assert_eq!(fork_point(h, 1), Some(0x3000148));
+        assert_eq!(fork_point(h, 2), Some(0x5000000));
+        assert_eq!(fork_point(h, 3), None);
+    }
 
     #[test]
     fn conninfo_gets_the_new_primary() {

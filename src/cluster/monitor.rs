@@ -217,6 +217,7 @@ fn publish(config: &Config, cluster: &Cluster, metrics: &Metrics, probes: &[Prob
             let fitness = Fitness {
                 removed: node.removed,
                 fenced: node.fenced,
+                diverged: node.diverged,
                 paused: node.paused,
                 healthy: p.ok,
                 in_recovery: p.obs.in_recovery,

@@ -20,6 +20,7 @@ pub struct Limits {
 pub struct Fitness {
     pub removed: bool,
     pub fenced: bool,
+    pub diverged: bool,
     pub paused: bool,
     pub healthy: bool,
     pub in_recovery: bool,
@@ -44,6 +45,9 @@ pub struct State {
 pub fn unfit(f: &Fitness, l: &Limits) -> Option<OutReason> {
     if f.removed {
         return Some(OutReason::Removed);
+    }
+    if f.diverged {
+        return Some(OutReason::Diverged);
     }
     if f.fenced {
         return Some(OutReason::Fenced);

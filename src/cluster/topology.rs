@@ -37,6 +37,8 @@ pub enum OutReason {
     Removed,
     /// A former primary after a failover: never routed to again.
     Fenced,
+    /// A replica that replayed past the new primary's fork point: it needs pg_rewind.
+    Diverged,
 }
 
 impl OutReason {
@@ -50,10 +52,11 @@ impl OutReason {
             OutReason::Paused => "paused by operator",
             OutReason::Removed => "removed",
             OutReason::Fenced => "fenced (former primary)",
+            OutReason::Diverged => "diverged, needs pg_rewind",
         }
     }
 
-    pub const ALL: [OutReason; 8] = [
+    pub const ALL: [OutReason; 9] = [
         OutReason::Unreachable,
         OutReason::NotInRecovery,
         OutReason::Lagging,
@@ -62,6 +65,7 @@ impl OutReason {
         OutReason::Paused,
         OutReason::Removed,
         OutReason::Fenced,
+        OutReason::Diverged,
     ];
 }
 
@@ -112,8 +116,10 @@ pub struct Node {
     pub paused: bool,
     /// Gone from the configuration (the slot stays so indices never move).
     pub removed: bool,
-    /// A former primary: never receives traffic from pgsplit again.
+    /// A former primary (or a diverged replica): never receives traffic from pgsplit again.
     pub fenced: bool,
+    /// Fenced because it diverged from the new primary's timeline.
+    pub diverged: bool,
     /// Failover: tie-break priority, and whether it may be promoted automatically.
     pub priority: i32,
     pub promotable: bool,
@@ -141,6 +147,7 @@ impl Node {
             paused: false,
             removed: false,
             fenced: false,
+            diverged: false,
             priority: 0,
             promotable: true,
             load: Arc::new(AtomicUsize::new(0)),

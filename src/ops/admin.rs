@@ -245,7 +245,9 @@ fn servers(shared: &Shared) -> Answer {
                 Role::Replica => "replica",
             };
             let lsn = o.map(|o| if n.role == Role::Primary { o.insert_lsn } else { o.replay_lsn });
-            let why = if n.fenced {
+            let why = if n.diverged {
+                Some(crate::cluster::OutReason::Diverged.as_str().to_string())
+            } else if n.fenced {
                 Some(crate::cluster::OutReason::Fenced.as_str().to_string())
             } else if n.in_rotation {
                 None

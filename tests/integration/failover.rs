@@ -589,3 +589,68 @@ pub async fn switchover_loses_nothing(_env: &Env) -> R {
     drop(cluster);
     Ok(())
 }
+
+pub async fn a_diverged_replica_is_kept_out(_env: &Env) -> R {
+    let base = std::env::temp_dir().join(format!("pgsplit-diverged-{}", std::process::id()));
+    let cluster = tokio::task::spawn_blocking({
+        let base = base.clone();
+        move || LocalCluster::start(&base, 2)
+    })
+    .await??;
+    let psql = |i: usize, sql: &str| tokio::task::block_in_place(|| cluster.psql(i, sql));
+    let mut cfg = config(&cluster, "");
+    cfg.failover.mode = FailoverMode::Manual;
+    let marker = base.join("rejoin-called");
+    cfg.failover.rejoin_command = format!("echo \"$0 $1\" > {}", marker.display());
+    let proxy = Proxy::start(cfg).await?;
+    // Replica 1 stops receiving; replica 2 goes on and gets ahead of it.
+    psql(1, "ALTER SYSTEM SET primary_conninfo = ''")?;
+    psql(1, "SELECT pg_reload_conf()")?;
+    psql(0, "CREATE TABLE div_rows AS SELECT g FROM generate_series(1, 1000) g")?;
+    let lsn = psql(0, "SELECT pg_current_wal_insert_lsn()")?;
+    let t0 = Instant::now();
+    while psql(2, &format!("SELECT pg_last_wal_replay_lsn() >= '{lsn}'"))? != "t" {
+        check!(t0.elapsed() < Duration::from_secs(30), "replica 2 did not catch up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let pid = postmaster_pid(&cluster, 0)?;
+    tokio::process::Command::new("kill").args(["-9", &pid]).status().await?;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    // The operator promotes the replica that is behind: the other has replayed past the fork.
+    let admin = connect(&format!("host=127.0.0.1 port={} user=postgres dbname=pgsplit", proxy.addr.port())).await?;
+    admin.simple_query(&format!("PROMOTE {}", cluster.nodes[1].addr())).await?;
+    let t0 = Instant::now();
+    while !proxy.shared.cluster.load().nodes[2].diverged {
+        check!(
+            t0.elapsed() < Duration::from_secs(30),
+            "the diverged replica was not detected: {:?}",
+            proxy.shared.cluster.load().nodes[2]
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    println!(
+        "    a replica past the fork point detected as diverged {:.2} s after PROMOTE",
+        t0.elapsed().as_secs_f64()
+    );
+    let t = proxy.shared.cluster.load();
+    check!(
+        t.primary() == 1 && !t.nodes[2].in_rotation,
+        "primary {}, diverged in rotation {}",
+        t.primary(),
+        t.nodes[2].in_rotation
+    );
+    drop(t);
+    let c = connect(&format!("host=127.0.0.1 port={} user=postgres dbname=postgres", proxy.addr.port())).await?;
+    for _ in 0..10 {
+        let p: i32 = c.query_one("SELECT inet_server_port()", &[]).await?.get(0);
+        check!(p != cluster.nodes[2].port as i32, "a read went to the diverged replica");
+    }
+    let t0 = Instant::now();
+    while !marker.exists() {
+        check!(t0.elapsed() < Duration::from_secs(10), "rejoin_command was not run");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    proxy.stop();
+    drop(cluster);
+    Ok(())
+}

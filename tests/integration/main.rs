@@ -107,6 +107,7 @@ fn main() {
         failover::manual_mode_waits_for_promote,
         failover::synchronous_replication_loses_no_acknowledged_commit,
         failover::switchover_loses_nothing,
+        failover::a_diverged_replica_is_kept_out,
         clients::read_your_writes_handoff,
         clients::psycopg3,
         clients::psycopg2,
