@@ -66,6 +66,7 @@ pub async fn run(shared: Arc<Shared>) {
     }
     // The primary's synchronous set at its last good check (None: asynchronous).
     let last_sync = std::sync::Mutex::new(None);
+    let mut timeouts_checked = false;
     loop {
         let config = shared.config.load_full();
         let policy = Policy {
@@ -83,6 +84,10 @@ pub async fn run(shared: Arc<Shared>) {
                 t
             });
             shared.cluster.unreachable.send_modify(|n| *n += 1);
+        }
+        if !timeouts_checked && check.primary_ok {
+            timeouts_checked = true;
+            warn_about_timeouts(&shared, &config).await;
         }
         let request = shared.failover_request.lock().unwrap_or_else(|p| p.into_inner()).take();
         let (next, actions) = match request {
@@ -531,6 +536,35 @@ async fn follows(shared: &Shared, config: &Config, node: usize, primary: usize) 
         return Err(format!("{addr} does not stream from {paddr} (its receiver: {sender_port:?})"));
     }
     Ok(())
+}
+
+/// Detection behind a silent partition waits for the replicas' wal_receiver_timeout (their
+/// receivers keep "streaming" until then, which vetoes a failover): say so when it is long.
+async fn warn_about_timeouts(shared: &Shared, config: &Config) {
+    let t = shared.cluster.topology.load_full();
+    for n in t.nodes.iter().filter(|n| !n.removed) {
+        let Some(c) = shared.sql.get(&n.addr, &config.monitor.database).await else { continue };
+        let Ok(row) = c
+            .query_one(
+                "SELECT current_setting('wal_receiver_timeout'), current_setting('wal_sender_timeout'), \
+                 extract(epoch FROM current_setting('wal_receiver_timeout')::interval)::int8",
+                &[],
+            )
+            .await
+        else {
+            continue;
+        };
+        let (receiver, sender, secs): (String, String, i64) = (row.get(0), row.get(1), row.get(2));
+        if n.role == Role::Replica && secs > 30 {
+            tracing::warn!(
+                server = %n.addr,
+                wal_receiver_timeout = %receiver,
+                wal_sender_timeout = %sender,
+                "behind a network partition a failover waits for this replica's wal_receiver_timeout; \
+                 set it (and wal_sender_timeout on the primary) to a few seconds for quick detection"
+            );
+        }
+    }
 }
 
 fn resume_writes(shared: &Shared) {

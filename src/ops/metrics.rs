@@ -32,6 +32,7 @@ pub struct Metrics {
     /// Errors relayed to clients, by SQLSTATE class.
     pub errors: IntCounterVec,
     pub server_up: IntGaugeVec,
+    pub server_primary: IntGaugeVec,
     pub server_in_rotation: IntGaugeVec,
     pub server_out: IntGaugeVec,
     pub replica_lag_bytes: IntGaugeVec,
@@ -113,6 +114,7 @@ impl Metrics {
                 &["class"]
             )),
             server_up: gauge("server_up", "1 when the server's last health check passed", server),
+            server_primary: gauge("server_is_primary", "1 for the server pgsplit sends writes to", server),
             server_in_rotation: gauge("server_in_rotation", "1 when the server takes reads", server),
             server_out: gauge(
                 "server_out_of_rotation",
@@ -157,7 +159,8 @@ impl Metrics {
     /// The names of every metric pgsplit exports (also those with no sample yet).
     pub fn names(&self) -> Vec<String> {
         use prometheus::core::Collector;
-        let collectors: [&dyn Collector; 27] = [
+        let collectors: [&dyn Collector; 28] = [
+            &self.server_primary,
             &self.failovers,
             &self.last_failover_seconds,
             &self.split_brain,
@@ -199,6 +202,7 @@ impl Metrics {
         for node in t.nodes.iter().filter(|n| !n.removed) {
             let server = [&*node.addr];
             self.server_up.with_label_values(&server).set(node.healthy as i64);
+            self.server_primary.with_label_values(&server).set((node.role == Role::Primary && !node.fenced) as i64);
             self.server_in_rotation.with_label_values(&server).set(node.in_rotation as i64);
             if node.role == Role::Replica {
                 self.replica_lag_bytes.with_label_values(&server).set(node.lag_bytes.unwrap_or(0) as i64);

@@ -108,6 +108,7 @@ fn main() {
         failover::synchronous_replication_loses_no_acknowledged_commit,
         failover::switchover_loses_nothing,
         failover::a_diverged_replica_is_kept_out,
+        failover::failover_times_over_several_runs,
         clients::read_your_writes_handoff,
         clients::psycopg3,
         clients::psycopg2,
