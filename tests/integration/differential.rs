@@ -86,6 +86,8 @@ pub async fn results_match_the_primary_byte_for_byte(env: &Env) -> R {
     let c = env.client().await?;
     c.batch_execute(SETUP).await?;
     env.caught_up().await?;
+    // (A test before may have restarted a server: the replicas come back after their hold-down.)
+    env.wait_rotation(&env.proxy, &env.replica_ports()).await?;
     let mut direct = login(env.cluster.primary().port).await?;
     let mut proxied = login(env.proxy.addr.port()).await?;
     let mut queries: Vec<&str> =

@@ -672,15 +672,20 @@ pub async fn failover_times_over_several_runs(_env: &Env) -> R {
         let c = connect(&conn).await?;
         c.batch_execute("CREATE TABLE runs (id serial PRIMARY KEY)").await?;
         tokio::task::block_in_place(|| cluster.wait_caught_up())?;
+        let w = connect(&conn).await?;
         let pid = postmaster_pid(&cluster, 0)?;
         tokio::process::Command::new("kill").args(["-9", &pid]).status().await?;
         let killed = Instant::now();
-        // A client that writes until one goes through (each write waits up to failover_wait).
-        let w = connect(&conn).await;
+        // Wait for the topology to name a new primary.
+        while proxy.shared.cluster.load().primary() == 0 {
+            check!(killed.elapsed() < Duration::from_secs(60), "run {run}: no new primary");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // A client that writes until one goes through on it (each write waits up to failover_wait).
         let mut wrote = None;
         while killed.elapsed() < Duration::from_secs(60) {
-            if let Ok(w) = &w
-                && w.execute("INSERT INTO runs DEFAULT VALUES", &[]).await.is_ok()
+            if let Ok(row) = w.query_one("INSERT INTO runs DEFAULT VALUES RETURNING inet_server_port()", &[]).await
+                && row.get::<_, i32>(0) != cluster.nodes[0].port as i32
             {
                 wrote = Some(killed.elapsed());
                 break;
@@ -688,7 +693,6 @@ pub async fn failover_times_over_several_runs(_env: &Env) -> R {
         }
         let primary = proxy.shared.metrics.last_failover_seconds.get();
         let wrote = wrote.ok_or("no write after the failover")?;
-        check!(proxy.shared.cluster.load().primary() != 0, "run {run}: no new primary");
         to_primary.push(primary);
         to_write.push(wrote.as_secs_f64());
         proxy.stop();

@@ -46,7 +46,15 @@ pub async fn admin_console(env: &Env) -> R {
     }
     app.batch_execute("INSERT INTO t (v) VALUES (7)").await?;
     let admin = connect(&format!("host=127.0.0.1 port={port} user=postgres dbname=pgsplit")).await?;
-    let servers = rows(&admin, "SHOW SERVERS").await?;
+    // Until every server has been probed once its LSN and timeline are unknown.
+    let t0 = Instant::now();
+    let servers = loop {
+        let servers = rows(&admin, "SHOW SERVERS").await?;
+        if servers.iter().all(|r| !r["lsn"].is_empty()) || t0.elapsed() > Duration::from_secs(10) {
+            break servers;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     check!(servers.len() == 3, "SHOW SERVERS: {servers:?}");
     check!(servers.iter().filter(|r| r["role"] == "replica" && r["in_rotation"] == "true").count() == 2, "{servers:?}");
     check!(
