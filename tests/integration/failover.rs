@@ -709,3 +709,35 @@ pub async fn failover_times_over_several_runs(_env: &Env) -> R {
     );
     Ok(())
 }
+
+pub async fn a_replica_promoted_by_someone_else_is_adopted(_env: &Env) -> R {
+    let base = std::env::temp_dir().join(format!("pgsplit-adopt-{}", std::process::id()));
+    let cluster = tokio::task::spawn_blocking({
+        let base = base.clone();
+        move || LocalCluster::start(&base, 2)
+    })
+    .await??;
+    let mut cfg = config(&cluster, "");
+    // pgsplit would wait 60 s before promoting by itself: the operator is faster.
+    cfg.failover.failover_after_ms = 60_000;
+    let proxy = Proxy::start(cfg).await?;
+    tokio::task::block_in_place(|| cluster.wait_caught_up())?;
+    let pid = postmaster_pid(&cluster, 0)?;
+    tokio::process::Command::new("kill").args(["-9", &pid]).status().await?;
+    tokio::task::block_in_place(|| cluster.psql(2, "SELECT pg_promote()"))?;
+    let t0 = Instant::now();
+    while proxy.shared.cluster.load().primary() != 2 {
+        check!(t0.elapsed() < Duration::from_secs(30), "the promoted replica was not adopted: {:?}", *proxy.shared.failover.lock().unwrap_or_else(|p| p.into_inner()));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    println!("    a replica promoted outside pgsplit adopted {:.2} s after pg_promote", t0.elapsed().as_secs_f64());
+    let still_replica = tokio::task::block_in_place(|| cluster.psql(1, "SELECT pg_is_in_recovery()"))?;
+    check!(still_replica == "t", "a second replica was promoted");
+    let c = connect(&format!("host=127.0.0.1 port={} user=postgres dbname=postgres", proxy.addr.port())).await?;
+    c.batch_execute("CREATE TABLE adopted (a int)").await?;
+    let p: i32 = c.query_one("INSERT INTO adopted VALUES (1) RETURNING inet_server_port()", &[]).await?.get(0);
+    check!(p == cluster.nodes[2].port as i32, "a write after adoption ran on {p}");
+    proxy.stop();
+    drop(cluster);
+    Ok(())
+}

@@ -109,6 +109,7 @@ fn main() {
         failover::switchover_loses_nothing,
         failover::a_diverged_replica_is_kept_out,
         failover::failover_times_over_several_runs,
+        failover::a_replica_promoted_by_someone_else_is_adopted,
         clients::read_your_writes_handoff,
         clients::psycopg3,
         clients::psycopg2,
