@@ -191,6 +191,9 @@ pub struct FailoverConfig {
     /// Run for a replica that diverged from the new primary (it needs pg_rewind), with the
     /// replica and the new primary (HOST:PORT) as arguments.
     pub rejoin_command: String,
+    /// Run to fence a former primary (STONITH, a cloud API...), with its HOST:PORT as argument:
+    /// at the failover, and again when it comes back writable.
+    pub fence_command: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
@@ -214,6 +217,7 @@ impl Default for FailoverConfig {
             fence_old_primary: true,
             on_failover_command: String::new(),
             rejoin_command: String::new(),
+            fence_command: String::new(),
         }
     }
 }

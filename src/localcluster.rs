@@ -173,6 +173,21 @@ impl LocalCluster {
         Ok(c)
     }
 
+    /// Rebuilds node `i` as a fresh streaming replica of node `from` (what an operator does
+    /// with a diverged replica, short of pg_rewind): stop, new base backup, start.
+    pub fn reclone(&self, i: usize, from: usize) -> Result<(), String> {
+        let _ = self.stop_node(i, "immediate");
+        let n = &self.nodes[i];
+        std::fs::remove_dir_all(&n.dir).map_err(|e| format!("{}: {e}", n.dir.display()))?;
+        let port = self.nodes[from].port.to_string();
+        self.pg(
+            "pg_basebackup",
+            &["-h", "127.0.0.1", "-p", &port, "-U", "postgres", "-D", path(&n.dir), "-R", "-X", "stream", "-c", "fast"],
+        )?;
+        self.append(&n.dir.join("postgresql.conf"), &format!("port = {}\n", n.port))?;
+        self.start_node(i)
+    }
+
     pub fn primary(&self) -> &LocalNode {
         &self.nodes[0]
     }

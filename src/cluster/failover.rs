@@ -90,6 +90,9 @@ pub struct State {
     pub failing_since: Option<(Instant, u64)>,
     pub positions_at_failure: Vec<u64>,
     pub phase: Phase,
+    /// WAL the last automatic promotion left behind: the old primary's last observed position
+    /// minus the candidate's (asynchronous replication's loss, as far as pgsplit saw).
+    pub last_loss_bytes: Option<u64>,
 }
 
 impl State {
@@ -103,6 +106,7 @@ impl State {
             failing_since: None,
             positions_at_failure: Vec::new(),
             phase: Phase::Healthy,
+            last_loss_bytes: None,
         }
     }
 }

@@ -389,9 +389,18 @@ async fn execute(
         }
         Action::Fence(node) | Action::SplitBrain(node) => {
             let a = addr(node);
+            let first_split = matches!(action, Action::SplitBrain(_)) && shared.metrics.split_brain.get() == 0;
             if matches!(action, Action::SplitBrain(_)) {
                 shared.metrics.split_brain.set(1);
                 tracing::error!(server = %a, "split brain: the fenced former primary answers writable; it gets no traffic");
+            }
+            if (matches!(action, Action::Fence(_)) || first_split) && !config.failover.fence_command.is_empty() {
+                let (cmd, a) = (config.failover.fence_command.clone(), a.clone());
+                tokio::spawn(async move {
+                    let r =
+                        tokio::process::Command::new("sh").args(["-c", &format!("{cmd} \"$0\""), &a]).status().await;
+                    tracing::info!("fence_command finished: {r:?}");
+                });
             }
             if config.failover.fence_old_primary && check.nodes.get(node).is_some_and(|n| n.reachable && !n.in_recovery)
             {

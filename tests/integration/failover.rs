@@ -45,11 +45,30 @@ pub async fn kill_the_primary_under_load(_env: &Env) -> R {
     .await??;
     let state_dir = base.join("state");
     let state_dir = state_dir.to_str().unwrap_or_default().to_string();
-    let cfg = config(&cluster, &state_dir);
+    let mut cfg = config(&cluster, &state_dir);
+    let fenced_marker = base.join("fence-called");
+    cfg.failover.fence_command = format!("echo \"$0\" >> {}", fenced_marker.display());
     let proxy = Proxy::start(cfg.clone()).await?;
     let conn = format!("host=127.0.0.1 port={} user=postgres dbname=postgres", proxy.addr.port());
     let setup = connect(&conn).await?;
     setup.batch_execute("CREATE TABLE fo_writes (id int PRIMARY KEY, at timestamptz DEFAULT now())").await?;
+    let init = tokio::process::Command::new("pgbench")
+        .args([
+            "-i",
+            "-q",
+            "-s",
+            "1",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &cluster.nodes[0].port.to_string(),
+            "-U",
+            "postgres",
+            "postgres",
+        ])
+        .output()
+        .await?;
+    check!(init.status.success(), "pgbench -i: {}", String::from_utf8_lossy(&init.stderr));
     let (primary_port, replica_ports) =
         (cluster.nodes[0].port as i32, [cluster.nodes[1].port as i32, cluster.nodes[2].port as i32]);
     tokio::task::block_in_place(|| cluster.wait_caught_up())?;
@@ -96,6 +115,27 @@ pub async fn kill_the_primary_under_load(_env: &Env) -> R {
     in_tx.batch_execute("INSERT INTO fo_writes (id) VALUES (-5)").await?;
     let pinned = connect(&conn).await?;
     pinned.batch_execute("CREATE TEMP TABLE fo_tmp (a int)").await?;
+    // And pgbench, select-only (outside transactions), through the whole failover.
+    let bench = tokio::process::Command::new("pgbench")
+        .args([
+            "-n",
+            "-S",
+            "-c",
+            "2",
+            "-j",
+            "1",
+            "-T",
+            "9",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &proxy.addr.port().to_string(),
+            "-U",
+            "postgres",
+            "postgres",
+        ])
+        .output();
+    let bench = tokio::spawn(bench);
     tokio::time::sleep(Duration::from_secs(2)).await;
     let pid = postmaster_pid(&cluster, 0)?;
     let killed = Instant::now();
@@ -154,6 +194,8 @@ pub async fn kill_the_primary_under_load(_env: &Env) -> R {
         lost.len()
     );
     println!("    reads outside transactions: {read_ok} ok, {} failed", read_errors.len());
+    let loss = proxy.shared.failover.lock().unwrap_or_else(|p| p.into_inner()).last_loss_bytes;
+    println!("    WAL behind the old primary's last observed position at the promotion: {loss:?} bytes");
     check!(first_write_after.is_some(), "no write succeeded after the failover");
     check!(read_errors.is_empty(), "reads outside transactions failed: {:?}", &read_errors[..read_errors.len().min(5)]);
     check!(failures.len() <= 1, "more than the write in flight at the kill failed: {failures:?}");
@@ -178,6 +220,19 @@ pub async fn kill_the_primary_under_load(_env: &Env) -> R {
     // connection closed, one with a query in flight sees the message.)
     let msg = e.as_db_error().map(|d| d.message().to_string()).unwrap_or_default();
     check!(pinned.is_closed() || msg.contains("cannot move"), "pinned session: {e:?}");
+
+    let bench = bench.await??;
+    let out = String::from_utf8_lossy(&bench.stdout);
+    let err = String::from_utf8_lossy(&bench.stderr);
+    println!("    pgbench -S through the failover: {}", out.lines().find(|l| l.starts_with("tps")).unwrap_or(""));
+    check!(
+        bench.status.success() && !err.contains("error") && !out.contains("aborted"),
+        "pgbench -S saw errors: {out}\n{err}"
+    );
+    check!(
+        std::fs::read_to_string(&fenced_marker).unwrap_or_default().contains(&cluster.nodes[0].addr()),
+        "fence_command was not run"
+    );
 
     // The other replica follows the new primary and serves reads again.
     let other = 3 - new_primary;
@@ -650,6 +705,32 @@ pub async fn a_diverged_replica_is_kept_out(_env: &Env) -> R {
         check!(t0.elapsed() < Duration::from_secs(10), "rejoin_command was not run");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // REJOIN is refused until the node streams from the primary; after the operator rebuilt it
+    // from the new primary, it is re-admitted and takes reads again.
+    let r2 = cluster.nodes[2].addr();
+    admin.simple_query(&format!("REJOIN {r2}")).await?;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    check!(proxy.shared.cluster.load().nodes[2].fenced, "a diverged node was re-admitted without streaming");
+    tokio::task::block_in_place(|| cluster.reclone(2, 1))?;
+    let t0 = Instant::now();
+    loop {
+        admin.simple_query(&format!("REJOIN {r2}")).await.ok();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let t = proxy.shared.cluster.load();
+        if !t.nodes[2].fenced && t.nodes[2].in_rotation {
+            break;
+        }
+        check!(t0.elapsed() < Duration::from_secs(30), "the rebuilt replica was not re-admitted: {:?}", t.nodes[2]);
+    }
+    let mut ports = BTreeSet::new();
+    for _ in 0..20 {
+        ports.insert(c.query_one("SELECT inet_server_port()", &[]).await?.get::<_, i32>(0));
+    }
+    check!(ports.contains(&(cluster.nodes[2].port as i32)), "the rejoined replica takes no reads: {ports:?}");
+    println!(
+        "    rebuilt from the new primary and REJOINed: back in rotation after {:.2} s",
+        t0.elapsed().as_secs_f64()
+    );
     proxy.stop();
     drop(cluster);
     Ok(())
@@ -727,7 +808,11 @@ pub async fn a_replica_promoted_by_someone_else_is_adopted(_env: &Env) -> R {
     tokio::task::block_in_place(|| cluster.psql(2, "SELECT pg_promote()"))?;
     let t0 = Instant::now();
     while proxy.shared.cluster.load().primary() != 2 {
-        check!(t0.elapsed() < Duration::from_secs(30), "the promoted replica was not adopted: {:?}", *proxy.shared.failover.lock().unwrap_or_else(|p| p.into_inner()));
+        check!(
+            t0.elapsed() < Duration::from_secs(30),
+            "the promoted replica was not adopted: {:?}",
+            *proxy.shared.failover.lock().unwrap_or_else(|p| p.into_inner())
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     println!("    a replica promoted outside pgsplit adopted {:.2} s after pg_promote", t0.elapsed().as_secs_f64());
