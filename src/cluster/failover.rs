@@ -278,6 +278,7 @@ pub fn step(state: &State, check: &Check, policy: &Policy) -> (State, Vec<Action
         return (s, actions);
     }
     s.phase = Phase::Promoting(c);
+    s.last_loss_bytes = Some(behind);
     actions.push(Action::Report(format!(
         "primary down since {:?}; promoting node {c} ({behind} bytes behind)",
         check.now.duration_since(since)
