@@ -337,16 +337,7 @@ async fn execute(
             }
             shared.metrics.publish_nodes(&shared.cluster.load());
             resume_writes(shared);
-            if !config.failover.on_failover_command.is_empty() {
-                let (cmd, old, new) = (config.failover.on_failover_command.clone(), addr(old), addr(next.primary));
-                tokio::spawn(async move {
-                    let r = tokio::process::Command::new("sh")
-                        .args(["-c", &format!("{cmd} \"$0\" \"$1\""), &old, &new])
-                        .status()
-                        .await;
-                    tracing::info!("on_failover_command finished: {r:?}");
-                });
-            }
+            run_hook("on_failover_command", &config.failover.on_failover_command, vec![addr(old), addr(next.primary)]);
         }
         Action::Repoint { node, primary } => {
             let (a, p) = (addr(node), addr(primary));
@@ -365,16 +356,7 @@ async fn execute(
                          out of rotation, needs pg_rewind; REJOIN it once it streams again"
                     );
                     mark_diverged(shared, node);
-                    if !config.failover.rejoin_command.is_empty() {
-                        let (cmd, a, p) = (config.failover.rejoin_command.clone(), a.clone(), p.clone());
-                        tokio::spawn(async move {
-                            let r = tokio::process::Command::new("sh")
-                                .args(["-c", &format!("{cmd} \"$0\" \"$1\""), &a, &p])
-                                .status()
-                                .await;
-                            tracing::info!("rejoin_command finished: {r:?}");
-                        });
-                    }
+                    run_hook("rejoin_command", &config.failover.rejoin_command, vec![a.clone(), p.clone()]);
                     return Some(node);
                 }
                 Ok(None) => {}
@@ -394,13 +376,8 @@ async fn execute(
                 shared.metrics.split_brain.set(1);
                 tracing::error!(server = %a, "split brain: the fenced former primary answers writable; it gets no traffic");
             }
-            if (matches!(action, Action::Fence(_)) || first_split) && !config.failover.fence_command.is_empty() {
-                let (cmd, a) = (config.failover.fence_command.clone(), a.clone());
-                tokio::spawn(async move {
-                    let r =
-                        tokio::process::Command::new("sh").args(["-c", &format!("{cmd} \"$0\""), &a]).status().await;
-                    tracing::info!("fence_command finished: {r:?}");
-                });
+            if matches!(action, Action::Fence(_)) || first_split {
+                run_hook("fence_command", &config.failover.fence_command, vec![a.clone()]);
             }
             if config.failover.fence_old_primary && check.nodes.get(node).is_some_and(|n| n.reachable && !n.in_recovery)
             {
@@ -574,6 +551,18 @@ async fn warn_about_timeouts(shared: &Shared, config: &Config) {
             );
         }
     }
+}
+
+/// Runs an operator's hook in the background: `sh -c "<cmd> $0 $1 ..."` with `args`.
+fn run_hook(name: &'static str, cmd: &str, args: Vec<String>) {
+    if cmd.is_empty() {
+        return;
+    }
+    let script = format!("{cmd}{}", (0..args.len()).map(|i| format!(" \"${i}\"")).collect::<String>());
+    tokio::spawn(async move {
+        let r = tokio::process::Command::new("sh").arg("-c").arg(&script).args(&args).status().await;
+        tracing::info!(hook = name, "hook finished: {r:?}");
+    });
 }
 
 fn resume_writes(shared: &Shared) {

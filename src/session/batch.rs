@@ -6,7 +6,6 @@ use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use super::causal::Causal;
 use super::extended::{self, Prepared};
 use super::{End, Expect, Retry, RetryWork, Session};
 use crate::cluster::Role;
@@ -301,14 +300,7 @@ impl Session {
             self.in_flight = super::lost::InFlight { commits: batch.commits, writes: target == Target::Primary };
             self.batch_open = false;
             self.observe.sent(node, matches!(decision, Decision::Replica { .. }));
-            let probe = !self.on_replica()
-                && Causal::wanted(
-                    self.shared.config.load().routing.read_your_writes,
-                    self.tx_status != b'I',
-                    target == Target::Primary,
-                    batch.opens,
-                    batch.commits,
-                );
+            let probe = self.wants_commit_probe(target, batch.opens, batch.commits);
             let copies_in = batch.copies_in;
             if probe && copies_in {
                 // COPY in the extended protocol: the probe cannot follow it; until a later

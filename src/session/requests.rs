@@ -107,14 +107,7 @@ impl Session {
             self.out.extend_from_slice(&protocol::ready_for_query(self.tx_status));
             return Ok(());
         }
-        let probe = !self.on_replica()
-            && Causal::wanted(
-                self.shared.config.load().routing.read_your_writes,
-                self.tx_status != b'I',
-                target == Target::Primary,
-                analysis.opens,
-                analysis.commits,
-            );
+        let probe = self.wants_commit_probe(target, analysis.opens, analysis.commits);
         for c in &analysis.statements {
             self.note_effect(&c.effect, c.own);
         }
@@ -144,6 +137,12 @@ impl Session {
             return self.send_server(&buf).await;
         }
         self.send_server(&f.bytes).await
+    }
+
+    /// Whether the request about to go to the server needs the commit-position probe.
+    pub(super) fn wants_commit_probe(&self, target: Target, opens: bool, commits: bool) -> bool {
+        let mode = self.shared.config.load().routing.read_your_writes;
+        !self.on_replica() && Causal::wanted(mode, self.tx_status != b'I', target == Target::Primary, opens, commits)
     }
 
     /// Appends the commit-position probe behind a request (see `causal.rs`).

@@ -149,3 +149,13 @@ pub async fn port_of(c: &Client, sql: &str) -> Result<i32, Box<dyn std::error::E
 pub fn sqlstate(e: &tokio_postgres::Error) -> String {
     e.code().map(|c| c.code().to_string()).unwrap_or_default()
 }
+
+/// pgbench's tables, made directly on the server at `port`.
+pub async fn pgbench_init(port: u16) -> R {
+    let init = tokio::process::Command::new("pgbench")
+        .args(["-i", "-q", "-s", "1", "-h", "127.0.0.1", "-p", &port.to_string(), "-U", "postgres", "postgres"])
+        .output()
+        .await?;
+    check!(init.status.success(), "pgbench -i: {}", String::from_utf8_lossy(&init.stderr));
+    Ok(())
+}

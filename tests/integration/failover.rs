@@ -31,18 +31,24 @@ fn config(cluster: &LocalCluster, state_dir: &str) -> Config {
     c
 }
 
+/// A primary and two replicas of the test's own, under the temp directory.
+async fn own_cluster(name: &str) -> Result<(std::path::PathBuf, LocalCluster), E> {
+    let base = std::env::temp_dir().join(format!("{name}-{}", std::process::id()));
+    let cluster = tokio::task::spawn_blocking({
+        let base = base.clone();
+        move || LocalCluster::start(&base, 2)
+    })
+    .await??;
+    Ok((base, cluster))
+}
+
 fn postmaster_pid(cluster: &LocalCluster, i: usize) -> Result<String, E> {
     let text = std::fs::read_to_string(cluster.nodes[i].dir.join("postmaster.pid"))?;
     Ok(text.lines().next().unwrap_or("").trim().to_string())
 }
 
 pub async fn kill_the_primary_under_load(_env: &Env) -> R {
-    let base = std::env::temp_dir().join(format!("pgsplit-failover-{}", std::process::id()));
-    let cluster = tokio::task::spawn_blocking({
-        let base = base.clone();
-        move || LocalCluster::start(&base, 2)
-    })
-    .await??;
+    let (base, cluster) = own_cluster("pgsplit-failover").await?;
     let state_dir = base.join("state");
     let state_dir = state_dir.to_str().unwrap_or_default().to_string();
     let mut cfg = config(&cluster, &state_dir);
@@ -52,23 +58,7 @@ pub async fn kill_the_primary_under_load(_env: &Env) -> R {
     let conn = format!("host=127.0.0.1 port={} user=postgres dbname=postgres", proxy.addr.port());
     let setup = connect(&conn).await?;
     setup.batch_execute("CREATE TABLE fo_writes (id int PRIMARY KEY, at timestamptz DEFAULT now())").await?;
-    let init = tokio::process::Command::new("pgbench")
-        .args([
-            "-i",
-            "-q",
-            "-s",
-            "1",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &cluster.nodes[0].port.to_string(),
-            "-U",
-            "postgres",
-            "postgres",
-        ])
-        .output()
-        .await?;
-    check!(init.status.success(), "pgbench -i: {}", String::from_utf8_lossy(&init.stderr));
+    crate::common::pgbench_init(cluster.nodes[0].port).await?;
     let (primary_port, replica_ports) =
         (cluster.nodes[0].port as i32, [cluster.nodes[1].port as i32, cluster.nodes[2].port as i32]);
     tokio::task::block_in_place(|| cluster.wait_caught_up())?;
@@ -371,12 +361,7 @@ async fn silent_relay(target: String, cut: Arc<AtomicBool>) -> Result<u16, E> {
 }
 
 pub async fn cut_off_from_a_live_primary_no_promotion(_env: &Env) -> R {
-    let base = std::env::temp_dir().join(format!("pgsplit-partition-{}", std::process::id()));
-    let cluster = tokio::task::spawn_blocking({
-        let base = base.clone();
-        move || LocalCluster::start(&base, 2)
-    })
-    .await??;
+    let (_base, cluster) = own_cluster("pgsplit-partition").await?;
     let cut = Arc::new(AtomicBool::new(false));
     let relay = silent_relay(cluster.primary().addr(), cut.clone()).await?;
     let mut cfg = config(&cluster, "");
@@ -452,12 +437,7 @@ pub async fn cut_off_from_a_live_primary_no_promotion(_env: &Env) -> R {
 }
 
 pub async fn manual_mode_waits_for_promote(_env: &Env) -> R {
-    let base = std::env::temp_dir().join(format!("pgsplit-manual-{}", std::process::id()));
-    let cluster = tokio::task::spawn_blocking({
-        let base = base.clone();
-        move || LocalCluster::start(&base, 2)
-    })
-    .await??;
+    let (_base, cluster) = own_cluster("pgsplit-manual").await?;
     let mut cfg = config(&cluster, "");
     cfg.failover.mode = FailoverMode::Manual;
     let proxy = Proxy::start(cfg).await?;
@@ -492,12 +472,7 @@ pub async fn manual_mode_waits_for_promote(_env: &Env) -> R {
 }
 
 pub async fn synchronous_replication_loses_no_acknowledged_commit(_env: &Env) -> R {
-    let base = std::env::temp_dir().join(format!("pgsplit-sync-{}", std::process::id()));
-    let cluster = tokio::task::spawn_blocking({
-        let base = base.clone();
-        move || LocalCluster::start(&base, 2)
-    })
-    .await??;
+    let (_base, cluster) = own_cluster("pgsplit-sync").await?;
     // Name the standbys, then make commits wait for one of them.
     let psql = |i: usize, sql: &str| tokio::task::block_in_place(|| cluster.psql(i, sql));
     for i in 1..3 {
@@ -572,12 +547,7 @@ pub async fn synchronous_replication_loses_no_acknowledged_commit(_env: &Env) ->
 }
 
 pub async fn switchover_loses_nothing(_env: &Env) -> R {
-    let base = std::env::temp_dir().join(format!("pgsplit-switchover-{}", std::process::id()));
-    let cluster = tokio::task::spawn_blocking({
-        let base = base.clone();
-        move || LocalCluster::start(&base, 2)
-    })
-    .await??;
+    let (_base, cluster) = own_cluster("pgsplit-switchover").await?;
     let proxy = Proxy::start(config(&cluster, "")).await?;
     let conn = format!("host=127.0.0.1 port={} user=postgres dbname=postgres", proxy.addr.port());
     let c = connect(&conn).await?;
@@ -646,12 +616,7 @@ pub async fn switchover_loses_nothing(_env: &Env) -> R {
 }
 
 pub async fn a_diverged_replica_is_kept_out(_env: &Env) -> R {
-    let base = std::env::temp_dir().join(format!("pgsplit-diverged-{}", std::process::id()));
-    let cluster = tokio::task::spawn_blocking({
-        let base = base.clone();
-        move || LocalCluster::start(&base, 2)
-    })
-    .await??;
+    let (base, cluster) = own_cluster("pgsplit-diverged").await?;
     let psql = |i: usize, sql: &str| tokio::task::block_in_place(|| cluster.psql(i, sql));
     let mut cfg = config(&cluster, "");
     cfg.failover.mode = FailoverMode::Manual;
@@ -792,12 +757,7 @@ pub async fn failover_times_over_several_runs(_env: &Env) -> R {
 }
 
 pub async fn a_replica_promoted_by_someone_else_is_adopted(_env: &Env) -> R {
-    let base = std::env::temp_dir().join(format!("pgsplit-adopt-{}", std::process::id()));
-    let cluster = tokio::task::spawn_blocking({
-        let base = base.clone();
-        move || LocalCluster::start(&base, 2)
-    })
-    .await??;
+    let (_base, cluster) = own_cluster("pgsplit-adopt").await?;
     let mut cfg = config(&cluster, "");
     // pgsplit would wait 60 s before promoting by itself: the operator is faster.
     cfg.failover.failover_after_ms = 60_000;

@@ -163,23 +163,7 @@ pub async fn reload_under_load(env: &Env) -> R {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         // pgbench's tables, made directly on the primary.
-        let init = tokio::process::Command::new("pgbench")
-            .args([
-                "-i",
-                "-q",
-                "-s",
-                "1",
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &env.cluster.primary().port.to_string(),
-                "-U",
-                "postgres",
-                "postgres",
-            ])
-            .output()
-            .await?;
-        check!(init.status.success(), "pgbench -i: {}", String::from_utf8_lossy(&init.stderr));
+        crate::common::pgbench_init(env.cluster.primary().port).await?;
         env.caught_up().await?;
         // pgbench read-write load through it for the whole test.
         let bench = tokio::process::Command::new("pgbench")
