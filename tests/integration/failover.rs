@@ -126,6 +126,28 @@ pub async fn kill_the_primary_under_load(_env: &Env) -> R {
         ])
         .output();
     let bench = tokio::spawn(bench);
+    // pgbench read-write (tpcb-like) too: transactions caught by the kill get 40001 and are
+    // retried (--max-tries); a COMMIT caught by it gets 08007 and ends that client: reported.
+    let rw = tokio::process::Command::new("pgbench")
+        .args([
+            "-n",
+            "-c",
+            "2",
+            "-j",
+            "1",
+            "-T",
+            "9",
+            "--max-tries=20",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &proxy.addr.port().to_string(),
+            "-U",
+            "postgres",
+            "postgres",
+        ])
+        .output();
+    let rw = tokio::spawn(rw);
     tokio::time::sleep(Duration::from_secs(2)).await;
     let pid = postmaster_pid(&cluster, 0)?;
     let killed = Instant::now();
@@ -211,6 +233,16 @@ pub async fn kill_the_primary_under_load(_env: &Env) -> R {
     let msg = e.as_db_error().map(|d| d.message().to_string()).unwrap_or_default();
     check!(pinned.is_closed() || msg.contains("cannot move"), "pinned session: {e:?}");
 
+    let rw = rw.await??;
+    let rw_out = String::from_utf8_lossy(&rw.stdout);
+    let line = |p: &str| rw_out.lines().find(|l| l.trim_start().starts_with(p)).unwrap_or("").trim().to_string();
+    println!(
+        "    pgbench tpcb-like through the failover: {}; {}; {}; clients ended by an unknown COMMIT outcome: {}",
+        line("tps"),
+        line("number of transactions actually processed"),
+        line("number of transactions retried"),
+        String::from_utf8_lossy(&rw.stderr).matches("08007").count() + rw_out.matches("aborted").count()
+    );
     let bench = bench.await??;
     let out = String::from_utf8_lossy(&bench.stdout);
     let err = String::from_utf8_lossy(&bench.stderr);
@@ -255,6 +287,13 @@ pub async fn kill_the_primary_under_load(_env: &Env) -> R {
 
     // The old primary restarted: it comes back writable, stays fenced, is made read-only,
     // and gets none of pgsplit's client traffic.
+    // Its statement log, from now on, proves no client statement reaches it.
+    {
+        use std::io::Write;
+        let conf = cluster.nodes[0].dir.join("postgresql.conf");
+        let mut f = std::fs::OpenOptions::new().append(true).open(&conf)?;
+        writeln!(f, "log_statement = 'all'\nlog_line_prefix = '%m [%p] %a '")?;
+    }
     tokio::task::block_in_place(|| cluster.start_node(0))?;
     let t0 = Instant::now();
     while proxy.shared.metrics.split_brain.get() == 0 {
@@ -272,6 +311,18 @@ pub async fn kill_the_primary_under_load(_env: &Env) -> R {
     }
     let on_old = tokio::task::block_in_place(|| cluster.psql(0, "SELECT count(*) FROM fo_writes WHERE id <= -1"))?;
     check!(on_old == "0", "{on_old} rows written after the failover reached the old primary");
+    let log = std::fs::read_to_string(cluster.base.join("primary.log")).unwrap_or_default();
+    let leaked: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("statement:") || l.contains("execute "))
+        .filter(|l| !l.contains("pgsplit-monitor") && !l.contains("pgsplit-health") && !l.contains(" psql "))
+        .collect();
+    let pgsplit_own = log.lines().filter(|l| l.contains("statement:") && l.contains("pgsplit-monitor")).count();
+    println!(
+        "    the old primary's statement log after its restart: {} client statements, {pgsplit_own} of pgsplit's own checks",
+        leaked.len()
+    );
+    check!(leaked.is_empty(), "client statements reached the fenced old primary: {:?}", &leaked[..leaked.len().min(5)]);
     let t0 = Instant::now();
     loop {
         let ro =
