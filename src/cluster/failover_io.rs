@@ -132,6 +132,9 @@ pub async fn run(shared: Arc<Shared>) {
         }
         if next.phase != state.phase {
             tracing::info!(phase = ?next.phase, "failover state");
+            if matches!(next.phase, Phase::Vetoed(_)) {
+                shared.metrics.failover_vetoes.inc();
+            }
         }
         state = next;
         *shared.failover.lock().unwrap_or_else(|p| p.into_inner()) = state.clone();

@@ -41,6 +41,7 @@ pub struct Metrics {
     pub monitor_failures: IntCounter,
     pub reloads: IntCounterVec,
     pub failovers: IntCounter,
+    pub failover_vetoes: IntCounter,
     pub last_failover_seconds: Gauge,
     pub split_brain: IntGauge,
 }
@@ -139,6 +140,10 @@ impl Metrics {
                 "failovers_total",
                 "Failovers carried out (a new primary promoted or adopted)"
             )),
+            failover_vetoes: reg!(IntCounter::new(
+                "failover_vetoes_total",
+                "Times the primary was unreachable from pgsplit but a replica showed it alive (no promotion)"
+            )),
             last_failover_seconds: reg!(Gauge::new(
                 "last_failover_seconds",
                 "From the primary's first failed check to the new primary in the topology, last failover"
@@ -159,7 +164,8 @@ impl Metrics {
     /// The names of every metric pgsplit exports (also those with no sample yet).
     pub fn names(&self) -> Vec<String> {
         use prometheus::core::Collector;
-        let collectors: [&dyn Collector; 28] = [
+        let collectors: [&dyn Collector; 29] = [
+            &self.failover_vetoes,
             &self.server_primary,
             &self.failovers,
             &self.last_failover_seconds,

@@ -467,6 +467,7 @@ pub async fn cut_off_from_a_live_primary_no_promotion(_env: &Env) -> R {
         "a replica was promoted: {promoted:?} {in_recovery:?}"
     );
     check!(matches!(phase, pgsplit::cluster::failover::Phase::Vetoed(_)), "phase {phase:?}");
+    check!(proxy.shared.metrics.failover_vetoes.get() >= 1, "the veto was not counted");
     // Reads go on (replicas); writes through pgsplit fail after failover_wait, they never hang.
     let r: i32 = c.query_one("SELECT inet_server_port()", &[]).await?.get(0);
     check!(r != cluster.primary().port as i32, "a read went through the cut link");
