@@ -9,6 +9,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio_postgres::NoTls;
 
 use super::failover::{self, Action, Check, Phase, Policy, Seen, State};
+use super::failover_sql::{diverged, fence, follows, repoint, switchover, warn_about_timeouts};
 use super::monitor::parse_lsn;
 use super::topology::{OutReason, Role};
 use crate::Shared;
@@ -395,37 +396,6 @@ async fn execute(
     None
 }
 
-/// The fork point when a replica at `position` on `timeline` cannot follow a primary on
-/// `new_timeline` (it has replayed past the switchpoint recorded in the new timeline's history
-/// file); None when it can.
-async fn diverged(
-    shared: &Shared,
-    config: &Config,
-    primary: &str,
-    new_timeline: u32,
-    timeline: u32,
-    position: u64,
-) -> Result<Option<u64>, String> {
-    if timeline >= new_timeline {
-        return Ok(None);
-    }
-    let c = shared.sql.get(primary, &config.monitor.database).await.ok_or("the new primary does not answer")?;
-    let file = format!("pg_wal/{new_timeline:08X}.history");
-    let bytes: Vec<u8> =
-        c.query_one("SELECT pg_read_binary_file($1)", &[&file]).await.map_err(|e| e.to_string())?.get(0);
-    let text = String::from_utf8_lossy(&bytes);
-    Ok(fork_point(&text, timeline).filter(|fork| position > *fork))
-}
-
-/// The switchpoint of `timeline` in a timeline history file ("parent<TAB>switchpoint<TAB>reason").
-pub fn fork_point(history: &str, timeline: u32) -> Option<u64> {
-    history.lines().find_map(|l| {
-        let mut f = l.split_whitespace();
-        let tli: u32 = f.next()?.parse().ok()?;
-        if tli == timeline { f.next().and_then(parse_lsn) } else { None }
-    })
-}
-
 fn mark_diverged(shared: &Shared, node: usize) {
     shared.cluster.topology.rcu(|t| {
         let mut t = (**t).clone();
@@ -437,123 +407,6 @@ fn mark_diverged(shared: &Shared, node: usize) {
         }
         t
     });
-}
-
-/// The switchover's first half: writes are held (sessions wait, as during a failover), the
-/// transactions in flight on the primary finish (up to half of failover_wait, then they are
-/// ended), the primary is made read-only, and the target replays everything it wrote. Then
-/// the target is promoted like any candidate; the old primary stays read-only and fenced,
-/// awaiting REJOIN.
-async fn switchover(shared: &Arc<Shared>, config: &Config, state: &State, target: usize) -> Result<(), String> {
-    let t = shared.cluster.topology.load_full();
-    let (old, new) = (
-        t.nodes.get(state.primary).map(|n| n.addr.to_string()).unwrap_or_default(),
-        t.nodes.get(target).map(|n| n.addr.to_string()).ok_or("no such server")?,
-    );
-    if target == state.primary || t.nodes[target].role != Role::Replica || t.nodes[target].fenced {
-        return Err(format!("{new} is not a replica"));
-    }
-    tracing::warn!(from = %old, to = %new, "switchover: holding writes");
-    shared.writes_held.store(true, std::sync::atomic::Ordering::SeqCst);
-    let p = shared.sql.get(&old, &config.monitor.database).await.ok_or("the primary does not answer")?;
-    let deadline = Instant::now() + Duration::from_millis(config.failover.failover_wait_ms / 2);
-    const IN_FLIGHT: &str = "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'          AND xact_start IS NOT NULL AND pid <> pg_backend_pid() AND application_name NOT LIKE 'pgsplit-%'";
-    loop {
-        let n: i64 = p.query_one(IN_FLIGHT, &[]).await.map_err(|e| e.to_string())?.get(0);
-        if n == 0 {
-            break;
-        }
-        if Instant::now() >= deadline {
-            tracing::warn!(transactions = n, "switchover: ending the transactions still open");
-            p.batch_execute(
-                "SELECT pg_terminate_backend(pid, 1000) FROM pg_stat_activity WHERE backend_type = 'client backend'                  AND xact_start IS NOT NULL AND pid <> pg_backend_pid() AND application_name NOT LIKE 'pgsplit-%'",
-            )
-            .await
-            .map_err(|e| e.to_string())?;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    p.batch_execute("ALTER SYSTEM SET default_transaction_read_only = on").await.map_err(|e| e.to_string())?;
-    p.batch_execute("SELECT pg_reload_conf()").await.map_err(|e| e.to_string())?;
-    let last: String =
-        p.query_one("SELECT pg_current_wal_insert_lsn()::text", &[]).await.map_err(|e| e.to_string())?.get(0);
-    let r = shared.sql.get(&new, &config.monitor.database).await.ok_or("the target does not answer")?;
-    let t0 = Instant::now();
-    loop {
-        let caught: bool = r
-            .query_one("SELECT pg_last_wal_replay_lsn() >= $1::text::pg_lsn", &[&last])
-            .await
-            .map_err(|e| e.to_string())?
-            .get(0);
-        if caught {
-            break;
-        }
-        if t0.elapsed() > Duration::from_millis(config.failover.failover_wait_ms) {
-            p.batch_execute("ALTER SYSTEM RESET default_transaction_read_only").await.map_err(|e| e.to_string())?;
-            p.batch_execute("SELECT pg_reload_conf()").await.map_err(|e| e.to_string())?;
-            return Err(format!("{new} did not replay up to {last} in time"));
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    tracing::warn!(to = %new, lsn = %last, "switchover: the target has every write; promoting");
-    Ok(())
-}
-
-/// Whether `node` is a replica streaming from `primary`.
-async fn follows(shared: &Shared, config: &Config, node: usize, primary: usize) -> Result<(), String> {
-    let t = shared.cluster.load();
-    let (addr, paddr) = (
-        t.nodes.get(node).map(|n| n.addr.to_string()).ok_or("no such node")?,
-        t.nodes.get(primary).map(|n| n.addr.to_string()).ok_or("no primary")?,
-    );
-    drop(t);
-    let c = shared.sql.get(&addr, &config.monitor.database).await.ok_or("it does not answer")?;
-    let row = c
-        .query_one(
-            "SELECT pg_is_in_recovery(), (SELECT sender_port::text FROM pg_stat_wal_receiver WHERE status = 'streaming')",
-            &[],
-        )
-        .await
-        .map_err(|e| e.to_string())?;
-    let (in_recovery, sender_port): (bool, Option<String>) = (row.get(0), row.get(1));
-    let port = paddr.rsplit_once(':').map(|(_, p)| p.to_string()).unwrap_or_default();
-    if !in_recovery {
-        return Err(format!("{addr} is not in recovery (rebuild it as a replica of {paddr} first)"));
-    }
-    if sender_port.as_deref() != Some(port.as_str()) {
-        return Err(format!("{addr} does not stream from {paddr} (its receiver: {sender_port:?})"));
-    }
-    Ok(())
-}
-
-/// Detection behind a silent partition waits for the replicas' wal_receiver_timeout (their
-/// receivers keep "streaming" until then, which vetoes a failover): say so when it is long.
-async fn warn_about_timeouts(shared: &Shared, config: &Config) {
-    let t = shared.cluster.topology.load_full();
-    for n in t.nodes.iter().filter(|n| !n.removed) {
-        let Some(c) = shared.sql.get(&n.addr, &config.monitor.database).await else { continue };
-        let Ok(row) = c
-            .query_one(
-                "SELECT current_setting('wal_receiver_timeout'), current_setting('wal_sender_timeout'), \
-                 extract(epoch FROM current_setting('wal_receiver_timeout')::interval)::int8",
-                &[],
-            )
-            .await
-        else {
-            continue;
-        };
-        let (receiver, sender, secs): (String, String, i64) = (row.get(0), row.get(1), row.get(2));
-        if n.role == Role::Replica && secs > 30 {
-            tracing::warn!(
-                server = %n.addr,
-                wal_receiver_timeout = %receiver,
-                wal_sender_timeout = %sender,
-                "behind a network partition a failover waits for this replica's wal_receiver_timeout; \
-                 set it (and wal_sender_timeout on the primary) to a few seconds for quick detection"
-            );
-        }
-    }
 }
 
 /// Runs an operator's hook in the background: `sh -c "<cmd> $0 $1 ..."` with `args`.
@@ -587,99 +440,4 @@ fn rejoined(shared: &Shared, node: usize) {
         t
     });
     shared.metrics.split_brain.set(0);
-}
-
-/// Points a replica's WAL receiver at a new primary: its primary_conninfo with the new host and
-/// port (the rest kept), then a reload (PostgreSQL 13+ restarts the receiver by itself; the
-/// default recovery_target_timeline = latest follows the promotion).
-async fn repoint(shared: &Shared, config: &Config, replica: &str, primary: &str) -> Result<(), String> {
-    let (host, port) = primary.rsplit_once(':').ok_or("bad address")?;
-    let c = shared.sql.get(replica, &config.monitor.database).await.ok_or("no connection")?;
-    let current: String = c.query_one("SHOW primary_conninfo", &[]).await.map_err(|e| e.to_string())?.get(0);
-    let conninfo = with_host_port(&current, host, port);
-    let quoted = conninfo.replace('\'', "''");
-    c.batch_execute(&format!("ALTER SYSTEM SET primary_conninfo = '{quoted}'")).await.map_err(|e| e.to_string())?;
-    c.batch_execute("SELECT pg_reload_conf()").await.map_err(|e| e.to_string())?;
-    Ok(())
-}
-
-/// `conninfo` (key=value pairs, values maybe single-quoted) with host and port replaced.
-pub fn with_host_port(conninfo: &str, host: &str, port: &str) -> String {
-    let mut out: Vec<String> = Vec::new();
-    let b = conninfo.as_bytes();
-    let mut i = 0;
-    while i < b.len() {
-        while i < b.len() && b[i].is_ascii_whitespace() {
-            i += 1;
-        }
-        let ks = i;
-        while i < b.len() && b[i] != b'=' && !b[i].is_ascii_whitespace() {
-            i += 1;
-        }
-        let key = &conninfo[ks..i];
-        while i < b.len() && (b[i] == b'=' || b[i].is_ascii_whitespace()) {
-            i += 1;
-        }
-        let vs = i;
-        if i < b.len() && b[i] == b'\'' {
-            i += 1;
-            while i < b.len() && b[i] != b'\'' {
-                if b[i] == b'\\' {
-                    i += 1;
-                }
-                i += 1;
-            }
-            i += 1;
-        } else {
-            while i < b.len() && !b[i].is_ascii_whitespace() {
-                i += 1;
-            }
-        }
-        let value = &conninfo[vs..i.min(b.len())];
-        if key.is_empty() || matches!(key, "host" | "hostaddr" | "port") {
-            continue;
-        }
-        out.push(format!("{key}={value}"));
-    }
-    out.insert(0, format!("host={host} port={port}"));
-    out.join(" ")
-}
-
-/// Best effort against a former primary that answers: read-only by default for new
-/// transactions, and its client backends ended. The real fence is that pgsplit never sends it
-/// anything again.
-async fn fence(shared: &Shared, config: &Config, addr: &str) -> Result<(), String> {
-    let c = shared.sql.get(addr, &config.monitor.database).await.ok_or("no connection")?;
-    c.batch_execute("ALTER SYSTEM SET default_transaction_read_only = on").await.map_err(|e| e.to_string())?;
-    c.batch_execute("SELECT pg_reload_conf()").await.map_err(|e| e.to_string())?;
-    c.batch_execute(
-        "SELECT pg_terminate_backend(pid, 1000) FROM pg_stat_activity \
-         WHERE backend_type = 'client backend' AND pid <> pg_backend_pid() AND application_name NOT LIKE 'pgsplit-%'",
-    )
-    .await
-    .map_err(|e| e.to_string())?;
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn fork_points() {
-        let h = "1\t0/3000148\tno recovery target specified\n2\t0/5000000\tbefore 2000-01-01\n";
-        assert_eq!(fork_point(h, 1), Some(0x3000148));
-        assert_eq!(fork_point(h, 2), Some(0x5000000));
-        assert_eq!(fork_point(h, 3), None);
-    }
-
-    #[test]
-    fn conninfo_gets_the_new_primary() {
-        let c = "user=postgres passfile='/var/lib/x y' channel_binding=prefer host=127.0.0.1 port=5432 sslmode=prefer application_name=r1";
-        assert_eq!(
-            with_host_port(c, "10.0.0.2", "5433"),
-            "host=10.0.0.2 port=5433 user=postgres passfile='/var/lib/x y' channel_binding=prefer sslmode=prefer application_name=r1"
-        );
-        assert_eq!(with_host_port("", "h", "1"), "host=h port=1");
-    }
 }

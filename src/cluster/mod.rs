@@ -5,6 +5,7 @@
 pub mod balance;
 pub mod failover;
 pub mod failover_io;
+pub mod failover_sql;
 pub mod monitor;
 pub mod rotation;
 pub mod sql_pools;
