@@ -160,9 +160,39 @@ pub struct Config {
     pub monitor: MonitorConfig,
     pub admin: AdminConfig,
     pub failover: FailoverConfig,
+    pub limits: LimitsConfig,
     /// tracing filter (`info`, `debug`, `pgsplit=debug,warn`...); RUST_LOG overrides it at start.
     pub log_level: String,
     pub users: Vec<UserConfig>,
+}
+
+/// Limits that protect everyone from one client.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// A client that has not finished startup and authentication by then is closed.
+    pub client_login_timeout_ms: u64,
+    /// Clients beyond this get FATAL 53300; those connected are unaffected.
+    pub max_client_conn: usize,
+    /// A client message larger than this gets 08P01 and a close, its body never buffered.
+    pub max_message_size: usize,
+    /// A client idle (outside a transaction) this long is closed; 0: never.
+    pub idle_client_timeout_ms: u64,
+    /// A client idle inside a transaction (holding a server connection) this long is closed
+    /// with FATAL 25P03 and its transaction rolled back; 0: never.
+    pub idle_transaction_timeout_ms: u64,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            client_login_timeout_ms: 60_000,
+            max_client_conn: 10_000,
+            max_message_size: crate::protocol::MAX_MESSAGE_LEN,
+            idle_client_timeout_ms: 0,
+            idle_transaction_timeout_ms: 0,
+        }
+    }
 }
 
 /// Automatic failover.
@@ -309,6 +339,7 @@ impl Default for Config {
             monitor: MonitorConfig::default(),
             admin: AdminConfig::default(),
             failover: FailoverConfig::default(),
+            limits: LimitsConfig::default(),
             log_level: "info".into(),
             users: Vec::new(),
         }

@@ -45,11 +45,19 @@ impl Frame {
 pub struct FrameReader<R> {
     inner: R,
     buf: BytesMut,
+    /// Messages declared longer than this are refused before their body is read.
+    max: usize,
 }
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
     pub fn new(inner: R) -> Self {
-        FrameReader { inner, buf: BytesMut::with_capacity(16 * 1024) }
+        FrameReader { inner, buf: BytesMut::with_capacity(16 * 1024), max: MAX_MESSAGE_LEN }
+    }
+
+    /// A lower bound on message size (limits.max_message_size for clients).
+    pub fn with_max(mut self, max: usize) -> Self {
+        self.max = max.clamp(1024, MAX_MESSAGE_LEN);
+        self
     }
 
     /// Returns the next message, or `Closed` on a clean EOF between messages.
@@ -79,11 +87,12 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             return Ok(None);
         }
         let len = u32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]]) as usize;
-        if !(4..=MAX_MESSAGE_LEN).contains(&len) {
-            return Err(ProtocolError::Invalid(format!("invalid message length {len}")));
+        if !(4..=self.max).contains(&len) {
+            return Err(ProtocolError::Invalid(format!("invalid message length {len} (the limit is {})", self.max)));
         }
         if self.buf.len() < len + 1 {
-            self.buf.reserve(len + 1 - self.buf.len());
+            // Grow as the bytes come, not by what the length claims.
+            self.buf.reserve((len + 1 - self.buf.len()).min(1 << 20));
             return Ok(None);
         }
         Ok(Some(Frame { bytes: self.buf.split_to(len + 1).freeze() }))

@@ -42,6 +42,7 @@ pub struct Metrics {
     pub reloads: IntCounterVec,
     pub failovers: IntCounter,
     pub failover_vetoes: IntCounter,
+    pub login_timeouts: IntCounter,
     pub last_failover_seconds: Gauge,
     pub split_brain: IntGauge,
 }
@@ -140,6 +141,10 @@ impl Metrics {
                 "failovers_total",
                 "Failovers carried out (a new primary promoted or adopted)"
             )),
+            login_timeouts: reg!(IntCounter::new(
+                "client_login_timeouts_total",
+                "Clients closed for not logging in within limits.client_login_timeout_ms"
+            )),
             failover_vetoes: reg!(IntCounter::new(
                 "failover_vetoes_total",
                 "Times the primary was unreachable from pgsplit but a replica showed it alive (no promotion)"
@@ -164,7 +169,8 @@ impl Metrics {
     /// The names of every metric pgsplit exports (also those with no sample yet).
     pub fn names(&self) -> Vec<String> {
         use prometheus::core::Collector;
-        let collectors: [&dyn Collector; 29] = [
+        let collectors: [&dyn Collector; 30] = [
+            &self.login_timeouts,
             &self.failover_vetoes,
             &self.server_primary,
             &self.failovers,

@@ -15,6 +15,7 @@ pub mod observe;
 mod placement;
 mod relay;
 mod requests;
+mod startup;
 mod state;
 
 use std::collections::VecDeque;
@@ -26,7 +27,7 @@ use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
 use crate::Shared;
-use crate::auth::{self, AuthError};
+use crate::auth;
 use crate::cancel::{CancelHandle, ServerKey};
 use crate::pool::Checkout;
 use crate::protocol::{self, Frame, FrameReader, ProtocolError};
@@ -153,6 +154,8 @@ enum RetryWork {
 pub async fn serve_client(shared: Arc<Shared>, stream: TcpStream) {
     let _ = stream.set_nodelay(true);
     let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+    shared.client_count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let _admitted = startup::Admitted(shared.clone());
     shared.metrics.client_connections.inc();
     if let Err(e) = run_client(&shared, stream, peer).await {
         tracing::debug!("client session ended: {e}");
@@ -161,50 +164,10 @@ pub async fn serve_client(shared: Arc<Shared>, stream: TcpStream) {
 }
 
 async fn run_client(shared: &Arc<Shared>, stream: TcpStream, peer: String) -> Result<(), End> {
-    let (mut r, mut w) = stream.into_split();
-    let startup = loop {
-        let body = protocol::read_startup(&mut r).await?;
-        let code = i32::from_be_bytes([body[0], body[1], body[2], body[3]]);
-        match code {
-            protocol::SSL_REQUEST | protocol::GSSENC_REQUEST => {
-                w.write_all(b"N").await.map_err(ProtocolError::from)?;
-            }
-            protocol::CANCEL_REQUEST if body.len() == 12 => {
-                let pid = i32::from_be_bytes([body[4], body[5], body[6], body[7]]);
-                let secret = i32::from_be_bytes([body[8], body[9], body[10], body[11]]);
-                shared.cancels.cancel(pid, secret).await;
-                return Ok(());
-            }
-            v if v >> 16 == 3 => break protocol::parse_startup_params(&body[4..])?,
-            _ => {
-                let _ = w.write_all(&protocol::fatal("0A000", "unsupported frontend protocol")).await;
-                return Ok(());
-            }
-        }
-    };
-    let Some(user) = startup.get("user").map(str::to_string) else {
-        let _ = w.write_all(&protocol::fatal("28000", "no PostgreSQL user name specified in startup packet")).await;
+    let Some(startup::Accepted { user, database, startup, reader, mut w }) = startup::accept(shared, stream).await?
+    else {
         return Ok(());
     };
-    if startup.get("replication").is_some_and(|v| v != "false" && v != "0" && v != "off") {
-        let _ = w.write_all(&protocol::fatal("08P01", "pgsplit does not proxy replication connections")).await;
-        return Ok(());
-    }
-    let database = startup.get("database").filter(|d| !d.is_empty()).unwrap_or(&user).to_string();
-    let mut reader = FrameReader::new(r);
-    let config = shared.config.load_full();
-    match auth::authenticate(&config, &user, &mut reader, &mut w).await {
-        Ok(()) => {}
-        Err(AuthError::Failed(u)) => {
-            let msg = format!("password authentication failed for user \"{u}\"");
-            let _ = w.write_all(&protocol::fatal("28P01", &msg)).await;
-            return Ok(());
-        }
-        Err(AuthError::Protocol(e)) => {
-            let _ = w.write_all(&protocol::fatal("08P01", &e.to_string())).await;
-            return Err(e.into());
-        }
-    }
     w.write_all(&auth::ok()).await.map_err(ProtocolError::from)?;
     let mut s = Session {
         shared: shared.clone(),
@@ -322,6 +285,7 @@ impl Session {
                 self.flush_client().await?;
             }
             let read_client = self.pending_bytes < MAX_PENDING;
+            let idle = self.idle_limit();
             let event = {
                 let server = self.server.as_mut();
                 tokio::select! {
@@ -334,6 +298,10 @@ impl Session {
                     } => Event::Server(r),
                     r = self.client.next(), if read_client => Event::Client(r),
                     _ = self.unreachable.changed(), if self.outstanding > 0 => Event::Unreachable,
+                    // Created only when polled: no timer at all unless a limit applies.
+                    _ = async { tokio::time::sleep(idle.map(|(d, _)| d).unwrap_or_default()).await }, if idle.is_some() => {
+                        Event::Idle(idle.map(|(_, in_tx)| in_tx).unwrap_or(false))
+                    }
                 }
             };
             match event {
@@ -351,6 +319,16 @@ impl Session {
                     }
                 }
                 Event::Unreachable => self.check_stuck()?,
+                Event::Idle(true) => {
+                    let msg = "terminating connection due to idle-in-transaction timeout (limits.idle_transaction_timeout_ms)";
+                    self.out.extend_from_slice(&protocol::fatal("25P03", msg));
+                    return Err(End::Fatal(msg.into()));
+                }
+                Event::Idle(false) => {
+                    let msg = "terminating connection due to idle-session timeout (limits.idle_client_timeout_ms)";
+                    self.out.extend_from_slice(&protocol::fatal("57P05", msg));
+                    return Err(End::Fatal(msg.into()));
+                }
                 Event::Client(Err(ProtocolError::Closed)) => return Err(End::Terminated),
                 Event::Client(Err(e)) => return Err(e.into()),
             }
@@ -380,6 +358,20 @@ impl Session {
             self.out.clear();
         }
         Ok(())
+    }
+
+    /// The idle limit that applies now, if any: (how long, inside a transaction?).
+    fn idle_limit(&self) -> Option<(std::time::Duration, bool)> {
+        if self.outstanding > 0 || !self.pending.is_empty() || self.copy_in {
+            return None;
+        }
+        let limits = &self.shared.config.load().limits;
+        let (ms, in_tx) = if self.tx_status != b'I' {
+            (limits.idle_transaction_timeout_ms, true)
+        } else {
+            (limits.idle_client_timeout_ms, false)
+        };
+        (ms > 0).then(|| (std::time::Duration::from_millis(ms), in_tx))
     }
 
     /// A request waits on a server the health checks find unreachable (a link gone silent: no
@@ -426,4 +418,6 @@ enum Event {
     Client(Result<Frame, ProtocolError>),
     /// A server failed a health check (see `check_stuck`).
     Unreachable,
+    /// The client was idle past a limit (true: inside a transaction).
+    Idle(bool),
 }

@@ -13,6 +13,7 @@ mod differential;
 mod failover;
 mod failures;
 mod lag;
+mod limits;
 mod ops;
 mod protocol;
 mod routing;
@@ -88,6 +89,10 @@ fn main() {
         lag::weights_share_the_reads,
         ryw::reads_see_their_own_writes_in_every_mode,
         ryw::min_lsn_carries_the_floor_between_connections,
+        limits::silent_sockets_are_shed,
+        limits::too_many_clients_get_53300,
+        limits::oversized_messages_are_refused_unread,
+        limits::idle_clients_and_idle_transactions_are_closed,
         ops::admin_console,
         ops::reload_under_load,
         ops::reload_removes_and_adds_replicas,
