@@ -38,17 +38,54 @@ where
         (_, None) => String::new(),
     };
     let known = config.user(user).is_some();
+    let secret = Secret::parse(&password);
     let ok = match config.auth {
         AuthMethod::Trust => true,
-        AuthMethod::Md5 => md5_exchange(user, &password, reader, writer).await?,
-        AuthMethod::ScramSha256 => scram_exchange(&password, reader, writer).await?,
+        AuthMethod::Md5 => md5_exchange(user, &secret, reader, writer).await?,
+        AuthMethod::ScramSha256 => scram_exchange(&secret, reader, writer).await?,
     };
     if ok && known { Ok(()) } else { Err(AuthError::Failed(user.to_string())) }
 }
 
+/// What pgsplit knows of a client's password: the password, or a hash as PostgreSQL stores it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Secret {
+    Plain(String),
+    /// "md5" + md5(password + user), hex.
+    Md5(String),
+    /// A SCRAM-SHA-256 verifier.
+    Scram {
+        iterations: u32,
+        salt: Vec<u8>,
+        stored_key: Vec<u8>,
+        server_key: Vec<u8>,
+    },
+}
+
+impl Secret {
+    pub fn parse(s: &str) -> Secret {
+        if s.len() == 35 && s.starts_with("md5") && s[3..].bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Secret::Md5(s.to_ascii_lowercase());
+        }
+        let scram = || -> Option<Secret> {
+            let rest = s.strip_prefix("SCRAM-SHA-256$")?;
+            let (params, keys) = rest.split_once('$')?;
+            let (iterations, salt) = params.split_once(':')?;
+            let (stored, server) = keys.split_once(':')?;
+            Some(Secret::Scram {
+                iterations: iterations.parse().ok().filter(|i| *i > 0)?,
+                salt: B64.decode(salt).ok()?,
+                stored_key: B64.decode(stored).ok()?,
+                server_key: B64.decode(server).ok()?,
+            })
+        };
+        scram().unwrap_or_else(|| Secret::Plain(s.to_string()))
+    }
+}
+
 async fn md5_exchange<R, W>(
     user: &str,
-    password: &str,
+    secret: &Secret,
     reader: &mut FrameReader<R>,
     writer: &mut W,
 ) -> Result<bool, AuthError>
@@ -61,11 +98,24 @@ where
     let f = expect_password(reader).await?;
     let mut body = f.body();
     let given = protocol::read_cstr(&mut body)?;
-    let want = postgres_protocol::authentication::md5_hash(user.as_bytes(), password.as_bytes(), salt);
+    let want = match secret {
+        Secret::Plain(password) => {
+            postgres_protocol::authentication::md5_hash(user.as_bytes(), password.as_bytes(), salt)
+        }
+        // The stored hash is what the client hashes again with the salt.
+        Secret::Md5(stored) => {
+            let mut input = stored[3..].as_bytes().to_vec();
+            input.extend_from_slice(&salt);
+            let digest = md5::Md5::digest(&input);
+            format!("md5{}", digest.iter().map(|b| format!("{b:02x}")).collect::<String>())
+        }
+        // A SCRAM verifier cannot check an md5 answer.
+        Secret::Scram { .. } => return Ok(false),
+    };
     Ok(constant_time_eq(given.as_bytes(), want.as_bytes()))
 }
 
-async fn scram_exchange<R, W>(password: &str, reader: &mut FrameReader<R>, writer: &mut W) -> Result<bool, AuthError>
+async fn scram_exchange<R, W>(secret: &Secret, reader: &mut FrameReader<R>, writer: &mut W) -> Result<bool, AuthError>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -91,9 +141,21 @@ where
     let client_nonce =
         bare.split(',').find_map(|a| a.strip_prefix("r=")).ok_or_else(|| invalid("SCRAM client nonce missing"))?;
 
-    let salt: [u8; 16] = rand::random();
+    // The keys: from the verifier, or derived from the password with a fresh salt. An md5
+    // hash cannot answer SCRAM: the exchange runs and fails, as for a wrong password.
+    let (salt, iterations, keys) = match secret {
+        Secret::Scram { iterations, salt, stored_key, server_key } => {
+            (salt.clone(), *iterations, Some((stored_key.clone(), server_key.clone())))
+        }
+        Secret::Plain(password) => {
+            let salt: [u8; 16] = rand::random();
+            let salted = hi(password.as_bytes(), &salt, 4096);
+            let stored = Sha256::digest(hmac(&salted, b"Client Key")).to_vec();
+            (salt.to_vec(), 4096, Some((stored, hmac(&salted, b"Server Key").to_vec())))
+        }
+        Secret::Md5(_) => (rand::random::<[u8; 16]>().to_vec(), 4096, None),
+    };
     let server_nonce: [u8; 18] = rand::random();
-    let iterations = 4096;
     let nonce = format!("{client_nonce}{}", B64.encode(server_nonce));
     let server_first = format!("r={nonce},s={},i={iterations}", B64.encode(salt));
     writer.write_all(&auth_request(11, server_first.as_bytes())).await.map_err(ProtocolError::from)?;
@@ -106,9 +168,7 @@ where
     }
     let proof = B64.decode(proof).map_err(|_| invalid("SCRAM proof is not base64"))?;
 
-    let salted = hi(password.as_bytes(), &salt, iterations);
-    let client_key = hmac(&salted, b"Client Key");
-    let stored_key = Sha256::digest(client_key);
+    let Some((stored_key, server_key)) = keys else { return Ok(false) };
     let auth_message = format!("{bare},{server_first},{without_proof}");
     let client_signature = hmac(&stored_key, auth_message.as_bytes());
     if proof.len() != client_signature.len() {
@@ -118,7 +178,6 @@ where
     if !constant_time_eq(&Sha256::digest(&recovered), &stored_key) {
         return Ok(false);
     }
-    let server_key = hmac(&salted, b"Server Key");
     let server_signature = hmac(&server_key, auth_message.as_bytes());
     let fin = format!("v={}", B64.encode(server_signature));
     writer.write_all(&auth_request(12, fin.as_bytes())).await.map_err(ProtocolError::from)?;
@@ -180,7 +239,7 @@ mod tests {
         let (sr, mut sw) = tokio::io::split(server);
         let srv = tokio::spawn(async move {
             let mut reader = FrameReader::new(sr);
-            scram_exchange(server_pw, &mut reader, &mut sw).await.unwrap()
+            scram_exchange(&Secret::parse(server_pw), &mut reader, &mut sw).await.unwrap()
         });
         let (cr, mut cw) = tokio::io::split(client);
         let mut reader = FrameReader::new(cr);
@@ -207,6 +266,31 @@ mod tests {
     async fn scram_accepts_right_password_and_rejects_wrong() {
         assert!(scram_login("secret", "secret").await);
         assert!(!scram_login("secret", "wrong").await);
+        // A verifier as PostgreSQL stores it (made here from "secret" like PostgreSQL does).
+        let verifier: &'static str = Box::leak(verifier_of("secret").into_boxed_str());
+        assert!(matches!(Secret::parse(verifier), Secret::Scram { iterations: 4096, .. }));
+        assert!(scram_login(verifier, "secret").await);
+        assert!(!scram_login(verifier, "wrong").await);
+        // An md5 hash cannot answer SCRAM.
+        assert!(!scram_login("md5aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa", "secret").await);
+    }
+
+    fn verifier_of(password: &str) -> String {
+        let salt = [7u8; 16];
+        let salted = hi(password.as_bytes(), &salt, 4096);
+        let stored = Sha256::digest(hmac(&salted, b"Client Key"));
+        let server = hmac(&salted, b"Server Key");
+        format!("SCRAM-SHA-256$4096:{}${}:{}", B64.encode(salt), B64.encode(stored), B64.encode(server))
+    }
+
+    #[test]
+    fn secrets() {
+        assert_eq!(
+            Secret::parse("md5ABCDEF0123456789abcdef0123456789"),
+            Secret::Md5("md5abcdef0123456789abcdef0123456789".into())
+        );
+        assert_eq!(Secret::parse("plain"), Secret::Plain("plain".into()));
+        assert_eq!(Secret::parse("SCRAM-SHA-256$x"), Secret::Plain("SCRAM-SHA-256$x".into()));
     }
 
     #[test]

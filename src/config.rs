@@ -319,12 +319,29 @@ pub struct MonitorConfig {
 #[serde(deny_unknown_fields)]
 pub struct UserConfig {
     pub name: String,
-    /// The password clients give (plain text).
+    /// What clients must prove they know: the password, or a hash as PostgreSQL stores it
+    /// (`SCRAM-SHA-256$4096:salt$StoredKey:ServerKey`, or `md5` + 32 hex digits). Empty when
+    /// `password_file` or `password_env` gives it.
+    #[serde(default)]
     pub password: String,
+    /// Read the password (or hash) from this file (its first line) instead.
+    #[serde(default)]
+    pub password_file: Option<String>,
+    /// Read the password (or hash) from this environment variable instead.
+    #[serde(default)]
+    pub password_env: Option<String>,
     /// The role pgsplit logs into the servers as; defaults to `name`.
     pub server_user: Option<String>,
-    /// The password pgsplit gives the servers; defaults to `password`.
+    /// The password pgsplit gives the servers; defaults to `password` when that is a password,
+    /// not a hash (with a hash, give it here, or let the servers trust pgsplit).
     pub server_password: Option<String>,
+}
+
+impl UserConfig {
+    /// The password is a hash, not the password itself.
+    pub fn is_hash(&self) -> bool {
+        self.password.starts_with("SCRAM-SHA-256$") || (self.password.len() == 35 && self.password.starts_with("md5"))
+    }
 }
 
 impl Default for Config {
@@ -393,10 +410,28 @@ impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text =
             std::fs::read_to_string(path).map_err(|err| ConfigError::Read { path: path.display().to_string(), err })?;
-        Config::parse(&text).map_err(|e| match e {
+        let mut c = Config::parse(&text).map_err(|e| match e {
             ConfigError::Parse { err, .. } => ConfigError::Parse { path: path.display().to_string(), err },
             other => other,
-        })
+        })?;
+        c.resolve_secrets()?;
+        Ok(c)
+    }
+
+    /// Reads passwords given by file or environment variable into the users' `password`.
+    pub fn resolve_secrets(&mut self) -> Result<(), ConfigError> {
+        for u in &mut self.users {
+            if let Some(file) = &u.password_file {
+                let text = std::fs::read_to_string(file)
+                    .map_err(|e| ConfigError::Invalid(format!("users {:?}: password_file {file}: {e}", u.name)))?;
+                u.password = text.lines().next().unwrap_or("").to_string();
+            } else if let Some(var) = &u.password_env {
+                u.password = std::env::var(var).map_err(|_| {
+                    ConfigError::Invalid(format!("users {:?}: the environment variable {var} is not set", u.name))
+                })?;
+            }
+        }
+        Ok(())
     }
 
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
@@ -461,7 +496,7 @@ impl Config {
         match self.user(client_user) {
             Some(u) => (
                 u.server_user.clone().unwrap_or_else(|| u.name.clone()),
-                Some(u.server_password.clone().unwrap_or_else(|| u.password.clone())),
+                u.server_password.clone().or_else(|| (!u.is_hash()).then(|| u.password.clone())),
             ),
             None => (client_user.to_string(), None),
         }

@@ -77,6 +77,7 @@ fn main() {
         protocol::errors_notices_and_empty_queries,
         protocol::malformed_message_gets_08p01,
         protocol::md5_and_scram_authentication,
+        protocol::stored_hashes_and_password_files,
         failures::pool_timeout_is_a_clear_error,
         failures::bad_state_connections_are_not_reused,
         failures::client_gone_mid_query_leaves_nothing_running,
