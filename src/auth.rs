@@ -104,7 +104,7 @@ where
         }
         // The stored hash is what the client hashes again with the salt.
         Secret::Md5(stored) => {
-            let mut input = stored[3..].as_bytes().to_vec();
+            let mut input = stored.as_bytes()[3..].to_vec();
             input.extend_from_slice(&salt);
             let digest = md5::Md5::digest(&input);
             format!("md5{}", digest.iter().map(|b| format!("{b:02x}")).collect::<String>())
