@@ -252,6 +252,19 @@ mod tests {
         assert_eq!(parse_types(&parse).unwrap(), vec![25, 0]);
     }
 
+    proptest::proptest! {
+        /// Parse, Bind, Describe/Close bodies of any bytes: decoded or refused, never a panic.
+        #[test]
+        fn decoding_survives_anything(tag in proptest::sample::select(vec![b'P', b'B', b'D', b'C']), body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512)) {
+            let f = frame(message(tag, |b| b.put_slice(&body)));
+            let _ = read_parse(&f);
+            let _ = read_bind(&f);
+            let _ = bind_parameters(&f);
+            let _ = read_target(&f);
+            let _ = parse_types(&f.bytes);
+        }
+    }
+
     #[test]
     fn malformed_messages_are_errors() {
         assert!(read_parse(&frame(message(b'P', |b| put_cstr(b, "s1")))).is_err());

@@ -68,6 +68,14 @@ fn skip_quoted(b: &[u8], i: usize, q: u8, backslash: bool) -> usize {
     b.len()
 }
 
+/// The text between a quote at `start` and its closing quote just before `end` (or the end of
+/// input when unterminated). Quotes are ASCII, so these are always character boundaries.
+fn quoted_content(s: &str, start: usize, end: usize) -> &str {
+    let b = s.as_bytes();
+    let close = if end > start + 1 && b.get(end - 1) == b.get(start) { end - 1 } else { end };
+    s.get(start + 1..close.max(start + 1)).unwrap_or("")
+}
+
 fn skip_block_comment(b: &[u8], i: usize) -> usize {
     // Block comments nest in PostgreSQL.
     let mut depth = 0;
@@ -238,7 +246,7 @@ pub fn keywords(stmt: &str, n: usize) -> Vec<String> {
             out.push(s[st..i].to_ascii_lowercase());
         } else if c == b'"' {
             let end = skip_quoted(b, i, b'"', false);
-            out.push(s[i + 1..end.saturating_sub(1).max(i + 1)].replace("\"\"", "\""));
+            out.push(quoted_content(s, i, end).replace("\"\"", "\""));
             i = end;
         } else if c == b'=' {
             out.push("=".into());
@@ -281,7 +289,7 @@ pub fn words(stmt: &str) -> Vec<Word> {
             loop {
                 if i < b.len() && b[i] == b'"' {
                     let end = skip_quoted(b, i, b'"', false);
-                    text.push_str(&stmt[i + 1..end.saturating_sub(1).max(i + 1)].replace("\"\"", "\""));
+                    text.push_str(&quoted_content(stmt, i, end).replace("\"\"", "\""));
                     quoted = true;
                     i = end;
                 } else {
