@@ -11,6 +11,7 @@ use std::path::Path;
 pub enum AuthMethod {
     Trust,
     Md5,
+    #[serde(rename = "scram-sha-256")]
     ScramSha256,
 }
 
@@ -513,6 +514,16 @@ mod tests {
         let c = Config::parse(text).unwrap();
         c.validate().unwrap();
         assert_eq!(c.servers.replicas.len(), 2);
+    }
+
+    #[test]
+    fn auth_methods_as_documented() {
+        for (text, want) in
+            [("trust", AuthMethod::Trust), ("md5", AuthMethod::Md5), ("scram-sha-256", AuthMethod::ScramSha256)]
+        {
+            assert_eq!(Config::parse(&format!("auth = \"{text}\"\n")).unwrap().auth, want);
+            assert_eq!(text.parse::<AuthMethod>().unwrap(), want);
+        }
     }
 
     #[test]

@@ -113,3 +113,59 @@ pub async fn idle_clients_and_idle_transactions_are_closed(env: &Env) -> R {
     proxy.stop();
     Ok(())
 }
+
+/// No password, verifier or SCRAM message in the logs, at trace level.
+pub async fn no_secret_in_the_logs(env: &Env) -> R {
+    use pgsplit::localcluster::{SCRAM_USER, free_port};
+    let dir = std::env::temp_dir().join(format!("pgsplit-secrets-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let listen = free_port()?;
+    let replicas: Vec<String> = env.cluster.replica_addrs().iter().map(|r| format!("\"{r}\"")).collect();
+    let config = format!(
+        "listen = \"127.0.0.1:{listen}\"\nauth = \"scram-sha-256\"\n[servers]\nprimary = \"{}\"\nreplicas = [{}]\n\
+         [[users]]\nname = \"app\"\npassword = \"s3cret-client-pw\"\nserver_user = \"{}\"\nserver_password = \"{}\"\n",
+        env.cluster.primary().addr(),
+        replicas.join(", "),
+        SCRAM_USER.0,
+        SCRAM_USER.1
+    );
+    let file = dir.join("pgsplit.toml");
+    std::fs::write(&file, config)?;
+    let log = std::fs::File::create(dir.join("log"))?;
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_pgsplit"))
+        .args(["--config", file.to_str().unwrap_or_default()])
+        .env("RUST_LOG", "trace")
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()?;
+    let result = async {
+        let conn = format!("host=127.0.0.1 port={listen} user=app password=s3cret-client-pw dbname=postgres");
+        let t0 = Instant::now();
+        let c = loop {
+            match connect(&conn).await {
+                Ok(c) => break c,
+                Err(e) => check!(t0.elapsed() < Duration::from_secs(20), "pgsplit did not start: {e}"),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        c.simple_query("SELECT 1").await?;
+        c.batch_execute("INSERT INTO t (v) VALUES (1)").await?;
+        let bad =
+            connect(&format!("host=127.0.0.1 port={listen} user=app password=wrong-pw-123 dbname=postgres")).await;
+        check!(bad.is_err(), "a wrong password got in");
+        Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
+    }
+    .await;
+    let _ = child.start_kill();
+    let _ = child.wait().await;
+    let text = std::fs::read_to_string(dir.join("log"))?;
+    let _ = std::fs::remove_dir_all(&dir);
+    result.map_err(|e| format!("{e}; log: {}", &text[..text.len().min(2000)]))?;
+    check!(text.len() > 1000, "the trace log is nearly empty ({} bytes)", text.len());
+    for secret in ["s3cret-client-pw", SCRAM_USER.1, "wrong-pw-123", "c=biws", "SCRAM-SHA-256$"] {
+        check!(!text.contains(secret), "the trace log contains {secret:?}");
+    }
+    println!("    a trace-level log of {} bytes has no password, verifier or SCRAM message", text.len());
+    Ok(())
+}

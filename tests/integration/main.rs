@@ -94,6 +94,7 @@ fn main() {
         limits::too_many_clients_get_53300,
         limits::oversized_messages_are_refused_unread,
         limits::idle_clients_and_idle_transactions_are_closed,
+        limits::no_secret_in_the_logs,
         ops::admin_console,
         ops::reload_under_load,
         ops::reload_removes_and_adds_replicas,
