@@ -46,6 +46,8 @@ pub struct Shared {
     pub failover: std::sync::Mutex<crate::cluster::failover::State>,
     /// Wakes the failover loop for an immediate check.
     pub failover_wake: tokio::sync::Notify,
+    /// Authentication failures by address (attempts from a guessing address are slowed).
+    pub auth_failures: crate::session::AuthFailures,
     /// Connected clients (for limits.max_client_conn).
     pub client_count: std::sync::atomic::AtomicUsize,
     /// A switchover holds new writes (sessions wait as for a failover).
@@ -105,6 +107,7 @@ impl Proxy {
             failover_request: std::sync::Mutex::new(None),
             writes_held: std::sync::atomic::AtomicBool::new(false),
             client_count: std::sync::atomic::AtomicUsize::new(0),
+            auth_failures: Default::default(),
         });
         let listener =
             TcpListener::bind(&config.listen).await.map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;

@@ -16,6 +16,7 @@ mod placement;
 mod relay;
 mod requests;
 mod startup;
+pub use startup::AuthFailures;
 mod state;
 
 use std::collections::VecDeque;

@@ -39,8 +39,9 @@ impl Drop for Admitted {
 pub(super) async fn accept(shared: &Arc<Shared>, stream: TcpStream) -> Result<Option<Accepted>, End> {
     let config = shared.config.load_full();
     let timeout = Duration::from_millis(config.limits.client_login_timeout_ms);
+    let ip = stream.peer_addr().map(|a| a.ip()).ok();
     let (r, mut w) = stream.into_split();
-    match tokio::time::timeout(timeout, handshake(shared, r, &mut w)).await {
+    match tokio::time::timeout(timeout, handshake(shared, r, &mut w, ip)).await {
         Ok(Ok(Some((user, database, startup, reader)))) => Ok(Some(Accepted { user, database, startup, reader, w })),
         Ok(Ok(None)) => Ok(None),
         Ok(Err(e)) => Err(e),
@@ -59,6 +60,7 @@ async fn handshake(
     shared: &Arc<Shared>,
     mut r: tokio::net::tcp::OwnedReadHalf,
     w: &mut OwnedWriteHalf,
+    ip: Option<std::net::IpAddr>,
 ) -> Result<Option<Handshake>, End> {
     let startup = loop {
         let body = protocol::read_startup(&mut r).await?;
@@ -97,9 +99,18 @@ async fn handshake(
         return Ok(None);
     }
     let mut reader = FrameReader::new(r).with_max(config.limits.max_message_size);
+    if config.auth != crate::config::AuthMethod::Trust
+        && let Some(delay) = ip.and_then(|ip| shared.auth_failures.delay(ip))
+    {
+        // Repeated failures from this address: each further attempt waits first.
+        tokio::time::sleep(delay).await;
+    }
     match auth::authenticate(&config, &user, &mut reader, w).await {
         Ok(()) => {}
         Err(AuthError::Failed(u)) => {
+            if let Some(ip) = ip {
+                shared.auth_failures.failed(ip);
+            }
             let msg = format!("password authentication failed for user \"{u}\"");
             let _ = w.write_all(&protocol::fatal("28P01", &msg)).await;
             return Ok(None);
@@ -110,4 +121,62 @@ async fn handshake(
         }
     }
     Ok(Some((user, database, startup, reader)))
+}
+
+/// Authentication failures by source address: after `FREE` failures within `WINDOW`, each
+/// further attempt from that address waits a second more (up to `MAX_DELAY`) before it is
+/// answered, so guessing passwords is slow while others are not affected.
+#[derive(Default)]
+pub struct AuthFailures {
+    by_ip: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, (u32, std::time::Instant)>>,
+}
+
+const FREE: u32 = 5;
+const WINDOW: Duration = Duration::from_secs(60);
+const MAX_DELAY: Duration = Duration::from_secs(10);
+
+impl AuthFailures {
+    pub fn failed(&self, ip: std::net::IpAddr) {
+        let mut m = self.by_ip.lock().unwrap_or_else(|p| p.into_inner());
+        if m.len() > 100_000 {
+            m.retain(|_, (_, t)| t.elapsed() < WINDOW);
+        }
+        let e = m.entry(ip).or_insert((0, std::time::Instant::now()));
+        if e.1.elapsed() > WINDOW {
+            *e = (0, std::time::Instant::now());
+        }
+        e.0 += 1;
+    }
+
+    pub fn delay(&self, ip: std::net::IpAddr) -> Option<Duration> {
+        let m = self.by_ip.lock().unwrap_or_else(|p| p.into_inner());
+        let (n, since) = m.get(&ip)?;
+        if since.elapsed() > WINDOW || *n < FREE {
+            return None;
+        }
+        Some(Duration::from_secs(u64::from(n - FREE + 1)).min(MAX_DELAY))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failures_slow_an_address_down() {
+        let f = AuthFailures::default();
+        let ip: std::net::IpAddr = [10, 0, 0, 1].into();
+        let other: std::net::IpAddr = [10, 0, 0, 2].into();
+        for _ in 0..FREE - 1 {
+            f.failed(ip);
+        }
+        assert_eq!(f.delay(ip), None);
+        f.failed(ip);
+        assert_eq!(f.delay(ip), Some(Duration::from_secs(1)));
+        for _ in 0..20 {
+            f.failed(ip);
+        }
+        assert_eq!(f.delay(ip), Some(MAX_DELAY));
+        assert_eq!(f.delay(other), None);
+    }
 }

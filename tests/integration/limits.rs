@@ -169,3 +169,39 @@ pub async fn no_secret_in_the_logs(env: &Env) -> R {
     println!("    a trace-level log of {} bytes has no password, verifier or SCRAM message", text.len());
     Ok(())
 }
+
+/// Repeated wrong passwords from one address are slowed down; a wrong password and an unknown
+/// user are refused alike.
+pub async fn password_guessing_is_slowed(env: &Env) -> R {
+    use pgsplit::config::{AuthMethod, UserConfig};
+    use pgsplit::localcluster::SCRAM_USER;
+    let proxy = env
+        .proxy_with(|c| {
+            c.auth = AuthMethod::ScramSha256;
+            c.users = vec![UserConfig {
+                name: "app".into(),
+                password: "right-pw".into(),
+                password_file: None,
+                password_env: None,
+                server_user: Some(SCRAM_USER.0.into()),
+                server_password: Some(SCRAM_USER.1.into()),
+            }];
+        })
+        .await?;
+    let port = proxy.addr.port();
+    let attempt = |user: &'static str, pw: &'static str| async move {
+        let t0 = Instant::now();
+        let r = connect(&format!("host=127.0.0.1 port={port} user={user} password={pw} dbname=postgres")).await;
+        (r.err().map(|e| sqlstate(&e)), t0.elapsed())
+    };
+    let mut times = Vec::new();
+    for i in 0..7 {
+        let (code, took) = attempt(if i % 2 == 0 { "app" } else { "nobody" }, "wrong").await;
+        check!(code.as_deref() == Some("28P01"), "attempt {i}: {code:?}");
+        times.push(took);
+    }
+    println!("    7 wrong logins from one address took {:?}", times.iter().map(|t| t.as_millis()).collect::<Vec<_>>());
+    check!(times[6] >= Duration::from_millis(1900), "the 7th failure was not slowed: {:?}", times[6]);
+    proxy.stop();
+    Ok(())
+}
