@@ -182,6 +182,9 @@ pub struct LimitsConfig {
     /// A client idle inside a transaction (holding a server connection) this long is closed
     /// with FATAL 25P03 and its transaction rolled back; 0: never.
     pub idle_transaction_timeout_ms: u64,
+    /// A client that takes none of its results for this long is dropped (its query cancelled,
+    /// its server connection freed).
+    pub client_stall_timeout_ms: u64,
 }
 
 impl Default for LimitsConfig {
@@ -192,6 +195,7 @@ impl Default for LimitsConfig {
             max_message_size: crate::protocol::MAX_MESSAGE_LEN,
             idle_client_timeout_ms: 0,
             idle_transaction_timeout_ms: 0,
+            client_stall_timeout_ms: 30_000,
         }
     }
 }

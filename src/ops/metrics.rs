@@ -43,6 +43,7 @@ pub struct Metrics {
     pub failovers: IntCounter,
     pub failover_vetoes: IntCounter,
     pub login_timeouts: IntCounter,
+    pub stalled_clients: IntCounter,
     pub last_failover_seconds: Gauge,
     pub split_brain: IntGauge,
 }
@@ -141,6 +142,10 @@ impl Metrics {
                 "failovers_total",
                 "Failovers carried out (a new primary promoted or adopted)"
             )),
+            stalled_clients: reg!(IntCounter::new(
+                "client_stalls_total",
+                "Clients dropped for taking none of their results within limits.client_stall_timeout_ms"
+            )),
             login_timeouts: reg!(IntCounter::new(
                 "client_login_timeouts_total",
                 "Clients closed for not logging in within limits.client_login_timeout_ms"
@@ -169,7 +174,8 @@ impl Metrics {
     /// The names of every metric pgsplit exports (also those with no sample yet).
     pub fn names(&self) -> Vec<String> {
         use prometheus::core::Collector;
-        let collectors: [&dyn Collector; 30] = [
+        let collectors: [&dyn Collector; 31] = [
+            &self.stalled_clients,
             &self.login_timeouts,
             &self.failover_vetoes,
             &self.server_primary,

@@ -353,11 +353,32 @@ impl Session {
         }
     }
 
+    /// Writes what is buffered for the client. No timer unless the client stops reading: then
+    /// it gets `limits.client_stall_timeout_ms` to take its results, after which it is dropped
+    /// (its server query cancelled, the connection given back), so a client that never reads
+    /// cannot hold a server connection for ever.
     async fn flush_client(&mut self) -> Result<(), End> {
-        if !self.out.is_empty() {
-            self.client_w.write_all(&self.out).await.map_err(ProtocolError::from)?;
-            self.out.clear();
+        let mut written = 0;
+        while written < self.out.len() {
+            match self.client_w.try_write(&self.out[written..]) {
+                Ok(n) => written += n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    let stall =
+                        std::time::Duration::from_millis(self.shared.config.load().limits.client_stall_timeout_ms);
+                    match tokio::time::timeout(stall, self.client_w.writable()).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => return Err(ProtocolError::from(e).into()),
+                        Err(_) => {
+                            self.out.clear();
+                            self.shared.metrics.stalled_clients.inc();
+                            return Err(End::Fatal("the client does not read its results".into()));
+                        }
+                    }
+                }
+                Err(e) => return Err(ProtocolError::from(e).into()),
+            }
         }
+        self.out.clear();
         Ok(())
     }
 

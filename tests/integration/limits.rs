@@ -205,3 +205,136 @@ pub async fn password_guessing_is_slowed(env: &Env) -> R {
     proxy.stop();
     Ok(())
 }
+
+async fn pgbench_s(port: u16, secs: &str) -> Result<(f64, String), Box<dyn std::error::Error + Send + Sync>> {
+    let out = tokio::process::Command::new("pgbench")
+        .args([
+            "-n",
+            "-S",
+            "-c",
+            "2",
+            "-j",
+            "1",
+            "-T",
+            secs,
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-U",
+            "postgres",
+            "postgres",
+        ])
+        .output()
+        .await?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    let tps = text
+        .lines()
+        .find(|l| l.starts_with("tps"))
+        .and_then(|l| l.split_whitespace().nth(2))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    check!(out.status.success() && !text.contains("error") && !text.contains("aborted"), "pgbench: {text}");
+    Ok((tps, text))
+}
+
+/// Hostile clients next to pgbench: garbage, truncated and oversized messages, a flood of
+/// silent connections, a client that never reads its results, one that pipelines 10,000
+/// queries without reading. pgbench's clients see no error; the figures are printed.
+pub async fn hostile_clients_beside_pgbench(env: &Env) -> R {
+    let proxy = env
+        .proxy_with(|c| {
+            c.limits.client_stall_timeout_ms = 1000;
+            c.limits.client_login_timeout_ms = 1000;
+            c.limits.max_message_size = 1 << 20;
+            c.pool.size = 20;
+        })
+        .await?;
+    let port = proxy.addr.port();
+    crate::common::pgbench_init(env.cluster.primary().port).await?;
+    env.caught_up().await?;
+    let (alone, _) = pgbench_s(port, "3").await?;
+    let hostile = async {
+        let mut tasks = Vec::new();
+        // Garbage and truncated messages.
+        for i in 0..20u8 {
+            tasks.push(tokio::spawn(async move {
+                if let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
+                    let junk: Vec<u8> = (0..512).map(|j| (j as u8).wrapping_mul(31).wrapping_add(i)).collect();
+                    let _ = s.write_all(&junk).await;
+                    let mut buf = [0u8; 256];
+                    let _ = tokio::time::timeout(Duration::from_secs(3), s.read(&mut buf)).await;
+                }
+            }));
+        }
+        for _ in 0..10 {
+            tasks.push(tokio::spawn(async move {
+                if let Ok(mut s) = crate::differential::login(port).await {
+                    let _ = s.write_all(&[b'Q', 0, 0, 0x10]).await; // cut in the middle of a header
+                    let _ = s.write_all(&[b'Q', 0x06, 0x40, 0, 0]).await; // 100 MB claimed
+                    let mut buf = [0u8; 256];
+                    let _ = tokio::time::timeout(Duration::from_secs(3), s.read(&mut buf)).await;
+                }
+            }));
+        }
+        // A flood of connections that say nothing.
+        let mut silent = Vec::new();
+        for _ in 0..300 {
+            if let Ok(s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
+                silent.push(s);
+            }
+        }
+        // A client that never reads a large result, and one that pipelines without reading.
+        let never = crate::differential::login(port).await?;
+        let q = "SELECT repeat('x', 100000) AS hostile_big FROM generate_series(1, 10000)";
+        let mut m = vec![b'Q'];
+        m.extend_from_slice(&((4 + q.len() + 1) as u32).to_be_bytes());
+        m.extend_from_slice(q.as_bytes());
+        m.push(0);
+        let (_nr, mut nw) = never.into_split();
+        nw.write_all(&m).await?;
+        let mut pipe = crate::differential::login(port).await?;
+        let one = b"Q\0\0\0\x0dSELECT 1\0";
+        let mut many = Vec::with_capacity(one.len() * 10_000);
+        for _ in 0..10_000 {
+            many.extend_from_slice(one);
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(5), pipe.write_all(&many)).await;
+        for t in tasks {
+            let _ = t.await;
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        drop(silent);
+        Ok::<_, Box<dyn std::error::Error + Send + Sync>>((nw, pipe))
+    };
+    let (bench, hostile) = tokio::join!(pgbench_s(port, "4"), hostile);
+    let (beside, _) = bench?;
+    let _keep = hostile?;
+    println!(
+        "    pgbench -S alone {alone:.0} tps, beside hostile clients {beside:.0} tps ({:.0}%), 0 errors; \
+         stalled clients dropped: {}",
+        100.0 * beside / alone.max(1.0),
+        proxy.shared.metrics.stalled_clients.get()
+    );
+    check!(proxy.shared.metrics.stalled_clients.get() >= 1, "the client that never reads was not dropped");
+    // Its query no longer runs on any server.
+    let t0 = Instant::now();
+    loop {
+        let mut running = 0;
+        for i in 0..env.cluster.nodes.len() {
+            let n = tokio::task::block_in_place(|| {
+                env.cluster.psql(i, "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%hostile_big%' AND state = 'active' AND pid <> pg_backend_pid()")
+            })?;
+            running += n.parse::<i64>().unwrap_or(0);
+        }
+        if running == 0 {
+            break;
+        }
+        check!(t0.elapsed() < Duration::from_secs(10), "the unread query still runs");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let c = connect(&env.conn_string(port)).await?;
+    c.simple_query("SELECT 1").await?;
+    proxy.stop();
+    Ok(())
+}

@@ -96,6 +96,7 @@ fn main() {
         limits::idle_clients_and_idle_transactions_are_closed,
         limits::no_secret_in_the_logs,
         limits::password_guessing_is_slowed,
+        limits::hostile_clients_beside_pgbench,
         ops::admin_console,
         ops::reload_under_load,
         ops::reload_removes_and_adds_replicas,
