@@ -152,10 +152,14 @@ pub fn sqlstate(e: &tokio_postgres::Error) -> String {
 
 /// pgbench's tables, made directly on the server at `port`.
 pub async fn pgbench_init(port: u16) -> R {
-    let init = tokio::process::Command::new("pgbench")
-        .args(["-i", "-q", "-s", "1", "-h", "127.0.0.1", "-p", &port.to_string(), "-U", "postgres", "postgres"])
-        .output()
-        .await?;
+    let init = pgbench(port, &["-i", "-q", "-s", "1"]).output().await?;
     check!(init.status.success(), "pgbench -i: {}", String::from_utf8_lossy(&init.stderr));
     Ok(())
+}
+
+/// pgbench against the server (or pgsplit) at `port`, with `args` (connection options set).
+pub fn pgbench(port: u16, args: &[&str]) -> tokio::process::Command {
+    let mut c = tokio::process::Command::new("pgbench");
+    c.args(args).args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "postgres", "postgres"]);
+    c
 }

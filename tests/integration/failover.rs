@@ -106,47 +106,12 @@ pub async fn kill_the_primary_under_load(_env: &Env) -> R {
     let pinned = connect(&conn).await?;
     pinned.batch_execute("CREATE TEMP TABLE fo_tmp (a int)").await?;
     // And pgbench, select-only (outside transactions), through the whole failover.
-    let bench = tokio::process::Command::new("pgbench")
-        .args([
-            "-n",
-            "-S",
-            "-c",
-            "2",
-            "-j",
-            "1",
-            "-T",
-            "9",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &proxy.addr.port().to_string(),
-            "-U",
-            "postgres",
-            "postgres",
-        ])
-        .output();
+    let bench = crate::common::pgbench(proxy.addr.port(), &["-n", "-S", "-c", "2", "-j", "1", "-T", "9"]).output();
     let bench = tokio::spawn(bench);
     // pgbench read-write (tpcb-like) too: transactions caught by the kill get 40001 and are
     // retried (--max-tries); a COMMIT caught by it gets 08007 and ends that client: reported.
-    let rw = tokio::process::Command::new("pgbench")
-        .args([
-            "-n",
-            "-c",
-            "2",
-            "-j",
-            "1",
-            "-T",
-            "9",
-            "--max-tries=20",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &proxy.addr.port().to_string(),
-            "-U",
-            "postgres",
-            "postgres",
-        ])
-        .output();
+    let rw =
+        crate::common::pgbench(proxy.addr.port(), &["-n", "-c", "2", "-j", "1", "-T", "9", "--max-tries=20"]).output();
     let rw = tokio::spawn(rw);
     tokio::time::sleep(Duration::from_secs(2)).await;
     let pid = postmaster_pid(&cluster, 0)?;

@@ -207,26 +207,7 @@ pub async fn password_guessing_is_slowed(env: &Env) -> R {
 }
 
 async fn pgbench_s(port: u16, secs: &str) -> Result<(f64, String), Box<dyn std::error::Error + Send + Sync>> {
-    let out = tokio::process::Command::new("pgbench")
-        .args([
-            "-n",
-            "-S",
-            "-c",
-            "2",
-            "-j",
-            "1",
-            "-T",
-            secs,
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-            "-U",
-            "postgres",
-            "postgres",
-        ])
-        .output()
-        .await?;
+    let out = crate::common::pgbench(port, &["-n", "-S", "-c", "2", "-j", "1", "-T", secs]).output().await?;
     let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     let tps = text
         .lines()
