@@ -185,6 +185,9 @@ pub struct LimitsConfig {
     /// A client that takes none of its results for this long is dropped (its query cancelled,
     /// its server connection freed).
     pub client_stall_timeout_ms: u64,
+    /// A request still running on its server after this long is cancelled there (the client
+    /// gets the server's 57014, its connection stays usable); 0: never.
+    pub query_timeout_ms: u64,
 }
 
 impl Default for LimitsConfig {
@@ -196,6 +199,7 @@ impl Default for LimitsConfig {
             idle_client_timeout_ms: 0,
             idle_transaction_timeout_ms: 0,
             client_stall_timeout_ms: 30_000,
+            query_timeout_ms: 0,
         }
     }
 }

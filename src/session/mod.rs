@@ -134,6 +134,10 @@ struct Session {
     retry_now: Option<Retry>,
     /// The BEGIN READ ONLY of a transaction on a replica that has run nothing else yet.
     fresh_begin: Option<String>,
+    /// A query-timeout cancel was sent to the server connection held (for the request sent at
+    /// that instant): that connection is closed rather than handed on, since a cancel arriving
+    /// late would hit its next user.
+    timeout_cancelled: Option<std::time::Instant>,
 }
 
 /// A read sent outside a transaction to a replica. If that connection dies before the first
@@ -204,6 +208,7 @@ async fn run_client(shared: &Arc<Shared>, stream: TcpStream, peer: String) -> Re
         lost: lost::Lost::No,
         in_flight: lost::InFlight::default(),
         unreachable: shared.cluster.unreachable.subscribe(),
+        timeout_cancelled: None,
     };
     if s.database == crate::ops::admin::DATABASE {
         // The admin console: no server behind it.
@@ -287,6 +292,7 @@ impl Session {
             }
             let read_client = self.pending_bytes < MAX_PENDING;
             let idle = self.idle_limit();
+            let deadline = self.query_deadline();
             let event = {
                 let server = self.server.as_mut();
                 tokio::select! {
@@ -303,6 +309,12 @@ impl Session {
                     _ = async { tokio::time::sleep(idle.map(|(d, _)| d).unwrap_or_default()).await }, if idle.is_some() => {
                         Event::Idle(idle.map(|(_, in_tx)| in_tx).unwrap_or(false))
                     }
+                    _ = async {
+                        match deadline {
+                            Some(t) => tokio::time::sleep_until(t).await,
+                            None => std::future::pending().await,
+                        }
+                    }, if deadline.is_some() => Event::QueryTimeout,
                 }
             };
             match event {
@@ -320,6 +332,7 @@ impl Session {
                     }
                 }
                 Event::Unreachable => self.check_stuck()?,
+                Event::QueryTimeout => self.cancel_timed_out(),
                 Event::Idle(true) => {
                     let msg = "terminating connection due to idle-in-transaction timeout (limits.idle_transaction_timeout_ms)";
                     self.out.extend_from_slice(&protocol::fatal("25P03", msg));
@@ -396,6 +409,31 @@ impl Session {
         (ms > 0).then(|| (std::time::Duration::from_millis(ms), in_tx))
     }
 
+    /// When the request in flight passes `limits.query_timeout_ms`, if it applies: once per
+    /// request, never during COPY FROM STDIN (the client is the one sending).
+    fn query_deadline(&self) -> Option<tokio::time::Instant> {
+        if self.outstanding == 0 || self.copy_in || self.server.is_none() {
+            return None;
+        }
+        let t0 = self.observe.started_at()?;
+        if self.timeout_cancelled == Some(t0) {
+            return None;
+        }
+        let ms = self.shared.config.load().limits.query_timeout_ms;
+        (ms > 0).then(|| tokio::time::Instant::from_std(t0 + std::time::Duration::from_millis(ms)))
+    }
+
+    /// The request in flight ran past `limits.query_timeout_ms`: the server is asked to cancel
+    /// it, as a client's own CancelRequest would. The server answers with 57014 and its
+    /// ReadyForQuery, relayed as usual; the connection is then closed, not pooled.
+    fn cancel_timed_out(&mut self) {
+        let Some(s) = self.server.as_ref() else { return };
+        self.timeout_cancelled = self.observe.started_at();
+        tracing::info!(server = %s.conn.addr, "cancelling a request past limits.query_timeout_ms");
+        let key = ServerKey { addr: s.conn.addr.as_str().into(), pid: s.conn.pid, secret: s.conn.secret };
+        tokio::spawn(async move { crate::cancel::send_cancel(&key).await });
+    }
+
     /// A request waits on a server the health checks find unreachable (a link gone silent: no
     /// RST, no FIN, so the socket alone would wait for ever). Past `failover_wait` the
     /// connection is given up: the client gets the error of a lost connection, in terms of
@@ -417,8 +455,12 @@ impl Session {
     async fn finish(&mut self) {
         let Some(s) = self.server.take() else { return };
         self.cancel.set(None);
-        let clean =
-            self.outstanding == 0 && self.tx_status == b'I' && self.pin.is_none() && !self.batch_open && !self.copy_in;
+        let clean = self.outstanding == 0
+            && self.tx_status == b'I'
+            && self.pin.is_none()
+            && !self.batch_open
+            && !self.copy_in
+            && self.timeout_cancelled.is_none();
         if clean {
             s.release(&self.shared.metrics);
         } else {
@@ -442,4 +484,6 @@ enum Event {
     Unreachable,
     /// The client was idle past a limit (true: inside a transaction).
     Idle(bool),
+    /// The request in flight passed `limits.query_timeout_ms`.
+    QueryTimeout,
 }

@@ -111,6 +111,11 @@ impl Observe {
         }
     }
 
+    /// When the request in flight was sent, if one is.
+    pub fn started_at(&self) -> Option<Instant> {
+        self.started.map(|(t0, _, _)| t0)
+    }
+
     /// The request in flight has waited longer than `d`.
     pub fn waiting_longer_than(&self, d: std::time::Duration) -> bool {
         self.started.is_some_and(|(t0, _, _)| t0.elapsed() > d)

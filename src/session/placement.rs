@@ -269,6 +269,7 @@ impl Session {
         }
         self.cancel.set(Some(ServerKey { addr, pid: co.conn.pid, secret: co.conn.secret }));
         self.server = Some(co);
+        self.timeout_cancelled = None;
         self.load = Some(LoadGuard::new(&load));
         self.observe.attached(Some(node));
         Ok(())
@@ -279,7 +280,11 @@ impl Session {
             self.cancel.set(None);
             self.load = None;
             self.observe.attached(None);
-            s.release(&self.shared.metrics);
+            if self.timeout_cancelled.take().is_some() {
+                s.discard(&self.shared.metrics);
+            } else {
+                s.release(&self.shared.metrics);
+            }
         }
     }
 

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::check;
-use crate::common::{Env, R, connect, sqlstate};
+use crate::common::{Env, R, connect, simple_value, sqlstate};
 
 /// Whether the peer closes `s` within `limit`.
 async fn closed_within(s: &mut tokio::net::TcpStream, limit: Duration) -> bool {
@@ -316,6 +316,50 @@ pub async fn hostile_clients_beside_pgbench(env: &Env) -> R {
     }
     let c = connect(&env.conn_string(port)).await?;
     c.simple_query("SELECT 1").await?;
+    proxy.stop();
+    Ok(())
+}
+
+/// A request past `limits.query_timeout_ms` is cancelled on its server: the client gets 57014 in
+/// both protocols and keeps a usable connection; inside a transaction the transaction is
+/// aborted like any error; quick requests are untouched; the server connection that was sent
+/// the cancel is closed, never handed to another client.
+pub async fn long_queries_are_cancelled(env: &Env) -> R {
+    let proxy = env.proxy_with(|c| c.limits.query_timeout_ms = 400).await?;
+    let conn = env.conn_string(proxy.addr.port());
+    let c = connect(&conn).await?;
+    let t0 = Instant::now();
+    let e = c.simple_query("SELECT pg_sleep(5)").await.err().ok_or("a 5 s query outlived a 0.4 s timeout")?;
+    let secs = t0.elapsed().as_secs_f64();
+    check!(sqlstate(&e) == "57014", "simple protocol: {e:?}");
+    check!(secs < 3.0, "cancelled only after {secs:.2} s");
+    let e = c.query("SELECT pg_sleep($1::float8)", &[&5.0f64]).await.err().ok_or("extended: not cancelled")?;
+    check!(sqlstate(&e) == "57014", "extended protocol: {e:?}");
+    check!(simple_value(&c, "SELECT 41 + 1").await? == "42", "the connection is unusable after a timeout");
+    // Each request gets the whole limit: many short ones in a row are not cancelled.
+    for _ in 0..6 {
+        c.simple_query("SELECT pg_sleep(0.1)").await?;
+    }
+    // In a transaction: aborted, then ROLLBACK; the backend that got the cancel goes away.
+    c.batch_execute("BEGIN").await?;
+    let pid: i32 = simple_value(&c, "SELECT pg_backend_pid()").await?.parse()?;
+    let e = c.simple_query("SELECT pg_sleep(5)").await.err().ok_or("in a transaction: not cancelled")?;
+    check!(sqlstate(&e) == "57014", "in a transaction: {e:?}");
+    let e = c.simple_query("SELECT 1").await.err().ok_or("the transaction was not aborted")?;
+    check!(sqlstate(&e) == "25P02", "after the timeout: {e:?}");
+    c.batch_execute("ROLLBACK").await?;
+    let direct = connect(&env.conn_string(env.primary_port() as u16)).await?;
+    let t1 = Instant::now();
+    loop {
+        let n = simple_value(&direct, &format!("SELECT count(*) FROM pg_stat_activity WHERE pid = {pid}")).await?;
+        if n == "0" {
+            break;
+        }
+        check!(t1.elapsed() < Duration::from_secs(5), "the cancelled server connection {pid} was kept");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    check!(simple_value(&c, "SELECT 'still here'").await? == "still here", "the client lost its connection");
+    println!("    a 5 s query cancelled {secs:.2} s after it was sent (limit 0.4 s); its server connection closed");
     proxy.stop();
     Ok(())
 }

@@ -97,6 +97,7 @@ fn main() {
         limits::no_secret_in_the_logs,
         limits::password_guessing_is_slowed,
         limits::hostile_clients_beside_pgbench,
+        limits::long_queries_are_cancelled,
         ops::admin_console,
         ops::reload_under_load,
         ops::reload_removes_and_adds_replicas,
