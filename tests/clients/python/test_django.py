@@ -11,29 +11,22 @@ from django.conf import settings
 
 from pgsplit_env import HOST, PORT, catch_up, on_primary, on_replica, spread
 
+DATABASE = {
+    "ENGINE": "django.db.backends.postgresql",
+    "HOST": HOST,
+    "PORT": PORT,
+    "NAME": "postgres",
+    "USER": "postgres",
+    "CONN_MAX_AGE": 0,
+    "OPTIONS": {},
+}
+
 settings.configure(
     DATABASES={
-        "default": {
-            "ENGINE": "django.db.backends.postgresql",
-            "HOST": HOST,
-            "PORT": PORT,
-            "NAME": "postgres",
-            "USER": "postgres",
-            "CONN_MAX_AGE": 0,
-            "OPTIONS": {},
-        },
+        "default": DATABASE,
         # psycopg 3 server-side binding: Django's TimeZone set-up becomes
         # `SELECT set_config('TimeZone', $1, false)` with a bound parameter.
-        "bound": {
-            "ENGINE": "django.db.backends.postgresql",
-            "HOST": HOST,
-            "PORT": PORT,
-            "NAME": "postgres",
-            "USER": "postgres",
-            "CONN_MAX_AGE": 0,
-            "TIME_ZONE": "Asia/Tokyo",
-            "OPTIONS": {"server_side_binding": True},
-        },
+        "bound": {**DATABASE, "TIME_ZONE": "Asia/Tokyo", "OPTIONS": {"server_side_binding": True}},
     },
     INSTALLED_APPS=["seminar"],
     USE_TZ=True,
