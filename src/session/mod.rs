@@ -138,6 +138,9 @@ struct Session {
     /// that instant): that connection is closed rather than handed on, since a cancel arriving
     /// late would hit its next user.
     timeout_cancelled: Option<std::time::Instant>,
+    /// The query-timeout timer of the request in flight (sent at that instant), kept across
+    /// loop turns: one timer per request, not one per message relayed.
+    query_timer: Option<(std::time::Instant, std::pin::Pin<Box<tokio::time::Sleep>>)>,
 }
 
 /// A read sent outside a transaction to a replica. If that connection dies before the first
@@ -209,6 +212,7 @@ async fn run_client(shared: &Arc<Shared>, stream: TcpStream, peer: String) -> Re
         in_flight: lost::InFlight::default(),
         unreachable: shared.cluster.unreachable.subscribe(),
         timeout_cancelled: None,
+        query_timer: None,
     };
     if s.database == crate::ops::admin::DATABASE {
         // The admin console: no server behind it.
@@ -292,9 +296,15 @@ impl Session {
             }
             let read_client = self.pending_bytes < MAX_PENDING;
             let idle = self.idle_limit();
-            let deadline = self.query_deadline();
+            match self.query_deadline() {
+                Some((t0, _)) if self.query_timer.as_ref().is_some_and(|(t, _)| *t == t0) => {}
+                Some((t0, at)) => self.query_timer = Some((t0, Box::pin(tokio::time::sleep_until(at)))),
+                None => self.query_timer = None,
+            }
             let event = {
                 let server = self.server.as_mut();
+                let timer = self.query_timer.as_mut();
+                let timed = timer.is_some();
                 tokio::select! {
                     biased;
                     r = async {
@@ -310,11 +320,11 @@ impl Session {
                         Event::Idle(idle.map(|(_, in_tx)| in_tx).unwrap_or(false))
                     }
                     _ = async {
-                        match deadline {
-                            Some(t) => tokio::time::sleep_until(t).await,
+                        match timer {
+                            Some((_, sleep)) => sleep.as_mut().await,
                             None => std::future::pending().await,
                         }
-                    }, if deadline.is_some() => Event::QueryTimeout,
+                    }, if timed => Event::QueryTimeout,
                 }
             };
             match event {
@@ -411,7 +421,7 @@ impl Session {
 
     /// When the request in flight passes `limits.query_timeout_ms`, if it applies: once per
     /// request, never during COPY FROM STDIN (the client is the one sending).
-    fn query_deadline(&self) -> Option<tokio::time::Instant> {
+    fn query_deadline(&self) -> Option<(std::time::Instant, tokio::time::Instant)> {
         if self.outstanding == 0 || self.copy_in || self.server.is_none() {
             return None;
         }
@@ -420,7 +430,7 @@ impl Session {
             return None;
         }
         let ms = self.shared.config.load().limits.query_timeout_ms;
-        (ms > 0).then(|| tokio::time::Instant::from_std(t0 + std::time::Duration::from_millis(ms)))
+        (ms > 0).then(|| (t0, tokio::time::Instant::from_std(t0 + std::time::Duration::from_millis(ms))))
     }
 
     /// The request in flight ran past `limits.query_timeout_ms`: the server is asked to cancel
