@@ -17,6 +17,10 @@ use crate::config::ReadYourWrites;
 /// The query whose answer bounds the commit's position.
 pub const PROBE_SQL: &str = "SELECT pg_catalog.pg_current_wal_insert_lsn()::text";
 
+/// The probe's Query message, built once (it follows every write that commits).
+pub static PROBE_MESSAGE: std::sync::LazyLock<bytes::Bytes> =
+    std::sync::LazyLock::new(|| crate::protocol::simple_query(PROBE_SQL));
+
 /// The ParameterStatus that reports a client's last write.
 pub const LAST_WRITE_LSN: &str = "pgsplit.last_write_lsn";
 

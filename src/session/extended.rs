@@ -134,10 +134,11 @@ pub fn bind_parameters(f: &Frame) -> Result<Vec<BindParameter<'_>>, ProtocolErro
         Ok(head)
     };
     let i16_at = |b: &[u8]| i16::from_be_bytes([b[0], b[1]]);
-    let nformats = i16_at(take(2)?);
-    let nformats = usize::try_from(nformats).map_err(|_| bad())?;
+    // Counts are unsigned on the wire (as in Parse): up to 65535.
+    let u16_at = |b: &[u8]| usize::from(u16::from_be_bytes([b[0], b[1]]));
+    let nformats = u16_at(take(2)?);
     let formats: Vec<i16> = take(2 * nformats)?.chunks_exact(2).map(i16_at).collect();
-    let nparams = usize::try_from(i16_at(take(2)?)).map_err(|_| bad())?;
+    let nparams = u16_at(take(2)?);
     if nformats > 1 && nformats != nparams {
         return Err(bad());
     }
@@ -250,6 +251,18 @@ mod tests {
             b.put_u32(0);
         });
         assert_eq!(parse_types(&parse).unwrap(), vec![25, 0]);
+        // More than 32767 parameters: the counts are unsigned, as PostgreSQL reads them.
+        let many = frame(message(b'B', |b| {
+            put_cstr(b, "");
+            put_cstr(b, "s1");
+            b.put_u16(0);
+            b.put_u16(40_000);
+            for _ in 0..40_000 {
+                b.put_i32(-1);
+            }
+            b.put_u16(0);
+        }));
+        assert_eq!(bind_parameters(&many).unwrap().len(), 40_000);
     }
 
     proptest::proptest! {

@@ -147,7 +147,7 @@ impl Session {
 
     /// Appends the commit-position probe behind a request (see `causal.rs`).
     pub(super) fn queue_commit_probe(&mut self, buf: &mut bytes::BytesMut) {
-        buf.extend_from_slice(&protocol::simple_query(super::causal::PROBE_SQL));
+        buf.extend_from_slice(&super::causal::PROBE_MESSAGE);
         self.outstanding += 1;
         self.causal.probe = Some(super::causal::Probe::default());
     }
