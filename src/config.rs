@@ -162,6 +162,8 @@ pub struct Config {
     pub admin: AdminConfig,
     pub failover: FailoverConfig,
     pub limits: LimitsConfig,
+    /// Several instances on etcd (empty: this instance alone).
+    pub coordination: crate::coord::CoordinationConfig,
     /// tracing filter (`info`, `debug`, `pgsplit=debug,warn`...); RUST_LOG overrides it at start.
     pub log_level: String,
     pub users: Vec<UserConfig>,
@@ -366,6 +368,7 @@ impl Default for Config {
             admin: AdminConfig::default(),
             failover: FailoverConfig::default(),
             limits: LimitsConfig::default(),
+            coordination: crate::coord::CoordinationConfig::default(),
             log_level: "info".into(),
             users: Vec::new(),
         }
@@ -485,6 +488,7 @@ impl Config {
         if self.auth != AuthMethod::Trust && self.users.is_empty() {
             return Err(ConfigError::Invalid("auth is md5 or scram-sha-256 but no [[users]] are configured".into()));
         }
+        self.coordination.validate().map_err(ConfigError::Invalid)?;
         Ok(())
     }
 

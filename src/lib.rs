@@ -7,6 +7,7 @@ pub mod cancel;
 pub mod catalog;
 pub mod cluster;
 pub mod config;
+pub mod coord;
 pub mod localcluster;
 pub mod ops;
 pub use ops::metrics;

@@ -54,6 +54,23 @@ pub struct Shared {
     pub writes_held: std::sync::atomic::AtomicBool,
     /// An operator's FAILOVER or PROMOTE, for the failover loop.
     pub failover_request: std::sync::Mutex<Option<crate::cluster::failover_io::Request>>,
+    /// Several instances on etcd (`[coordination]`); None: this instance alone.
+    pub coord: Option<Arc<crate::coord::Coordination>>,
+}
+
+impl Shared {
+    /// Why writes may not go out now, if they may not (a switchover holds them, or the
+    /// coordination's write gate is closed).
+    pub fn writes_blocked(&self) -> Option<&'static str> {
+        self.coord_blocked()
+            .or_else(|| self.writes_held.load(std::sync::atomic::Ordering::SeqCst).then_some("writes held by a switchover"))
+    }
+
+    /// Why the coordination's write gate is closed, if it is (never without `[coordination]`).
+    pub fn coord_blocked(&self) -> Option<&'static str> {
+        let g = self.coord.as_ref()?.gate();
+        (g != crate::coord::Gate::Open).then_some(g.as_str())
+    }
 }
 
 /// A running proxy.
@@ -84,6 +101,13 @@ impl Proxy {
             crate::cluster::state_file::apply(&saved, &mut topology);
         }
         let first_primary = topology.primary();
+        let listener =
+            TcpListener::bind(&config.listen).await.map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
+        let addr = listener.local_addr().map_err(|e| e.to_string())?;
+        let coord = config
+            .coordination
+            .enabled()
+            .then(|| Arc::new(crate::coord::Coordination::new(&config.coordination, &addr.to_string())));
         let cluster = Cluster::new(topology);
         let pools = Pools::new(live.clone(), metrics.clone());
         let sql = Arc::new(SqlPools::new(live.clone()));
@@ -108,11 +132,13 @@ impl Proxy {
             writes_held: std::sync::atomic::AtomicBool::new(false),
             client_count: std::sync::atomic::AtomicUsize::new(0),
             auth_failures: Default::default(),
+            coord,
         });
-        let listener =
-            TcpListener::bind(&config.listen).await.map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
-        let addr = listener.local_addr().map_err(|e| e.to_string())?;
         let mut tasks = vec![tokio::spawn(crate::cluster::failover_io::run(shared.clone()))];
+        #[cfg(feature = "etcd")]
+        if let Some(c) = shared.coord.clone() {
+            tasks.push(tokio::spawn(crate::coord::etcd::run(shared.clone(), c)));
+        }
         let mut metrics_addr = None;
         if !config.metrics_listen.is_empty() {
             let l = TcpListener::bind(&config.metrics_listen)
@@ -153,6 +179,10 @@ impl Proxy {
 /// Gauges computed when Prometheus scrapes: pool connections by state, waiting clients.
 fn refresh_gauges(shared: &Shared) {
     let m = &shared.metrics;
+    if let Some(c) = &shared.coord {
+        m.writes_suspended.set((c.gate() != crate::coord::Gate::Open) as i64);
+        m.coordination_leader.set(c.is_leader() as i64);
+    }
     let mut by_server: std::collections::BTreeMap<String, (i64, i64, i64)> = Default::default();
     for p in shared.pools.stats() {
         let e = by_server.entry(p.addr).or_default();

@@ -11,7 +11,9 @@
 //! 3. Another node answers out of recovery while the primary is failing (an operator or
 //!    Patroni promoted it): adopt it rather than promote a second one.
 //! 4. The primary answers (on a kept and a fresh connection, out of recovery): healthy.
-//! 5. It has failed for less than `failover_after`: suspect, nothing else.
+//! 5. It has failed for less than `failover_after`: suspect, nothing else. With several
+//!    instances (coordination on etcd): unless a strict majority of the live ones find the
+//!    primary unreachable, this one is the one cut off. No promotion.
 //! 6. A replica shows positive evidence the primary is alive (its WAL receiver still streams,
 //!    heard from it after pgsplit's first failed check, or received more WAL since): pgsplit is
 //!    the one cut off. No promotion.
@@ -62,6 +64,8 @@ pub struct Check {
     pub nodes: Vec<Seen>,
     /// The primary had synchronous standbys configured at its last good check.
     pub sync_configured: bool,
+    /// Several instances: the live ones, and how many find the primary unreachable.
+    pub peers: Option<crate::coord::rules::Peers>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -237,6 +241,16 @@ pub fn step(state: &State, check: &Check, policy: &Policy) -> (State, Vec<Action
         return (s, actions);
     }
     // 6. Veto.
+    if let Some(p) = check.peers
+        && !crate::coord::rules::majority_down(p)
+    {
+        let why = format!("only {} of {} live pgsplit instances find the primary unreachable", p.down, p.live);
+        if s.phase != Phase::Vetoed(why.clone()) {
+            actions.push(Action::Report(format!("primary unreachable from this instance: {why}; no failover")));
+        }
+        s.phase = Phase::Vetoed(why);
+        return (s, actions);
+    }
     if let Some(why) = alive_per_replicas(&s, check) {
         if s.phase != Phase::Vetoed(why.clone()) {
             actions.push(Action::Report(format!("primary unreachable from pgsplit but alive: {why}; no failover")));
@@ -340,6 +354,7 @@ mod tests {
             primary_ok,
             nodes,
             sync_configured: false,
+            peers: None,
         }
     }
 
@@ -490,5 +505,23 @@ mod tests {
         assert_eq!(s.phase, Phase::Suspect);
         let (s, _) = step(&s, &check(t0, 2, true, vec![primary(5000), replica(5000), replica(5000)]), &POLICY);
         assert_eq!((s.phase, s.failing_since), (Phase::Healthy, None));
+    }
+
+    #[test]
+    fn several_instances_promote_only_on_a_majority() {
+        use crate::coord::rules::Peers;
+        let t0 = Instant::now();
+        let s = healthy(t0);
+        let down = vec![Seen::default(), replica(5000), replica(4000)];
+        let (s, _) = step(&s, &check(t0, 1, false, down.clone()), &POLICY);
+        let mut c = check(t0, 4, false, down);
+        c.peers = Some(Peers { live: 3, down: 1 });
+        let (v, a) = step(&s, &c, &POLICY);
+        assert!(matches!(v.phase, Phase::Vetoed(ref w) if w.contains("1 of 3")), "{:?}", v.phase);
+        assert!(!a.iter().any(|x| matches!(x, Action::Promote(_))));
+        c.peers = Some(Peers { live: 3, down: 2 });
+        let (p, a) = step(&s, &c, &POLICY);
+        assert_eq!(p.phase, Phase::Promoting(1));
+        assert!(a.contains(&Action::Promote(1)));
     }
 }

@@ -90,6 +90,29 @@ pub async fn run(shared: Arc<Shared>) {
             timeouts_checked = true;
             warn_about_timeouts(&shared, &config).await;
         }
+        #[cfg(feature = "etcd")]
+        if let Some(coord) = shared.coord.clone() {
+            // Several instances: this one's view goes to its member key; etcd's topology is
+            // the truth; only the leader decides (coord/leader.rs).
+            coord.primary_ok.send_if_modified(|v| std::mem::replace(v, check.primary_ok) != check.primary_ok);
+            state = crate::coord::leader::sync(&shared, &coord, state);
+            let next = if coord.is_leader() {
+                crate::coord::leader::turn(&shared, &config, &coord, state.clone(), check, policy).await
+            } else {
+                crate::coord::leader::follow(state.clone(), &check)
+            };
+            if next.phase != state.phase {
+                tracing::info!(phase = ?next.phase, "failover state");
+            }
+            state = next;
+            *shared.failover.lock().unwrap_or_else(|p| p.into_inner()) = state.clone();
+            let interval = Duration::from_millis(config.failover.health_interval_ms);
+            tokio::select! {
+                _ = tokio::time::sleep(interval) => {}
+                _ = shared.failover_wake.notified() => {}
+            }
+            continue;
+        }
         let request = shared.failover_request.lock().unwrap_or_else(|p| p.into_inner()).take();
         let (next, actions) = match request {
             Some(Request::Promote(node)) => failover::promote_by_hand(&state, node),
@@ -148,7 +171,7 @@ pub async fn run(shared: Arc<Shared>) {
 }
 
 /// One health check of every server, all at once.
-async fn gather(
+pub(crate) async fn gather(
     shared: &Arc<Shared>,
     config: &Arc<Config>,
     state: &State,
@@ -199,7 +222,7 @@ async fn gather(
     let p = state.primary;
     let kept_ok = nodes.get(p).is_some_and(|s| s.reachable && !s.in_recovery);
     let fresh_ok = kept_ok && fresh_check(config, &t.nodes[p].addr, timeout).await;
-    Check { now, now_ms, primary_ok: kept_ok && fresh_ok, nodes, sync_configured: last_sync.is_some() }
+    Check { now, now_ms, primary_ok: kept_ok && fresh_ok, nodes, sync_configured: last_sync.is_some(), peers: None }
 }
 
 async fn seen(shared: &Shared, config: &Config, addr: &str, timeout: Duration) -> Answered {
@@ -272,7 +295,7 @@ async fn fresh_check(config: &Config, addr: &str, timeout: Duration) -> bool {
 }
 
 /// Carries out one action. Some(node): that replica turned out diverged (fence it).
-async fn execute(
+pub(crate) async fn execute(
     shared: &Shared,
     config: &Config,
     check: &Check,
@@ -287,27 +310,12 @@ async fn execute(
         Action::Report(msg) => tracing::warn!("failover: {msg}"),
         Action::Promote(node) => {
             let a = addr(node);
-            tracing::warn!(server = %a, "failover: promoting");
-            let work = async {
-                let c = shared.sql.get(&a, &config.monitor.database).await.ok_or("no connection")?;
-                let _ = c.batch_execute("SELECT pg_wal_replay_resume()").await;
-                let promoted: bool =
-                    c.query_one("SELECT pg_promote(true, 60)", &[]).await.map_err(|e| e.to_string())?.get(0);
-                if !promoted {
-                    return Err("pg_promote did not finish within 60 s".to_string());
-                }
-                // Out of recovery and taking writes (an xid is assigned).
-                c.query_one("SELECT txid_current()", &[]).await.map_err(|e| e.to_string())?;
-                Ok::<_, String>(())
-            };
-            match tokio::time::timeout(Duration::from_secs(70), work).await {
-                Ok(Ok(())) => {
-                    tracing::warn!(server = %a, "failover: promoted");
+            match promote(shared, config, &a).await {
+                Ok(()) => {
                     // The next check sees it out of recovery at once.
                     shared.failover_wake.notify_one();
                 }
-                Ok(Err(e)) => tracing::error!(server = %a, "failover: promotion failed: {e}"),
-                Err(_) => tracing::error!(server = %a, "failover: promotion timed out"),
+                Err(e) => tracing::error!(server = %a, "failover: promotion failed: {e}"),
             }
         }
         Action::Persist => {
@@ -315,32 +323,12 @@ async fn execute(
             if let Err(e) = super::state_file::save(shared, next, &t) {
                 tracing::error!("failover: cannot write the state file: {e}");
             }
-            shared.cluster.topology.rcu(|t| {
-                let mut t = (**t).clone();
-                for (i, n) in t.nodes.iter_mut().enumerate() {
-                    if i == next.primary {
-                        n.role = Role::Primary;
-                        n.fenced = false;
-                        n.healthy = true;
-                        n.in_rotation = true;
-                        n.out = None;
-                    } else if next.fenced.contains(&i) {
-                        n.role = Role::Replica;
-                        n.fenced = true;
-                        n.in_rotation = false;
-                        n.out = Some(OutReason::Fenced);
-                    }
-                }
-                t
-            });
-            let old = t.primary();
-            shared.pools.drop_idle(&addr(old));
+            apply_new_primary(shared, next.primary, &next.fenced);
             shared.metrics.failovers.inc();
             if let Some(s) = started {
                 shared.metrics.last_failover_seconds.set(s.elapsed().as_secs_f64());
             }
-            shared.metrics.publish_nodes(&shared.cluster.load());
-            resume_writes(shared);
+            let old = t.primary();
             run_hook("on_failover_command", &config.failover.on_failover_command, vec![addr(old), addr(next.primary)]);
         }
         Action::Repoint { node, primary } => {
@@ -380,7 +368,8 @@ async fn execute(
                 shared.metrics.split_brain.set(1);
                 tracing::error!(server = %a, "split brain: the fenced former primary answers writable; it gets no traffic");
             }
-            if matches!(action, Action::Fence(_)) || first_split {
+            // With several instances, fence_command ran before the promotion (coord/leader.rs).
+            if (matches!(action, Action::Fence(_)) && shared.coord.is_none()) || first_split {
                 run_hook("fence_command", &config.failover.fence_command, vec![a.clone()]);
             }
             if config.failover.fence_old_primary && check.nodes.get(node).is_some_and(|n| n.reachable && !n.in_recovery)
@@ -396,7 +385,70 @@ async fn execute(
     None
 }
 
-fn mark_diverged(shared: &Shared, node: usize) {
+/// pg_promote on `addr` (unless it is already out of recovery), and the proof that it takes
+/// writes.
+pub(crate) async fn promote(shared: &Shared, config: &Config, a: &str) -> Result<(), String> {
+    tracing::warn!(server = %a, "failover: promoting");
+    let work = async {
+        let c = shared.sql.get(a, &config.monitor.database).await.ok_or("no connection")?;
+        let in_recovery: bool =
+            c.query_one("SELECT pg_is_in_recovery()", &[]).await.map_err(|e| e.to_string())?.get(0);
+        if in_recovery {
+            let _ = c.batch_execute("SELECT pg_wal_replay_resume()").await;
+            let promoted: bool =
+                c.query_one("SELECT pg_promote(true, 60)", &[]).await.map_err(|e| e.to_string())?.get(0);
+            if !promoted {
+                return Err("pg_promote did not finish within 60 s".to_string());
+            }
+        }
+        // Out of recovery and taking writes (an xid is assigned).
+        c.query_one("SELECT txid_current()", &[]).await.map_err(|e| e.to_string())?;
+        Ok::<_, String>(())
+    };
+    match tokio::time::timeout(Duration::from_secs(70), work).await {
+        Ok(Ok(())) => {
+            tracing::warn!(server = %a, "failover: promoted");
+            Ok(())
+        }
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err("promotion timed out".into()),
+    }
+}
+
+/// The new primary and the fenced servers in the topology sessions read; the old primary's
+/// idle connections closed; held writes released.
+pub(crate) fn apply_new_primary(shared: &Shared, primary: usize, fenced: &[usize]) {
+    let old = shared.cluster.load().primary();
+    shared.cluster.topology.rcu(|t| {
+        let mut t = (**t).clone();
+        for (i, n) in t.nodes.iter_mut().enumerate() {
+            if i == primary {
+                n.role = Role::Primary;
+                n.fenced = false;
+                n.healthy = true;
+                n.in_rotation = true;
+                n.out = None;
+            } else if fenced.contains(&i) {
+                n.role = Role::Replica;
+                n.fenced = true;
+                n.in_rotation = false;
+                n.out = Some(OutReason::Fenced);
+            } else if n.role == Role::Primary {
+                n.role = Role::Replica;
+            }
+        }
+        t
+    });
+    if old != primary
+        && let Some(n) = shared.cluster.load().nodes.get(old)
+    {
+        shared.pools.drop_idle(&n.addr);
+    }
+    shared.metrics.publish_nodes(&shared.cluster.load());
+    resume_writes(shared);
+}
+
+pub(crate) fn mark_diverged(shared: &Shared, node: usize) {
     shared.cluster.topology.rcu(|t| {
         let mut t = (**t).clone();
         if let Some(n) = t.nodes.get_mut(node) {
@@ -410,7 +462,7 @@ fn mark_diverged(shared: &Shared, node: usize) {
 }
 
 /// Runs an operator's hook in the background: `sh -c "<cmd> $0 $1 ..."` with `args`.
-fn run_hook(name: &'static str, cmd: &str, args: Vec<String>) {
+pub(crate) fn run_hook(name: &'static str, cmd: &str, args: Vec<String>) {
     if cmd.is_empty() {
         return;
     }
@@ -421,13 +473,13 @@ fn run_hook(name: &'static str, cmd: &str, args: Vec<String>) {
     });
 }
 
-fn resume_writes(shared: &Shared) {
+pub(crate) fn resume_writes(shared: &Shared) {
     shared.writes_held.store(false, std::sync::atomic::Ordering::SeqCst);
     shared.cluster.published.notify_waiters();
 }
 
 /// A fenced node back as a replica of the current primary.
-fn rejoined(shared: &Shared, node: usize) {
+pub(crate) fn rejoined(shared: &Shared, node: usize) {
     shared.cluster.topology.rcu(|t| {
         let mut t = (**t).clone();
         if let Some(n) = t.nodes.get_mut(node) {

@@ -15,7 +15,7 @@ use crate::config::Config;
 /// The fork point when a replica at `position` on `timeline` cannot follow a primary on
 /// `new_timeline` (it has replayed past the switchpoint recorded in the new timeline's history
 /// file); None when it can.
-pub(super) async fn diverged(
+pub(crate) async fn diverged(
     shared: &Shared,
     config: &Config,
     primary: &str,
@@ -48,7 +48,7 @@ pub fn fork_point(history: &str, timeline: u32) -> Option<u64> {
 /// ended), the primary is made read-only, and the target replays everything it wrote. Then
 /// the target is promoted like any candidate; the old primary stays read-only and fenced,
 /// awaiting REJOIN.
-pub(super) async fn switchover(
+pub(crate) async fn switchover(
     shared: &Arc<Shared>,
     config: &Config,
     state: &State,
@@ -110,7 +110,7 @@ pub(super) async fn switchover(
 }
 
 /// Whether `node` is a replica streaming from `primary`.
-pub(super) async fn follows(shared: &Shared, config: &Config, node: usize, primary: usize) -> Result<(), String> {
+pub(crate) async fn follows(shared: &Shared, config: &Config, node: usize, primary: usize) -> Result<(), String> {
     let t = shared.cluster.load();
     let (addr, paddr) = (
         t.nodes.get(node).map(|n| n.addr.to_string()).ok_or("no such node")?,
@@ -138,7 +138,7 @@ pub(super) async fn follows(shared: &Shared, config: &Config, node: usize, prima
 
 /// Detection behind a silent partition waits for the replicas' wal_receiver_timeout (their
 /// receivers keep "streaming" until then, which vetoes a failover): say so when it is long.
-pub(super) async fn warn_about_timeouts(shared: &Shared, config: &Config) {
+pub(crate) async fn warn_about_timeouts(shared: &Shared, config: &Config) {
     let t = shared.cluster.topology.load_full();
     for n in t.nodes.iter().filter(|n| !n.removed) {
         let Some(c) = shared.sql.get(&n.addr, &config.monitor.database).await else { continue };
@@ -168,7 +168,7 @@ pub(super) async fn warn_about_timeouts(shared: &Shared, config: &Config) {
 /// Points a replica's WAL receiver at a new primary: its primary_conninfo with the new host and
 /// port (the rest kept), then a reload (PostgreSQL 13+ restarts the receiver by itself; the
 /// default recovery_target_timeline = latest follows the promotion).
-pub(super) async fn repoint(shared: &Shared, config: &Config, replica: &str, primary: &str) -> Result<(), String> {
+pub(crate) async fn repoint(shared: &Shared, config: &Config, replica: &str, primary: &str) -> Result<(), String> {
     let (host, port) = primary.rsplit_once(':').ok_or("bad address")?;
     let c = shared.sql.get(replica, &config.monitor.database).await.ok_or("no connection")?;
     let current: String = c.query_one("SHOW primary_conninfo", &[]).await.map_err(|e| e.to_string())?.get(0);
@@ -224,7 +224,7 @@ pub fn with_host_port(conninfo: &str, host: &str, port: &str) -> String {
 /// Best effort against a former primary that answers: read-only by default for new
 /// transactions, and its client backends ended. The real fence is that pgsplit never sends it
 /// anything again.
-pub(super) async fn fence(shared: &Shared, config: &Config, addr: &str) -> Result<(), String> {
+pub(crate) async fn fence(shared: &Shared, config: &Config, addr: &str) -> Result<(), String> {
     let c = shared.sql.get(addr, &config.monitor.database).await.ok_or("no connection")?;
     c.batch_execute("ALTER SYSTEM SET default_transaction_read_only = on").await.map_err(|e| e.to_string())?;
     c.batch_execute("SELECT pg_reload_conf()").await.map_err(|e| e.to_string())?;

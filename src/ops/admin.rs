@@ -108,7 +108,7 @@ pub fn execute(shared: &Shared, sql: &str) -> Result<Answer, Refusal> {
                 return Err(refuse("55000", "the primary is healthy: nothing to fail over"));
             }
             drop(t);
-            request(shared, crate::cluster::failover_io::Request::Failover);
+            request(shared, crate::cluster::failover_io::Request::Failover)?;
             Ok(Answer::Done {
                 tag: "FAILOVER".into(),
                 notice: Some("failover requested: SHOW FAILOVER, SHOW SERVERS".into()),
@@ -123,7 +123,7 @@ pub fn execute(shared: &Shared, sql: &str) -> Result<Answer, Refusal> {
                 Some((_, n)) if n.fenced => Err(refuse("55000", format!("{server} is fenced"))),
                 Some((i, _)) => {
                     drop(t);
-                    request(shared, crate::cluster::failover_io::Request::Promote(i));
+                    request(shared, crate::cluster::failover_io::Request::Promote(i))?;
                     Ok(Answer::Done {
                         tag: "PROMOTE".into(),
                         notice: Some(format!("promoting {server}; the current primary will be fenced")),
@@ -144,7 +144,7 @@ pub fn execute(shared: &Shared, sql: &str) -> Result<Answer, Refusal> {
                     return Err(refuse("55000", format!("{server} is not fenced")));
                 }
                 drop(t);
-                request(shared, crate::cluster::failover_io::Request::Rejoin(i));
+                request(shared, crate::cluster::failover_io::Request::Rejoin(i))?;
                 return Ok(Answer::Done {
                     tag: "REJOIN".into(),
                     notice: Some(format!(
@@ -156,7 +156,7 @@ pub fn execute(shared: &Shared, sql: &str) -> Result<Answer, Refusal> {
                 return Err(refuse("55000", format!("{server} is not a replica")));
             }
             drop(t);
-            request(shared, crate::cluster::failover_io::Request::Switchover(i));
+            request(shared, crate::cluster::failover_io::Request::Switchover(i))?;
             Ok(Answer::Done {
                 tag: "SWITCHOVER".into(),
                 notice: Some(format!("switching over to {server}: new writes wait, then run there (SHOW FAILOVER)")),
@@ -177,7 +177,7 @@ pub fn execute(shared: &Shared, sql: &str) -> Result<Answer, Refusal> {
                 }
                 Some(_) => {
                     drop(t);
-                    shared.cluster.set_paused(&server, pause);
+                    set_paused(shared, &server, pause)?;
                     tracing::info!(server, "{} by an operator", if pause { "paused" } else { "resumed" });
                     let tag = if pause { "PAUSE" } else { "RESUME" };
                     let notice = if pause {
@@ -201,9 +201,52 @@ pub fn execute(shared: &Shared, sql: &str) -> Result<Answer, Refusal> {
     }
 }
 
-fn request(shared: &Shared, r: crate::cluster::failover_io::Request) {
+fn request(shared: &Shared, r: crate::cluster::failover_io::Request) -> Result<(), Refusal> {
+    #[cfg(feature = "etcd")]
+    if let Some(c) = &shared.coord {
+        // Several instances: the leader carries it out, whichever instance was asked.
+        use crate::cluster::failover_io::Request as R;
+        let s = crate::coord::leader::session(c)
+            .ok_or_else(|| refuse("57P03", "etcd is unreachable from this instance: the command cannot reach the leader"))?;
+        let t = shared.cluster.load();
+        let addr = |i: usize| t.nodes.get(i).map(|n| n.addr.to_string());
+        let (kind, server) = match r {
+            R::Failover => ("failover", None),
+            R::Promote(i) => ("promote", addr(i)),
+            R::Switchover(i) => ("switchover", addr(i)),
+            R::Rejoin(i) => ("rejoin", addr(i)),
+        };
+        let cmd = crate::coord::values::Request { kind: kind.into(), server, from: c.name.clone() };
+        let c = c.clone();
+        tokio::spawn(async move {
+            match s.put_request(&c, &cmd).await {
+                Ok(()) => tracing::warn!(request = ?cmd, "coordination: request sent to the leader"),
+                Err(e) => tracing::error!(request = ?cmd, "coordination: request not sent: {e}"),
+            }
+        });
+        return Ok(());
+    }
     *shared.failover_request.lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
     shared.failover_wake.notify_one();
+    Ok(())
+}
+
+/// PAUSE / RESUME: here, or with several instances on all of them (through etcd).
+fn set_paused(shared: &Shared, server: &str, pause: bool) -> Result<(), Refusal> {
+    #[cfg(feature = "etcd")]
+    if let Some(c) = &shared.coord {
+        let s = crate::coord::leader::session(c)
+            .ok_or_else(|| refuse("57P03", "etcd is unreachable from this instance: PAUSE cannot reach the others"))?;
+        let (c, server) = (c.clone(), server.to_string());
+        tokio::spawn(async move {
+            if let Err(e) = s.set_paused(&c, &server, pause).await {
+                tracing::error!(server, "coordination: PAUSE/RESUME not shared: {e}");
+            }
+        });
+        return Ok(());
+    }
+    shared.cluster.set_paused(server, pause);
+    Ok(())
 }
 
 fn failover_state(shared: &Shared) -> Answer {
@@ -221,6 +264,10 @@ fn failover_state(shared: &Shared) -> Answer {
         vec![text("last_primary_lsn"), text(format_lsn(s.last_primary_lsn))],
         vec![text("failovers"), text(shared.metrics.failovers.get())],
     ];
+    let mut rows = rows;
+    if let Some(c) = &shared.coord {
+        rows.push(vec![text("coordination"), text(c.describe())]);
+    }
     Answer::Rows { columns: vec!["key", "value"], rows }
 }
 
@@ -245,7 +292,10 @@ fn servers(shared: &Shared) -> Answer {
                 Role::Replica => "replica",
             };
             let lsn = o.map(|o| if n.role == Role::Primary { o.insert_lsn } else { o.replay_lsn });
-            let why = if n.diverged {
+            let why = if let Some(blocked) = shared.coord_blocked().filter(|_| n.role == Role::Primary) {
+                // Several instances: the primary gets no writes from here while the gate is shut.
+                Some(blocked.to_string())
+            } else if n.diverged {
                 Some(crate::cluster::OutReason::Diverged.as_str().to_string())
             } else if n.fenced {
                 Some(crate::cluster::OutReason::Fenced.as_str().to_string())

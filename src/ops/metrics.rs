@@ -46,6 +46,12 @@ pub struct Metrics {
     pub stalled_clients: IntCounter,
     pub last_failover_seconds: Gauge,
     pub split_brain: IntGauge,
+    /// Several instances: this one has an etcd session with a live lease.
+    pub coordination_up: IntGauge,
+    pub coordination_leader: IntGauge,
+    /// 1 while the coordination's write gate is closed (etcd lost, failover barrier).
+    pub writes_suspended: IntGauge,
+    pub topology_epoch: IntGauge,
 }
 
 /// Latency buckets, in seconds: 50 µs to 10 s.
@@ -162,6 +168,19 @@ impl Metrics {
                 "split_brain",
                 "1 when a fenced former primary answers writable (it gets no traffic from pgsplit)"
             )),
+            coordination_up: reg!(IntGauge::new(
+                "coordination_up",
+                "1 while this instance holds a live etcd lease ([coordination] only)"
+            )),
+            coordination_leader: reg!(IntGauge::new(
+                "coordination_leader",
+                "1 while this instance holds the leader key ([coordination] only)"
+            )),
+            writes_suspended: reg!(IntGauge::new(
+                "writes_suspended",
+                "1 while writes are suspended here (etcd lost, no topology yet, a failover barrier)"
+            )),
+            topology_epoch: reg!(IntGauge::new("topology_epoch", "The topology epoch applied by this instance")),
             registry,
         });
         // Series that exist from the start, so dashboards and alerts see zeros, not gaps.

@@ -125,19 +125,26 @@ impl Session {
         if matches!(decision, Decision::Primary { .. })
             && self.tx_status == b'I'
             && self.pin.is_none()
-            && self.shared.writes_held.load(std::sync::atomic::Ordering::SeqCst)
+            && self.shared.writes_blocked().is_some()
         {
-            // A switchover holds new work on the primary: wait for the new one.
+            // A switchover or a failover barrier holds new work on the primary, or this
+            // instance has lost etcd: wait for the new primary (or etcd), then fail closed.
             let wait = self.shared.config.load().failover.failover_wait_ms;
             let deadline = Instant::now() + Duration::from_millis(wait);
-            while self.shared.writes_held.load(std::sync::atomic::Ordering::SeqCst) && Instant::now() < deadline {
+            while self.shared.writes_blocked().is_some() && Instant::now() < deadline {
                 let published = self.shared.cluster.published.notified();
                 tokio::pin!(published);
                 published.as_mut().enable();
-                if !self.shared.writes_held.load(std::sync::atomic::Ordering::SeqCst) {
+                if self.shared.writes_blocked().is_none() {
                     break;
                 }
-                let _ = tokio::time::timeout(deadline.saturating_duration_since(Instant::now()), published).await;
+                let left = deadline.saturating_duration_since(Instant::now()).min(Duration::from_millis(100));
+                let _ = tokio::time::timeout(left, published).await;
+            }
+            if let Some(why) = self.shared.coord_blocked() {
+                self.shared.metrics.error_sent("57P03");
+                self.out.extend_from_slice(&protocol::error("57P03", &format!("pgsplit: {why}; try again")));
+                return Ok(false);
             }
             decision = Decision::Primary { node: self.shared.cluster.load().primary(), reason: decision.reason() };
         }

@@ -1,0 +1,385 @@
+//! Failover with several instances: what every instance does with a topology it reads from
+//! etcd (`apply`), and the leader's turn of the failover loop (`turn`): the peers' verdict
+//! fed to the failover rules, the barrier epoch, the wait for every instance, STONITH, the
+//! promotion, and the new primary published by compare-and-swap before anyone writes to it.
+//!
+//! The life of a coordinated failover, epoch N being the healthy one:
+//! 1. every instance publishes whether it reaches the primary (member key);
+//! 2. the leader's rules decide to promote C (a majority finds the primary down, no replica
+//!    hears from it) and it writes "epoch N+1, barrier: candidate C" (CAS);
+//! 3. each instance applies N+1: writes wait, idle connections to the old primary close, the
+//!    old primary is fenced if this instance still reaches it; then it acknowledges N+1;
+//! 4. once every live instance has, the leader runs fence_command and promotes C;
+//! 5. the leader writes "epoch N+2, primary C, old primary fenced" (CAS); every instance
+//!    applies it and writes resume there.
+//!
+//! A leader that dies between 2 and 5 leaves the barrier in etcd; the next leader finds it and
+//! runs 4 and 5 for the same candidate (rule 4 of `rules.rs`).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use super::Coordination;
+use super::etcd::Session;
+use super::rules::{self, Mapped};
+use super::values::{Barrier, Request as Command, SharedTopology};
+use crate::Shared;
+use crate::cluster::failover::{self, Action, Check, Phase, Policy, State};
+use crate::cluster::failover_io::{self, Request};
+use crate::cluster::failover_sql;
+use crate::config::Config;
+
+fn addr_of(shared: &Shared, i: usize) -> String {
+    shared.cluster.load().nodes.get(i).map(|n| n.addr.to_string()).unwrap_or_default()
+}
+
+fn mapped(shared: &Shared, t: &SharedTopology) -> Result<Mapped, String> {
+    let topo = shared.cluster.load();
+    let addrs: Vec<&str> = topo.nodes.iter().map(|n| &*n.addr).collect();
+    rules::map(t, &addrs)
+}
+
+pub fn session(coord: &Coordination) -> Option<Session> {
+    coord.session.lock().unwrap_or_else(|p| p.into_inner()).clone()
+}
+
+/// Every instance: a topology read from etcd, applied before another write goes out.
+pub async fn apply(shared: &Arc<Shared>, coord: &Arc<Coordination>, _s: &Session, t: &SharedTopology, revision: i64) {
+    let m = match mapped(shared, t) {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::error!("coordination: {e}; writes stay suspended");
+            coord.refused();
+            return;
+        }
+    };
+    let before = coord.epoch();
+    let current = shared.cluster.load().primary();
+    if t.barrier.is_some() {
+        coord.applied(t.clone(), revision);
+        let old = addr_of(shared, m.primary);
+        shared.pools.drop_idle(&old);
+        if t.epoch != before {
+            tracing::warn!(epoch = t.epoch, old_primary = %old, by = %t.by, "coordination: failover in progress, writes suspended");
+            // Fence the old primary from here too if this instance still reaches it: nothing
+            // of ours, nor of anyone's, commits there once the new primary may exist.
+            let config = shared.config.load_full();
+            if config.failover.fence_old_primary && *coord.primary_ok.borrow() {
+                let work = failover_sql::fence(shared, &config, &old);
+                match tokio::time::timeout(Duration::from_millis(config.failover.check_timeout_ms), work).await {
+                    Ok(Ok(())) => tracing::warn!(server = %old, "coordination: fenced the old primary"),
+                    Ok(Err(e)) => tracing::warn!(server = %old, "coordination: could not fence the old primary: {e}"),
+                    Err(_) => tracing::warn!(server = %old, "coordination: fencing the old primary timed out"),
+                }
+            }
+        }
+    } else {
+        let fenced_now: Vec<usize> = shared
+            .cluster
+            .load()
+            .nodes
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| n.fenced)
+            .map(|(i, _)| i)
+            .collect();
+        let mut want = m.fenced.clone();
+        want.sort();
+        if m.primary != current || want != fenced_now {
+            tracing::warn!(epoch = t.epoch, primary = %t.primary, fenced = ?t.fenced, "coordination: new topology");
+            failover_io::apply_new_primary(shared, m.primary, &m.fenced);
+            if m.primary != current {
+                shared.metrics.failovers.inc();
+            }
+        }
+        for (i, n) in shared.cluster.load().nodes.iter().enumerate() {
+            if n.fenced && !m.fenced.contains(&i) && i != m.primary {
+                failover_io::rejoined(shared, i);
+            }
+        }
+        coord.applied(t.clone(), revision);
+    }
+    shared.metrics.topology_epoch.set(t.epoch as i64);
+    coord.changed.notify_waiters();
+    shared.cluster.published.notify_waiters();
+}
+
+/// The failover state as etcd has it (epoch, primary, fenced, timeline).
+pub fn sync(shared: &Shared, coord: &Coordination, mut state: State) -> State {
+    let Some((t, _)) = coord.remote() else { return state };
+    let Ok(m) = mapped(shared, &t) else { return state };
+    if t.epoch != state.epoch || m.primary != state.primary {
+        state.failing_since = None;
+        state.positions_at_failure.clear();
+    }
+    state.epoch = t.epoch;
+    state.primary = m.primary;
+    state.fenced = m.fenced;
+    state.timeline = state.timeline.max(t.timeline);
+    if m.candidate.is_none() && matches!(state.phase, Phase::Promoting(_)) {
+        state.phase = Phase::Healthy;
+    }
+    state
+}
+
+/// A follower's turn: it only observes (its view is in its member key).
+pub fn follow(state: State, check: &Check) -> State {
+    State {
+        phase: if check.primary_ok { Phase::Healthy } else { Phase::Suspect },
+        failing_since: None,
+        positions_at_failure: Vec::new(),
+        ..state
+    }
+}
+
+/// The leader's turn of the failover loop.
+pub async fn turn(shared: &Arc<Shared>, config: &Arc<Config>, coord: &Arc<Coordination>, state: State, mut check: Check, policy: Policy) -> State {
+    let Some(s) = session(coord) else { return state };
+    let Some((t, _)) = coord.remote() else { return state };
+    let Ok(m) = mapped(shared, &t) else { return state };
+    match s.members(coord).await {
+        Ok(members) => check.peers = Some(rules::peers(&members)),
+        Err(e) => {
+            tracing::warn!("coordination: cannot read the members: {e}");
+            return state;
+        }
+    }
+    let promoting = match state.phase {
+        Phase::Promoting(c) => Some(c),
+        _ => None,
+    };
+    if let Some(c) = rules::to_finish(&m, promoting) {
+        tracing::warn!(epoch = t.epoch, candidate = %addr_of(shared, c), "coordination: finishing the failover etcd records");
+        return match finish(shared, config, coord, &s, c).await {
+            Ok(()) => State { phase: Phase::Promoting(c), ..state },
+            Err(e) => {
+                tracing::error!("coordination: failover not finished yet: {e}");
+                State { phase: Phase::Blocked(e), ..state }
+            }
+        };
+    }
+    let request = match s.take_request(coord).await {
+        Ok(Some(r)) => to_request(shared, &r),
+        Ok(None) => None,
+        Err(e) => {
+            tracing::warn!("coordination: cannot read requests: {e}");
+            None
+        }
+    };
+    let (next, actions) = match request {
+        Some(Request::Promote(n)) => failover::promote_by_hand(&state, n),
+        Some(Request::Failover) => {
+            let now = Policy { auto: true, failover_after: Duration::ZERO, ..policy };
+            failover::step(&state, &check, &now)
+        }
+        Some(Request::Switchover(n)) => return switchover(shared, config, coord, &s, state, n).await,
+        Some(Request::Rejoin(n)) => return rejoin(shared, config, coord, &s, state, n).await,
+        None => failover::step(&state, &check, &policy),
+    };
+    let started = state.failing_since.map(|(t, _)| t);
+    let mut next = next;
+    for a in actions {
+        match a {
+            Action::Promote(c) => {
+                let loss = next.last_loss_bytes.unwrap_or(0);
+                let done = match begin(shared, coord, &s, c, loss).await {
+                    Ok(()) => finish(shared, config, coord, &s, c).await,
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = done {
+                    tracing::error!("coordination: failover not finished yet: {e}");
+                    // Next turn: to_finish resumes a published barrier; else the rules decide anew.
+                    next.phase = Phase::Blocked(e);
+                }
+            }
+            Action::Persist => {
+                if let Err(e) = publish(shared, coord, &s, &next).await {
+                    tracing::error!("coordination: cannot publish the new primary: {e}");
+                    return state;
+                }
+                failover_io::execute(shared, config, &check, &next, Action::Persist, started, state.timeline).await;
+            }
+            a => {
+                if let Some(diverged) =
+                    failover_io::execute(shared, config, &check, &next, a, started, state.timeline).await
+                    && !next.fenced.contains(&diverged)
+                {
+                    next.fenced.push(diverged);
+                    if let Err(e) = publish(shared, coord, &s, &next).await {
+                        tracing::error!("coordination: cannot publish a diverged replica's fence: {e}");
+                    }
+                }
+            }
+        }
+    }
+    next
+}
+
+fn to_request(shared: &Shared, r: &Command) -> Option<Request> {
+    let node = r.server.as_deref().and_then(|a| shared.cluster.load().nodes.iter().position(|n| *n.addr == *a));
+    let req = match (r.kind.as_str(), node) {
+        ("failover", _) => Some(Request::Failover),
+        ("promote", Some(n)) => Some(Request::Promote(n)),
+        ("switchover", Some(n)) => Some(Request::Switchover(n)),
+        ("rejoin", Some(n)) => Some(Request::Rejoin(n)),
+        _ => None,
+    };
+    match &req {
+        Some(q) => tracing::warn!(from = %r.from, request = ?q, "coordination: an operator's request"),
+        None => tracing::error!(from = %r.from, kind = %r.kind, server = ?r.server, "coordination: unknown request ignored"),
+    }
+    req
+}
+
+/// Waits until this instance has applied `epoch` (its own compare-and-swap comes back through
+/// the watch).
+async fn applied(coord: &Coordination, epoch: u64, limit: Duration) -> Result<(), String> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let changed = coord.changed.notified();
+        tokio::pin!(changed);
+        changed.as_mut().enable();
+        if coord.epoch() >= epoch {
+            return Ok(());
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() || tokio::time::timeout(left, changed).await.is_err() && coord.epoch() < epoch {
+            return Err(format!("epoch {epoch} did not come back from etcd"));
+        }
+    }
+}
+
+/// Step 2: "epoch N+1, no primary, candidate C".
+async fn begin(shared: &Shared, coord: &Coordination, s: &Session, c: usize, loss: u64) -> Result<(), String> {
+    let (t, revision) = coord.remote().ok_or("no topology from etcd")?;
+    if t.barrier.is_some() {
+        return Err("a failover is already in progress".into());
+    }
+    let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+    let next = SharedTopology {
+        epoch: t.epoch + 1,
+        barrier: Some(Barrier { candidate: addr_of(shared, c), since_ms: now_ms, loss_bytes: loss }),
+        by: coord.name.clone(),
+        ..t
+    };
+    if !s.cas_topology(coord, &next, revision).await? {
+        return Err("the topology changed in etcd, or this instance no longer leads".into());
+    }
+    tracing::warn!(epoch = next.epoch, candidate = %addr_of(shared, c), "coordination: barrier published");
+    applied(coord, next.epoch, coord.ttl).await
+}
+
+/// Steps 3 and 4: every live instance has stopped writing; STONITH; promote.
+async fn finish(shared: &Shared, config: &Config, coord: &Coordination, s: &Session, c: usize) -> Result<(), String> {
+    wait_for_everyone(coord, s, config).await?;
+    let (t, _) = coord.remote().ok_or("no topology from etcd")?;
+    run_fence_command(config, &t.primary).await;
+    failover_io::promote(shared, config, &addr_of(shared, c)).await?;
+    shared.failover_wake.notify_one();
+    Ok(())
+}
+
+async fn wait_for_everyone(coord: &Coordination, s: &Session, config: &Config) -> Result<(), String> {
+    let epoch = coord.epoch();
+    let deadline = Instant::now() + Duration::from_millis(config.coordination.barrier_timeout_ms);
+    let t0 = Instant::now();
+    loop {
+        let missing = rules::unacknowledged(&s.members(coord).await?, epoch);
+        if missing.is_empty() {
+            tracing::warn!(epoch, waited_ms = t0.elapsed().as_millis() as u64, "coordination: every live instance stopped writing");
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(format!("instances {missing:?} have not acknowledged epoch {epoch}"));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// fence_command, awaited before a promotion (several instances: STONITH first).
+async fn run_fence_command(config: &Config, old: &str) {
+    let cmd = &config.failover.fence_command;
+    if cmd.is_empty() {
+        return;
+    }
+    let limit = Duration::from_millis(config.coordination.barrier_timeout_ms);
+    let run = tokio::process::Command::new("sh").arg("-c").arg(format!("{cmd} \"$0\"")).arg(old).status();
+    match tokio::time::timeout(limit, run).await {
+        Ok(r) => tracing::warn!(server = %old, "fence_command finished before the promotion: {r:?}"),
+        Err(_) => tracing::error!(server = %old, "fence_command still running after barrier_timeout_ms; promoting"),
+    }
+}
+
+/// Step 5: "epoch N+2, primary C".
+async fn publish(shared: &Shared, coord: &Coordination, s: &Session, next: &State) -> Result<(), String> {
+    let (t, revision) = coord.remote().ok_or("no topology from etcd")?;
+    let topo = shared.cluster.load();
+    let addr = |i: usize| topo.nodes.get(i).map(|n| n.addr.to_string()).unwrap_or_default();
+    let new = SharedTopology {
+        epoch: next.epoch.max(t.epoch),
+        primary: addr(next.primary),
+        timeline: next.timeline,
+        fenced: next.fenced.iter().map(|&i| addr(i)).collect(),
+        barrier: None,
+        by: coord.name.clone(),
+    };
+    if !s.cas_topology(coord, &new, revision).await? {
+        return Err("the topology changed in etcd, or this instance no longer leads".into());
+    }
+    tracing::warn!(epoch = new.epoch, primary = %new.primary, "coordination: topology published");
+    applied(coord, new.epoch, coord.ttl).await
+}
+
+/// A planned switchover with several instances: the barrier stops writes everywhere, then the
+/// single-instance switchover (in-flight transactions finish, the old primary turns read-only,
+/// the target replays everything), then the promotion.
+async fn switchover(shared: &Arc<Shared>, config: &Arc<Config>, coord: &Coordination, s: &Session, state: State, n: usize) -> State {
+    if let Err(e) = begin(shared, coord, s, n, 0).await {
+        tracing::error!("switchover refused: {e}");
+        return state;
+    }
+    let done = async {
+        wait_for_everyone(coord, s, config).await?;
+        failover_sql::switchover(shared, config, &state, n).await?;
+        failover_io::promote(shared, config, &addr_of(shared, n)).await
+    };
+    match done.await {
+        Ok(()) => {
+            shared.failover_wake.notify_one();
+            State { phase: Phase::Promoting(n), ..state }
+        }
+        Err(e) => {
+            // Nothing was promoted: the old primary stays, in a new epoch without a barrier.
+            tracing::error!("switchover failed, writes resume on the old primary: {e}");
+            let back = State { epoch: coord.epoch() + 1, ..state.clone() };
+            if let Err(e) = publish(shared, coord, s, &back).await {
+                tracing::error!("coordination: cannot lift the barrier: {e}");
+            }
+            failover_io::resume_writes(shared);
+            back
+        }
+    }
+}
+
+async fn rejoin(shared: &Arc<Shared>, config: &Arc<Config>, coord: &Coordination, s: &Session, state: State, n: usize) -> State {
+    match failover_sql::follows(shared, config, n, state.primary).await {
+        Ok(()) => {
+            let mut next = state.clone();
+            next.fenced.retain(|&f| f != n);
+            match publish(shared, coord, s, &next).await {
+                Ok(()) => {
+                    tracing::warn!(server = %addr_of(shared, n), "rejoined as a replica");
+                    next
+                }
+                Err(e) => {
+                    tracing::error!("REJOIN not published: {e}");
+                    state
+                }
+            }
+        }
+        Err(e) => {
+            tracing::error!("REJOIN of node {n} refused: {e}");
+            state
+        }
+    }
+}

@@ -1,0 +1,234 @@
+//! Several pgsplit instances, one truth: coordination on etcd.
+//!
+//! Without a `[coordination]` section an instance is alone and its failover loop decides by
+//! itself (with the state file). With one, every instance keeps a lease-bound member key
+//! (its view of the primary, the topology epoch it has applied), one instance at a time holds
+//! the leader key, and the topology (epoch, primary, timeline, fenced servers, a failover in
+//! progress) lives in one key that only the leader changes, by compare-and-swap. Every instance
+//! watches it and applies a new epoch before it routes another write.
+//!
+//! - `rules.rs`: the pure rules (majority, barrier acknowledgement, the write gate, mapping the
+//!   shared topology onto this instance's servers), table-tested.
+//! - `values.rs`: the keys and the JSON values stored under them.
+//! - `etcd.rs` (feature `etcd`): the etcd session: lease, keepalive, leader key, watches,
+//!   members, compare-and-swap; and the leader's side of a failover (`leader.rs`).
+//!
+//! [`Coordination`] is what the rest of pgsplit sees: whether writes may go out now (the gate),
+//! whether this instance leads, and the topology last read from etcd.
+
+pub mod rules;
+pub mod values;
+
+#[cfg(feature = "etcd")]
+pub mod etcd;
+#[cfg(feature = "etcd")]
+pub mod leader;
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+pub use rules::Gate;
+pub use values::{Member, SharedTopology};
+
+/// `[coordination]`: several instances on etcd. Empty `etcd`: one instance alone.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct CoordinationConfig {
+    /// etcd v3 endpoints ("127.0.0.1:2379" or "http://host:2379").
+    pub etcd: Vec<String>,
+    /// Keys live under /pgsplit/<cluster_name>/; instances in front of one cluster share it.
+    pub cluster_name: String,
+    /// This instance's name among its peers (default: its listen address).
+    pub instance_name: String,
+    /// The member and leader keys' lease. An instance that cannot renew it for half of this
+    /// stops sending writes (fail closed); a dead instance's keys vanish after it.
+    pub lease_ttl_ms: u64,
+    /// Time limit of one etcd request.
+    pub etcd_timeout_ms: u64,
+    /// How long the leader waits for every live instance to acknowledge a failover's first
+    /// epoch before it gives up for this round (it retries; it never promotes without them).
+    pub barrier_timeout_ms: u64,
+}
+
+impl Default for CoordinationConfig {
+    fn default() -> Self {
+        CoordinationConfig {
+            etcd: Vec::new(),
+            cluster_name: "pgsplit".into(),
+            instance_name: String::new(),
+            lease_ttl_ms: 10_000,
+            etcd_timeout_ms: 2_000,
+            barrier_timeout_ms: 15_000,
+        }
+    }
+}
+
+impl CoordinationConfig {
+    pub fn enabled(&self) -> bool {
+        !self.etcd.is_empty()
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        if !self.enabled() {
+            return Ok(());
+        }
+        if !cfg!(feature = "etcd") {
+            return Err("[coordination] etcd is set but this pgsplit was built without etcd support \
+                        (cargo build --release --features etcd)"
+                .into());
+        }
+        if self.cluster_name.is_empty() || self.cluster_name.contains('/') {
+            return Err("coordination.cluster_name must be a non-empty name without '/'".into());
+        }
+        if self.instance_name.contains('/') {
+            return Err("coordination.instance_name must not contain '/'".into());
+        }
+        if self.lease_ttl_ms < 2_000 {
+            return Err("coordination.lease_ttl_ms must be at least 2000 (etcd leases count whole seconds)".into());
+        }
+        if self.etcd_timeout_ms == 0 || self.etcd_timeout_ms * 2 > self.lease_ttl_ms {
+            return Err("coordination.etcd_timeout_ms must be above 0 and at most half of lease_ttl_ms".into());
+        }
+        Ok(())
+    }
+}
+
+/// What the rest of pgsplit sees of the coordination. Written by the etcd session and the
+/// failover loop, read by sessions (the write gate) and the console.
+pub struct Coordination {
+    pub name: String,
+    pub keys: values::Keys,
+    pub ttl: Duration,
+    origin: Instant,
+    /// When the lease was last renewed (ms since `origin`; 0: never).
+    lease_ok_ms: AtomicU64,
+    /// A topology from etcd has been applied since start.
+    synced: AtomicBool,
+    /// The applied topology has a failover in progress (no primary).
+    barrier: AtomicBool,
+    /// This instance holds the leader key.
+    leader: AtomicBool,
+    /// The epoch applied here.
+    epoch: AtomicU64,
+    /// The topology last read from etcd and its mod revision.
+    remote: Mutex<Option<(SharedTopology, i64)>>,
+    /// This instance's view of the primary, as published in its member key.
+    pub primary_ok: tokio::sync::watch::Sender<bool>,
+    /// Signalled after each topology applied.
+    pub changed: tokio::sync::Notify,
+    /// Who leads (the leader key's value), for the console.
+    leader_name: Mutex<String>,
+    /// The etcd session's client, for the failover loop's compare-and-swaps.
+    #[cfg(feature = "etcd")]
+    pub session: Mutex<Option<etcd::Session>>,
+}
+
+impl Coordination {
+    pub fn new(config: &CoordinationConfig, listen: &str) -> Coordination {
+        let name = if config.instance_name.is_empty() { listen.to_string() } else { config.instance_name.clone() };
+        Coordination {
+            name,
+            keys: values::Keys::new(&config.cluster_name),
+            ttl: Duration::from_millis(config.lease_ttl_ms),
+            origin: Instant::now(),
+            lease_ok_ms: AtomicU64::new(0),
+            synced: AtomicBool::new(false),
+            barrier: AtomicBool::new(false),
+            leader: AtomicBool::new(false),
+            epoch: AtomicU64::new(0),
+            remote: Mutex::new(None),
+            primary_ok: tokio::sync::watch::Sender::new(true),
+            leader_name: Mutex::new(String::new()),
+            changed: tokio::sync::Notify::new(),
+            #[cfg(feature = "etcd")]
+            session: Mutex::new(None),
+        }
+    }
+
+    /// The lease was renewed now.
+    pub fn lease_renewed(&self) {
+        let ms = self.origin.elapsed().as_millis() as u64;
+        self.lease_ok_ms.store(ms.max(1), Ordering::SeqCst);
+    }
+
+    /// The lease is gone (expired, or the session ended).
+    pub fn lease_lost(&self) {
+        self.lease_ok_ms.store(0, Ordering::SeqCst);
+        self.leader.store(false, Ordering::SeqCst);
+    }
+
+    fn since_lease_ok(&self) -> Option<Duration> {
+        match self.lease_ok_ms.load(Ordering::SeqCst) {
+            0 => None,
+            ms => Some(self.origin.elapsed().saturating_sub(Duration::from_millis(ms))),
+        }
+    }
+
+    /// May this instance send writes now?
+    pub fn gate(&self) -> Gate {
+        rules::write_gate(&rules::GateInput {
+            synced: self.synced.load(Ordering::SeqCst),
+            barrier: self.barrier.load(Ordering::SeqCst),
+            since_lease_ok: self.since_lease_ok(),
+            ttl: self.ttl,
+        })
+    }
+
+    /// This instance leads, and its lease is healthy enough to act on it.
+    pub fn is_leader(&self) -> bool {
+        self.leader.load(Ordering::SeqCst) && self.gate() != Gate::EtcdLost
+    }
+
+    pub fn set_leader(&self, me: bool, name: &str) {
+        self.leader.store(me, Ordering::SeqCst);
+        *self.leader_name.lock().unwrap_or_else(|p| p.into_inner()) = name.to_string();
+    }
+
+    pub fn leader_name(&self) -> String {
+        self.leader_name.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::SeqCst)
+    }
+
+    /// A topology read from etcd has been applied here.
+    pub fn applied(&self, t: SharedTopology, revision: i64) {
+        self.epoch.store(t.epoch, Ordering::SeqCst);
+        self.barrier.store(t.barrier.is_some(), Ordering::SeqCst);
+        *self.remote.lock().unwrap_or_else(|p| p.into_inner()) = Some((t, revision));
+        self.synced.store(true, Ordering::SeqCst);
+    }
+
+    /// etcd's topology could not be applied here (it names servers this instance does not
+    /// know): writes stay suspended until one can.
+    pub fn refused(&self) {
+        self.synced.store(false, Ordering::SeqCst);
+    }
+
+    /// The topology last applied, with its revision.
+    pub fn remote(&self) -> Option<(SharedTopology, i64)> {
+        self.remote.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// For the console: state of the coordination in one line.
+    pub fn describe(&self) -> String {
+        let lease = match self.since_lease_ok() {
+            None => "no lease".to_string(),
+            Some(d) => format!("lease renewed {:.1}s ago", d.as_secs_f64()),
+        };
+        format!(
+            "{}; instance {}, leader {}, epoch {}, {lease}",
+            self.gate().as_str(),
+            self.name,
+            match self.leader_name() {
+                n if n.is_empty() => "none".to_string(),
+                n => n,
+            },
+            self.epoch()
+        )
+    }
+}
