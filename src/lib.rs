@@ -9,6 +9,7 @@ pub mod cluster;
 pub mod config;
 pub mod coord;
 pub mod localcluster;
+pub mod localetcd;
 pub mod ops;
 pub use ops::metrics;
 pub mod pool;

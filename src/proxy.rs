@@ -62,8 +62,9 @@ impl Shared {
     /// Why writes may not go out now, if they may not (a switchover holds them, or the
     /// coordination's write gate is closed).
     pub fn writes_blocked(&self) -> Option<&'static str> {
-        self.coord_blocked()
-            .or_else(|| self.writes_held.load(std::sync::atomic::Ordering::SeqCst).then_some("writes held by a switchover"))
+        self.coord_blocked().or_else(|| {
+            self.writes_held.load(std::sync::atomic::Ordering::SeqCst).then_some("writes held by a switchover")
+        })
     }
 
     /// Why the coordination's write gate is closed, if it is (never without `[coordination]`).

@@ -391,8 +391,7 @@ pub(crate) async fn promote(shared: &Shared, config: &Config, a: &str) -> Result
     tracing::warn!(server = %a, "failover: promoting");
     let work = async {
         let c = shared.sql.get(a, &config.monitor.database).await.ok_or("no connection")?;
-        let in_recovery: bool =
-            c.query_one("SELECT pg_is_in_recovery()", &[]).await.map_err(|e| e.to_string())?.get(0);
+        let in_recovery: bool = c.query_one("SELECT pg_is_in_recovery()", &[]).await.map_err(|e| e.to_string())?.get(0);
         if in_recovery {
             let _ = c.batch_execute("SELECT pg_wal_replay_resume()").await;
             let promoted: bool =

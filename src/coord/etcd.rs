@@ -248,7 +248,11 @@ async fn session(shared: &Arc<Shared>, coord: &Arc<Coordination>, lease: &mut Op
 async fn campaign(coord: &Coordination, s: &Session) -> Res<()> {
     let txn = Txn::new()
         .when(vec![Compare::create_revision(coord.keys.leader.clone(), CompareOp::Equal, 0)])
-        .and_then(vec![TxnOp::put(coord.keys.leader.clone(), coord.name.clone(), Some(PutOptions::new().with_lease(s.lease)))])
+        .and_then(vec![TxnOp::put(
+            coord.keys.leader.clone(),
+            coord.name.clone(),
+            Some(PutOptions::new().with_lease(s.lease)),
+        )])
         .or_else(vec![TxnOp::get(coord.keys.leader.clone(), None)]);
     let mut c = s.client.clone();
     let r = s.within(c.txn(txn)).await?;
@@ -331,7 +335,7 @@ async fn on_key(
         let list: Vec<String> = value.and_then(|(v, _)| serde_json::from_slice(v).ok()).unwrap_or_default();
         let t = shared.cluster.load();
         for n in t.nodes.iter().filter(|n| !n.removed) {
-            let want = list.iter().any(|a| **a == *n.addr);
+            let want = list.iter().any(|a| *a == coord.shared_addr(&n.addr));
             if want != n.paused {
                 tracing::info!(server = %n.addr, paused = want, "coordination: pause set by an instance");
                 shared.cluster.set_paused(&n.addr, want);
@@ -346,9 +350,9 @@ fn local_topology(shared: &Shared, coord: &Coordination) -> SharedTopology {
     let state = shared.failover.lock().unwrap_or_else(|p| p.into_inner()).clone();
     SharedTopology {
         epoch: state.epoch,
-        primary: t.nodes.get(t.primary()).map(|n| n.addr.to_string()).unwrap_or_default(),
+        primary: t.nodes.get(t.primary()).map(|n| coord.shared_addr(&n.addr)).unwrap_or_default(),
         timeline: state.timeline,
-        fenced: t.nodes.iter().filter(|n| n.fenced && !n.removed).map(|n| n.addr.to_string()).collect(),
+        fenced: t.nodes.iter().filter(|n| n.fenced && !n.removed).map(|n| coord.shared_addr(&n.addr)).collect(),
         barrier: None,
         by: coord.name.clone(),
     }

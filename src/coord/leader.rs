@@ -33,9 +33,15 @@ fn addr_of(shared: &Shared, i: usize) -> String {
     shared.cluster.load().nodes.get(i).map(|n| n.addr.to_string()).unwrap_or_default()
 }
 
-fn mapped(shared: &Shared, t: &SharedTopology) -> Result<Mapped, String> {
+/// A server's address as etcd names it.
+fn shared_addr(shared: &Shared, coord: &Coordination, i: usize) -> String {
+    coord.shared_addr(&addr_of(shared, i))
+}
+
+fn mapped(shared: &Shared, coord: &Coordination, t: &SharedTopology) -> Result<Mapped, String> {
     let topo = shared.cluster.load();
-    let addrs: Vec<&str> = topo.nodes.iter().map(|n| &*n.addr).collect();
+    let addrs: Vec<String> = topo.nodes.iter().map(|n| coord.shared_addr(&n.addr)).collect();
+    let addrs: Vec<&str> = addrs.iter().map(String::as_str).collect();
     rules::map(t, &addrs)
 }
 
@@ -45,7 +51,7 @@ pub fn session(coord: &Coordination) -> Option<Session> {
 
 /// Every instance: a topology read from etcd, applied before another write goes out.
 pub async fn apply(shared: &Arc<Shared>, coord: &Arc<Coordination>, _s: &Session, t: &SharedTopology, revision: i64) {
-    let m = match mapped(shared, t) {
+    let m = match mapped(shared, coord, t) {
         Ok(m) => m,
         Err(e) => {
             tracing::error!("coordination: {e}; writes stay suspended");
@@ -74,15 +80,8 @@ pub async fn apply(shared: &Arc<Shared>, coord: &Arc<Coordination>, _s: &Session
             }
         }
     } else {
-        let fenced_now: Vec<usize> = shared
-            .cluster
-            .load()
-            .nodes
-            .iter()
-            .enumerate()
-            .filter(|(_, n)| n.fenced)
-            .map(|(i, _)| i)
-            .collect();
+        let fenced_now: Vec<usize> =
+            shared.cluster.load().nodes.iter().enumerate().filter(|(_, n)| n.fenced).map(|(i, _)| i).collect();
         let mut want = m.fenced.clone();
         want.sort();
         if m.primary != current || want != fenced_now {
@@ -107,7 +106,7 @@ pub async fn apply(shared: &Arc<Shared>, coord: &Arc<Coordination>, _s: &Session
 /// The failover state as etcd has it (epoch, primary, fenced, timeline).
 pub fn sync(shared: &Shared, coord: &Coordination, mut state: State) -> State {
     let Some((t, _)) = coord.remote() else { return state };
-    let Ok(m) = mapped(shared, &t) else { return state };
+    let Ok(m) = mapped(shared, coord, &t) else { return state };
     if t.epoch != state.epoch || m.primary != state.primary {
         state.failing_since = None;
         state.positions_at_failure.clear();
@@ -133,10 +132,17 @@ pub fn follow(state: State, check: &Check) -> State {
 }
 
 /// The leader's turn of the failover loop.
-pub async fn turn(shared: &Arc<Shared>, config: &Arc<Config>, coord: &Arc<Coordination>, state: State, mut check: Check, policy: Policy) -> State {
+pub async fn turn(
+    shared: &Arc<Shared>,
+    config: &Arc<Config>,
+    coord: &Arc<Coordination>,
+    state: State,
+    mut check: Check,
+    policy: Policy,
+) -> State {
     let Some(s) = session(coord) else { return state };
     let Some((t, _)) = coord.remote() else { return state };
-    let Ok(m) = mapped(shared, &t) else { return state };
+    let Ok(m) = mapped(shared, coord, &t) else { return state };
     match s.members(coord).await {
         Ok(members) => check.peers = Some(rules::peers(&members)),
         Err(e) => {
@@ -159,7 +165,7 @@ pub async fn turn(shared: &Arc<Shared>, config: &Arc<Config>, coord: &Arc<Coordi
         };
     }
     let request = match s.take_request(coord).await {
-        Ok(Some(r)) => to_request(shared, &r),
+        Ok(Some(r)) => to_request(shared, coord, &r),
         Ok(None) => None,
         Err(e) => {
             tracing::warn!("coordination: cannot read requests: {e}");
@@ -215,8 +221,11 @@ pub async fn turn(shared: &Arc<Shared>, config: &Arc<Config>, coord: &Arc<Coordi
     next
 }
 
-fn to_request(shared: &Shared, r: &Command) -> Option<Request> {
-    let node = r.server.as_deref().and_then(|a| shared.cluster.load().nodes.iter().position(|n| *n.addr == *a));
+fn to_request(shared: &Shared, coord: &Coordination, r: &Command) -> Option<Request> {
+    let node = r
+        .server
+        .as_deref()
+        .and_then(|a| shared.cluster.load().nodes.iter().position(|n| coord.shared_addr(&n.addr) == a));
     let req = match (r.kind.as_str(), node) {
         ("failover", _) => Some(Request::Failover),
         ("promote", Some(n)) => Some(Request::Promote(n)),
@@ -226,7 +235,9 @@ fn to_request(shared: &Shared, r: &Command) -> Option<Request> {
     };
     match &req {
         Some(q) => tracing::warn!(from = %r.from, request = ?q, "coordination: an operator's request"),
-        None => tracing::error!(from = %r.from, kind = %r.kind, server = ?r.server, "coordination: unknown request ignored"),
+        None => {
+            tracing::error!(from = %r.from, kind = %r.kind, server = ?r.server, "coordination: unknown request ignored")
+        }
     }
     req
 }
@@ -258,7 +269,7 @@ async fn begin(shared: &Shared, coord: &Coordination, s: &Session, c: usize, los
     let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
     let next = SharedTopology {
         epoch: t.epoch + 1,
-        barrier: Some(Barrier { candidate: addr_of(shared, c), since_ms: now_ms, loss_bytes: loss }),
+        barrier: Some(Barrier { candidate: shared_addr(shared, coord, c), since_ms: now_ms, loss_bytes: loss }),
         by: coord.name.clone(),
         ..t
     };
@@ -273,7 +284,8 @@ async fn begin(shared: &Shared, coord: &Coordination, s: &Session, c: usize, los
 async fn finish(shared: &Shared, config: &Config, coord: &Coordination, s: &Session, c: usize) -> Result<(), String> {
     wait_for_everyone(coord, s, config).await?;
     let (t, _) = coord.remote().ok_or("no topology from etcd")?;
-    run_fence_command(config, &t.primary).await;
+    let old = mapped(shared, coord, &t)?.primary;
+    run_fence_command(config, &addr_of(shared, old)).await;
     failover_io::promote(shared, config, &addr_of(shared, c)).await?;
     shared.failover_wake.notify_one();
     Ok(())
@@ -286,7 +298,11 @@ async fn wait_for_everyone(coord: &Coordination, s: &Session, config: &Config) -
     loop {
         let missing = rules::unacknowledged(&s.members(coord).await?, epoch);
         if missing.is_empty() {
-            tracing::warn!(epoch, waited_ms = t0.elapsed().as_millis() as u64, "coordination: every live instance stopped writing");
+            tracing::warn!(
+                epoch,
+                waited_ms = t0.elapsed().as_millis() as u64,
+                "coordination: every live instance stopped writing"
+            );
             return Ok(());
         }
         if Instant::now() >= deadline {
@@ -313,8 +329,7 @@ async fn run_fence_command(config: &Config, old: &str) {
 /// Step 5: "epoch N+2, primary C".
 async fn publish(shared: &Shared, coord: &Coordination, s: &Session, next: &State) -> Result<(), String> {
     let (t, revision) = coord.remote().ok_or("no topology from etcd")?;
-    let topo = shared.cluster.load();
-    let addr = |i: usize| topo.nodes.get(i).map(|n| n.addr.to_string()).unwrap_or_default();
+    let addr = |i: usize| shared_addr(shared, coord, i);
     let new = SharedTopology {
         epoch: next.epoch.max(t.epoch),
         primary: addr(next.primary),
@@ -333,7 +348,14 @@ async fn publish(shared: &Shared, coord: &Coordination, s: &Session, next: &Stat
 /// A planned switchover with several instances: the barrier stops writes everywhere, then the
 /// single-instance switchover (in-flight transactions finish, the old primary turns read-only,
 /// the target replays everything), then the promotion.
-async fn switchover(shared: &Arc<Shared>, config: &Arc<Config>, coord: &Coordination, s: &Session, state: State, n: usize) -> State {
+async fn switchover(
+    shared: &Arc<Shared>,
+    config: &Arc<Config>,
+    coord: &Coordination,
+    s: &Session,
+    state: State,
+    n: usize,
+) -> State {
     if let Err(e) = begin(shared, coord, s, n, 0).await {
         tracing::error!("switchover refused: {e}");
         return state;
@@ -361,7 +383,14 @@ async fn switchover(shared: &Arc<Shared>, config: &Arc<Config>, coord: &Coordina
     }
 }
 
-async fn rejoin(shared: &Arc<Shared>, config: &Arc<Config>, coord: &Coordination, s: &Session, state: State, n: usize) -> State {
+async fn rejoin(
+    shared: &Arc<Shared>,
+    config: &Arc<Config>,
+    coord: &Coordination,
+    s: &Session,
+    state: State,
+    n: usize,
+) -> State {
     match failover_sql::follows(shared, config, n, state.primary).await {
         Ok(()) => {
             let mut next = state.clone();

@@ -48,6 +48,10 @@ pub struct CoordinationConfig {
     pub lease_ttl_ms: u64,
     /// Time limit of one etcd request.
     pub etcd_timeout_ms: u64,
+    /// Servers this instance reaches at another address than its peers do (a local tunnel,
+    /// NAT): { "this instance's address" = "the address the others list" }. etcd names
+    /// servers by the address the others list.
+    pub aliases: std::collections::BTreeMap<String, String>,
     /// How long the leader waits for every live instance to acknowledge a failover's first
     /// epoch before it gives up for this round (it retries; it never promotes without them).
     pub barrier_timeout_ms: u64,
@@ -62,6 +66,7 @@ impl Default for CoordinationConfig {
             lease_ttl_ms: 10_000,
             etcd_timeout_ms: 2_000,
             barrier_timeout_ms: 15_000,
+            aliases: Default::default(),
         }
     }
 }
@@ -102,6 +107,7 @@ pub struct Coordination {
     pub name: String,
     pub keys: values::Keys,
     pub ttl: Duration,
+    aliases: std::collections::BTreeMap<String, String>,
     origin: Instant,
     /// When the lease was last renewed (ms since `origin`; 0: never).
     lease_ok_ms: AtomicU64,
@@ -133,6 +139,7 @@ impl Coordination {
             name,
             keys: values::Keys::new(&config.cluster_name),
             ttl: Duration::from_millis(config.lease_ttl_ms),
+            aliases: config.aliases.clone(),
             origin: Instant::now(),
             lease_ok_ms: AtomicU64::new(0),
             synced: AtomicBool::new(false),
@@ -146,6 +153,11 @@ impl Coordination {
             #[cfg(feature = "etcd")]
             session: Mutex::new(None),
         }
+    }
+
+    /// A server's address as etcd names it (this instance's own address unless aliased).
+    pub fn shared_addr(&self, local: &str) -> String {
+        self.aliases.get(local).cloned().unwrap_or_else(|| local.to_string())
     }
 
     /// The lease was renewed now.

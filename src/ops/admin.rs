@@ -206,10 +206,11 @@ fn request(shared: &Shared, r: crate::cluster::failover_io::Request) -> Result<(
     if let Some(c) = &shared.coord {
         // Several instances: the leader carries it out, whichever instance was asked.
         use crate::cluster::failover_io::Request as R;
-        let s = crate::coord::leader::session(c)
-            .ok_or_else(|| refuse("57P03", "etcd is unreachable from this instance: the command cannot reach the leader"))?;
+        let s = crate::coord::leader::session(c).ok_or_else(|| {
+            refuse("57P03", "etcd is unreachable from this instance: the command cannot reach the leader")
+        })?;
         let t = shared.cluster.load();
-        let addr = |i: usize| t.nodes.get(i).map(|n| n.addr.to_string());
+        let addr = |i: usize| t.nodes.get(i).map(|n| c.shared_addr(&n.addr));
         let (kind, server) = match r {
             R::Failover => ("failover", None),
             R::Promote(i) => ("promote", addr(i)),
@@ -237,7 +238,7 @@ fn set_paused(shared: &Shared, server: &str, pause: bool) -> Result<(), Refusal>
     if let Some(c) = &shared.coord {
         let s = crate::coord::leader::session(c)
             .ok_or_else(|| refuse("57P03", "etcd is unreachable from this instance: PAUSE cannot reach the others"))?;
-        let (c, server) = (c.clone(), server.to_string());
+        let (c, server) = (c.clone(), c.shared_addr(server));
         tokio::spawn(async move {
             if let Err(e) = s.set_paused(&c, &server, pause).await {
                 tracing::error!(server, "coordination: PAUSE/RESUME not shared: {e}");

@@ -15,9 +15,9 @@ use pgsplit::proxy::Proxy;
 use crate::check;
 use crate::common::{Env, R, connect};
 
-type E = Box<dyn std::error::Error + Send + Sync>;
+pub type E = Box<dyn std::error::Error + Send + Sync>;
 
-fn config(cluster: &LocalCluster, state_dir: &str) -> Config {
+pub fn config(cluster: &LocalCluster, state_dir: &str) -> Config {
     let mut c = Config { listen: "127.0.0.1:0".into(), ..Config::default() };
     c.servers.primary = cluster.primary().addr();
     c.servers.replicas = cluster.replica_addrs().into_iter().map(Into::into).collect();
@@ -32,7 +32,7 @@ fn config(cluster: &LocalCluster, state_dir: &str) -> Config {
 }
 
 /// A primary and two replicas of the test's own, under the temp directory.
-async fn own_cluster(name: &str) -> Result<(std::path::PathBuf, LocalCluster), E> {
+pub async fn own_cluster(name: &str) -> Result<(std::path::PathBuf, LocalCluster), E> {
     let base = std::env::temp_dir().join(format!("{name}-{}", std::process::id()));
     let cluster = tokio::task::spawn_blocking({
         let base = base.clone();
@@ -42,7 +42,7 @@ async fn own_cluster(name: &str) -> Result<(std::path::PathBuf, LocalCluster), E
     Ok((base, cluster))
 }
 
-fn postmaster_pid(cluster: &LocalCluster, i: usize) -> Result<String, E> {
+pub fn postmaster_pid(cluster: &LocalCluster, i: usize) -> Result<String, E> {
     let text = std::fs::read_to_string(cluster.nodes[i].dir.join("postmaster.pid"))?;
     Ok(text.lines().next().unwrap_or("").trim().to_string())
 }
@@ -335,7 +335,7 @@ pub async fn kill_the_primary_under_load(_env: &Env) -> R {
 
 /// A TCP relay that can go silent: connections stay open, bytes stop (a partition that drops
 /// packets: no RST, no FIN), new connections are accepted and never answered.
-async fn silent_relay(target: String, cut: Arc<AtomicBool>) -> Result<u16, E> {
+pub async fn silent_relay(target: String, cut: Arc<AtomicBool>) -> Result<u16, E> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let port = listener.local_addr()?.port();
     tokio::spawn(async move {

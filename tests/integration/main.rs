@@ -7,6 +7,8 @@
 
 mod clients;
 mod common;
+#[cfg(feature = "etcd")]
+mod coordination;
 mod corners;
 mod corpus;
 mod differential;
@@ -39,7 +41,8 @@ fn main() {
         tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::new(filter)).init();
     }
     let filters: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
-    let all: Vec<(&str, TestFn)> = tests![
+    #[allow(unused_mut)]
+    let mut all: Vec<(&str, TestFn)> = tests![
         routing::reads_spread_over_both_replicas,
         routing::writes_and_ddl_go_to_the_primary,
         routing::locking_reads_go_to_the_primary,
@@ -133,6 +136,14 @@ fn main() {
         tools::psql_watch_repeats,
         tools::pgbench_all_modes,
     ];
+    // Several instances on a real etcd (the README's test command builds with --features etcd).
+    #[cfg(feature = "etcd")]
+    all.extend(tests![
+        coordination::three_instances_fail_over_once,
+        coordination::one_instance_cut_off_no_promotion,
+        coordination::leader_killed_mid_failover,
+        coordination::etcd_quorum_lost_writes_fail_closed,
+    ]);
     let selected: Vec<_> =
         all.into_iter().filter(|(n, _)| filters.is_empty() || filters.iter().any(|f| n.contains(f.as_str()))).collect();
     if selected.is_empty() {
