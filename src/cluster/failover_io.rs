@@ -324,7 +324,10 @@ pub(crate) async fn execute(
                 tracing::error!("failover: cannot write the state file: {e}");
             }
             apply_new_primary(shared, next.primary, &next.fenced);
-            shared.metrics.failovers.inc();
+            if shared.coord.is_none() {
+                // (With several instances each counts the new primary as it applies it.)
+                shared.metrics.failovers.inc();
+            }
             if let Some(s) = started {
                 shared.metrics.last_failover_seconds.set(s.elapsed().as_secs_f64());
             }

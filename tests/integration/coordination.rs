@@ -80,19 +80,19 @@ fn out_of_recovery(cluster: &LocalCluster, nodes: &[usize]) -> Vec<usize> {
         .collect()
 }
 
-/// Acknowledged ids with their times, and the number of failed writes.
-type Written = (Vec<(i32, Instant)>, usize);
+/// Acknowledged ids with their times, and the failed ones.
+type Written = (Vec<(i32, Instant)>, Vec<i32>);
 
 /// One writer per instance: autocommit inserts, acknowledged ids and times recorded.
 fn writer(conn: String, tag: i32, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<Result<Written, E>> {
     tokio::spawn(async move {
         let c = connect(&conn).await?;
-        let (mut acked, mut failed, mut id) = (Vec::new(), 0, tag * 1_000_000);
+        let (mut acked, mut failed, mut id) = (Vec::new(), Vec::new(), tag * 1_000_000);
         while !stop.load(Ordering::Relaxed) {
             id += 1;
             match c.execute("INSERT INTO co_writes (id) VALUES ($1)", &[&id]).await {
                 Ok(_) => acked.push((id, Instant::now())),
-                Err(_) => failed += 1,
+                Err(_) => failed.push(id),
             }
         }
         Ok((acked, failed))
@@ -151,8 +151,15 @@ pub async fn three_instances_fail_over_once(_env: &Env) -> R {
     let mut acked_all = Vec::new();
     for w in writers {
         let (acked, failed) = w.await??;
-        let first = acked.iter().find(|(_, t)| *t > killed).map(|(_, t)| t.duration_since(killed).as_secs_f64());
-        firsts.push((first, failed));
+        // The first write acknowledged by the new primary: after the first that failed at the
+        // kill, or (none failed: it waited through the failover) the first acknowledged after
+        // every instance had the new primary.
+        let first = match failed.first() {
+            Some(f) => acked.iter().find(|(id, _)| id > f),
+            None => acked.iter().find(|(_, t)| *t >= killed + everyone),
+        }
+        .map(|(_, t)| t.duration_since(killed).as_secs_f64());
+        firsts.push((first, failed.len()));
         acked_all.extend(acked.into_iter().map(|(id, _)| id));
     }
     let promoted = out_of_recovery(&cluster, &[1, 2]);
@@ -291,10 +298,13 @@ pub async fn leader_killed_mid_failover(_env: &Env) -> R {
     // fence_command runs after every instance has stopped writing and before the promotion:
     // the leader is stopped dead while it runs.
     let marker = base.join("fence-runs");
+    // (Hooks get their arguments appended: `sh script ADDRESS`.)
+    let script = base.join("fence.sh");
+    std::fs::write(&script, format!("echo \"$0 $1\" >> {}\nsleep 2\n", marker.display()))?;
     let mut proxies = Vec::new();
     for i in 0..3 {
         let mut c = coordinated(&cluster, &etcd, "leader", i);
-        c.failover.fence_command = format!("echo \"i{i} $0\" >> {}; sleep 2", marker.display());
+        c.failover.fence_command = format!("sh {} i{i}", script.display());
         proxies.push(Proxy::start(c).await?);
     }
     let refs: Vec<&Proxy> = proxies.iter().collect();
@@ -412,11 +422,14 @@ pub async fn etcd_quorum_lost_writes_fail_closed(_env: &Env) -> R {
     let on_primary = tokio::task::block_in_place(|| cluster.psql(0, "SELECT count(*) FROM co_q WHERE id = 2"))?;
     check!(on_primary == "0", "{on_primary} writes reached the primary without etcd");
     println!("    etcd quorum lost: writes closed on all 3 instances after {:.2} s, reads go on", closed.as_secs_f64());
+    let restarted = Instant::now();
     tokio::task::block_in_place(|| {
         etcd.start_member(1)?;
-        etcd.start_member(2)
+        etcd.start_member(2)?;
+        etcd.wait_healthy(Duration::from_secs(30))
     })?;
     let back = Instant::now();
+    println!("    etcd restarted and healthy after {:.2} s", restarted.elapsed().as_secs_f64());
     for (i, c) in clients.iter().enumerate() {
         loop {
             match c.execute("INSERT INTO co_q VALUES (3)", &[]).await {
@@ -437,5 +450,64 @@ pub async fn etcd_quorum_lost_writes_fail_closed(_env: &Env) -> R {
     for p in &proxies {
         p.stop();
     }
+    Ok(())
+}
+
+/// kill -9 of the primary, one instance alone and three on etcd, interleaved run by run:
+/// the median time from the kill to the first write through pgsplit, and the ratio.
+pub async fn failover_times_alone_and_three_instances(_env: &Env) -> R {
+    let etcd = own_etcd("pgsplit-co-runs", 1).await?;
+    let (mut alone, mut three) = (Vec::new(), Vec::new());
+    for run in 0..3 {
+        for instances in [1, 3] {
+            let base = std::env::temp_dir().join(format!("pgsplit-co-runs-{}-{run}-{instances}", std::process::id()));
+            let cluster = tokio::task::spawn_blocking(move || LocalCluster::start(&base, 2)).await??;
+            let mut proxies = Vec::new();
+            for i in 0..instances {
+                let cfg = if instances == 1 {
+                    config(&cluster, "")
+                } else {
+                    coordinated(&cluster, &etcd, &format!("runs{run}"), i)
+                };
+                proxies.push(Proxy::start(cfg).await?);
+            }
+            if instances > 1 {
+                settled(&proxies.iter().collect::<Vec<_>>(), Duration::from_secs(20)).await?;
+            }
+            // Writes through the last instance (a follower when three run).
+            let c = connect(&conn(&proxies[instances - 1])).await?;
+            c.batch_execute("CREATE TABLE runs (id serial PRIMARY KEY)").await?;
+            tokio::task::block_in_place(|| cluster.wait_caught_up())?;
+            let pid = postmaster_pid(&cluster, 0)?;
+            tokio::process::Command::new("kill").args(["-9", &pid]).status().await?;
+            let killed = Instant::now();
+            let old_port = cluster.nodes[0].port as i32;
+            let mut wrote = None;
+            while killed.elapsed() < Duration::from_secs(60) {
+                if let Ok(row) = c.query_one("INSERT INTO runs DEFAULT VALUES RETURNING inet_server_port()", &[]).await
+                    && row.get::<_, i32>(0) != old_port
+                {
+                    wrote = Some(killed.elapsed().as_secs_f64());
+                    break;
+                }
+            }
+            let wrote = wrote.ok_or(format!("run {run}, {instances} instances: no write after the failover"))?;
+            if instances == 1 { &mut alone } else { &mut three }.push(wrote);
+            for p in &proxies {
+                p.stop();
+            }
+            drop(cluster);
+        }
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (a, t) = (median(&mut alone), median(&mut three));
+    println!(
+        "    kill -9 to first write, median of {} runs: one instance {a:.2} s {alone:?}, three on etcd {t:.2} s {three:?}: {:.2}x",
+        alone.len(),
+        t / a
+    );
     Ok(())
 }

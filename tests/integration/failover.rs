@@ -720,6 +720,7 @@ pub async fn a_diverged_replica_is_kept_out(_env: &Env) -> R {
 
 /// Kill -9 and time to the new primary and to the first write, over several runs (fresh
 /// clusters): printed, median and max; only correctness is asserted.
+#[cfg_attr(feature = "etcd", allow(dead_code))]
 pub async fn failover_times_over_several_runs(_env: &Env) -> R {
     let mut to_primary = Vec::new();
     let mut to_write = Vec::new();

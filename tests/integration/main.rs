@@ -121,7 +121,6 @@ fn main() {
         failover::synchronous_replication_loses_no_acknowledged_commit,
         failover::switchover_loses_nothing,
         failover::a_diverged_replica_is_kept_out,
-        failover::failover_times_over_several_runs,
         failover::a_replica_promoted_by_someone_else_is_adopted,
         clients::read_your_writes_handoff,
         clients::psycopg3,
@@ -136,6 +135,9 @@ fn main() {
         tools::psql_watch_repeats,
         tools::pgbench_all_modes,
     ];
+    // (With etcd, the same runs are made beside three coordinated instances.)
+    #[cfg(not(feature = "etcd"))]
+    all.extend(tests![failover::failover_times_over_several_runs]);
     // Several instances on a real etcd (the README's test command builds with --features etcd).
     #[cfg(feature = "etcd")]
     all.extend(tests![
@@ -143,6 +145,7 @@ fn main() {
         coordination::one_instance_cut_off_no_promotion,
         coordination::leader_killed_mid_failover,
         coordination::etcd_quorum_lost_writes_fail_closed,
+        coordination::failover_times_alone_and_three_instances,
     ]);
     let selected: Vec<_> =
         all.into_iter().filter(|(n, _)| filters.is_empty() || filters.iter().any(|f| n.contains(f.as_str()))).collect();
