@@ -1,12 +1,15 @@
 # pgsplit container image: build with `docker build -t pgsplit .`
 FROM rust:1-bookworm AS build
+# protoc and the well-known .proto files build the etcd client (several instances on etcd).
+RUN apt-get update && apt-get install -y --no-install-recommends protobuf-compiler libprotobuf-dev \
+    && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY Cargo.toml Cargo.lock rustfmt.toml ./
 COPY src ./src
 COPY config ./config
 COPY tests ./tests
 COPY benches ./benches
-RUN cargo build --release --locked
+RUN cargo build --release --locked --features etcd
 
 FROM debian:bookworm-slim
 RUN useradd --system --no-create-home pgsplit

@@ -300,7 +300,7 @@ pub async fn leader_killed_mid_failover(_env: &Env) -> R {
     let marker = base.join("fence-runs");
     // (Hooks get their arguments appended: `sh script ADDRESS`.)
     let script = base.join("fence.sh");
-    std::fs::write(&script, format!("echo \"$0 $1\" >> {}\nsleep 2\n", marker.display()))?;
+    std::fs::write(&script, format!("echo \"$1 $2\" >> {}\nsleep 2\n", marker.display()))?;
     let mut proxies = Vec::new();
     for i in 0..3 {
         let mut c = coordinated(&cluster, &etcd, "leader", i);
