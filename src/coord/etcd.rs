@@ -184,6 +184,16 @@ async fn session(shared: &Arc<Shared>, coord: &Arc<Coordination>, lease: &mut Op
             tracing::warn!(primary = %mine.primary, epoch = mine.epoch, "coordination: wrote the first topology");
         }
     }
+    // Two instances under one name would count as one and could both act as the leader.
+    let r = s.within(c.get(coord.keys.member(&coord.name), None)).await?;
+    if let Some(kv) = r.kvs().first()
+        && kv.lease() != id
+    {
+        return Err(format!(
+            "another live instance is named {:?} (coordination.instance_name must be unique); retrying",
+            coord.name
+        ));
+    }
     campaign(coord, &s).await?;
     publish_member(coord, &s, shared).await?;
 

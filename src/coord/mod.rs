@@ -41,7 +41,7 @@ pub struct CoordinationConfig {
     pub etcd: Vec<String>,
     /// Keys live under /pgsplit/<cluster_name>/; instances in front of one cluster share it.
     pub cluster_name: String,
-    /// This instance's name among its peers (default: its listen address).
+    /// This instance's name among its peers, unique (default: host name and listen port).
     pub instance_name: String,
     /// The member and leader keys' lease. An instance that cannot renew it for half of this
     /// stops sending writes (fail closed); a dead instance's keys vanish after it.
@@ -134,7 +134,18 @@ pub struct Coordination {
 
 impl Coordination {
     pub fn new(config: &CoordinationConfig, listen: &str) -> Coordination {
-        let name = if config.instance_name.is_empty() { listen.to_string() } else { config.instance_name.clone() };
+        // Default: this host's name and the port clients use (a listen address alone, such as
+        // 0.0.0.0:6432, is the same on every host).
+        let name = if config.instance_name.is_empty() {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+            let port = listen.rsplit_once(':').map(|(_, p)| p).unwrap_or(listen);
+            match host.trim() {
+                "" => listen.to_string(),
+                h => format!("{h}:{port}"),
+            }
+        } else {
+            config.instance_name.clone()
+        };
         Coordination {
             name,
             keys: values::Keys::new(&config.cluster_name),
@@ -242,5 +253,30 @@ impl Coordination {
             },
             self.epoch()
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_are_checked() {
+        let ok = CoordinationConfig { etcd: vec!["127.0.0.1:2379".into()], ..Default::default() };
+        assert_eq!(ok.validate().is_ok(), cfg!(feature = "etcd"), "needs the etcd feature");
+        assert!(CoordinationConfig::default().validate().is_ok(), "no etcd: alone, nothing to check");
+        if cfg!(feature = "etcd") {
+            let bad = |c: CoordinationConfig| c.validate().unwrap_err();
+            assert!(bad(CoordinationConfig { lease_ttl_ms: 1000, ..ok.clone() }).contains("lease_ttl_ms"));
+            assert!(bad(CoordinationConfig { etcd_timeout_ms: 6000, ..ok.clone() }).contains("etcd_timeout_ms"));
+            assert!(bad(CoordinationConfig { cluster_name: "a/b".into(), ..ok.clone() }).contains("cluster_name"));
+        }
+        let c = Coordination::new(&CoordinationConfig { instance_name: "app1".into(), ..ok.clone() }, "0.0.0.0:6432");
+        assert_eq!(c.name, "app1");
+        let c = Coordination::new(&ok, "0.0.0.0:6432");
+        assert!(c.name.ends_with(":6432") && !c.name.starts_with("0.0.0.0"), "{}", c.name);
+        assert_eq!(c.gate(), Gate::EtcdLost, "no lease yet: writes closed");
+        c.lease_renewed();
+        assert_eq!(c.gate(), Gate::NotSynced);
     }
 }
