@@ -511,3 +511,55 @@ pub async fn failover_times_alone_and_three_instances(_env: &Env) -> R {
     );
     Ok(())
 }
+
+/// Console commands given to a follower reach the leader through etcd and act on every
+/// instance: PAUSE / RESUME of a replica, then a planned SWITCHOVER.
+pub async fn console_commands_act_on_every_instance(_env: &Env) -> R {
+    let (_base, cluster) = own_cluster("pgsplit-co-console").await?;
+    let etcd = own_etcd("pgsplit-co-console", 1).await?;
+    let mut proxies = Vec::new();
+    for i in 0..3 {
+        proxies.push(Proxy::start(coordinated(&cluster, &etcd, "console", i)).await?);
+    }
+    let refs: Vec<&Proxy> = proxies.iter().collect();
+    let leader = settled(&refs, Duration::from_secs(20)).await?;
+    let follower = (leader + 1) % 3;
+    let admin =
+        connect(&format!("host=127.0.0.1 port={} user=postgres dbname=pgsplit", proxies[follower].addr.port())).await?;
+    let target = cluster.nodes[2].addr();
+    admin.simple_query(&format!("PAUSE {target}")).await?;
+    let t0 = Instant::now();
+    while !proxies.iter().all(|p| p.shared.cluster.load().nodes[2].paused) {
+        check!(t0.elapsed() < Duration::from_secs(10), "PAUSE did not reach every instance");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    admin.simple_query(&format!("RESUME {target}")).await?;
+    while proxies.iter().any(|p| p.shared.cluster.load().nodes[2].paused) {
+        check!(t0.elapsed() < Duration::from_secs(10), "RESUME did not reach every instance");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let c = connect(&conn(&proxies[leader])).await?;
+    c.batch_execute("CREATE TABLE co_sw (id int)").await?;
+    tokio::task::block_in_place(|| cluster.wait_caught_up())?;
+    let t0 = Instant::now();
+    admin.simple_query(&format!("SWITCHOVER TO {target}")).await?;
+    all_on(&refs, 2, Duration::from_secs(30)).await?;
+    println!(
+        "    SWITCHOVER given to follower i{follower}, carried out by leader i{leader}: every instance on the target after {:.2} s",
+        t0.elapsed().as_secs_f64()
+    );
+    for (i, p) in proxies.iter().enumerate() {
+        let c = connect(&conn(p)).await?;
+        let port: i32 = c.query_one("INSERT INTO co_sw VALUES (1) RETURNING inet_server_port()", &[]).await?.get(0);
+        check!(port == cluster.nodes[2].port as i32, "i{i}: a write after the switchover ran on {port}");
+    }
+    let promoted = out_of_recovery(&cluster, &[0, 1, 2]);
+    check!(promoted == vec![0, 2] || promoted == vec![2], "out of recovery: {promoted:?}");
+    let ro = tokio::task::block_in_place(|| cluster.psql(0, "SHOW default_transaction_read_only"))?;
+    check!(ro == "on", "the old primary is not read-only ({ro})");
+    for p in &proxies {
+        p.stop();
+    }
+    drop(etcd);
+    Ok(())
+}

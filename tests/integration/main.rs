@@ -145,6 +145,7 @@ fn main() {
         coordination::one_instance_cut_off_no_promotion,
         coordination::leader_killed_mid_failover,
         coordination::etcd_quorum_lost_writes_fail_closed,
+        coordination::console_commands_act_on_every_instance,
         coordination::failover_times_alone_and_three_instances,
     ]);
     let selected: Vec<_> =
