@@ -230,11 +230,7 @@ pub async fn three_instances_fail_over_once(_env: &Env) -> R {
     check!(late.shared.cluster.load().nodes[0].fenced, "the late instance does not see the old primary fenced");
     println!("    an instance started after the failover (config naming the old primary) writes on node {new_primary}");
     let log = std::fs::read_to_string(cluster.base.join("primary.log")).unwrap_or_default();
-    let leaked: Vec<&str> = log
-        .lines()
-        .filter(|l| l.contains("statement:") || l.contains("execute "))
-        .filter(|l| !l.contains("pgsplit-monitor") && !l.contains("pgsplit-health") && !l.contains(" psql "))
-        .collect();
+    let leaked = crate::failover::client_statements(&log);
     println!("    the old primary's statement log after its restart: {} client statements", leaked.len());
     check!(leaked.is_empty(), "client statements reached the fenced old primary: {:?}", &leaked[..leaked.len().min(5)]);
     late.stop();

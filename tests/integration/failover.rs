@@ -42,6 +42,15 @@ pub async fn own_cluster(name: &str) -> Result<(std::path::PathBuf, LocalCluster
     Ok((base, cluster))
 }
 
+/// The client statements in a server's log (log_statement = all, %a in the prefix): everything
+/// but pgsplit's own checks and the test's psql.
+pub fn client_statements(log: &str) -> Vec<&str> {
+    log.lines()
+        .filter(|l| l.contains("statement:") || l.contains("execute "))
+        .filter(|l| !l.contains("pgsplit-monitor") && !l.contains("pgsplit-health") && !l.contains(" psql "))
+        .collect()
+}
+
 pub fn postmaster_pid(cluster: &LocalCluster, i: usize) -> Result<String, E> {
     let text = std::fs::read_to_string(cluster.nodes[i].dir.join("postmaster.pid"))?;
     Ok(text.lines().next().unwrap_or("").trim().to_string())
@@ -277,11 +286,7 @@ pub async fn kill_the_primary_under_load(_env: &Env) -> R {
     let on_old = tokio::task::block_in_place(|| cluster.psql(0, "SELECT count(*) FROM fo_writes WHERE id <= -1"))?;
     check!(on_old == "0", "{on_old} rows written after the failover reached the old primary");
     let log = std::fs::read_to_string(cluster.base.join("primary.log")).unwrap_or_default();
-    let leaked: Vec<&str> = log
-        .lines()
-        .filter(|l| l.contains("statement:") || l.contains("execute "))
-        .filter(|l| !l.contains("pgsplit-monitor") && !l.contains("pgsplit-health") && !l.contains(" psql "))
-        .collect();
+    let leaked = client_statements(&log);
     let pgsplit_own = log.lines().filter(|l| l.contains("statement:") && l.contains("pgsplit-monitor")).count();
     println!(
         "    the old primary's statement log after its restart: {} client statements, {pgsplit_own} of pgsplit's own checks",
