@@ -10,6 +10,9 @@ use crate::sql::{Effect, Own, Target};
 
 impl Session {
     pub(super) async fn on_client_frame(&mut self, f: Frame) -> Result<(), End> {
+        if matches!(f.tag(), b'Q' | b'S' | b'F') {
+            self.cut_if_writes_suspended()?;
+        }
         match f.tag() {
             b'Q' => self.simple_query(f).await,
             b'P' | b'B' | b'D' | b'E' | b'C' => {
@@ -49,6 +52,28 @@ impl Session {
                 Err(End::Protocol(ProtocolError::Invalid(format!("unexpected message type 0x{other:02x} from client"))))
             }
         }
+    }
+
+    /// Several instances: once this instance's write gate is shut (etcd lost, or a failover
+    /// barrier), a transaction it holds open on the primary must not commit there: its server
+    /// connection is closed (the server rolls it back) and the client's request is answered as
+    /// for a lost transaction (40001, safe to retry; ROLLBACK succeeds).
+    fn cut_if_writes_suspended(&mut self) -> Result<(), End> {
+        if self.shared.coord.is_none() || self.tx_status == b'I' || self.copy_in || self.outstanding > 0 {
+            return Ok(());
+        }
+        let Some(node) = self.server.as_ref().map(|s| s.conn.node) else { return Ok(()) };
+        let on_primary =
+            self.shared.cluster.load().nodes.get(node).is_some_and(|n| n.role == crate::cluster::Role::Primary);
+        let Some(why) = self.shared.coord_blocked().filter(|_| on_primary) else { return Ok(()) };
+        if let Some(server) = self.server.take() {
+            tracing::warn!(server = %server.conn.addr, "ending a transaction on the primary: {why}");
+            server.discard(&self.shared.metrics);
+            self.cancel.set(None);
+            self.load = None;
+            self.observe.attached(None);
+        }
+        self.transaction_lost()
     }
 
     pub(super) async fn simple_query(&mut self, f: Frame) -> Result<(), End> {

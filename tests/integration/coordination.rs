@@ -388,6 +388,9 @@ pub async fn etcd_quorum_lost_writes_fail_closed(_env: &Env) -> R {
     for c in &clients {
         c.execute("INSERT INTO co_q VALUES (1)", &[]).await?;
     }
+    // A transaction open on the primary when etcd goes: it must not commit there.
+    let in_tx = connect(&conn(&proxies[1])).await?;
+    in_tx.batch_execute("BEGIN; INSERT INTO co_q VALUES (4)").await?;
     etcd.kill_member(1);
     etcd.kill_member(2);
     let lost = Instant::now();
@@ -415,7 +418,9 @@ pub async fn etcd_quorum_lost_writes_fail_closed(_env: &Env) -> R {
     check!(shown, "SHOW SERVERS does not say writes are suspended");
     let body = proxies[0].shared.metrics.render();
     check!(body.contains("pgsplit_writes_suspended 1"), "pgsplit_writes_suspended is not 1");
-    let on_primary = tokio::task::block_in_place(|| cluster.psql(0, "SELECT count(*) FROM co_q WHERE id = 2"))?;
+    let e = in_tx.batch_execute("COMMIT").await.err().ok_or("a transaction committed on the primary without etcd")?;
+    check!(crate::common::sqlstate(&e) == "40001", "COMMIT without etcd: {e:?}");
+    let on_primary = tokio::task::block_in_place(|| cluster.psql(0, "SELECT count(*) FROM co_q WHERE id IN (2, 4)"))?;
     check!(on_primary == "0", "{on_primary} writes reached the primary without etcd");
     println!("    etcd quorum lost: writes closed on all 3 instances after {:.2} s, reads go on", closed.as_secs_f64());
     let restarted = Instant::now();
