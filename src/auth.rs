@@ -25,6 +25,7 @@ pub async fn authenticate<R, W>(
     user: &str,
     reader: &mut FrameReader<R>,
     writer: &mut W,
+    end_point: Option<&[u8]>,
 ) -> Result<(), AuthError>
 where
     R: AsyncRead + Unpin,
@@ -42,7 +43,7 @@ where
     let ok = match config.auth {
         AuthMethod::Trust => true,
         AuthMethod::Md5 => md5_exchange(user, &secret, reader, writer).await?,
-        AuthMethod::ScramSha256 => scram_exchange(&secret, reader, writer).await?,
+        AuthMethod::ScramSha256 => scram_exchange(&secret, reader, writer, end_point).await?,
     };
     if ok && known { Ok(()) } else { Err(AuthError::Failed(user.to_string())) }
 }
@@ -115,29 +116,54 @@ where
     Ok(constant_time_eq(given.as_bytes(), want.as_bytes()))
 }
 
-async fn scram_exchange<R, W>(secret: &Secret, reader: &mut FrameReader<R>, writer: &mut W) -> Result<bool, AuthError>
+/// SCRAM-SHA-256, and SCRAM-SHA-256-PLUS over TLS (`end_point`: the tls-server-end-point
+/// channel binding, RFC 5929), as PostgreSQL offers them.
+async fn scram_exchange<R, W>(
+    secret: &Secret,
+    reader: &mut FrameReader<R>,
+    writer: &mut W,
+    end_point: Option<&[u8]>,
+) -> Result<bool, AuthError>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    writer.write_all(&auth_request(10, b"SCRAM-SHA-256\0\0")).await.map_err(ProtocolError::from)?;
+    let offer: &[u8] =
+        if end_point.is_some() { b"SCRAM-SHA-256-PLUS\0SCRAM-SHA-256\0\0" } else { b"SCRAM-SHA-256\0\0" };
+    writer.write_all(&auth_request(10, offer)).await.map_err(ProtocolError::from)?;
     // SASLInitialResponse: mechanism, length, client-first-message.
     let f = expect_password(reader).await?;
     let mut body = f.body();
     let mechanism = protocol::read_cstr(&mut body)?;
-    if mechanism != "SCRAM-SHA-256" {
-        return Err(invalid("unsupported SASL mechanism"));
-    }
+    let plus = match mechanism {
+        "SCRAM-SHA-256" => false,
+        "SCRAM-SHA-256-PLUS" if end_point.is_some() => true,
+        _ => return Err(invalid("unsupported SASL mechanism")),
+    };
     let len = protocol::read_i32(&mut body)?;
     if len < 0 || len as usize != body.len() {
         return Err(invalid("bad SASLInitialResponse length"));
     }
     let client_first = std::str::from_utf8(body).map_err(|_| invalid("SCRAM message is not UTF-8"))?;
-    // gs2 header: "n,," (no channel binding) or "y,," (client supports it, server does not).
-    let bare = client_first
-        .strip_prefix("n,,")
-        .or_else(|| client_first.strip_prefix("y,,"))
-        .ok_or_else(|| invalid("unsupported SCRAM channel binding"))?;
+    // gs2 header: "p=tls-server-end-point,," with -PLUS; otherwise "n,," (no channel binding)
+    // or "y,," (the client could bind but thinks the server cannot: refused when this server
+    // offered -PLUS, a downgrade).
+    const PLUS_HEADER: &str = "p=tls-server-end-point,,";
+    let (header, bare) = if plus {
+        (
+            PLUS_HEADER,
+            client_first.strip_prefix(PLUS_HEADER).ok_or_else(|| invalid("unsupported SCRAM channel binding"))?,
+        )
+    } else if let Some(b) = client_first.strip_prefix("n,,") {
+        ("n,,", b)
+    } else if let Some(b) = client_first.strip_prefix("y,,") {
+        if end_point.is_some() {
+            return Err(invalid("SCRAM channel binding negotiation failed (the server supports it)"));
+        }
+        ("y,,", b)
+    } else {
+        return Err(invalid("unsupported SCRAM channel binding"));
+    };
     let client_nonce =
         bare.split(',').find_map(|a| a.strip_prefix("r=")).ok_or_else(|| invalid("SCRAM client nonce missing"))?;
 
@@ -164,6 +190,14 @@ where
     let client_final = std::str::from_utf8(f.body()).map_err(|_| invalid("SCRAM message is not UTF-8"))?;
     let (without_proof, proof) = client_final.rsplit_once(",p=").ok_or_else(|| invalid("SCRAM proof missing"))?;
     if !without_proof.split(',').any(|a| a == format!("r={nonce}")) {
+        return Ok(false);
+    }
+    // The channel binding the client saw: the gs2 header, and with -PLUS the certificate hash.
+    let mut cbind = header.as_bytes().to_vec();
+    if plus {
+        cbind.extend_from_slice(end_point.unwrap_or_default());
+    }
+    if without_proof.split(',').find_map(|a| a.strip_prefix("c=")) != Some(B64.encode(&cbind).as_str()) {
         return Ok(false);
     }
     let proof = B64.decode(proof).map_err(|_| invalid("SCRAM proof is not base64"))?;
@@ -239,7 +273,7 @@ mod tests {
         let (sr, mut sw) = tokio::io::split(server);
         let srv = tokio::spawn(async move {
             let mut reader = FrameReader::new(sr);
-            scram_exchange(&Secret::parse(server_pw), &mut reader, &mut sw).await.unwrap()
+            scram_exchange(&Secret::parse(server_pw), &mut reader, &mut sw, None).await.unwrap()
         });
         let (cr, mut cw) = tokio::io::split(client);
         let mut reader = FrameReader::new(cr);

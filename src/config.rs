@@ -162,6 +162,8 @@ pub struct Config {
     pub admin: AdminConfig,
     pub failover: FailoverConfig,
     pub limits: LimitsConfig,
+    /// TLS for clients.
+    pub tls: crate::tls::TlsConfig,
     /// Several instances on etcd (empty: this instance alone).
     pub coordination: crate::coord::CoordinationConfig,
     /// tracing filter (`info`, `debug`, `pgsplit=debug,warn`...); RUST_LOG overrides it at start.
@@ -368,6 +370,7 @@ impl Default for Config {
             admin: AdminConfig::default(),
             failover: FailoverConfig::default(),
             limits: LimitsConfig::default(),
+            tls: crate::tls::TlsConfig::default(),
             coordination: crate::coord::CoordinationConfig::default(),
             log_level: "info".into(),
             users: Vec::new(),
@@ -489,6 +492,7 @@ impl Config {
             return Err(ConfigError::Invalid("auth is md5 or scram-sha-256 but no [[users]] are configured".into()));
         }
         self.coordination.validate().map_err(ConfigError::Invalid)?;
+        self.tls.validate().map_err(ConfigError::Invalid)?;
         Ok(())
     }
 

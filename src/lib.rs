@@ -18,5 +18,6 @@ pub mod proxy;
 pub mod router;
 pub mod session;
 pub mod sql;
+pub mod tls;
 
 pub use proxy::Shared;

@@ -54,6 +54,8 @@ pub struct Shared {
     pub writes_held: std::sync::atomic::AtomicBool,
     /// An operator's FAILOVER or PROMOTE, for the failover loop.
     pub failover_request: std::sync::Mutex<Option<crate::cluster::failover_io::Request>>,
+    /// The client TLS certificate in use (replaced by a reload); None: no TLS offered.
+    pub tls: arc_swap::ArcSwapOption<crate::tls::ServerTls>,
     /// Several instances on etcd (`[coordination]`); None: this instance alone.
     pub coord: Option<Arc<crate::coord::Coordination>>,
 }
@@ -134,6 +136,7 @@ impl Proxy {
             client_count: std::sync::atomic::AtomicUsize::new(0),
             auth_failures: Default::default(),
             coord,
+            tls: arc_swap::ArcSwapOption::new(crate::tls::load(&config.tls)?.map(Arc::new)),
         });
         let mut tasks = vec![tokio::spawn(crate::cluster::failover_io::run(shared.clone()))];
         #[cfg(feature = "etcd")]

@@ -68,6 +68,12 @@ pub fn apply(shared: &Shared, mut new: Config) -> Result<String, String> {
             None => notes.push("log_level is not reloadable here".into()),
         }
     }
+    // The certificate files are read again (renewed certificates); connections keep theirs.
+    let tls = crate::tls::load(&new.tls)?;
+    if tls.is_some() || !old.tls.cert.is_empty() {
+        notes.push(if tls.is_some() { "TLS certificate loaded".into() } else { "TLS off".to_string() });
+    }
+    shared.tls.store(tls.map(std::sync::Arc::new));
     let (added, removed) = replicas_changed(&old, &new);
     shared.cluster.topology.rcu(|t| {
         let mut t = (**t).clone();

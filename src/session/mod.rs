@@ -25,7 +25,6 @@ use std::sync::Arc;
 use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
 use crate::Shared;
 use crate::auth;
@@ -83,8 +82,8 @@ enum Expect {
 
 struct Session {
     shared: Arc<Shared>,
-    client: FrameReader<OwnedReadHalf>,
-    client_w: OwnedWriteHalf,
+    client: FrameReader<crate::tls::ClientRead>,
+    client_w: crate::tls::ClientWrite,
     out: BytesMut,
     user: String,
     database: String,
@@ -381,24 +380,22 @@ impl Session {
     /// (its server query cancelled, the connection given back), so a client that never reads
     /// cannot hold a server connection for ever.
     async fn flush_client(&mut self) -> Result<(), End> {
-        let mut written = 0;
-        while written < self.out.len() {
-            match self.client_w.try_write(&self.out[written..]) {
-                Ok(n) => written += n,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    let stall =
-                        std::time::Duration::from_millis(self.shared.config.load().limits.client_stall_timeout_ms);
-                    match tokio::time::timeout(stall, self.client_w.writable()).await {
-                        Ok(Ok(())) => {}
-                        Ok(Err(e)) => return Err(ProtocolError::from(e).into()),
-                        Err(_) => {
-                            self.out.clear();
-                            self.shared.metrics.stalled_clients.inc();
-                            return Err(End::Fatal("the client does not read its results".into()));
-                        }
-                    }
-                }
-                Err(e) => return Err(ProtocolError::from(e).into()),
+        if self.out.is_empty() {
+            return Ok(());
+        }
+        // A client that takes nothing for client_stall_timeout_ms is dropped.
+        let stall = std::time::Duration::from_millis(self.shared.config.load().limits.client_stall_timeout_ms);
+        let write = async {
+            self.client_w.write_all(&self.out).await?;
+            self.client_w.flush().await
+        };
+        match tokio::time::timeout(stall, write).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(ProtocolError::from(e).into()),
+            Err(_) => {
+                self.out.clear();
+                self.shared.metrics.stalled_clients.inc();
+                return Err(End::Fatal("the client does not read its results".into()));
             }
         }
         self.out.clear();

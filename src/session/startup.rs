@@ -1,5 +1,5 @@
-//! A client's first moments: the startup packet (SSL and GSS requests declined, cancel
-//! requests forwarded), the limits on connections, and authentication, all within
+//! A client's first moments: the startup packet (TLS when asked for and configured, GSS
+//! requests declined, cancel requests forwarded), the limits on connections, and authentication, all within
 //! `limits.client_login_timeout_ms`: a socket that says nothing, or too slowly, is closed, so
 //! thousands of silent sockets cost a bounded amount.
 
@@ -7,22 +7,23 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use bytes::Bytes;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tokio::net::tcp::OwnedWriteHalf;
 
 use super::End;
 use crate::Shared;
 use crate::auth::{self, AuthError};
 use crate::protocol::{self, FrameReader, ProtocolError, Startup};
+use crate::tls::{ClientRead, ClientWrite};
 
 /// A client that logged in.
 pub(super) struct Accepted {
     pub user: String,
     pub database: String,
     pub startup: Startup,
-    pub reader: FrameReader<tokio::net::tcp::OwnedReadHalf>,
-    pub w: OwnedWriteHalf,
+    pub reader: FrameReader<ClientRead>,
+    pub w: ClientWrite,
 }
 
 /// Counts a client against `limits.max_client_conn` while it lives.
@@ -38,50 +39,131 @@ impl Drop for Admitted {
 /// (cancel request, refused, timed out).
 pub(super) async fn accept(shared: &Arc<Shared>, stream: TcpStream) -> Result<Option<Accepted>, End> {
     let config = shared.config.load_full();
-    let timeout = Duration::from_millis(config.limits.client_login_timeout_ms);
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(config.limits.client_login_timeout_ms);
     let ip = stream.peer_addr().map(|a| a.ip()).ok();
-    let (r, mut w) = stream.into_split();
-    match tokio::time::timeout(timeout, handshake(shared, r, &mut w, ip)).await {
+    let timed_out = || {
+        shared.metrics.login_timeouts.inc();
+        "pgsplit: the client did not log in within limits.client_login_timeout_ms"
+    };
+    // The packets before the StartupMessage, and TLS, on the whole stream.
+    let (body, r, mut w, end_point) = match tokio::time::timeout_at(deadline, negotiate(shared, stream)).await {
+        Ok(Ok(Some(n))) => n,
+        Ok(Ok(None)) => return Ok(None),
+        Ok(Err(e)) => return Err(e),
+        Err(_) => {
+            timed_out();
+            return Ok(None);
+        }
+    };
+    match tokio::time::timeout_at(deadline, handshake(shared, body, r, &mut w, ip, end_point)).await {
         Ok(Ok(Some((user, database, startup, reader)))) => Ok(Some(Accepted { user, database, startup, reader, w })),
         Ok(Ok(None)) => Ok(None),
         Ok(Err(e)) => Err(e),
         Err(_) => {
-            shared.metrics.login_timeouts.inc();
-            let msg = "pgsplit: the client did not log in within limits.client_login_timeout_ms";
+            let msg = timed_out();
             let _ = tokio::time::timeout(Duration::from_secs(1), w.write_all(&protocol::fatal("08006", msg))).await;
             Ok(None)
         }
     }
 }
 
-type Handshake = (String, String, Startup, FrameReader<tokio::net::tcp::OwnedReadHalf>);
+/// The StartupMessage body, the connection's halves, and the TLS channel binding if on TLS.
+type Negotiated = (Bytes, ClientRead, ClientWrite, Option<Arc<[u8]>>);
+
+/// SSLRequest (answered 'S' and a TLS handshake when a certificate is configured, else 'N'),
+/// GSSENCRequest ('N'), CancelRequest (forwarded), direct TLS (PostgreSQL 17: a TLS ClientHello
+/// first, ALPN "postgresql"), up to the StartupMessage. Nothing is read ahead of a handshake,
+/// so bytes a client sends before it are taken as TLS, never as protocol.
+async fn negotiate(shared: &Arc<Shared>, mut stream: TcpStream) -> Result<Option<Negotiated>, End> {
+    let tls = shared.tls.load_full();
+    let mut first = [0u8; 1];
+    if stream.peek(&mut first).await.map_err(ProtocolError::from)? == 0 {
+        return Err(ProtocolError::Closed.into());
+    }
+    if first[0] == 0x16 {
+        // A TLS record (handshake) where a length would be: direct TLS negotiation.
+        let Some(t) = tls else { return Ok(None) };
+        let s = t.acceptor.accept(stream).await.map_err(ProtocolError::from)?;
+        if s.get_ref().1.alpn_protocol() != Some(crate::tls::ALPN) {
+            // PostgreSQL requires the ALPN for direct TLS (it proves the client means it).
+            return Ok(None);
+        }
+        return in_tls(shared, s, &t).await;
+    }
+    loop {
+        let body = protocol::read_startup(&mut stream).await?;
+        let code = i32::from_be_bytes([body[0], body[1], body[2], body[3]]);
+        match code {
+            protocol::SSL_REQUEST => match &tls {
+                Some(t) => {
+                    stream.write_all(b"S").await.map_err(ProtocolError::from)?;
+                    let s = t.acceptor.accept(stream).await.map_err(ProtocolError::from)?;
+                    return in_tls(shared, s, t).await;
+                }
+                None => stream.write_all(b"N").await.map_err(ProtocolError::from)?,
+            },
+            protocol::GSSENC_REQUEST => stream.write_all(b"N").await.map_err(ProtocolError::from)?,
+            protocol::CANCEL_REQUEST if body.len() == 12 => {
+                cancel(shared, &body).await;
+                return Ok(None);
+            }
+            _ => {
+                if tls.as_ref().is_some_and(|t| t.mode == crate::tls::ClientTlsMode::Require) {
+                    let msg =
+                        "pgsplit accepts only TLS connections (tls.client_tls = \"require\"): use sslmode=require";
+                    let _ = stream.write_all(&protocol::fatal("28000", msg)).await;
+                    return Ok(None);
+                }
+                let (r, w) = crate::tls::plain(stream);
+                return Ok(Some((body, r, w, None)));
+            }
+        }
+    }
+}
+
+/// After the TLS handshake: the StartupMessage (or a CancelRequest) inside TLS.
+async fn in_tls(
+    shared: &Arc<Shared>,
+    mut s: tokio_rustls::server::TlsStream<TcpStream>,
+    t: &crate::tls::ServerTls,
+) -> Result<Option<Negotiated>, End> {
+    let body = protocol::read_startup(&mut s).await?;
+    let code = i32::from_be_bytes([body[0], body[1], body[2], body[3]]);
+    if code == protocol::CANCEL_REQUEST && body.len() == 12 {
+        cancel(shared, &body).await;
+        return Ok(None);
+    }
+    if code == protocol::SSL_REQUEST || code == protocol::GSSENC_REQUEST {
+        let _ = s.write_all(&protocol::fatal("08P01", "SSLRequest inside TLS")).await;
+        return Ok(None);
+    }
+    let end_point = t.end_point.clone();
+    let (r, w) = crate::tls::secured(s);
+    Ok(Some((body, r, w, Some(end_point))))
+}
+
+async fn cancel(shared: &Arc<Shared>, body: &[u8]) {
+    let pid = i32::from_be_bytes([body[4], body[5], body[6], body[7]]);
+    let secret = i32::from_be_bytes([body[8], body[9], body[10], body[11]]);
+    shared.cancels.cancel(pid, secret).await;
+}
+
+type Handshake = (String, String, Startup, FrameReader<ClientRead>);
 
 async fn handshake(
     shared: &Arc<Shared>,
-    mut r: tokio::net::tcp::OwnedReadHalf,
-    w: &mut OwnedWriteHalf,
+    body: Bytes,
+    r: ClientRead,
+    w: &mut ClientWrite,
     ip: Option<std::net::IpAddr>,
+    end_point: Option<Arc<[u8]>>,
 ) -> Result<Option<Handshake>, End> {
-    let startup = loop {
-        let body = protocol::read_startup(&mut r).await?;
-        let code = i32::from_be_bytes([body[0], body[1], body[2], body[3]]);
-        match code {
-            protocol::SSL_REQUEST | protocol::GSSENC_REQUEST => {
-                w.write_all(b"N").await.map_err(ProtocolError::from)?;
-            }
-            protocol::CANCEL_REQUEST if body.len() == 12 => {
-                let pid = i32::from_be_bytes([body[4], body[5], body[6], body[7]]);
-                let secret = i32::from_be_bytes([body[8], body[9], body[10], body[11]]);
-                shared.cancels.cancel(pid, secret).await;
-                return Ok(None);
-            }
-            v if v >> 16 == 3 => break protocol::parse_startup_params(&body[4..])?,
-            _ => {
-                let _ = w.write_all(&protocol::fatal("0A000", "unsupported frontend protocol")).await;
-                return Ok(None);
-            }
-        }
-    };
+    let code = i32::from_be_bytes([body[0], body[1], body[2], body[3]]);
+    if code >> 16 != 3 {
+        let _ = w.write_all(&protocol::fatal("0A000", "unsupported frontend protocol")).await;
+        return Ok(None);
+    }
+    let startup = protocol::parse_startup_params(&body[4..])?;
     let Some(user) = startup.get("user").map(str::to_string) else {
         let _ = w.write_all(&protocol::fatal("28000", "no PostgreSQL user name specified in startup packet")).await;
         return Ok(None);
@@ -105,7 +187,7 @@ async fn handshake(
         // Repeated failures from this address: each further attempt waits first.
         tokio::time::sleep(delay).await;
     }
-    match auth::authenticate(&config, &user, &mut reader, w).await {
+    match auth::authenticate(&config, &user, &mut reader, w, end_point.as_deref()).await {
         Ok(()) => {}
         Err(AuthError::Failed(u)) => {
             if let Some(ip) = ip {

@@ -22,6 +22,7 @@ mod routing;
 mod ryw;
 mod session;
 mod standby;
+mod tls;
 mod tools;
 
 use std::panic::AssertUnwindSafe;
@@ -81,6 +82,8 @@ fn main() {
         protocol::malformed_message_gets_08p01,
         protocol::md5_and_scram_authentication,
         protocol::stored_hashes_and_password_files,
+        tls::tls_for_every_client_and_channel_binding,
+        tls::certificates_reload_without_dropping_connections,
         failures::pool_timeout_is_a_clear_error,
         failures::bad_state_connections_are_not_reused,
         failures::client_gone_mid_query_leaves_nothing_running,

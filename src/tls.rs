@@ -1,0 +1,199 @@
+//! TLS for clients, on rustls (through tokio-rustls, the `ring` provider; no OpenSSL):
+//! `[tls] cert`, `key`, `client_tls`. The certificate is loaded at start and again at every
+//! reload (SIGHUP, RELOAD): new handshakes use the new one, connections open keep theirs.
+//!
+//! A client's stream is a [`ClientRead`] / [`ClientWrite`] pair, plain TCP halves or the halves
+//! of a TLS stream, so that the session's relay is the same either way.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use serde::{Deserialize, Serialize};
+use sha2::Digest;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf, ReadHalf, WriteHalf};
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::rustls;
+use tokio_rustls::rustls::pki_types::pem::PemObject;
+use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+/// ALPN protocol of PostgreSQL's direct TLS negotiation (PostgreSQL 17, `sslnegotiation=direct`).
+pub const ALPN: &[u8] = b"postgresql";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientTlsMode {
+    /// SSLRequest answered 'N': plaintext only.
+    Disable,
+    /// TLS when the client asks for it (and a certificate is configured), plaintext otherwise.
+    Allow,
+    /// Plaintext clients are refused with a FATAL.
+    Require,
+}
+
+/// `[tls]`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// PEM certificate chain (server certificate first) and PEM private key.
+    pub cert: String,
+    pub key: String,
+    pub client_tls: ClientTlsMode,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        TlsConfig { cert: String::new(), key: String::new(), client_tls: ClientTlsMode::Allow }
+    }
+}
+
+impl TlsConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.cert.is_empty() != self.key.is_empty() {
+            return Err("tls.cert and tls.key go together".into());
+        }
+        if self.client_tls == ClientTlsMode::Require && self.cert.is_empty() {
+            return Err("tls.client_tls = \"require\" needs tls.cert and tls.key".into());
+        }
+        if !self.cert.is_empty() {
+            load(self)?;
+        }
+        Ok(())
+    }
+}
+
+/// A loaded certificate: the acceptor for handshakes and the channel-binding data.
+pub struct ServerTls {
+    pub acceptor: TlsAcceptor,
+    /// tls-server-end-point (RFC 5929): the hash of the server certificate, for
+    /// SCRAM-SHA-256-PLUS.
+    pub end_point: Arc<[u8]>,
+    pub mode: ClientTlsMode,
+}
+
+/// Loads `[tls]`; None when no certificate is configured or TLS is disabled.
+pub fn load(config: &TlsConfig) -> Result<Option<ServerTls>, String> {
+    if config.cert.is_empty() || config.client_tls == ClientTlsMode::Disable {
+        return Ok(None);
+    }
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&config.cert)
+        .map_err(|e| format!("tls.cert {}: {e}", config.cert))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("tls.cert {}: {e}", config.cert))?;
+    let Some(leaf) = certs.first() else { return Err(format!("tls.cert {}: no certificate in it", config.cert)) };
+    let end_point = end_point_hash(leaf);
+    let key = PrivateKeyDer::from_pem_file(&config.key).map_err(|e| format!("tls.key {}: {e}", config.key))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut server = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| format!("tls.cert / tls.key: {e}"))?;
+    server.alpn_protocols = vec![ALPN.to_vec()];
+    Ok(Some(ServerTls { acceptor: TlsAcceptor::from(Arc::new(server)), end_point, mode: config.client_tls }))
+}
+
+/// RFC 5929 tls-server-end-point: the certificate hashed with its signature's hash, SHA-256
+/// for MD5, SHA-1 and SHA-256 signatures.
+fn end_point_hash(cert: &[u8]) -> Arc<[u8]> {
+    // The signature algorithm OIDs (DER) of SHA-384 and SHA-512 signatures, RSA and ECDSA.
+    const SHA384: [&[u8]; 2] =
+        [&[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0c], &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x03]];
+    const SHA512: [&[u8]; 2] =
+        [&[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0d], &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x04]];
+    // The signatureAlgorithm field follows the certificate body: look near the end.
+    let tail = &cert[cert.len().saturating_sub(600)..];
+    let has = |oids: &[&[u8]]| oids.iter().any(|o| tail.windows(o.len()).any(|w| w == *o));
+    if has(&SHA512) {
+        sha2::Sha512::digest(cert).to_vec().into()
+    } else if has(&SHA384) {
+        sha2::Sha384::digest(cert).to_vec().into()
+    } else {
+        sha2::Sha256::digest(cert).to_vec().into()
+    }
+}
+
+/// The read side of a client's connection.
+pub enum ClientRead {
+    Plain(OwnedReadHalf),
+    Tls(ReadHalf<tokio_rustls::server::TlsStream<TcpStream>>),
+}
+
+/// The write side of a client's connection.
+pub enum ClientWrite {
+    Plain(OwnedWriteHalf),
+    Tls(WriteHalf<tokio_rustls::server::TlsStream<TcpStream>>),
+}
+
+/// A plain connection's halves.
+pub fn plain(stream: TcpStream) -> (ClientRead, ClientWrite) {
+    let (r, w) = stream.into_split();
+    (ClientRead::Plain(r), ClientWrite::Plain(w))
+}
+
+/// A TLS connection's halves.
+pub fn secured(stream: tokio_rustls::server::TlsStream<TcpStream>) -> (ClientRead, ClientWrite) {
+    let (r, w) = tokio::io::split(stream);
+    (ClientRead::Tls(r), ClientWrite::Tls(w))
+}
+
+impl AsyncRead for ClientRead {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ClientRead::Plain(r) => Pin::new(r).poll_read(cx, buf),
+            ClientRead::Tls(r) => Pin::new(r).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for ClientWrite {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            ClientWrite::Plain(w) => Pin::new(w).poll_write(cx, buf),
+            ClientWrite::Tls(w) => Pin::new(w).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ClientWrite::Plain(w) => Pin::new(w).poll_flush(cx),
+            ClientWrite::Tls(w) => Pin::new(w).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ClientWrite::Plain(w) => Pin::new(w).poll_shutdown(cx),
+            ClientWrite::Tls(w) => Pin::new(w).poll_shutdown(cx),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_are_checked() {
+        assert!(TlsConfig::default().validate().is_ok());
+        let half = TlsConfig { cert: "/x.pem".into(), ..TlsConfig::default() };
+        assert!(half.validate().unwrap_err().contains("together"));
+        let req = TlsConfig { client_tls: ClientTlsMode::Require, ..TlsConfig::default() };
+        assert!(req.validate().unwrap_err().contains("require"));
+        let missing =
+            TlsConfig { cert: "/nonexistent.pem".into(), key: "/nonexistent.key".into(), ..Default::default() };
+        assert!(missing.validate().unwrap_err().contains("/nonexistent.pem"));
+    }
+
+    #[test]
+    fn end_point_hash_follows_the_signature() {
+        let mut fake = vec![0u8; 100];
+        assert_eq!(end_point_hash(&fake).len(), 32);
+        fake.extend_from_slice(&[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x03]);
+        assert_eq!(end_point_hash(&fake).len(), 48);
+    }
+}

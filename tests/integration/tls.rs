@@ -1,0 +1,286 @@
+//! TLS between clients and pgsplit: certificates made at test time with openssl (a CA and a
+//! server certificate for 127.0.0.1), real clients (psql/libpq with verify-full and channel
+//! binding, psycopg, asyncpg, node-postgres, pgJDBC), PostgreSQL 17's direct TLS negotiation
+//! from a rustls client, and a certificate renewed by a reload while connections stay up.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_rustls::rustls;
+
+use crate::check;
+use crate::common::{Env, R, connect};
+
+type E = Box<dyn std::error::Error + Send + Sync>;
+
+fn openssl(dir: &Path, args: &[&str]) -> Result<(), E> {
+    let out = std::process::Command::new("openssl").args(args).current_dir(dir).output()?;
+    check!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    Ok(())
+}
+
+/// A CA, and a certificate for 127.0.0.1 / localhost signed by it with common name `cn`.
+fn make_certs(dir: &Path, cn: &str) -> Result<(), E> {
+    std::fs::create_dir_all(dir)?;
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+    if !dir.join("ca.pem").exists() {
+        let mut a = vec!["req", "-x509"];
+        a.extend(ec);
+        a.extend(["-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=pgsplit-test-ca"]);
+        openssl(dir, &a)?;
+    }
+    let mut a = vec!["req"];
+    a.extend(ec);
+    let subj = format!("/CN={cn}");
+    a.extend(["-keyout", "new.key", "-out", "server.csr", "-subj", &subj]);
+    openssl(dir, &a)?;
+    std::fs::write(dir.join("ext"), "subjectAltName=IP:127.0.0.1,DNS:localhost\n")?;
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "new.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "ext",
+        ],
+    )?;
+    // Renamed into place, as a certificate renewal does.
+    std::fs::rename(dir.join("new.key"), dir.join("server.key"))?;
+    std::fs::rename(dir.join("new.pem"), dir.join("server.pem"))?;
+    Ok(())
+}
+
+fn cert_dir(name: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("pgsplit-tls-{name}-{}", std::process::id()))
+}
+
+fn tls_config(c: &mut pgsplit::config::Config, dir: &Path, mode: pgsplit::tls::ClientTlsMode) {
+    c.tls.cert = dir.join("server.pem").display().to_string();
+    c.tls.key = dir.join("server.key").display().to_string();
+    c.tls.client_tls = mode;
+}
+
+async fn run(program: &str, args: &[&str], envs: &[(&str, String)]) -> Result<(bool, String), E> {
+    let mut cmd = tokio::process::Command::new(program);
+    cmd.args(args).kill_on_drop(true).current_dir(env!("CARGO_MANIFEST_DIR"));
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let out = tokio::time::timeout(Duration::from_secs(120), cmd.output()).await??;
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    Ok((out.status.success(), text))
+}
+
+/// A rustls client that trusts the test CA, offering `alpn`.
+fn client_config(dir: &Path, alpn: Option<&[u8]>) -> Result<Arc<rustls::ClientConfig>, E> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(dir.join("ca.pem"))? {
+        roots.add(c?)?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    if let Some(a) = alpn {
+        cfg.alpn_protocols = vec![a.to_vec()];
+    }
+    Ok(Arc::new(cfg))
+}
+
+type Tls = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
+
+/// Direct TLS (no SSLRequest first), then a StartupMessage; returns the stream and the first
+/// server message (tag, body).
+async fn direct(port: u16, dir: &Path, alpn: Option<&[u8]>, user: &str) -> Result<(Tls, u8, Vec<u8>), E> {
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1")?.to_owned();
+    let mut s = tokio_rustls::TlsConnector::from(client_config(dir, alpn)?).connect(name, tcp).await?;
+    let mut body = Vec::new();
+    body.extend_from_slice(&196608i32.to_be_bytes());
+    for (k, v) in [("user", user), ("database", "postgres")] {
+        body.extend_from_slice(k.as_bytes());
+        body.push(0);
+        body.extend_from_slice(v.as_bytes());
+        body.push(0);
+    }
+    body.push(0);
+    let mut msg = ((body.len() + 4) as i32).to_be_bytes().to_vec();
+    msg.extend_from_slice(&body);
+    s.write_all(&msg).await?;
+    let (tag, body) = read_message(&mut s).await?;
+    Ok((s, tag, body))
+}
+
+async fn read_message(s: &mut Tls) -> Result<(u8, Vec<u8>), E> {
+    let tag = s.read_u8().await?;
+    let len = s.read_i32().await? as usize;
+    let mut body = vec![0u8; len.saturating_sub(4)];
+    s.read_exact(&mut body).await?;
+    Ok((tag, body))
+}
+
+/// A simple query on a logged-in raw connection: the first data row's first column.
+async fn raw_query(s: &mut Tls, sql: &str) -> Result<String, E> {
+    let mut msg = vec![b'Q'];
+    msg.extend_from_slice(&((sql.len() + 5) as i32).to_be_bytes());
+    msg.extend_from_slice(sql.as_bytes());
+    msg.push(0);
+    s.write_all(&msg).await?;
+    let mut value = None;
+    loop {
+        let (tag, body) = read_message(s).await?;
+        match tag {
+            b'D' if value.is_none() && body.len() >= 6 => {
+                let n = i32::from_be_bytes([body[2], body[3], body[4], body[5]]).max(0) as usize;
+                value = Some(String::from_utf8_lossy(&body[6..6 + n.min(body.len() - 6)]).to_string());
+            }
+            b'E' => return Err(format!("error: {}", String::from_utf8_lossy(&body)).into()),
+            b'Z' => return value.ok_or_else(|| "no row".into()),
+            _ => {}
+        }
+    }
+}
+
+/// The subject of the certificate a new TLS connection is shown (openssl s_client, STARTTLS
+/// the PostgreSQL way: SSLRequest first).
+async fn served_subject(port: u16) -> Result<String, E> {
+    let addr = format!("127.0.0.1:{port}");
+    let (_, out) =
+        run("sh", &["-c", &format!("openssl s_client -connect {addr} -starttls postgres </dev/null")], &[]).await?;
+    Ok(out.lines().find(|l| l.starts_with("subject=")).unwrap_or("").to_string())
+}
+
+pub async fn tls_for_every_client_and_channel_binding(env: &Env) -> R {
+    use pgsplit::config::{AuthMethod, UserConfig};
+    use pgsplit::localcluster::SCRAM_USER;
+    let dir = cert_dir("clients");
+    make_certs(&dir, "127.0.0.1")?;
+    let proxy = env
+        .proxy_with(|c| {
+            tls_config(c, &dir, pgsplit::tls::ClientTlsMode::Require);
+            c.auth = AuthMethod::ScramSha256;
+            c.users = vec![UserConfig {
+                name: "app".into(),
+                password: "app-pw".into(),
+                password_file: None,
+                password_env: None,
+                server_user: Some(SCRAM_USER.0.into()),
+                server_password: Some(SCRAM_USER.1.into()),
+            }];
+        })
+        .await?;
+    let port = proxy.addr.port();
+    let ca = dir.join("ca.pem").display().to_string();
+    let dsn = |extra: &str| {
+        format!("host=127.0.0.1 port={port} user=app password=app-pw dbname=postgres sslrootcert={ca} {extra}")
+    };
+    // libpq: verify-full (the certificate is checked against the CA and 127.0.0.1), and
+    // channel_binding=require (SCRAM-SHA-256-PLUS over that TLS connection).
+    let (ok, out) = run(
+        "psql",
+        &["-X", "-A", "-t", "-c", "SELECT 'tls ok'", &dsn("sslmode=verify-full channel_binding=require")],
+        &[],
+    )
+    .await?;
+    check!(ok && out.contains("tls ok"), "psql verify-full + channel_binding=require: {out}");
+    let (ok, out) = run("psql", &["-X", "-A", "-t", "-c", "SELECT 1", &dsn("sslmode=disable")], &[]).await?;
+    check!(!ok && out.contains("accepts only TLS"), "a plaintext client under client_tls = require: {out}");
+    let (ok, out) =
+        run("psql", &["-X", "-A", "-t", "-c", "SELECT 1", &dsn("sslmode=require password=wrong")], &[]).await?;
+    check!(!ok && out.contains("password authentication failed"), "wrong password over TLS: {out}");
+    println!("    psql: verify-full and channel_binding=require log in; plaintext refused with a FATAL");
+
+    // The drivers of the client matrix.
+    let python = format!("{}/target/clients/venv/bin/python", env!("CARGO_MANIFEST_DIR"));
+    let psycopg = format!(
+        "import psycopg\nc = psycopg.connect({:?})\nassert c.execute('SELECT 41 + 1').fetchone()[0] == 42\nassert c.pgconn.ssl_in_use\n",
+        dsn("sslmode=verify-full channel_binding=require")
+    );
+    let (ok, out) = run(&python, &["-c", &psycopg], &[]).await?;
+    check!(ok, "psycopg over TLS: {out}");
+    let asyncpg = format!(
+        "import asyncio, ssl, asyncpg\nasync def main():\n    ctx = ssl.create_default_context(cafile={ca:?})\n    c = await asyncpg.connect(host='127.0.0.1', port={port}, user='app', password='app-pw', database='postgres', ssl=ctx)\n    assert await c.fetchval('SELECT 42') == 42\n    await c.close()\nasyncio.run(main())\n"
+    );
+    let (ok, out) = run(&python, &["-c", &asyncpg], &[]).await?;
+    check!(ok, "asyncpg over TLS: {out}");
+    let node = format!(
+        "const {{ Client }} = require('pg'); const fs = require('fs');\n(async () => {{ const c = new Client({{ host: '127.0.0.1', port: {port}, user: 'app', password: 'app-pw', database: 'postgres', ssl: {{ ca: fs.readFileSync({ca:?}) }} }});\nawait c.connect(); const r = await c.query('SELECT 42 AS v'); if (r.rows[0].v !== 42) throw new Error('bad'); await c.end(); }})().catch(e => {{ console.error(e); process.exit(1); }});\n"
+    );
+    let modules = format!("{}/target/clients/node/node_modules", env!("CARGO_MANIFEST_DIR"));
+    let (ok, out) = run("node", &["-e", &node], &[("NODE_PATH", modules)]).await?;
+    check!(ok, "node-postgres over TLS: {out}");
+    let java_dir = dir.join("java");
+    std::fs::create_dir_all(&java_dir)?;
+    let java = java_dir.join("TlsTest.java");
+    std::fs::write(
+        &java,
+        format!(
+            "public class TlsTest {{ public static void main(String[] a) throws Exception {{\n\
+             var url = \"jdbc:postgresql://127.0.0.1:{port}/postgres?sslmode=verify-full&sslrootcert={ca}\";\n\
+             try (var c = java.sql.DriverManager.getConnection(url, \"app\", \"app-pw\"); var r = c.createStatement().executeQuery(\"SELECT 42\")) {{\n\
+             r.next(); if (r.getInt(1) != 42) throw new RuntimeException(\"bad\"); }} }} }}\n"
+        ),
+    )?;
+    let (ok, out) = run("java", &["-cp", "/usr/share/java/postgresql.jar", &java.display().to_string()], &[]).await?;
+    check!(ok, "pgJDBC over TLS: {out}");
+    println!("    psycopg (verify-full, channel binding), asyncpg, node-postgres, pgJDBC (verify-full) over TLS");
+
+    // PostgreSQL 17's direct negotiation: TLS at once, ALPN "postgresql"; SCRAM-SHA-256-PLUS
+    // offered inside.
+    let (_s, tag, body) = direct(port, &dir, Some(pgsplit::tls::ALPN), "app").await?;
+    let mechanisms = String::from_utf8_lossy(&body[4..]).to_string();
+    check!(tag == b'R' && mechanisms.contains("SCRAM-SHA-256-PLUS"), "direct TLS: {} {mechanisms:?}", tag as char);
+    let refused = direct(port, &dir, None, "app").await;
+    check!(refused.is_err(), "direct TLS without the ALPN was accepted");
+    println!("    direct TLS (ALPN postgresql) accepted, offers SCRAM-SHA-256-PLUS; without the ALPN refused");
+    proxy.stop();
+    Ok(())
+}
+
+pub async fn certificates_reload_without_dropping_connections(env: &Env) -> R {
+    let dir = cert_dir("reload");
+    make_certs(&dir, "pgsplit-first")?;
+    let mut cfg = crate::common::base_config(&env.cluster);
+    tls_config(&mut cfg, &dir, pgsplit::tls::ClientTlsMode::Allow);
+    let proxy = pgsplit::proxy::Proxy::start(cfg.clone()).await?;
+    let port = proxy.addr.port();
+    let before = served_subject(port).await?;
+    check!(before.contains("pgsplit-first"), "served before the renewal: {before:?}");
+    // Two connections that must survive the reload: one over TLS, one plain.
+    let (mut tls, tag, _) = direct(port, &dir, Some(pgsplit::tls::ALPN), "postgres").await?;
+    check!(tag == b'R', "direct TLS login: {}", tag as char);
+    while read_message(&mut tls).await?.0 != b'Z' {}
+    let plain = connect(&env.conn_string(port)).await?;
+    make_certs(&dir, "pgsplit-renewed")?;
+    let note = pgsplit::ops::reload::apply(&proxy.shared, cfg)?;
+    let after = served_subject(port).await?;
+    println!("    certificate served before the reload {before:?}, after {after:?} ({note})");
+    check!(after.contains("pgsplit-renewed"), "served after the renewal: {after:?}");
+    check!(raw_query(&mut tls, "SELECT 'still here'").await? == "still here", "the TLS connection after the reload");
+    plain.simple_query("SELECT 1").await?;
+    // A renewal that cannot be read leaves the running certificate in place.
+    std::fs::write(dir.join("server.pem"), "not a certificate")?;
+    let mut broken = crate::common::base_config(&env.cluster);
+    tls_config(&mut broken, &dir, pgsplit::tls::ClientTlsMode::Allow);
+    check!(pgsplit::ops::reload::apply(&proxy.shared, broken).is_err(), "an unreadable certificate was accepted");
+    let kept = served_subject(port).await?;
+    check!(kept.contains("pgsplit-renewed"), "after a failed reload: {kept:?}");
+    proxy.stop();
+    Ok(())
+}
