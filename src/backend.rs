@@ -8,7 +8,6 @@ use bytes::{BufMut, Bytes};
 use postgres_protocol::authentication::sasl::{ChannelBinding, SCRAM_SHA_256, ScramSha256};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
 use crate::protocol::{self, Frame, FrameReader, ProtocolError, message, put_cstr};
 
@@ -23,11 +22,15 @@ pub enum BackendError {
     Refused(Frame),
 }
 
+/// A server connection's halves: plain TCP or TLS (`tls.server_tls`).
+pub type ServerRead = crate::tls::Read<tokio_rustls::client::TlsStream<TcpStream>>;
+pub type ServerWrite = crate::tls::Write<tokio_rustls::client::TlsStream<TcpStream>>;
+
 pub struct ServerConn {
     pub node: usize,
     pub addr: String,
-    pub reader: FrameReader<OwnedReadHalf>,
-    pub writer: OwnedWriteHalf,
+    pub reader: FrameReader<ServerRead>,
+    pub writer: ServerWrite,
     /// The server's BackendKeyData, for forwarding cancel requests.
     pub pid: i32,
     pub secret: i32,
@@ -52,6 +55,8 @@ pub struct ConnectParams<'a> {
     pub database: &'a str,
     pub password: Option<&'a str>,
     pub timeout: Duration,
+    /// TLS to the server (tls.server_tls), None: plaintext.
+    pub tls: Option<std::sync::Arc<crate::tls::upstream::Upstream>>,
 }
 
 impl ServerConn {
@@ -78,7 +83,17 @@ impl ServerConn {
         let _ = sock.set_tcp_keepalive(&keepalive);
         #[cfg(target_os = "linux")]
         let _ = sock.set_tcp_user_timeout(Some(Duration::from_secs(10)));
-        let (r, mut w) = stream.into_split();
+        let (r, mut w) = match &p.tls {
+            None => crate::tls::plain(stream),
+            Some(up) => {
+                let host = p.addr.rsplit_once(':').map(|(h, _)| h).unwrap_or(p.addr);
+                let host = host.trim_start_matches('[').trim_end_matches(']');
+                match crate::tls::upstream::negotiate(stream, host, up).await.map_err(|e| unreachable(e.to_string()))? {
+                    crate::tls::upstream::Upstreamed::Plain(s) => crate::tls::plain(s),
+                    crate::tls::upstream::Upstreamed::Tls(s) => crate::tls::secured(*s),
+                }
+            }
+        };
         let mut reader = FrameReader::new(r);
         let startup = protocol::startup_message(&[("user", p.user), ("database", p.database)]);
         w.write_all(&startup).await.map_err(|e| unreachable(e.to_string()))?;
@@ -179,19 +194,8 @@ impl ServerConn {
 
     /// An idle pooled connection that has something to read (a FATAL on server shutdown) or
     /// has reached EOF is dead; one with nothing to read is presumed alive.
-    pub fn is_stale(&self) -> bool {
-        if self.reader.buffered() > 0 {
-            return true;
-        }
-        let mut probe = [0u8; 1];
-        match self.reader_half().try_read(&mut probe) {
-            Ok(_) => true,
-            Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
-        }
-    }
-
-    fn reader_half(&self) -> &OwnedReadHalf {
-        self.reader.get_ref()
+    pub fn is_stale(&mut self) -> bool {
+        self.reader.buffered() > 0 || self.reader.get_mut().has_news()
     }
 
     pub async fn send(&mut self, bytes: &[u8]) -> Result<(), ProtocolError> {

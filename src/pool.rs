@@ -156,7 +156,7 @@ impl Pools {
             }
         };
         let permit = Permit::new(permit, pool);
-        while let Some(conn) = pool.pop_idle() {
+        while let Some(mut conn) = pool.pop_idle() {
             if conn.node == node && !conn.is_stale() {
                 return Ok(Checkout { conn, pool: pool.clone(), _permit: permit });
             }
@@ -170,6 +170,7 @@ impl Pools {
             database: &pool.key.database,
             password: password.as_deref(),
             timeout: Duration::from_millis(config.pool.connect_timeout_ms),
+            tls: crate::tls::upstream::connector(&config.tls).ok().flatten(),
         })
         .await?;
         self.metrics.server_connections.with_label_values(&[addr]).inc();
@@ -182,7 +183,15 @@ impl Pools {
         for pool in pools {
             let expired: Vec<ServerConn> = {
                 let mut idle = pool.idle.lock().unwrap_or_else(|p| p.into_inner());
-                let (keep, expired) = idle.drain(..).partition(|c| c.last_used.elapsed() < max_idle && !c.is_stale());
+                let mut keep = Vec::new();
+                let mut expired = Vec::new();
+                for mut c in idle.drain(..) {
+                    if c.last_used.elapsed() < max_idle && !c.is_stale() {
+                        keep.push(c);
+                    } else {
+                        expired.push(c);
+                    }
+                }
                 *idle = keep;
                 expired
             };

@@ -6,8 +6,6 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use tokio_postgres::NoTls;
-
 use super::failover::{self, Action, Check, Phase, Policy, Seen, State};
 use super::failover_sql::{diverged, fence, follows, repoint, switchover, warn_about_timeouts};
 use super::monitor::parse_lsn;
@@ -284,7 +282,9 @@ async fn fresh_check(config: &Config, addr: &str, timeout: Duration) -> bool {
         pg.password(&config.monitor.password);
     }
     let work = async {
-        let (client, conn) = pg.connect(NoTls).await.ok()?;
+        let tls = crate::tls::upstream::PgTls(crate::tls::upstream::connector(&config.tls).ok().flatten());
+        pg.ssl_mode(tls.ssl_mode());
+        let (client, conn) = pg.connect(tls).await.ok()?;
         let task = tokio::spawn(conn);
         let ok = client.query_one("SELECT NOT pg_is_in_recovery()", &[]).await.ok()?.get::<_, bool>(0);
         drop(client);

@@ -7,7 +7,6 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
-use tokio_postgres::NoTls;
 
 use crate::config::Live;
 
@@ -52,7 +51,10 @@ impl SqlPools {
         if !config.monitor.password.is_empty() {
             pg.password(&config.monitor.password);
         }
-        let manager = Manager::from_config(pg, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        // TLS as for client traffic (tls.server_tls).
+        let tls = crate::tls::upstream::PgTls(crate::tls::upstream::connector(&config.tls).ok().flatten());
+        pg.ssl_mode(tls.ssl_mode());
+        let manager = Manager::from_config(pg, tls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
         let pool = Pool::builder(manager)
             .max_size(2)
             .runtime(Runtime::Tokio1)

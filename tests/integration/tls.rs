@@ -284,3 +284,104 @@ pub async fn certificates_reload_without_dropping_connections(env: &Env) -> R {
     proxy.stop();
     Ok(())
 }
+
+/// Turns TLS on (or off) on every server of the shared cluster, with `dir`'s certificate.
+fn servers_ssl(env: &Env, dir: &Path, on: bool) -> Result<(), E> {
+    use std::os::unix::fs::MetadataExt;
+    for (i, node) in env.cluster.nodes.iter().enumerate() {
+        if on {
+            let owner = std::fs::metadata(&node.dir)?;
+            for (from, to) in [("server.pem", "server.crt"), ("server.key", "server.key")] {
+                let dest = node.dir.join(to);
+                std::fs::copy(dir.join(from), &dest)?;
+                std::os::unix::fs::chown(&dest, Some(owner.uid()), Some(owner.gid()))?;
+                std::fs::set_permissions(&dest, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+            }
+        }
+        let sql = if on { "ALTER SYSTEM SET ssl = on" } else { "ALTER SYSTEM RESET ssl" };
+        tokio::task::block_in_place(|| -> Result<(), String> {
+            env.cluster.psql(i, sql)?;
+            env.cluster.psql(i, "SELECT pg_reload_conf()")?;
+            Ok(())
+        })?;
+    }
+    Ok(())
+}
+
+pub async fn servers_over_tls(env: &Env) -> R {
+    use pgsplit::tls::upstream::ServerTlsMode;
+    let dir = cert_dir("servers");
+    make_certs(&dir, "127.0.0.1")?;
+    servers_ssl(env, &dir, true)?;
+    let result = servers_over_tls_checks(env, &dir).await;
+    servers_ssl(env, &dir, false)?;
+    result?;
+    // The servers without TLS: "require" fails, "prefer" goes on in plaintext.
+    let required = env.proxy_with(|c| c.tls.server_tls = ServerTlsMode::Require).await?;
+    let refused = connect(&env.conn_string(required.addr.port())).await;
+    check!(refused.is_err(), "server_tls = require reached a server without TLS");
+    required.stop();
+    let preferred = env.proxy_with(|c| c.tls.server_tls = ServerTlsMode::Prefer).await?;
+    let c = connect(&env.conn_string(preferred.addr.port())).await?;
+    let ssl = crate::common::simple_value(&c, "SELECT ssl::text FROM pg_stat_ssl WHERE pid = pg_backend_pid()").await?;
+    check!(ssl == "false", "prefer against servers without TLS: ssl {ssl}");
+    preferred.stop();
+    println!("    servers without TLS: server_tls = require refuses them, prefer goes on in plaintext");
+    Ok(())
+}
+
+async fn servers_over_tls_checks(env: &Env, dir: &Path) -> R {
+    use pgsplit::tls::upstream::ServerTlsMode;
+    let ca = dir.join("ca.pem").display().to_string();
+    // pgsplit's connections already there (the other proxies'), left out below.
+    let others = tokio::task::block_in_place(|| {
+        env.cluster.psql(0, "SELECT coalesce(string_agg(pid::text, ','), '0') FROM pg_stat_activity WHERE application_name LIKE 'pgsplit-%'")
+    })?;
+    let proxy = env
+        .proxy_with(|c| {
+            c.tls.server_tls = ServerTlsMode::VerifyFull;
+            c.tls.server_ca = ca.clone();
+        })
+        .await?;
+    let c = connect(&env.conn_string(proxy.addr.port())).await?;
+    let ssl_sql = "SELECT ssl::text || ' ' || inet_server_port() FROM pg_stat_ssl WHERE pid = pg_backend_pid()";
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..10 {
+        seen.insert(crate::common::simple_value(&c, ssl_sql).await?);
+    }
+    c.batch_execute("BEGIN; INSERT INTO t (v) VALUES (-77)").await?;
+    seen.insert(crate::common::simple_value(&c, ssl_sql).await?);
+    c.batch_execute("ROLLBACK").await?;
+    println!("    client traffic to the servers with server_tls = verify-full: {seen:?}");
+    check!(seen.iter().all(|s| s.starts_with("true")), "a server connection without TLS: {seen:?}");
+    check!(seen.iter().any(|s| s.ends_with(&env.primary_port().to_string())), "no primary connection seen: {seen:?}");
+    // pgsplit's own connections (monitor, health checks) too.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let own = tokio::task::block_in_place(|| {
+        env.cluster.psql(
+            0,
+            &format!(
+                "SELECT count(*) || ' ' || count(*) FILTER (WHERE s.ssl) FROM pg_stat_ssl s JOIN pg_stat_activity a \
+                 USING (pid) WHERE a.application_name LIKE 'pgsplit-%' AND a.client_port IS NOT NULL \
+                 AND pid NOT IN ({others})"
+            ),
+        )
+    })?;
+    let (all, secured) = own.split_once(' ').unwrap_or(("0", ""));
+    check!(all != "0" && all == secured, "pgsplit's own connections on TLS: {own}");
+    println!("    pgsplit's own connections to the primary: {all}, all on TLS");
+    proxy.stop();
+    // A CA the servers' certificate does not chain to: refused.
+    let other = cert_dir("other-ca");
+    make_certs(&other, "127.0.0.1")?;
+    let wrong = env
+        .proxy_with(|c| {
+            c.tls.server_tls = ServerTlsMode::VerifyFull;
+            c.tls.server_ca = other.join("ca.pem").display().to_string();
+        })
+        .await?;
+    let refused = connect(&env.conn_string(wrong.addr.port())).await;
+    check!(refused.is_err(), "verify-full accepted a server certificate from another CA");
+    wrong.stop();
+    Ok(())
+}

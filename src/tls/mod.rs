@@ -3,18 +3,36 @@
 //! reload (SIGHUP, RELOAD): new handshakes use the new one, connections open keep theirs.
 //!
 //! A client's stream is a [`ClientRead`] / [`ClientWrite`] pair, plain TCP halves or the halves
-//! of a TLS stream, so that the session's relay is the same either way.
+//! of a TLS stream, so that the session's relay is the same either way (`stream.rs`). TLS to
+//! the servers (`server_tls`, for client traffic and pgsplit's own connections) is in
+//! `upstream.rs`.
 
-use std::io;
-use std::pin::Pin;
+pub use stream::{Read, Write};
+
+/// A client's connection halves.
+pub type ClientRead = Read<tokio_rustls::server::TlsStream<TcpStream>>;
+pub type ClientWrite = Write<tokio_rustls::server::TlsStream<TcpStream>>;
+
+/// A plain connection's halves.
+pub fn plain<T>(stream: TcpStream) -> (Read<T>, Write<T>) {
+    let (r, w) = stream.into_split();
+    (Read::Plain(r), Write::Plain(w))
+}
+
+/// A TLS connection's halves.
+pub fn secured<T: tokio::io::AsyncRead + tokio::io::AsyncWrite>(stream: T) -> (Read<T>, Write<T>) {
+    let (r, w) = tokio::io::split(stream);
+    (Read::Tls(r), Write::Tls(w))
+}
+
+pub mod stream;
+pub mod upstream;
+
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
 use serde::{Deserialize, Serialize};
 use sha2::Digest;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls;
 use tokio_rustls::rustls::pki_types::pem::PemObject;
@@ -42,11 +60,21 @@ pub struct TlsConfig {
     pub cert: String,
     pub key: String,
     pub client_tls: ClientTlsMode,
+    /// TLS to the servers, for client traffic and pgsplit's own connections.
+    pub server_tls: upstream::ServerTlsMode,
+    /// CA certificates (PEM) that server certificates must chain to (verify-full).
+    pub server_ca: String,
 }
 
 impl Default for TlsConfig {
     fn default() -> Self {
-        TlsConfig { cert: String::new(), key: String::new(), client_tls: ClientTlsMode::Allow }
+        TlsConfig {
+            cert: String::new(),
+            key: String::new(),
+            client_tls: ClientTlsMode::Allow,
+            server_tls: upstream::ServerTlsMode::Disable,
+            server_ca: String::new(),
+        }
     }
 }
 
@@ -61,6 +89,7 @@ impl TlsConfig {
         if !self.cert.is_empty() {
             load(self)?;
         }
+        upstream::connector(self)?;
         Ok(())
     }
 }
@@ -114,62 +143,6 @@ fn end_point_hash(cert: &[u8]) -> Arc<[u8]> {
         sha2::Sha384::digest(cert).to_vec().into()
     } else {
         sha2::Sha256::digest(cert).to_vec().into()
-    }
-}
-
-/// The read side of a client's connection.
-pub enum ClientRead {
-    Plain(OwnedReadHalf),
-    Tls(ReadHalf<tokio_rustls::server::TlsStream<TcpStream>>),
-}
-
-/// The write side of a client's connection.
-pub enum ClientWrite {
-    Plain(OwnedWriteHalf),
-    Tls(WriteHalf<tokio_rustls::server::TlsStream<TcpStream>>),
-}
-
-/// A plain connection's halves.
-pub fn plain(stream: TcpStream) -> (ClientRead, ClientWrite) {
-    let (r, w) = stream.into_split();
-    (ClientRead::Plain(r), ClientWrite::Plain(w))
-}
-
-/// A TLS connection's halves.
-pub fn secured(stream: tokio_rustls::server::TlsStream<TcpStream>) -> (ClientRead, ClientWrite) {
-    let (r, w) = tokio::io::split(stream);
-    (ClientRead::Tls(r), ClientWrite::Tls(w))
-}
-
-impl AsyncRead for ClientRead {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            ClientRead::Plain(r) => Pin::new(r).poll_read(cx, buf),
-            ClientRead::Tls(r) => Pin::new(r).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for ClientWrite {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            ClientWrite::Plain(w) => Pin::new(w).poll_write(cx, buf),
-            ClientWrite::Tls(w) => Pin::new(w).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            ClientWrite::Plain(w) => Pin::new(w).poll_flush(cx),
-            ClientWrite::Tls(w) => Pin::new(w).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            ClientWrite::Plain(w) => Pin::new(w).poll_shutdown(cx),
-            ClientWrite::Tls(w) => Pin::new(w).poll_shutdown(cx),
-        }
     }
 }
 

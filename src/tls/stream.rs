@@ -1,0 +1,75 @@
+//! A connection's two halves, plain TCP or TLS, behind one type each, so that the relay reads
+//! and writes either the same way (static dispatch, no allocation).
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf, ReadHalf, WriteHalf};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+
+pub enum Read<T> {
+    Plain(OwnedReadHalf),
+    Tls(ReadHalf<T>),
+}
+
+pub enum Write<T> {
+    Plain(OwnedWriteHalf),
+    Tls(WriteHalf<T>),
+}
+
+impl<T: AsyncRead + AsyncWrite> Read<T> {
+    /// Whether an idle connection has something to read or has ended, without waiting:
+    /// an idle server connection that does is dead (a FATAL on shutdown, EOF). Bytes read
+    /// here are lost, which is fine for a connection about to be discarded.
+    pub fn has_news(&mut self) -> bool {
+        match self {
+            Read::Plain(r) => {
+                let mut probe = [0u8; 1];
+                match r.try_read(&mut probe) {
+                    Ok(_) => true,
+                    Err(e) => e.kind() != io::ErrorKind::WouldBlock,
+                }
+            }
+            Read::Tls(r) => {
+                let mut probe = [0u8; 1];
+                let mut buf = ReadBuf::new(&mut probe);
+                let mut cx = Context::from_waker(std::task::Waker::noop());
+                // TLS records without data (session tickets) leave it pending.
+                !matches!(Pin::new(r).poll_read(&mut cx, &mut buf), Poll::Pending)
+            }
+        }
+    }
+}
+
+impl<T: AsyncRead + AsyncWrite> AsyncRead for Read<T> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Read::Plain(r) => Pin::new(r).poll_read(cx, buf),
+            Read::Tls(r) => Pin::new(r).poll_read(cx, buf),
+        }
+    }
+}
+
+impl<T: AsyncRead + AsyncWrite> AsyncWrite for Write<T> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Write::Plain(w) => Pin::new(w).poll_write(cx, buf),
+            Write::Tls(w) => Pin::new(w).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Write::Plain(w) => Pin::new(w).poll_flush(cx),
+            Write::Tls(w) => Pin::new(w).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Write::Plain(w) => Pin::new(w).poll_shutdown(cx),
+            Write::Tls(w) => Pin::new(w).poll_shutdown(cx),
+        }
+    }
+}
