@@ -78,7 +78,8 @@ impl Catalog {
             }
         }
         for l in missing {
-            match self.lookup(database, &l).await {
+            // Boxed: a catalog query is a large, rare state (a cache miss).
+            match Box::pin(self.lookup(database, &l)).await {
                 Some(ro) => {
                     let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
                     let db = cache.entry(database.to_string()).or_default();

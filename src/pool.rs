@@ -163,7 +163,9 @@ impl Pools {
             self.metrics.server_connections.with_label_values(&[addr]).dec();
         }
         let (server_user, password) = config.server_credentials(&pool.key.user);
-        let conn = ServerConn::connect(ConnectParams {
+        // Boxed: the connect path (TCP, TLS, authentication) is large and rare; inline it would
+        // size every session's task for it.
+        let conn = Box::pin(ServerConn::connect(ConnectParams {
             node,
             addr,
             user: &server_user,
@@ -171,7 +173,7 @@ impl Pools {
             password: password.as_deref(),
             timeout: Duration::from_millis(config.pool.connect_timeout_ms),
             tls: crate::tls::upstream::connector(&config.tls).ok().flatten(),
-        })
+        }))
         .await?;
         self.metrics.server_connections.with_label_values(&[addr]).inc();
         Ok(Checkout { conn, pool: pool.clone(), _permit: permit })

@@ -54,6 +54,12 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         FrameReader { inner, buf: BytesMut::with_capacity(16 * 1024), max: MAX_MESSAGE_LEN }
     }
 
+    /// No buffer until the first bytes arrive, then one sized by what comes (clients: thousands
+    /// of them may sit idle).
+    pub fn lazy(inner: R) -> Self {
+        FrameReader { inner, buf: BytesMut::new(), max: MAX_MESSAGE_LEN }
+    }
+
     /// A lower bound on message size (limits.max_message_size for clients).
     pub fn with_max(mut self, max: usize) -> Self {
         self.max = max.clamp(1024, MAX_MESSAGE_LEN);
@@ -65,6 +71,11 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         loop {
             if let Some(frame) = self.try_frame()? {
                 return Ok(frame);
+            }
+            if self.buf.capacity() - self.buf.len() < 256 {
+                // Room for a typical batch of messages in one read (reclaimed in place once the
+                // frames before are dropped).
+                self.buf.reserve(1024);
             }
             let n = self.inner.read_buf(&mut self.buf).await?;
             if n == 0 {

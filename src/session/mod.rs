@@ -171,7 +171,8 @@ pub async fn serve_client(shared: Arc<Shared>, stream: TcpStream) {
 }
 
 async fn run_client(shared: &Arc<Shared>, stream: TcpStream, peer: String) -> Result<(), End> {
-    let Some(startup::Accepted { user, database, startup, reader, mut w }) = startup::accept(shared, stream).await?
+    let Some(startup::Accepted { user, database, startup, reader, mut w }) =
+        Box::pin(startup::accept(shared, stream)).await?
     else {
         return Ok(());
     };
@@ -180,7 +181,7 @@ async fn run_client(shared: &Arc<Shared>, stream: TcpStream, peer: String) -> Re
         shared: shared.clone(),
         client: reader,
         client_w: w,
-        out: BytesMut::with_capacity(OUT_FLUSH),
+        out: BytesMut::new(),
         user,
         database,
         cancel: shared.cancels.register(),
@@ -225,7 +226,8 @@ async fn run_client(shared: &Arc<Shared>, stream: TcpStream, peer: String) -> Re
     let slot = shared.clients.register(&s.user, &s.database, &peer);
     s.observe.slot = Some(slot.clone());
     let _registered = crate::ops::admin::Registered(shared.clone(), slot.id);
-    let result = match s.login().await {
+    // Login (once per client) boxed, so that its state does not size the session's task.
+    let result = match Box::pin(s.login()).await {
         Ok(()) => s.run().await,
         Err(e) => Err(e),
     };

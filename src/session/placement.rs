@@ -119,6 +119,14 @@ impl Session {
         if self.server.is_some() {
             return Ok(true);
         }
+        // Boxed: getting a server connection (waits, checkout, settings replay, reconnects) is
+        // the largest state a session goes through; inline, it would size every idle
+        // client's task for it. One small allocation per checkout instead.
+        Box::pin(self.checkout_for(decision)).await
+    }
+
+    /// Gets the server connection a decision names (the client holds none).
+    async fn checkout_for(&mut self, decision: Decision) -> Result<bool, End> {
         let mut exclude = Vec::new();
         let mut decision = decision;
         let mut primary_deadline = None;

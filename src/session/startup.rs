@@ -46,7 +46,8 @@ pub(super) async fn accept(shared: &Arc<Shared>, stream: TcpStream) -> Result<Op
         "pgsplit: the client did not log in within limits.client_login_timeout_ms"
     };
     // The packets before the StartupMessage, and TLS, on the whole stream.
-    let (body, r, mut w, end_point) = match tokio::time::timeout_at(deadline, negotiate(shared, stream)).await {
+    let (body, r, mut w, end_point) = match tokio::time::timeout_at(deadline, Box::pin(negotiate(shared, stream))).await
+    {
         Ok(Ok(Some(n))) => n,
         Ok(Ok(None)) => return Ok(None),
         Ok(Err(e)) => return Err(e),
@@ -55,7 +56,7 @@ pub(super) async fn accept(shared: &Arc<Shared>, stream: TcpStream) -> Result<Op
             return Ok(None);
         }
     };
-    match tokio::time::timeout_at(deadline, handshake(shared, body, r, &mut w, ip, end_point)).await {
+    match tokio::time::timeout_at(deadline, Box::pin(handshake(shared, body, r, &mut w, ip, end_point))).await {
         Ok(Ok(Some((user, database, startup, reader)))) => Ok(Some(Accepted { user, database, startup, reader, w })),
         Ok(Ok(None)) => Ok(None),
         Ok(Err(e)) => Err(e),
@@ -180,7 +181,7 @@ async fn handshake(
             w.write_all(&protocol::fatal("53300", "sorry, too many clients already (limits.max_client_conn)")).await;
         return Ok(None);
     }
-    let mut reader = FrameReader::new(r).with_max(config.limits.max_message_size);
+    let mut reader = FrameReader::lazy(r).with_max(config.limits.max_message_size);
     if config.auth != crate::config::AuthMethod::Trust
         && let Some(delay) = ip.and_then(|ip| shared.auth_failures.delay(ip))
     {

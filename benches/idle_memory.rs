@@ -1,0 +1,186 @@
+//! Memory of idle clients: the resident memory (VmRSS) of the pgsplit binary and of PgBouncer
+//! (when installed) before and after each holds N idle, logged-in client connections, in the
+//! same run. Prints figures; never fails a build.
+//! Run: `cargo bench --bench idle_memory` (IDLE_CLIENTS, default 10000).
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use pgsplit::localcluster::{LocalCluster, free_port};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+fn main() {
+    let n: usize = std::env::var("IDLE_CLIENTS").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000);
+    let me = std::process::id().to_string();
+    let base = std::env::temp_dir().join(format!("pgsplit-idle-{me}"));
+    let cluster = match LocalCluster::start(&base, 0) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("cannot start the cluster: {e}");
+            std::process::exit(1);
+        }
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap_or_else(|e| panic!("runtime: {e}"));
+    println!("{n} idle clients (logged in, then silent), RSS of the proxy process");
+    let (port, mut child) = match start_pgsplit(&cluster) {
+        Some(p) => p,
+        None => {
+            eprintln!("cannot start pgsplit");
+            std::process::exit(1);
+        }
+    };
+    measure(&rt, "pgsplit", port, child.id(), n);
+    let _ = child.kill();
+    let _ = child.wait();
+    match start_pgbouncer(&cluster) {
+        Some((port, pid, mut child)) => {
+            measure(&rt, "pgbouncer", port, pid, n);
+            let _ = Command::new("kill").arg(pid.to_string()).status();
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        None => println!("pgbouncer: not installed (apt-get install pgbouncer)"),
+    }
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+fn measure(rt: &tokio::runtime::Runtime, name: &str, port: u16, pid: u32, n: usize) {
+    std::thread::sleep(Duration::from_millis(300));
+    let before = rss_kib(pid);
+    let t0 = Instant::now();
+    let held = rt.block_on(async {
+        let mut held = Vec::with_capacity(n);
+        let mut failed = 0;
+        let mut tasks = Vec::new();
+        for _ in 0..n {
+            tasks.push(tokio::spawn(tokio::time::timeout(Duration::from_secs(10), login(port))));
+            if tasks.len() == 200 {
+                for t in tasks.drain(..) {
+                    match t.await {
+                        Ok(Ok(Ok(s))) => held.push(s),
+                        _ => failed += 1,
+                    }
+                }
+            }
+        }
+        for t in tasks {
+            match t.await {
+                Ok(Ok(Ok(s))) => held.push(s),
+                _ => failed += 1,
+            }
+        }
+        if failed > 0 {
+            println!("{name}: {failed} logins failed");
+        }
+        held
+    });
+    let logged_in = t0.elapsed();
+    std::thread::sleep(Duration::from_secs(2));
+    let after = rss_kib(pid);
+    println!(
+        "{name:<10} {:>6} clients: RSS {:>7.1} MiB -> {:>7.1} MiB, {:>5.1} KiB per idle client (logins took {:.1} s)",
+        held.len(),
+        before as f64 / 1024.0,
+        after as f64 / 1024.0,
+        after.saturating_sub(before) as f64 / held.len().max(1) as f64,
+        logged_in.as_secs_f64()
+    );
+    drop(held);
+}
+
+/// A client that logs in (trust) and then says nothing.
+async fn login(port: u16) -> std::io::Result<tokio::net::TcpStream> {
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    let mut body = 196608i32.to_be_bytes().to_vec();
+    for kv in ["user", "postgres", "database", "postgres"] {
+        body.extend_from_slice(kv.as_bytes());
+        body.push(0);
+    }
+    body.push(0);
+    let mut msg = ((body.len() + 4) as i32).to_be_bytes().to_vec();
+    msg.extend_from_slice(&body);
+    s.write_all(&msg).await?;
+    loop {
+        let tag = s.read_u8().await?;
+        let len = s.read_i32().await? as usize;
+        let mut rest = vec![0u8; len.saturating_sub(4)];
+        s.read_exact(&mut rest).await?;
+        match tag {
+            b'Z' => return Ok(s),
+            b'E' => return Err(std::io::Error::other(String::from_utf8_lossy(&rest).to_string())),
+            _ => {}
+        }
+    }
+}
+
+fn start_pgsplit(cluster: &LocalCluster) -> Option<(u16, Child)> {
+    let port = free_port().ok()?;
+    let dir = cluster.base.join("pgsplit");
+    std::fs::create_dir_all(&dir).ok()?;
+    let config = format!(
+        "listen = \"127.0.0.1:{port}\"\nlog_level = \"warn\"\n[servers]\nprimary = \"{}\"\n[pool]\nsize = 4\n\
+         [limits]\nmax_client_conn = 100000\n",
+        cluster.primary().addr()
+    );
+    std::fs::write(dir.join("pgsplit.toml"), config).ok()?;
+    let child = Command::new(env!("CARGO_BIN_EXE_pgsplit"))
+        .arg("--config")
+        .arg(dir.join("pgsplit.toml"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
+    let t0 = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() && t0.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Some((port, child))
+}
+
+/// PgBouncer, transaction pooling, same pool size; its own pid (it may run under runuser).
+fn start_pgbouncer(cluster: &LocalCluster) -> Option<(u16, u32, Child)> {
+    let exe = ["/usr/sbin/pgbouncer", "/usr/bin/pgbouncer"].into_iter().find(|p| std::path::Path::new(p).exists())?;
+    let port = free_port().ok()?;
+    let dir = cluster.base.join("pgbouncer");
+    std::fs::create_dir_all(&dir).ok()?;
+    std::fs::write(dir.join("users.txt"), "\"postgres\" \"\"\n").ok()?;
+    let ini = format!(
+        "[databases]\npostgres = host=127.0.0.1 port={}\n[pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {port}\n\
+         auth_type = trust\nauth_file = {d}/users.txt\npool_mode = transaction\ndefault_pool_size = 4\n\
+         max_client_conn = 100000\nunix_socket_dir =\nlogfile = {d}/pgbouncer.log\npidfile = {d}/pgbouncer.pid\n",
+        cluster.primary().port,
+        d = dir.display()
+    );
+    std::fs::write(dir.join("pgbouncer.ini"), ini).ok()?;
+    let mut cmd = match &cluster.run_as {
+        Some(u) => {
+            let _ = Command::new("chown").args(["-R", &format!("{u}:"), dir.to_str()?]).status();
+            // runuser resets the soft file-descriptor limit: raise it to the hard one.
+            let mut c = Command::new("runuser");
+            c.args(["-u", u, "--", "sh", "-c", "ulimit -n $(ulimit -Hn); exec \"$0\" \"$1\"", exe]);
+            c
+        }
+        None => Command::new(exe),
+    };
+    let child = cmd.arg(dir.join("pgbouncer.ini")).stdout(Stdio::null()).stderr(Stdio::null()).spawn().ok()?;
+    let t0 = Instant::now();
+    loop {
+        if let Some(pid) = std::fs::read_to_string(dir.join("pgbouncer.pid")).ok().and_then(|p| p.trim().parse().ok())
+            && std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        {
+            return Some((port, pid, child));
+        }
+        if t0.elapsed() > Duration::from_secs(10) {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
