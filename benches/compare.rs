@@ -3,12 +3,14 @@
 //! fail a build). Run: `cargo bench --bench compare` (PgBouncer from `apt-get install pgbouncer`
 //! is used when installed). Environment: BENCH_SECONDS (default 10), BENCH_CLIENTS (default 8).
 
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::process::Command;
 
 use pgsplit::config::Config;
-use pgsplit::localcluster::{LocalCluster, free_port};
+use pgsplit::localcluster::LocalCluster;
 use pgsplit::proxy::Proxy;
+
+#[path = "common/mod.rs"]
+mod support;
 
 fn main() {
     let seconds = std::env::var("BENCH_SECONDS").unwrap_or_else(|_| "10".into());
@@ -44,10 +46,10 @@ fn main() {
             Proxy::start(split_off).await.unwrap_or_else(|e| panic!("{e}")),
         )
     });
-    let bouncer = start_pgbouncer(&cluster);
+    let bouncer = support::start_pgbouncer(&cluster, 16, 1000);
 
     let mut targets: Vec<(&str, u16)> = vec![("direct to primary", primary_port)];
-    if let Some((port, _)) = &bouncer {
+    if let Some((port, _, _)) = &bouncer {
         targets.push(("pgbouncer -> primary", *port));
     }
     targets.push(("pgsplit -> primary only", proxy_primary.addr.port()));
@@ -90,12 +92,8 @@ fn main() {
             println!();
         }
     }
-    if let Some((_, mut child)) = bouncer {
-        // As root it runs under runuser: stop pgbouncer itself, not only the wrapper.
-        let ini = cluster.base.join("pgbouncer").join("pgbouncer.ini");
-        let _ = Command::new("pkill").arg("-f").arg(ini).status();
-        let _ = child.kill();
-        let _ = child.wait();
+    if let Some((_, pid, child)) = bouncer {
+        support::stop_pgbouncer(pid, child);
     }
     drop(cluster);
 }
@@ -123,33 +121,4 @@ fn pgbench(port: u16, args: &[&str]) -> Result<(f64, f64), String> {
         return Err(format!("pgbench exited with {}", out.status));
     }
     Ok((field("tps ="), field("latency average =")))
-}
-
-fn start_pgbouncer(cluster: &LocalCluster) -> Option<(u16, Child)> {
-    let exe = ["/usr/sbin/pgbouncer", "/usr/bin/pgbouncer"].into_iter().find(|p| std::path::Path::new(p).exists())?;
-    let port = free_port().ok()?;
-    let dir = cluster.base.join("pgbouncer");
-    std::fs::create_dir_all(&dir).ok()?;
-    std::fs::write(dir.join("users.txt"), "\"postgres\" \"\"\n").ok()?;
-    let ini = format!(
-        "[databases]\npostgres = host=127.0.0.1 port={}\n[pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {port}\n\
-         auth_type = trust\nauth_file = {}/users.txt\npool_mode = transaction\ndefault_pool_size = 16\n\
-         max_client_conn = 1000\nunix_socket_dir =\nlogfile = {}/pgbouncer.log\n",
-        cluster.primary().port,
-        dir.display(),
-        dir.display()
-    );
-    std::fs::write(dir.join("pgbouncer.ini"), ini).ok()?;
-    let mut cmd = match &cluster.run_as {
-        Some(u) => {
-            let _ = Command::new("chown").args(["-R", &format!("{u}:"), dir.to_str()?]).status();
-            let mut c = Command::new("runuser");
-            c.args(["-u", u, "--", exe]);
-            c
-        }
-        None => Command::new(exe),
-    };
-    let child = cmd.arg(dir.join("pgbouncer.ini")).stdout(Stdio::null()).stderr(Stdio::null()).spawn().ok()?;
-    std::thread::sleep(Duration::from_millis(500));
-    Some((port, child))
 }

@@ -122,6 +122,20 @@ pub fn base_config(cluster: &LocalCluster) -> Config {
     c
 }
 
+/// A client user "app" with its own password, logging into the servers as the cluster's SCRAM
+/// user.
+pub fn app_user(password: &str) -> pgsplit::config::UserConfig {
+    use pgsplit::localcluster::SCRAM_USER;
+    pgsplit::config::UserConfig {
+        name: "app".into(),
+        password: password.into(),
+        password_file: None,
+        password_env: None,
+        server_user: Some(SCRAM_USER.0.into()),
+        server_password: Some(SCRAM_USER.1.into()),
+    }
+}
+
 pub async fn connect(conn: &str) -> Result<Client, tokio_postgres::Error> {
     let (client, connection) = tokio_postgres::connect(conn, NoTls).await?;
     tokio::spawn(async move {

@@ -173,19 +173,11 @@ pub async fn no_secret_in_the_logs(env: &Env) -> R {
 /// Repeated wrong passwords from one address are slowed down; a wrong password and an unknown
 /// user are refused alike.
 pub async fn password_guessing_is_slowed(env: &Env) -> R {
-    use pgsplit::config::{AuthMethod, UserConfig};
-    use pgsplit::localcluster::SCRAM_USER;
+    use pgsplit::config::AuthMethod;
     let proxy = env
         .proxy_with(|c| {
             c.auth = AuthMethod::ScramSha256;
-            c.users = vec![UserConfig {
-                name: "app".into(),
-                password: "right-pw".into(),
-                password_file: None,
-                password_env: None,
-                server_user: Some(SCRAM_USER.0.into()),
-                server_password: Some(SCRAM_USER.1.into()),
-            }];
+            c.users = vec![crate::common::app_user("right-pw")];
         })
         .await?;
     let port = proxy.addr.port();

@@ -167,22 +167,14 @@ async fn served_subject(port: u16) -> Result<String, E> {
 }
 
 pub async fn tls_for_every_client_and_channel_binding(env: &Env) -> R {
-    use pgsplit::config::{AuthMethod, UserConfig};
-    use pgsplit::localcluster::SCRAM_USER;
+    use pgsplit::config::AuthMethod;
     let dir = cert_dir("clients");
     make_certs(&dir, "127.0.0.1")?;
     let proxy = env
         .proxy_with(|c| {
             tls_config(c, &dir, pgsplit::tls::ClientTlsMode::Require);
             c.auth = AuthMethod::ScramSha256;
-            c.users = vec![UserConfig {
-                name: "app".into(),
-                password: "app-pw".into(),
-                password_file: None,
-                password_env: None,
-                server_user: Some(SCRAM_USER.0.into()),
-                server_password: Some(SCRAM_USER.1.into()),
-            }];
+            c.users = vec![crate::common::app_user("app-pw")];
         })
         .await?;
     let port = proxy.addr.port();
