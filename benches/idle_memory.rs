@@ -100,14 +100,7 @@ fn measure(rt: &tokio::runtime::Runtime, name: &str, port: u16, pid: u32, n: usi
 /// A client that logs in (trust) and then says nothing.
 async fn login(port: u16) -> std::io::Result<tokio::net::TcpStream> {
     let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
-    let mut body = 196608i32.to_be_bytes().to_vec();
-    for kv in ["user", "postgres", "database", "postgres"] {
-        body.extend_from_slice(kv.as_bytes());
-        body.push(0);
-    }
-    body.push(0);
-    let mut msg = ((body.len() + 4) as i32).to_be_bytes().to_vec();
-    msg.extend_from_slice(&body);
+    let msg = pgsplit::protocol::startup_message(&[("user", "postgres"), ("database", "postgres")]);
     s.write_all(&msg).await?;
     loop {
         let tag = s.read_u8().await?;

@@ -163,6 +163,10 @@ impl Pools {
             self.metrics.server_connections.with_label_values(&[addr]).dec();
         }
         let (server_user, password) = config.server_credentials(&pool.key.user);
+        // TLS as configured; a connector that cannot be built (an unreadable CA) fails the
+        // connection, never falls back to plaintext.
+        let tls = crate::tls::upstream::connector(&config.tls)
+            .map_err(|msg| BackendError::Unreachable { addr: addr.to_string(), msg })?;
         // Boxed: the connect path (TCP, TLS, authentication) is large and rare; inline it would
         // size every session's task for it.
         let conn = Box::pin(ServerConn::connect(ConnectParams {
@@ -172,7 +176,7 @@ impl Pools {
             database: &pool.key.database,
             password: password.as_deref(),
             timeout: Duration::from_millis(config.pool.connect_timeout_ms),
-            tls: crate::tls::upstream::connector(&config.tls).ok().flatten(),
+            tls,
         }))
         .await?;
         self.metrics.server_connections.with_label_values(&[addr]).inc();

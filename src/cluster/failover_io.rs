@@ -88,70 +88,15 @@ pub async fn run(shared: Arc<Shared>) {
             timeouts_checked = true;
             warn_about_timeouts(&shared, &config).await;
         }
+        // Several instances: etcd's topology is the truth and only the leader decides
+        // (coord/leader.rs); alone, this instance decides and acts.
         #[cfg(feature = "etcd")]
-        if let Some(coord) = shared.coord.clone() {
-            // Several instances: this one's view goes to its member key; etcd's topology is
-            // the truth; only the leader decides (coord/leader.rs).
-            coord.primary_ok.send_if_modified(|v| std::mem::replace(v, check.primary_ok) != check.primary_ok);
-            state = crate::coord::leader::sync(&shared, &coord, state);
-            let next = if coord.is_leader() {
-                crate::coord::leader::turn(&shared, &config, &coord, state.clone(), check, policy).await
-            } else {
-                crate::coord::leader::follow(state.clone(), &check)
-            };
-            if next.phase != state.phase {
-                tracing::info!(phase = ?next.phase, "failover state");
-            }
-            state = next;
-            *shared.failover.lock().unwrap_or_else(|p| p.into_inner()) = state.clone();
-            let interval = Duration::from_millis(config.failover.health_interval_ms);
-            tokio::select! {
-                _ = tokio::time::sleep(interval) => {}
-                _ = shared.failover_wake.notified() => {}
-            }
-            continue;
-        }
-        let request = shared.failover_request.lock().unwrap_or_else(|p| p.into_inner()).take();
-        let (next, actions) = match request {
-            Some(Request::Promote(node)) => failover::promote_by_hand(&state, node),
-            Some(Request::Switchover(node)) => match switchover(&shared, &config, &state, node).await {
-                Ok(()) => failover::promote_by_hand(&state, node),
-                Err(e) => {
-                    tracing::error!("switchover refused: {e}");
-                    resume_writes(&shared);
-                    (state.clone(), Vec::new())
-                }
-            },
-            Some(Request::Rejoin(node)) => match follows(&shared, &config, node, state.primary).await {
-                Ok(()) => {
-                    let mut next = state.clone();
-                    next.fenced.retain(|&f| f != node);
-                    rejoined(&shared, node);
-                    if let Err(e) = super::state_file::save(&shared, &next, &shared.cluster.load()) {
-                        tracing::error!("cannot write the state file: {e}");
-                    }
-                    (next, vec![Action::Report(format!("node {node} rejoined as a replica"))])
-                }
-                Err(e) => (state.clone(), vec![Action::Report(format!("REJOIN of node {node} refused: {e}"))]),
-            },
-            Some(Request::Failover) => {
-                let now = Policy { auto: true, failover_after: Duration::ZERO, ..policy };
-                failover::step(&state, &check, &now)
-            }
-            None => failover::step(&state, &check, &policy),
+        let next = match shared.coord.clone() {
+            Some(coord) => crate::coord::leader::round(&shared, &config, &coord, &mut state, check, policy).await,
+            None => alone(&shared, &config, &state, &check, policy).await,
         };
-        let started = state.failing_since.map(|(t, _)| t);
-        let mut next = next;
-        for a in actions {
-            if let Some(diverged) = execute(&shared, &config, &check, &next, a, started, state.timeline).await
-                && !next.fenced.contains(&diverged)
-            {
-                next.fenced.push(diverged);
-                if let Err(e) = super::state_file::save(&shared, &next, &shared.cluster.load()) {
-                    tracing::error!("cannot write the state file: {e}");
-                }
-            }
-        }
+        #[cfg(not(feature = "etcd"))]
+        let next = alone(&shared, &config, &state, &check, policy).await;
         if next.phase != state.phase {
             tracing::info!(phase = ?next.phase, "failover state");
             if matches!(next.phase, Phase::Vetoed(_)) {
@@ -166,6 +111,52 @@ pub async fn run(shared: Arc<Shared>) {
             _ = shared.failover_wake.notified() => {}
         }
     }
+}
+
+/// One instance alone: the rules decide and this instance carries out the actions.
+async fn alone(shared: &Arc<Shared>, config: &Arc<Config>, state: &State, check: &Check, policy: Policy) -> State {
+    let request = shared.failover_request.lock().unwrap_or_else(|p| p.into_inner()).take();
+    let (next, actions) = match request {
+        Some(Request::Promote(node)) => failover::promote_by_hand(state, node),
+        Some(Request::Switchover(node)) => match switchover(shared, config, state, node).await {
+            Ok(()) => failover::promote_by_hand(state, node),
+            Err(e) => {
+                tracing::error!("switchover refused: {e}");
+                resume_writes(shared);
+                (state.clone(), Vec::new())
+            }
+        },
+        Some(Request::Rejoin(node)) => match follows(shared, config, node, state.primary).await {
+            Ok(()) => {
+                let mut next = state.clone();
+                next.fenced.retain(|&f| f != node);
+                rejoined(shared, node);
+                if let Err(e) = super::state_file::save(shared, &next, &shared.cluster.load()) {
+                    tracing::error!("cannot write the state file: {e}");
+                }
+                (next, vec![Action::Report(format!("node {node} rejoined as a replica"))])
+            }
+            Err(e) => (state.clone(), vec![Action::Report(format!("REJOIN of node {node} refused: {e}"))]),
+        },
+        Some(Request::Failover) => {
+            let now = Policy { auto: true, failover_after: Duration::ZERO, ..policy };
+            failover::step(state, check, &now)
+        }
+        None => failover::step(state, check, &policy),
+    };
+    let started = state.failing_since.map(|(t, _)| t);
+    let mut next = next;
+    for a in actions {
+        if let Some(diverged) = execute(shared, config, check, &next, a, started, state.timeline).await
+            && !next.fenced.contains(&diverged)
+        {
+            next.fenced.push(diverged);
+            if let Err(e) = super::state_file::save(shared, &next, &shared.cluster.load()) {
+                tracing::error!("cannot write the state file: {e}");
+            }
+        }
+    }
+    next
 }
 
 /// One health check of every server, all at once.
@@ -282,7 +273,8 @@ async fn fresh_check(config: &Config, addr: &str, timeout: Duration) -> bool {
         pg.password(&config.monitor.password);
     }
     let work = async {
-        let tls = crate::tls::upstream::PgTls(crate::tls::upstream::connector(&config.tls).ok().flatten());
+        // Never plaintext in place of the TLS asked for: no connector, no check.
+        let tls = crate::tls::upstream::PgTls(crate::tls::upstream::connector(&config.tls).ok()?);
         pg.ssl_mode(tls.ssl_mode());
         let (client, conn) = pg.connect(tls).await.ok()?;
         let task = tokio::spawn(conn);

@@ -52,7 +52,14 @@ impl SqlPools {
             pg.password(&config.monitor.password);
         }
         // TLS as for client traffic (tls.server_tls).
-        let tls = crate::tls::upstream::PgTls(crate::tls::upstream::connector(&config.tls).ok().flatten());
+        let tls = match crate::tls::upstream::connector(&config.tls) {
+            Ok(up) => crate::tls::upstream::PgTls(up),
+            Err(e) => {
+                // Never plaintext in place of the TLS asked for.
+                tracing::error!(server = addr, "no TLS connector for pgsplit's own connection: {e}");
+                return None;
+            }
+        };
         pg.ssl_mode(tls.ssl_mode());
         let manager = Manager::from_config(pg, tls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
         let pool = Pool::builder(manager)

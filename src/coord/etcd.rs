@@ -208,7 +208,15 @@ async fn session(shared: &Arc<Shared>, coord: &Arc<Coordination>, lease: &mut Op
     loop {
         tokio::select! {
             _ = tick.tick() => {
-                keeper.keep_alive().await.map_err(|e| e.to_string())?;
+                // A session whose renewals stopped coming back (a stream stuck behind a lost
+                // quorum) is started again rather than trusted: the lease may be gone.
+                if coord.since_lease_ok().is_none_or(|d| d >= coord.ttl) {
+                    return Err("the lease was not renewed for a whole TTL".into());
+                }
+                match tokio::time::timeout(timeout, keeper.keep_alive()).await {
+                    Ok(r) => r.map_err(|e| e.to_string())?,
+                    Err(_) => return Err("a lease renewal could not be sent in time".into()),
+                }
                 if !coord.leader.load(std::sync::atomic::Ordering::SeqCst) {
                     campaign(coord, &s).await?;
                 }

@@ -104,7 +104,7 @@ pub async fn apply(shared: &Arc<Shared>, coord: &Arc<Coordination>, _s: &Session
 }
 
 /// The failover state as etcd has it (epoch, primary, fenced, timeline).
-pub fn sync(shared: &Shared, coord: &Coordination, mut state: State) -> State {
+fn sync(shared: &Shared, coord: &Coordination, mut state: State) -> State {
     let Some((t, _)) = coord.remote() else { return state };
     let Ok(m) = mapped(shared, coord, &t) else { return state };
     if t.epoch != state.epoch || m.primary != state.primary {
@@ -121,8 +121,27 @@ pub fn sync(shared: &Shared, coord: &Coordination, mut state: State) -> State {
     state
 }
 
+/// One round of the failover loop with several instances: this instance's view goes to its
+/// member key, the state follows etcd's topology, and the leader decides (followers observe).
+pub async fn round(
+    shared: &Arc<Shared>,
+    config: &Arc<Config>,
+    coord: &Arc<Coordination>,
+    state: &mut State,
+    check: Check,
+    policy: Policy,
+) -> State {
+    coord.primary_ok.send_if_modified(|v| std::mem::replace(v, check.primary_ok) != check.primary_ok);
+    *state = sync(shared, coord, state.clone());
+    if coord.is_leader() {
+        turn(shared, config, coord, state.clone(), check, policy).await
+    } else {
+        follow(state.clone(), &check)
+    }
+}
+
 /// A follower's turn: it only observes (its view is in its member key).
-pub fn follow(state: State, check: &Check) -> State {
+fn follow(state: State, check: &Check) -> State {
     State {
         phase: if check.primary_ok { Phase::Healthy } else { Phase::Suspect },
         failing_since: None,
@@ -132,7 +151,7 @@ pub fn follow(state: State, check: &Check) -> State {
 }
 
 /// The leader's turn of the failover loop.
-pub async fn turn(
+async fn turn(
     shared: &Arc<Shared>,
     config: &Arc<Config>,
     coord: &Arc<Coordination>,

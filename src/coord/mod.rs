@@ -183,7 +183,8 @@ impl Coordination {
         self.leader.store(false, Ordering::SeqCst);
     }
 
-    fn since_lease_ok(&self) -> Option<Duration> {
+    /// Time since the lease was last renewed; None: no lease.
+    pub fn since_lease_ok(&self) -> Option<Duration> {
         match self.lease_ok_ms.load(Ordering::SeqCst) {
             0 => None,
             ms => Some(self.origin.elapsed().saturating_sub(Duration::from_millis(ms))),

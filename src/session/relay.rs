@@ -255,17 +255,25 @@ impl Session {
     /// held no connection.
     pub(super) fn drop_broken_server(&mut self, e: &ProtocolError) -> bool {
         self.shared.metrics.server_errors.inc();
-        let Some(server) = self.server.take() else {
+        let Some((node, addr)) = self.discard_server() else {
             return false;
         };
-        tracing::warn!(server = %server.conn.addr, "server connection lost: {e}");
-        self.shared.cluster.mark_unreachable(server.conn.node);
-        self.shared.pools.drop_idle(&server.conn.addr);
+        tracing::warn!(server = %addr, "server connection lost: {e}");
+        self.shared.cluster.mark_unreachable(node);
+        self.shared.pools.drop_idle(&addr);
+        true
+    }
+
+    /// Closes the server connection the client holds (never pooled: its state is unknown or
+    /// must not go on) and forgets it. Its node and address, if there was one.
+    pub(super) fn discard_server(&mut self) -> Option<(usize, String)> {
+        let server = self.server.take()?;
+        let held = (server.conn.node, server.conn.addr.clone());
         server.discard(&self.shared.metrics);
         self.cancel.set(None);
         self.load = None;
         self.observe.attached(None);
-        true
+        Some(held)
     }
 
     // ---- client to server -------------------------------------------------------------

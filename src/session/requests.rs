@@ -66,12 +66,8 @@ impl Session {
         let on_primary =
             self.shared.cluster.load().nodes.get(node).is_some_and(|n| n.role == crate::cluster::Role::Primary);
         let Some(why) = self.shared.coord_blocked().filter(|_| on_primary) else { return Ok(()) };
-        if let Some(server) = self.server.take() {
-            tracing::warn!(server = %server.conn.addr, "ending a transaction on the primary: {why}");
-            server.discard(&self.shared.metrics);
-            self.cancel.set(None);
-            self.load = None;
-            self.observe.attached(None);
+        if let Some((_, addr)) = self.discard_server() {
+            tracing::warn!(server = %addr, "ending a transaction on the primary: {why}");
         }
         self.transaction_lost()
     }

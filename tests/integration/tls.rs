@@ -111,17 +111,7 @@ async fn direct(port: u16, dir: &Path, alpn: Option<&[u8]>, user: &str) -> Resul
     let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
     let name = rustls::pki_types::ServerName::try_from("127.0.0.1")?.to_owned();
     let mut s = tokio_rustls::TlsConnector::from(client_config(dir, alpn)?).connect(name, tcp).await?;
-    let mut body = Vec::new();
-    body.extend_from_slice(&196608i32.to_be_bytes());
-    for (k, v) in [("user", user), ("database", "postgres")] {
-        body.extend_from_slice(k.as_bytes());
-        body.push(0);
-        body.extend_from_slice(v.as_bytes());
-        body.push(0);
-    }
-    body.push(0);
-    let mut msg = ((body.len() + 4) as i32).to_be_bytes().to_vec();
-    msg.extend_from_slice(&body);
+    let msg = pgsplit::protocol::startup_message(&[("user", user), ("database", "postgres")]);
     s.write_all(&msg).await?;
     let (tag, body) = read_message(&mut s).await?;
     Ok((s, tag, body))
