@@ -4,12 +4,11 @@
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use bytes::{BufMut, Bytes};
-use postgres_protocol::authentication::sasl::{ChannelBinding, SCRAM_SHA_256, ScramSha256};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-use crate::protocol::{self, Frame, FrameReader, ProtocolError, message, put_cstr};
+use crate::auth::upstream::{Login, LoginError};
+use crate::protocol::{self, Frame, FrameReader, ProtocolError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
@@ -53,7 +52,8 @@ pub struct ConnectParams<'a> {
     pub addr: &'a str,
     pub user: &'a str,
     pub database: &'a str,
-    pub password: Option<&'a str>,
+    /// How pgsplit proves itself for `user`.
+    pub auth: &'a crate::auth::ServerAuth,
     pub timeout: Duration,
     /// TLS to the server (tls.server_tls), None: plaintext.
     pub tls: Option<std::sync::Arc<crate::tls::upstream::Upstream>>,
@@ -97,7 +97,7 @@ impl ServerConn {
         let mut reader = FrameReader::new(r);
         let startup = protocol::startup_message(&[("user", p.user), ("database", p.database)]);
         w.write_all(&startup).await.map_err(|e| unreachable(e.to_string()))?;
-        let mut scram: Option<ScramSha256> = None;
+        let mut login = Login::new(p.user, p.auth);
         let mut conn_params = Vec::new();
         let (mut pid, mut secret) = (0, 0);
         loop {
@@ -106,46 +106,12 @@ impl ServerConn {
                 b'R' => {
                     let mut body = f.body();
                     let code = protocol::read_i32(&mut body).map_err(|e| unreachable(e.to_string()))?;
-                    let reply = match code {
-                        0 => None,
-                        3 => Some(password_message(need_password(p)?.as_bytes())),
-                        5 => {
-                            let salt: [u8; 4] = body.try_into().map_err(|_| unreachable("bad md5 salt".into()))?;
-                            let hash = postgres_protocol::authentication::md5_hash(
-                                p.user.as_bytes(),
-                                need_password(p)?.as_bytes(),
-                                salt,
-                            );
-                            Some(password_message(hash.as_bytes()))
-                        }
-                        10 => {
-                            let mechanisms = String::from_utf8_lossy(body);
-                            if !mechanisms.split('\0').any(|m| m == SCRAM_SHA_256) {
-                                return Err(unreachable(format!("unsupported SASL mechanisms {mechanisms:?}")));
-                            }
-                            let s = ScramSha256::new(need_password(p)?.as_bytes(), ChannelBinding::unsupported());
-                            let msg = message(b'p', |b| {
-                                put_cstr(b, SCRAM_SHA_256);
-                                b.put_i32(s.message().len() as i32);
-                                b.put_slice(s.message());
-                            });
-                            scram = Some(s);
-                            Some(msg)
-                        }
-                        11 => {
-                            let s = scram.as_mut().ok_or_else(|| unreachable("SASL out of order".into()))?;
-                            s.update(body).map_err(|e| unreachable(format!("SCRAM: {e}")))?;
-                            Some(message(b'p', |b| b.put_slice(s.message())))
-                        }
-                        12 => {
-                            let s = scram.as_mut().ok_or_else(|| unreachable("SASL out of order".into()))?;
-                            s.finish(body).map_err(|e| unreachable(format!("SCRAM: {e}")))?;
-                            None
-                        }
-                        other => {
-                            return Err(unreachable(format!("unsupported authentication request {other}")));
-                        }
-                    };
+                    let reply = login.answer(code, body).map_err(|e| match e {
+                        LoginError::Cannot(msg) => BackendError::Refused(Frame {
+                            bytes: protocol::fatal("28P01", &format!("{}: {msg}", p.addr)),
+                        }),
+                        LoginError::Protocol(msg) => unreachable(msg),
+                    })?;
                     if let Some(reply) = reply {
                         w.write_all(&reply).await.map_err(|e| unreachable(e.to_string()))?;
                     }
@@ -238,27 +204,6 @@ impl ServerConn {
     pub async fn terminate(mut self) {
         let _ = self.writer.write_all(&protocol::terminate()).await;
     }
-}
-
-fn need_password<'a>(p: &ConnectParams<'a>) -> Result<&'a str, BackendError> {
-    p.password.ok_or_else(|| {
-        BackendError::Refused(Frame {
-            bytes: protocol::fatal(
-                "28P01",
-                &format!(
-                    "server {} asks for a password for user \"{}\" and pgsplit has none configured",
-                    p.addr, p.user
-                ),
-            ),
-        })
-    })
-}
-
-fn password_message(pw: &[u8]) -> Bytes {
-    message(b'p', |b| {
-        b.put_slice(pw);
-        b.put_u8(0);
-    })
 }
 
 pub fn parse_parameter_status(f: &Frame) -> Option<(String, String)> {

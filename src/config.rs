@@ -169,6 +169,8 @@ pub struct Config {
     /// tracing filter (`info`, `debug`, `pgsplit=debug,warn`...); RUST_LOG overrides it at start.
     pub log_level: String,
     pub users: Vec<UserConfig>,
+    /// Users the config does not list, looked up on the servers.
+    pub auth_query: crate::auth::lookup::AuthQueryConfig,
 }
 
 /// Limits that protect everyone from one client.
@@ -317,7 +319,7 @@ pub struct RoutingConfig {
     pub causal_wait_ms: u64,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MonitorConfig {
     /// How often each server is checked for health and lag.
@@ -374,6 +376,7 @@ impl Default for Config {
             coordination: crate::coord::CoordinationConfig::default(),
             log_level: "info".into(),
             users: Vec::new(),
+            auth_query: Default::default(),
         }
     }
 }
@@ -488,9 +491,15 @@ impl Config {
         if self.monitor.interval_ms == 0 {
             return Err(ConfigError::Invalid("monitor.interval_ms must be at least 1".into()));
         }
-        if self.auth != AuthMethod::Trust && self.users.is_empty() {
-            return Err(ConfigError::Invalid("auth is md5 or scram-sha-256 but no [[users]] are configured".into()));
+        if self.auth != AuthMethod::Trust && self.users.is_empty() && !self.auth_query.enabled {
+            return Err(ConfigError::Invalid(
+                "auth is md5 or scram-sha-256 but no [[users]] are configured (nor auth_query)".into(),
+            ));
         }
+        if self.auth == AuthMethod::Trust && self.auth_query.enabled {
+            return Err(ConfigError::Invalid("auth_query needs auth = \"md5\" or \"scram-sha-256\"".into()));
+        }
+        self.auth_query.validate().map_err(ConfigError::Invalid)?;
         self.coordination.validate().map_err(ConfigError::Invalid)?;
         self.tls.validate().map_err(ConfigError::Invalid)?;
         Ok(())
@@ -506,17 +515,6 @@ impl Config {
 
     pub fn user(&self, name: &str) -> Option<&UserConfig> {
         self.users.iter().find(|u| u.name == name)
-    }
-
-    /// The role and password pgsplit uses on the servers for a client user.
-    pub fn server_credentials(&self, client_user: &str) -> (String, Option<String>) {
-        match self.user(client_user) {
-            Some(u) => (
-                u.server_user.clone().unwrap_or_else(|| u.name.clone()),
-                u.server_password.clone().or_else(|| (!u.is_hash()).then(|| u.password.clone())),
-            ),
-            None => (client_user.to_string(), None),
-        }
     }
 }
 

@@ -92,11 +92,12 @@ pub struct Pools {
     pools: Mutex<HashMap<PoolKey, Arc<Pool>>>,
     config: Live,
     metrics: Arc<Metrics>,
+    credentials: Arc<crate::auth::Credentials>,
 }
 
 impl Pools {
-    pub fn new(config: Live, metrics: Arc<Metrics>) -> Arc<Pools> {
-        let pools = Arc::new(Pools { pools: Mutex::new(HashMap::new()), config, metrics });
+    pub fn new(config: Live, metrics: Arc<Metrics>, credentials: Arc<crate::auth::Credentials>) -> Arc<Pools> {
+        let pools = Arc::new(Pools { pools: Mutex::new(HashMap::new()), config, metrics, credentials });
         let weak = Arc::downgrade(&pools);
         tokio::spawn(async move {
             // Close idle connections past idle_timeout, so a quiet pool gives them back.
@@ -162,7 +163,7 @@ impl Pools {
             }
             self.metrics.server_connections.with_label_values(&[addr]).dec();
         }
-        let (server_user, password) = config.server_credentials(&pool.key.user);
+        let (server_user, auth) = self.credentials.server_login(&pool.key.user);
         // TLS as configured; a connector that cannot be built (an unreadable CA) fails the
         // connection, never falls back to plaintext.
         let tls = crate::tls::upstream::connector(&config.tls)
@@ -174,7 +175,7 @@ impl Pools {
             addr,
             user: &server_user,
             database: &pool.key.database,
-            password: password.as_deref(),
+            auth: &auth,
             timeout: Duration::from_millis(config.pool.connect_timeout_ms),
             tls,
         }))

@@ -30,6 +30,8 @@ pub struct Shared {
     pub config: Live,
     pub cluster: Arc<Cluster>,
     pub pools: Arc<Pools>,
+    /// Client secrets (config, auth_query) and server logins.
+    pub credentials: Arc<crate::auth::Credentials>,
     pub cache: AnalysisCache,
     pub catalog: Arc<Catalog>,
     pub cancels: Arc<CancelRegistry>,
@@ -112,8 +114,9 @@ impl Proxy {
             .enabled()
             .then(|| Arc::new(crate::coord::Coordination::new(&config.coordination, &addr.to_string())));
         let cluster = Cluster::new(topology);
-        let pools = Pools::new(live.clone(), metrics.clone());
-        let sql = Arc::new(SqlPools::new(live.clone()));
+        let credentials = crate::auth::Credentials::new(live.clone(), cluster.clone(), metrics.clone());
+        let pools = Pools::new(live.clone(), metrics.clone(), credentials.clone());
+        let sql = Arc::new(SqlPools::new(live.clone(), crate::cluster::sql_pools::Who::Monitor));
         let monitor = Monitor::start(live.clone(), cluster.clone(), pools.clone(), metrics.clone(), sql.clone());
         let shared = Arc::new(Shared {
             cache: AnalysisCache::new(config.routing.cache_size, config.routing.max_parse_len),
@@ -122,6 +125,7 @@ impl Proxy {
             config: live,
             cluster,
             pools,
+            credentials,
             metrics: metrics.clone(),
             sql,
             monitor,

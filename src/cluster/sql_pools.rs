@@ -1,6 +1,7 @@
 //! pgsplit's own SQL connections (health and lag probes, catalog look-ups; failover later):
 //! one small deadpool-postgres pool per (server, database), with connect and recycle
-//! timeouts, made with the `[monitor]` credentials. Apart from client traffic.
+//! timeouts, made with the `[monitor]` credentials (or `[auth_query]`'s, for its look-ups).
+//! Apart from client traffic.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -10,14 +11,24 @@ use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, R
 
 use crate::config::Live;
 
+/// Whose credentials the connections use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Who {
+    /// `[monitor]`: health, lag, catalog look-ups, failover.
+    Monitor,
+    /// `[auth_query]` (its user and password, or the monitor's when not given).
+    AuthQuery,
+}
+
 pub struct SqlPools {
     config: Live,
+    who: Who,
     pools: Mutex<HashMap<(String, String), Pool>>,
 }
 
 impl SqlPools {
-    pub fn new(config: Live) -> SqlPools {
-        SqlPools { config, pools: Mutex::new(HashMap::new()) }
+    pub fn new(config: Live, who: Who) -> SqlPools {
+        SqlPools { config, who, pools: Mutex::new(HashMap::new()) }
     }
 
     /// A connection to `addr`'s `database`, or None when none can be had in time.
@@ -41,15 +52,21 @@ impl SqlPools {
         let config = self.config.load();
         let (host, port) = addr.rsplit_once(':')?;
         let timeout = Duration::from_millis(config.pool.connect_timeout_ms);
+        let aq = &config.auth_query;
+        let (user, password, application) = match self.who {
+            Who::AuthQuery if !aq.user.is_empty() => (&aq.user, &aq.password, "pgsplit-auth-query"),
+            Who::AuthQuery => (&config.monitor.user, &config.monitor.password, "pgsplit-auth-query"),
+            Who::Monitor => (&config.monitor.user, &config.monitor.password, "pgsplit-monitor"),
+        };
         let mut pg = tokio_postgres::Config::new();
         pg.host(host)
             .port(port.parse().ok()?)
-            .user(&config.monitor.user)
+            .user(user)
             .dbname(database)
-            .application_name("pgsplit-monitor")
+            .application_name(application)
             .connect_timeout(timeout);
-        if !config.monitor.password.is_empty() {
-            pg.password(&config.monitor.password);
+        if !password.is_empty() {
+            pg.password(password);
         }
         // TLS as for client traffic (tls.server_tls).
         let tls = match crate::tls::upstream::connector(&config.tls) {

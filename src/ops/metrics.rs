@@ -43,6 +43,8 @@ pub struct Metrics {
     pub failovers: IntCounter,
     pub failover_vetoes: IntCounter,
     pub login_timeouts: IntCounter,
+    /// auth_query look-ups by result (hit, fetched, stale, failed).
+    pub auth_query: IntCounterVec,
     pub stalled_clients: IntCounter,
     pub last_failover_seconds: Gauge,
     pub split_brain: IntGauge,
@@ -156,6 +158,14 @@ impl Metrics {
                 "client_login_timeouts_total",
                 "Clients closed for not logging in within limits.client_login_timeout_ms"
             )),
+            auth_query: reg!(IntCounterVec::new(
+                Opts::new(
+                    "auth_query_lookups_total",
+                    "Client secrets asked of auth_query, by result: hit (cached), fetched, stale (no server \
+                     answered, an expired answer used), failed"
+                ),
+                &["result"]
+            )),
             failover_vetoes: reg!(IntCounter::new(
                 "failover_vetoes_total",
                 "Times the primary was unreachable from pgsplit but a replica showed it alive (no promotion)"
@@ -193,8 +203,9 @@ impl Metrics {
     /// The names of every metric pgsplit exports (also those with no sample yet).
     pub fn names(&self) -> Vec<String> {
         use prometheus::core::Collector;
-        let collectors: [&dyn Collector; 31] = [
+        let collectors: [&dyn Collector; 32] = [
             &self.stalled_clients,
+            &self.auth_query,
             &self.login_timeouts,
             &self.failover_vetoes,
             &self.server_primary,

@@ -105,6 +105,9 @@ pub fn apply(shared: &Shared, mut new: Config) -> Result<String, String> {
     if new.monitor.user != old.monitor.user || new.monitor.password != old.monitor.password {
         shared.sql.clear();
     }
+    if new.auth_query != old.auth_query || new.monitor != old.monitor {
+        shared.credentials.lookup.clear();
+    }
     if !added.is_empty() {
         notes.push(format!("replicas added: {}", added.join(", ")));
     }

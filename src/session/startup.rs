@@ -188,8 +188,20 @@ async fn handshake(
         // Repeated failures from this address: each further attempt waits first.
         tokio::time::sleep(delay).await;
     }
-    match auth::authenticate(&config, &user, &mut reader, w, end_point.as_deref()).await {
-        Ok(()) => {}
+    let secret = match config.auth {
+        crate::config::AuthMethod::Trust => None,
+        _ => match shared.credentials.client_secret(&user).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(user, "cannot check a client's password: {e}");
+                let msg = format!("pgsplit cannot check the password of user \"{user}\" now (auth_query): try again");
+                let _ = w.write_all(&protocol::fatal("08006", &msg)).await;
+                return Ok(None);
+            }
+        },
+    };
+    match auth::authenticate(config.auth, &user, secret.as_ref(), &mut reader, w, end_point.as_deref()).await {
+        Ok(proven) => shared.credentials.proven(&user, proven),
         Err(AuthError::Failed(u)) => {
             if let Some(ip) = ip {
                 shared.auth_failures.failed(ip);

@@ -11,6 +11,7 @@ mod common;
 mod coordination;
 mod corners;
 mod corpus;
+mod credentials;
 mod differential;
 mod failover;
 mod failures;
@@ -80,8 +81,10 @@ fn main() {
         protocol::cancel_reaches_the_right_server,
         protocol::errors_notices_and_empty_queries,
         protocol::malformed_message_gets_08p01,
-        protocol::md5_and_scram_authentication,
-        protocol::stored_hashes_and_password_files,
+        credentials::md5_and_scram_authentication,
+        credentials::stored_hashes_and_password_files,
+        credentials::auth_query_users_and_pass_through,
+        credentials::auth_query_cache_follows_password_changes,
         tls::tls_for_every_client_and_channel_binding,
         tls::certificates_reload_without_dropping_connections,
         tls::servers_over_tls,

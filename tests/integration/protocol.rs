@@ -1,5 +1,5 @@
 //! Protocol behaviour: prepared statements across connections, extended batches, COPY,
-//! cancel, errors and notices, malformed input, authentication.
+//! cancel, errors and notices, malformed input (authentication: credentials.rs).
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -225,114 +225,6 @@ pub async fn malformed_message_gets_08p01(env: &Env) -> R {
     // Everyone else is fine.
     let c = env.client().await?;
     check!(simple_value(&c, "SELECT 1").await? == "1", "proxy hurt by a bad client");
-    Ok(())
-}
-
-pub async fn md5_and_scram_authentication(env: &Env) -> R {
-    use pgsplit::config::{AuthMethod, UserConfig};
-    use pgsplit::localcluster::{MD5_USER, SCRAM_USER};
-    for method in [AuthMethod::Md5, AuthMethod::ScramSha256] {
-        let proxy = env
-            .proxy_with(|c| {
-                c.auth = method;
-                c.users = vec![
-                    // Clients log in with their own password; pgsplit uses the server's.
-                    UserConfig {
-                        name: "app".into(),
-                        password: "app-pw".into(),
-                        password_file: None,
-                        password_env: None,
-                        server_user: Some(SCRAM_USER.0.into()),
-                        server_password: Some(SCRAM_USER.1.into()),
-                    },
-                    UserConfig {
-                        name: MD5_USER.0.into(),
-                        password: MD5_USER.1.into(),
-                        password_file: None,
-                        password_env: None,
-                        server_user: None,
-                        server_password: None,
-                    },
-                ];
-            })
-            .await?;
-        let port = proxy.addr.port();
-        for (user, pw) in [("app", "app-pw"), (MD5_USER.0, MD5_USER.1)] {
-            let c = connect(&format!("host=127.0.0.1 port={port} user={user} password={pw} dbname=postgres"))
-                .await
-                .map_err(|e| format!("{method:?} {user}: {e}"))?;
-            let who = simple_value(&c, "SELECT current_user").await?;
-            let want = if user == "app" { SCRAM_USER.0 } else { MD5_USER.0 };
-            check!(who == want, "{method:?}: logged into the servers as {who}");
-            let r: i32 = c.query_one("SELECT inet_server_port()", &[]).await?.get(0);
-            check!(env.replica_ports().contains(&r), "{method:?}: read ran on {r}");
-        }
-        let bad = connect(&format!("host=127.0.0.1 port={port} user=app password=wrong dbname=postgres")).await;
-        let code = bad.err().map(|e| sqlstate(&e));
-        check!(code.as_deref() == Some("28P01"), "{method:?}: wrong password gave {code:?}");
-        let unknown = connect(&format!("host=127.0.0.1 port={port} user=nobody password=x dbname=postgres")).await;
-        check!(unknown.is_err(), "{method:?}: unknown user accepted");
-        proxy.stop();
-    }
-    // Trust mode relays the server's own refusal (no such database).
-    let e = connect(&format!("host=127.0.0.1 port={} user=postgres dbname=no_such_db", env.proxy.addr.port())).await;
-    let code = e.err().map(|e| sqlstate(&e));
-    check!(code.as_deref() == Some("3D000"), "missing database gave {code:?}");
-    Ok(())
-}
-
-/// Client passwords kept as PostgreSQL keeps them (a SCRAM verifier, an md5 hash), or read from
-/// a file: clients log in with the password, pgsplit never holds it.
-pub async fn stored_hashes_and_password_files(env: &Env) -> R {
-    use pgsplit::config::{AuthMethod, UserConfig};
-    use pgsplit::localcluster::{MD5_USER, SCRAM_USER};
-    let cluster = &env.cluster;
-    let stored = |role: &str| {
-        let sql = format!("SELECT rolpassword FROM pg_authid WHERE rolname = '{role}'");
-        tokio::task::block_in_place(|| cluster.psql(0, &sql))
-    };
-    let (verifier, md5) = (stored(SCRAM_USER.0)?, stored(MD5_USER.0)?);
-    check!(verifier.starts_with("SCRAM-SHA-256$") && md5.starts_with("md5"), "stored: {verifier} {md5}");
-    let file = std::env::temp_dir().join(format!("pgsplit-pw-{}", std::process::id()));
-    std::fs::write(&file, "file-pw\n")?;
-    let user = |name: &str, password: &str, server_password: &str| UserConfig {
-        name: name.into(),
-        password: password.into(),
-        password_file: None,
-        password_env: None,
-        server_user: None,
-        server_password: Some(server_password.into()),
-    };
-    for (method, name, secret, pw) in [
-        (AuthMethod::ScramSha256, SCRAM_USER.0, verifier.as_str(), SCRAM_USER.1),
-        (AuthMethod::Md5, MD5_USER.0, md5.as_str(), MD5_USER.1),
-    ] {
-        let proxy = env
-            .proxy_with(|c| {
-                c.auth = method;
-                c.users = vec![
-                    user(name, secret, pw),
-                    UserConfig {
-                        password_file: Some(file.display().to_string()),
-                        server_user: Some(SCRAM_USER.0.into()),
-                        ..user("fileuser", "", SCRAM_USER.1)
-                    },
-                ];
-                let _ = c.resolve_secrets();
-            })
-            .await?;
-        let port = proxy.addr.port();
-        for (u, p) in [(name, pw), ("fileuser", "file-pw")] {
-            let c = connect(&format!("host=127.0.0.1 port={port} user={u} password={p} dbname=postgres"))
-                .await
-                .map_err(|e| format!("{method:?} {u}: {e}"))?;
-            c.simple_query("SELECT 1").await?;
-        }
-        let bad = connect(&format!("host=127.0.0.1 port={port} user={name} password=wrong dbname=postgres")).await;
-        check!(bad.err().map(|e| sqlstate(&e)).as_deref() == Some("28P01"), "{method:?}: a wrong password got in");
-        proxy.stop();
-    }
-    let _ = std::fs::remove_file(&file);
     Ok(())
 }
 

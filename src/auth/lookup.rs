@@ -1,0 +1,202 @@
+//! `auth_query` (PgBouncer's model): the secret of a client user that the config file does not
+//! list is fetched from the servers (`pg_authid`, or a SECURITY DEFINER function) and cached
+//! for `cache_ttl_ms`, "no such user" included, so that neither logins nor a flood of unknown
+//! names cost the servers a query each. One query per user at a time: concurrent logins of a
+//! user not cached wait for the same answer. While no server answers, a cached answer past
+//! its TTL is still used (logged); with none, the login fails with 08006.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use crate::cluster::Cluster;
+use crate::cluster::sql_pools::{SqlPools, Who};
+use crate::config::Live;
+use crate::ops::metrics::Metrics;
+
+/// The query PgBouncer's documentation suggests, on pg_authid (which needs a superuser, or a
+/// SECURITY DEFINER function the auth user may call, given as `query`).
+pub const DEFAULT_QUERY: &str = "SELECT rolname, rolpassword FROM pg_catalog.pg_authid \
+     WHERE rolname = $1 AND rolcanlogin AND (rolvaliduntil IS NULL OR rolvaliduntil > now())";
+
+/// Users at most in the cache (beyond, answers past their TTL go first, then any).
+const MAX_ENTRIES: usize = 10_000;
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthQueryConfig {
+    /// Look up users the config file does not list.
+    pub enabled: bool,
+    /// Takes the user name as $1; gives one row (name, secret) or none. The secret is a SCRAM
+    /// verifier or an md5 hash as PostgreSQL stores them (NULL: the user cannot log in).
+    pub query: String,
+    /// Who runs the query (default: `[monitor]`'s user and password).
+    pub user: String,
+    pub password: String,
+    /// Where it runs (default: `[monitor]`'s database).
+    pub database: String,
+    /// How long an answer is used before it is fetched again.
+    pub cache_ttl_ms: u64,
+}
+
+impl Default for AuthQueryConfig {
+    fn default() -> Self {
+        AuthQueryConfig {
+            enabled: false,
+            query: DEFAULT_QUERY.into(),
+            user: String::new(),
+            password: String::new(),
+            database: String::new(),
+            cache_ttl_ms: 60_000,
+        }
+    }
+}
+
+impl AuthQueryConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.enabled && !self.query.contains("$1") {
+            return Err("auth_query.query must take the user name as $1".into());
+        }
+        Ok(())
+    }
+}
+
+/// A fetched answer: the secret, or None for "no such user (or no password)".
+#[derive(Clone)]
+struct Found {
+    secret: Option<Arc<str>>,
+    at: Instant,
+}
+
+type Slot = Arc<tokio::sync::Mutex<Option<Found>>>;
+
+pub struct AuthQuery {
+    config: Live,
+    cluster: Arc<Cluster>,
+    metrics: Arc<Metrics>,
+    sql: SqlPools,
+    slots: Mutex<HashMap<String, Slot>>,
+}
+
+impl AuthQuery {
+    pub fn new(config: Live, cluster: Arc<Cluster>, metrics: Arc<Metrics>) -> AuthQuery {
+        let sql = SqlPools::new(config.clone(), Who::AuthQuery);
+        AuthQuery { config, cluster, metrics, sql, slots: Mutex::new(HashMap::new()) }
+    }
+
+    /// The stored secret of `user` (None: no such user), from the cache or the servers.
+    pub async fn secret(&self, user: &str) -> Result<Option<Arc<str>>, String> {
+        let ttl = Duration::from_millis(self.config.load().auth_query.cache_ttl_ms);
+        let slot = self.slot(user, ttl);
+        let mut found = slot.lock().await;
+        if let Some(f) = found.as_ref().filter(|f| f.at.elapsed() < ttl) {
+            self.count("hit");
+            return Ok(f.secret.clone());
+        }
+        match self.fetch(user).await {
+            Ok(secret) => {
+                self.count("fetched");
+                *found = Some(Found { secret: secret.clone(), at: Instant::now() });
+                Ok(secret)
+            }
+            Err(e) => match found.as_ref() {
+                Some(f) => {
+                    self.count("stale");
+                    tracing::warn!(user, "auth_query failed ({e}): using the answer fetched {:?} ago", f.at.elapsed());
+                    Ok(f.secret.clone())
+                }
+                None => {
+                    self.count("failed");
+                    Err(e)
+                }
+            },
+        }
+    }
+
+    /// The answer cached for `user`, however old (for server logins of a user who logged in).
+    pub fn cached(&self, user: &str) -> Option<Arc<str>> {
+        let slot = self.slots.lock().unwrap_or_else(|p| p.into_inner()).get(user).cloned()?;
+        let found = slot.try_lock().ok()?;
+        found.as_ref()?.secret.clone()
+    }
+
+    /// Forgets every answer and connection (a reload changed the settings).
+    pub fn clear(&self) {
+        self.slots.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        self.sql.clear();
+    }
+
+    fn count(&self, result: &str) {
+        self.metrics.auth_query.with_label_values(&[result]).inc();
+    }
+
+    fn slot(&self, user: &str, ttl: Duration) -> Slot {
+        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(s) = slots.get(user) {
+            return s.clone();
+        }
+        if slots.len() >= MAX_ENTRIES {
+            // Keep answers in use or still fresh; if that is still too many, keep only those in use.
+            let fresh = |s: &Slot| s.try_lock().map_or(true, |f| f.as_ref().is_some_and(|f| f.at.elapsed() < ttl));
+            slots.retain(|_, s| fresh(s));
+            if slots.len() >= MAX_ENTRIES {
+                slots.retain(|_, s| s.try_lock().is_err());
+            }
+        }
+        slots.entry(user.to_string()).or_default().clone()
+    }
+
+    /// Runs the query on the primary, or while it does not answer on a replica in rotation.
+    async fn fetch(&self, user: &str) -> Result<Option<Arc<str>>, String> {
+        let config = self.config.load_full();
+        let aq = &config.auth_query;
+        let database = if aq.database.is_empty() { &config.monitor.database } else { &aq.database };
+        let candidates: Vec<Arc<str>> = {
+            let t = self.cluster.load();
+            let primary = t.primary();
+            std::iter::once(t.nodes[primary].addr.clone())
+                .chain(
+                    t.nodes
+                        .iter()
+                        .enumerate()
+                        .filter(|(i, n)| *i != primary && n.in_rotation)
+                        .map(|(_, n)| n.addr.clone()),
+                )
+                .collect()
+        };
+        let timeout = Duration::from_millis(config.pool.connect_timeout_ms);
+        let mut last = String::from("no server");
+        for addr in candidates {
+            let Some(client) = self.sql.get(&addr, database).await else {
+                last = format!("{addr}: cannot connect (check [auth_query] user and password)");
+                continue;
+            };
+            match tokio::time::timeout(timeout, client.query_opt(aq.query.as_str(), &[&user])).await {
+                Ok(Ok(None)) => return Ok(None),
+                Ok(Ok(Some(row))) => {
+                    let column = if row.len() > 1 { 1 } else { 0 };
+                    return match row.try_get::<_, Option<String>>(column) {
+                        Ok(secret) => Ok(secret.filter(|s| !s.is_empty()).map(Arc::from)),
+                        Err(e) => Err(format!("auth_query's secret column is not text: {e}")),
+                    };
+                }
+                Ok(Err(e)) => {
+                    // A query error (bad SQL, no permission) is the same on every server.
+                    let msg = e.as_db_error().map_or_else(|| e.to_string(), |d| d.message().to_string());
+                    if e.as_db_error().is_some() {
+                        return Err(format!("auth_query failed on {addr}: {msg}"));
+                    }
+                    self.sql.forget(&addr);
+                    last = format!("{addr}: {msg}");
+                }
+                Err(_) => {
+                    self.sql.forget(&addr);
+                    last = format!("{addr}: no answer within {} ms", timeout.as_millis());
+                }
+            }
+        }
+        Err(last)
+    }
+}
