@@ -123,7 +123,8 @@ pub async fn no_secret_in_the_logs(env: &Env) -> R {
     let replicas: Vec<String> = env.cluster.replica_addrs().iter().map(|r| format!("\"{r}\"")).collect();
     let config = format!(
         "listen = \"127.0.0.1:{listen}\"\nauth = \"scram-sha-256\"\n[servers]\nprimary = \"{}\"\nreplicas = [{}]\n\
-         [[users]]\nname = \"app\"\npassword = \"s3cret-client-pw\"\nserver_user = \"{}\"\nserver_password = \"{}\"\n",
+         [[users]]\nname = \"app\"\npassword = \"s3cret-client-pw\"\nserver_user = \"{}\"\nserver_password = \"{}\"\n\
+         [auth_query]\nenabled = true\n",
         env.cluster.primary().addr(),
         replicas.join(", "),
         SCRAM_USER.0,
@@ -151,6 +152,11 @@ pub async fn no_secret_in_the_logs(env: &Env) -> R {
         };
         c.simple_query("SELECT 1").await?;
         c.batch_execute("INSERT INTO t (v) VALUES (1)").await?;
+        // A user found by auth_query (its verifier fetched), logged into the servers by
+        // SCRAM pass-through.
+        let (u, p) = SCRAM_USER;
+        let c = connect(&format!("host=127.0.0.1 port={listen} user={u} password={p} dbname=postgres")).await?;
+        c.batch_execute("BEGIN; SELECT 1; COMMIT").await?;
         let bad =
             connect(&format!("host=127.0.0.1 port={listen} user=app password=wrong-pw-123 dbname=postgres")).await;
         check!(bad.is_err(), "a wrong password got in");
