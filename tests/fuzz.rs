@@ -56,7 +56,7 @@ proptest! {
     /// Startup packets: parsed or refused, never a panic.
     #[test]
     fn startup_parsing_survives_anything(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
-        let _ = protocol::parse_startup_params(&bytes);
+        let _ = protocol::parse_startup(&bytes);
         let rt = runtime();
         let mut len = ((bytes.len() + 4) as u32).to_be_bytes().to_vec();
         len.extend_from_slice(&bytes);

@@ -16,7 +16,7 @@ use sha2::Digest;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use crate::config::AuthMethod;
-use crate::protocol::{self, FrameReader, ProtocolError, auth_request};
+use crate::protocol::{self, FrameReader, ProtocolError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
@@ -79,7 +79,7 @@ where
     W: AsyncWrite + Unpin,
 {
     let salt: [u8; 4] = rand::random();
-    writer.write_all(&auth_request(5, &salt)).await.map_err(ProtocolError::from)?;
+    writer.write_all(&protocol::auth_md5(salt)).await.map_err(ProtocolError::from)?;
     let f = expect_password(reader).await?;
     let mut body = f.body();
     let given = protocol::read_cstr(&mut body)?;
@@ -116,5 +116,5 @@ pub(super) fn invalid(msg: &str) -> AuthError {
 
 /// AuthenticationOk.
 pub fn ok() -> Bytes {
-    auth_request(0, &[])
+    protocol::auth_ok()
 }

@@ -11,7 +11,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use super::secret::{Secret, Verifier};
 use super::{AuthError, expect_password, invalid};
-use crate::protocol::{self, FrameReader, ProtocolError, auth_request};
+use crate::protocol::{self, FrameReader, ProtocolError};
 
 /// SCRAM-SHA-256, and SCRAM-SHA-256-PLUS over TLS (`end_point`: the tls-server-end-point
 /// channel binding, RFC 5929), as PostgreSQL offers them.
@@ -25,9 +25,9 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let offer: &[u8] =
-        if end_point.is_some() { b"SCRAM-SHA-256-PLUS\0SCRAM-SHA-256\0\0" } else { b"SCRAM-SHA-256\0\0" };
-    writer.write_all(&auth_request(10, offer)).await.map_err(ProtocolError::from)?;
+    let offer: &[&str] =
+        if end_point.is_some() { &["SCRAM-SHA-256-PLUS", "SCRAM-SHA-256"] } else { &["SCRAM-SHA-256"] };
+    writer.write_all(&protocol::auth_sasl(offer)).await.map_err(ProtocolError::from)?;
     // SASLInitialResponse: mechanism, length, client-first-message.
     let f = expect_password(reader).await?;
     let mut body = f.body();
@@ -79,7 +79,7 @@ where
     let server_nonce: [u8; 18] = rand::random();
     let nonce = format!("{client_nonce}{}", B64.encode(server_nonce));
     let server_first = format!("r={nonce},s={},i={iterations}", B64.encode(salt));
-    writer.write_all(&auth_request(11, server_first.as_bytes())).await.map_err(ProtocolError::from)?;
+    writer.write_all(&protocol::auth_sasl_continue(server_first.as_bytes())).await.map_err(ProtocolError::from)?;
 
     let f = expect_password(reader).await?;
     let client_final = std::str::from_utf8(f.body()).map_err(|_| invalid("SCRAM message is not UTF-8"))?;
@@ -109,7 +109,7 @@ where
     }
     let server_signature = hmac(&server_key, auth_message.as_bytes());
     let fin = format!("v={}", B64.encode(server_signature));
-    writer.write_all(&auth_request(12, fin.as_bytes())).await.map_err(ProtocolError::from)?;
+    writer.write_all(&protocol::auth_sasl_final(fin.as_bytes())).await.map_err(ProtocolError::from)?;
     let mut client_key = [0u8; 32];
     client_key.copy_from_slice(&recovered);
     Ok(Some(client_key))
@@ -205,7 +205,6 @@ pub(super) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bytes::BufMut;
     use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
 
     /// Runs our server side against a client side over an in-memory pipe; the ClientKey the
@@ -220,20 +219,14 @@ mod tests {
         let (cr, mut cw) = tokio::io::split(c);
         let mut reader = FrameReader::new(cr);
         let _sasl = reader.next().await.unwrap();
-        let first = |msg: &[u8]| {
-            protocol::message(b'p', |b| {
-                protocol::put_cstr(b, "SCRAM-SHA-256");
-                b.put_i32(msg.len() as i32);
-                b.put_slice(msg);
-            })
-        };
+        let first = |msg: &[u8]| protocol::sasl_initial_response("SCRAM-SHA-256", msg);
         match client {
             Client::Password(pw) => {
                 let mut scram = ScramSha256::new(pw.as_bytes(), ChannelBinding::unsupported());
                 cw.write_all(&first(scram.message())).await.unwrap();
                 let cont = reader.next().await.unwrap();
                 scram.update(&cont.body()[4..]).unwrap();
-                cw.write_all(&protocol::message(b'p', |b| b.put_slice(scram.message()))).await.unwrap();
+                cw.write_all(&protocol::sasl_response(scram.message())).await.unwrap();
                 let key = srv.await.unwrap();
                 if key.is_some() {
                     let fin = reader.next().await.unwrap();
@@ -246,7 +239,7 @@ mod tests {
                 cw.write_all(&first(p.first().as_bytes())).await.unwrap();
                 let cont = reader.next().await.unwrap();
                 let Ok(fin) = p.answer(&cont.body()[4..]) else { return None };
-                cw.write_all(&protocol::message(b'p', |b| b.put_slice(fin.as_bytes()))).await.unwrap();
+                cw.write_all(&protocol::sasl_response(fin.as_bytes())).await.unwrap();
                 let key = srv.await.unwrap();
                 if key.is_some() {
                     let fin = reader.next().await.unwrap();

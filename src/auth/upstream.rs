@@ -1,13 +1,13 @@
 //! pgsplit logging into a server: the answers to its authentication requests (cleartext, md5,
 //! SCRAM-SHA-256) from what pgsplit holds for the role (`ServerAuth`).
 
-use bytes::{BufMut, Bytes};
+use bytes::Bytes;
 use postgres_protocol::authentication::sasl::{ChannelBinding, SCRAM_SHA_256, ScramSha256};
 use sha2::Digest;
 
 use super::ServerAuth;
 use super::scram::PassThrough;
-use crate::protocol::{message, put_cstr};
+use crate::protocol;
 
 /// Why pgsplit could not answer a server's authentication request.
 #[derive(Debug)]
@@ -43,7 +43,7 @@ impl<'a> Login<'a> {
         match code {
             0 => Ok(None),
             3 => match self.auth {
-                ServerAuth::Password(pw) => Ok(Some(password_message(pw.as_bytes()))),
+                ServerAuth::Password(pw) => Ok(Some(protocol::password(pw))),
                 _ => Err(self.cannot("a cleartext password")),
             },
             5 => {
@@ -61,7 +61,7 @@ impl<'a> Login<'a> {
                     }
                     _ => return Err(self.cannot("an md5 password")),
                 };
-                Ok(Some(password_message(hash.as_bytes())))
+                Ok(Some(protocol::password(&hash)))
             }
             10 => {
                 let mechanisms = String::from_utf8_lossy(body);
@@ -82,11 +82,7 @@ impl<'a> Login<'a> {
                     _ => return Err(self.cannot("SCRAM-SHA-256")),
                 };
                 self.scram = Some(scram);
-                Ok(Some(message(b'p', |b| {
-                    put_cstr(b, SCRAM_SHA_256);
-                    b.put_i32(first.len() as i32);
-                    b.put_slice(&first);
-                })))
+                Ok(Some(protocol::sasl_initial_response(SCRAM_SHA_256, &first)))
             }
             11 => {
                 let reply = match self.scram.as_mut().ok_or_else(|| protocol_err("SASL out of order"))? {
@@ -96,7 +92,7 @@ impl<'a> Login<'a> {
                     }
                     Scram::PassThrough(p) => p.answer(body).map_err(|e| self.cannot_because(&e))?.into_bytes(),
                 };
-                Ok(Some(message(b'p', |b| b.put_slice(&reply))))
+                Ok(Some(protocol::sasl_response(&reply)))
             }
             12 => {
                 match self.scram.as_mut().ok_or_else(|| protocol_err("SASL out of order"))? {
@@ -122,13 +118,6 @@ impl<'a> Login<'a> {
     fn cannot_because(&self, why: &str) -> LoginError {
         LoginError::Cannot(format!("SCRAM pass-through for user \"{}\": {why}", self.user))
     }
-}
-
-fn password_message(pw: &[u8]) -> Bytes {
-    message(b'p', |b| {
-        b.put_slice(pw);
-        b.put_u8(0);
-    })
 }
 
 #[cfg(test)]

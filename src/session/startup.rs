@@ -97,13 +97,15 @@ async fn negotiate(shared: &Arc<Shared>, mut stream: TcpStream) -> Result<Option
         match code {
             protocol::SSL_REQUEST => match &tls {
                 Some(t) => {
-                    stream.write_all(b"S").await.map_err(ProtocolError::from)?;
+                    stream.write_all(&[protocol::SSL_ACCEPT]).await.map_err(ProtocolError::from)?;
                     let s = t.acceptor.accept(stream).await.map_err(ProtocolError::from)?;
                     return in_tls(shared, s, t).await;
                 }
-                None => stream.write_all(b"N").await.map_err(ProtocolError::from)?,
+                None => stream.write_all(&[protocol::SSL_REFUSE]).await.map_err(ProtocolError::from)?,
             },
-            protocol::GSSENC_REQUEST => stream.write_all(b"N").await.map_err(ProtocolError::from)?,
+            protocol::GSSENC_REQUEST => {
+                stream.write_all(&[protocol::GSSENC_REFUSE]).await.map_err(ProtocolError::from)?
+            }
             protocol::CANCEL_REQUEST if body.len() == 12 => {
                 cancel(shared, &body).await;
                 return Ok(None);
@@ -164,8 +166,8 @@ async fn handshake(
         let _ = w.write_all(&protocol::fatal("0A000", "unsupported frontend protocol")).await;
         return Ok(None);
     }
-    let startup = protocol::parse_startup_params(&body[4..])?;
-    let Some(user) = startup.get("user").map(str::to_string) else {
+    let startup = protocol::parse_startup(&body)?;
+    let Some(user) = startup.get("user").filter(|u| !u.is_empty()).map(str::to_string) else {
         let _ = w.write_all(&protocol::fatal("28000", "no PostgreSQL user name specified in startup packet")).await;
         return Ok(None);
     };

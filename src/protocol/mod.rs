@@ -2,16 +2,22 @@
 //!
 //! The hot path never decodes rows: a [`Frame`] is the raw bytes of one message (tag, length,
 //! body) and is forwarded as-is. Only the handful of messages the router and the pools must
-//! understand are looked into, through the small accessors below.
+//! understand are looked into, through the small zero-copy accessors below; the messages pgsplit
+//! builds itself (startup, authentication, errors, notices, status) are pgwire's types
+//! (`messages`).
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 /// Messages larger than this are refused (PostgreSQL's own limit for most messages is 1 GB).
 pub const MAX_MESSAGE_LEN: usize = 1 << 30;
-pub const PROTOCOL_V3: i32 = 196608;
-pub const SSL_REQUEST: i32 = 80877103;
-pub const GSSENC_REQUEST: i32 = 80877104;
+pub const PROTOCOL_V3: i32 = pgwire::messages::startup::Startup::PROTOCOL_VERSION_3_0;
+pub const SSL_REQUEST: i32 = pgwire::messages::startup::SslRequest::BODY_MAGIC_NUMBER;
+pub const GSSENC_REQUEST: i32 = pgwire::messages::startup::GssEncRequest::BODY_MAGIC_NUMBER;
+pub const SSL_ACCEPT: u8 = pgwire::messages::response::SslResponse::BYTE_ACCEPT;
+pub const SSL_REFUSE: u8 = pgwire::messages::response::SslResponse::BYTE_REFUSE;
+pub const GSSENC_REFUSE: u8 = pgwire::messages::response::GssEncResponse::BYTE_REFUSE;
+/// (pgwire keeps its CancelRequest code private.)
 pub const CANCEL_REQUEST: i32 = 80877102;
 
 #[derive(Debug, thiserror::Error)]
@@ -149,31 +155,6 @@ pub async fn read_startup<R: AsyncRead + Unpin>(r: &mut R) -> Result<Bytes, Prot
     Ok(Bytes::from(body))
 }
 
-/// The parsed StartupMessage: protocol version and its key/value parameters in order.
-#[derive(Debug, Clone)]
-pub struct Startup {
-    pub params: Vec<(String, String)>,
-}
-
-impl Startup {
-    pub fn get(&self, key: &str) -> Option<&str> {
-        self.params.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
-    }
-}
-
-pub fn parse_startup_params(mut body: &[u8]) -> Result<Startup, ProtocolError> {
-    let mut params = Vec::new();
-    loop {
-        let key = read_cstr(&mut body)?;
-        if key.is_empty() {
-            break;
-        }
-        let value = read_cstr(&mut body)?;
-        params.push((key.to_string(), value.to_string()));
-    }
-    Ok(Startup { params })
-}
-
 /// Reads a NUL-terminated UTF-8 string and advances the slice past it.
 pub fn read_cstr<'a>(buf: &mut &'a [u8]) -> Result<&'a str, ProtocolError> {
     let end =
@@ -188,93 +169,6 @@ pub fn read_i32(buf: &mut &[u8]) -> Result<i32, ProtocolError> {
         return Err(ProtocolError::Invalid("message too short".into()));
     }
     Ok(buf.get_i32())
-}
-
-/// Builds a tagged message: the closure writes the body, the length is filled in after.
-pub fn message(tag: u8, body: impl FnOnce(&mut BytesMut)) -> Bytes {
-    let mut b = BytesMut::with_capacity(64);
-    b.put_u8(tag);
-    b.put_u32(0);
-    body(&mut b);
-    let len = (b.len() - 1) as u32;
-    b[1..5].copy_from_slice(&len.to_be_bytes());
-    b.freeze()
-}
-
-pub fn put_cstr(b: &mut BytesMut, s: &str) {
-    b.put_slice(s.as_bytes());
-    b.put_u8(0);
-}
-
-pub fn ready_for_query(status: u8) -> Bytes {
-    message(b'Z', |b| b.put_u8(status))
-}
-
-pub fn command_complete(tag: &str) -> Bytes {
-    message(b'C', |b| put_cstr(b, tag))
-}
-
-pub fn parameter_status(name: &str, value: &str) -> Bytes {
-    message(b'S', |b| {
-        put_cstr(b, name);
-        put_cstr(b, value);
-    })
-}
-
-pub fn backend_key_data(pid: i32, secret: i32) -> Bytes {
-    message(b'K', |b| {
-        b.put_i32(pid);
-        b.put_i32(secret);
-    })
-}
-
-pub fn auth_request(code: i32, extra: &[u8]) -> Bytes {
-    message(b'R', |b| {
-        b.put_i32(code);
-        b.put_slice(extra);
-    })
-}
-
-/// An ErrorResponse with severity, SQLSTATE and message.
-pub fn error_response(severity: &str, code: &str, msg: &str) -> Bytes {
-    message(b'E', |b| {
-        b.put_u8(b'S');
-        put_cstr(b, severity);
-        b.put_u8(b'V');
-        put_cstr(b, severity);
-        b.put_u8(b'C');
-        put_cstr(b, code);
-        b.put_u8(b'M');
-        put_cstr(b, msg);
-        b.put_u8(0);
-    })
-}
-
-/// A NoticeResponse (severity NOTICE).
-pub fn notice(code: &str, msg: &str) -> Bytes {
-    let mut b = BytesMut::from(&error_response("NOTICE", code, msg)[..]);
-    b[0] = b'N';
-    b.freeze()
-}
-
-pub fn error(code: &str, msg: &str) -> Bytes {
-    error_response("ERROR", code, msg)
-}
-
-pub fn fatal(code: &str, msg: &str) -> Bytes {
-    error_response("FATAL", code, msg)
-}
-
-pub fn simple_query(sql: &str) -> Bytes {
-    message(b'Q', |b| put_cstr(b, sql))
-}
-
-pub fn terminate() -> Bytes {
-    message(b'X', |_| {})
-}
-
-pub fn sync() -> Bytes {
-    message(b'S', |_| {})
 }
 
 /// Fields of an ErrorResponse or NoticeResponse body, looked up by field code.
@@ -293,29 +187,26 @@ pub fn error_field(body: &[u8], field: u8) -> Option<&str> {
     None
 }
 
-/// The untagged CancelRequest body (after the length): code, pid, secret.
-pub fn cancel_request(pid: i32, secret: i32) -> Bytes {
-    let mut b = BytesMut::with_capacity(16);
-    b.put_u32(16);
-    b.put_i32(CANCEL_REQUEST);
-    b.put_i32(pid);
-    b.put_i32(secret);
+/// Builds a tagged message: the closure writes the body, the length is filled in after. For
+/// the messages pgsplit rewrites in the relay (Bind, Parse, console rows), where a typed
+/// encoder would copy what is forwarded as bytes.
+pub fn message(tag: u8, body: impl FnOnce(&mut BytesMut)) -> Bytes {
+    let mut b = BytesMut::with_capacity(64);
+    b.put_u8(tag);
+    b.put_u32(0);
+    body(&mut b);
+    let len = (b.len() - 1) as u32;
+    b[1..5].copy_from_slice(&len.to_be_bytes());
     b.freeze()
 }
 
-pub fn startup_message(params: &[(&str, &str)]) -> Bytes {
-    let mut b = BytesMut::with_capacity(128);
-    b.put_u32(0);
-    b.put_i32(PROTOCOL_V3);
-    for (k, v) in params {
-        put_cstr(&mut b, k);
-        put_cstr(&mut b, v);
-    }
+pub fn put_cstr(b: &mut BytesMut, s: &str) {
+    b.put_slice(s.as_bytes());
     b.put_u8(0);
-    let len = b.len() as u32;
-    b[0..4].copy_from_slice(&len.to_be_bytes());
-    b.freeze()
 }
+
+pub mod messages;
+pub use messages::*;
 
 #[cfg(test)]
 mod tests {
