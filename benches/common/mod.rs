@@ -1,5 +1,6 @@
 //! What the benchmarks share: PgBouncer started beside the project's cluster, configured as
-//! pgsplit is (transaction pooling, the same pool size).
+//! pgsplit is (transaction pooling, the same pool size), Pgpool-II, and pgbench runs.
+#![allow(dead_code)] // each benchmark uses part of it
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -51,4 +52,121 @@ pub fn stop_pgbouncer(pid: u32, mut child: Child) {
     let _ = Command::new("kill").arg(pid.to_string()).status();
     let _ = child.kill();
     let _ = child.wait();
+}
+
+/// Pgpool-II in streaming-replication mode with load balancing over the primary and the
+/// replicas (its children hold a session each: `children` must be at least the client count).
+pub fn start_pgpool(cluster: &LocalCluster, children: usize) -> Option<(u16, u32, Child)> {
+    let exe = ["/usr/sbin/pgpool", "/usr/bin/pgpool"].into_iter().find(|p| std::path::Path::new(p).exists())?;
+    let port = free_port().ok()?;
+    let pcp = free_port().ok()?;
+    let dir = cluster.base.join("pgpool");
+    std::fs::create_dir_all(&dir).ok()?;
+    let mut backends = String::new();
+    for (i, n) in cluster.nodes.iter().enumerate() {
+        backends.push_str(&format!(
+            "backend_hostname{i} = '127.0.0.1'\nbackend_port{i} = {}\nbackend_weight{i} = 1\n\
+             backend_flag{i} = 'DISALLOW_TO_FAILOVER'\n",
+            n.port
+        ));
+    }
+    let d = dir.display();
+    let conf = format!(
+        "backend_clustering_mode = 'streaming_replication'\nlisten_addresses = '127.0.0.1'\nport = {port}\n\
+         socket_dir = '{d}'\npcp_listen_addresses = ''\npcp_port = {pcp}\npcp_socket_dir = '{d}'\n{backends}\
+         num_init_children = {children}\nmax_pool = 1\nconnection_cache = off\nload_balance_mode = on\n\
+         sr_check_period = 0\nsr_check_user = 'postgres'\nsr_check_database = 'postgres'\nhealth_check_period = 0\nfailover_on_backend_error = off\nenable_pool_hba = off\n\
+         pid_file_name = '{d}/pgpool.pid'\nlogdir = '{d}'\nlog_destination = 'stderr'\n\
+         listen_backlog_multiplier = 4\nreserved_connections = 0\n"
+    );
+    std::fs::write(dir.join("pgpool.conf"), conf).ok()?;
+    std::fs::write(dir.join("pcp.conf"), "").ok()?;
+    let mut cmd = match &cluster.run_as {
+        Some(u) => {
+            let _ = Command::new("chown").args(["-R", &format!("{u}:"), dir.to_str()?]).status();
+            let mut c = Command::new("runuser");
+            c.args(["-u", u, "--", "sh", "-c", "ulimit -n $(ulimit -Hn); exec \"$0\" \"$@\"", exe]);
+            c
+        }
+        None => Command::new(exe),
+    };
+    let log = std::fs::File::create(dir.join("pgpool.log")).ok()?;
+    let child = cmd
+        .args(["-n", "-f"])
+        .arg(dir.join("pgpool.conf"))
+        .arg("-F")
+        .arg(dir.join("pcp.conf"))
+        .stdout(log.try_clone().ok()?)
+        .stderr(log)
+        .spawn()
+        .ok()?;
+    let t0 = Instant::now();
+    loop {
+        if let Some(pid) = std::fs::read_to_string(dir.join("pgpool.pid")).ok().and_then(|p| p.trim().parse().ok())
+            && std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        {
+            return Some((port, pid, child));
+        }
+        if t0.elapsed() > Duration::from_secs(20) {
+            let log = std::fs::read_to_string(dir.join("pgpool.log")).unwrap_or_default();
+            eprintln!("Pgpool-II did not start: {}", &log[log.len().saturating_sub(1500)..]);
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// One pgbench run: throughput, latency percentiles (from the per-transaction log), or why it
+/// failed (any client error makes the run's figures meaningless).
+#[derive(Debug, Clone)]
+pub struct Run {
+    pub tps: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+}
+
+pub fn pgbench(port: u16, args: &[&str], log_dir: Option<&std::path::Path>) -> Result<Run, String> {
+    let mut cmd = Command::new("pgbench");
+    cmd.args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "postgres", "postgres"]).args(args);
+    let prefix = log_dir.map(|d| {
+        let _ = std::fs::remove_dir_all(d);
+        let _ = std::fs::create_dir_all(d);
+        d.join("tx")
+    });
+    if let Some(p) = &prefix {
+        cmd.arg("-l").arg(format!("--log-prefix={}", p.display()));
+    }
+    let out = cmd.output().map_err(|e| format!("pgbench: {e}"))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let field = |prefix: &str| {
+        text.lines()
+            .find(|l| l.starts_with(prefix))
+            .and_then(|l| l.split_whitespace().find_map(|w| w.parse::<f64>().ok()))
+            .unwrap_or(0.0)
+    };
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if let Some(error) = stderr.lines().find(|l| l.contains("error") || l.contains("FATAL")) {
+        return Err(error.chars().take(100).collect());
+    }
+    if !out.status.success() {
+        return Err(format!("pgbench exited with {}", out.status));
+    }
+    let tps = field("tps =");
+    let (mut p50_ms, mut p99_ms) = (field("latency average ="), f64::NAN);
+    if let Some(dir) = log_dir {
+        // Per-transaction log lines: client, transaction, latency in µs, ...
+        let mut lat: Vec<u32> = Vec::new();
+        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let Ok(t) = std::fs::read_to_string(e.path()) else { continue };
+            lat.extend(t.lines().filter_map(|l| l.split_whitespace().nth(2)?.parse::<u32>().ok()));
+        }
+        let _ = std::fs::remove_dir_all(dir);
+        if !lat.is_empty() {
+            lat.sort_unstable();
+            let at = |q: f64| lat[((lat.len() as f64 * q) as usize).min(lat.len() - 1)] as f64 / 1000.0;
+            p50_ms = at(0.50);
+            p99_ms = at(0.99);
+        }
+    }
+    Ok(Run { tps, p50_ms, p99_ms })
 }

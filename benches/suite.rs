@@ -1,0 +1,334 @@
+//! The benchmark suite: pgbench against the primary directly, pgsplit, PgBouncer and Pgpool-II,
+//! on the project's own primary + two replicas, interleaved round by round so that machine
+//! drift hits every target alike. Prints a table per workload (median TPS of the rounds, p50/p99
+//! latency, ratios to direct and to PgBouncer), writes JSON and CSV, and draws a PNG chart
+//! with gnuplot when it is installed. Asserts nothing.
+//!
+//! Run: `scripts/bench` (installs PgBouncer, Pgpool-II and gnuplot from Debian, then this).
+//! Environment: BENCH_SECONDS (5), BENCH_ROUNDS (2), BENCH_CLIENTS ("1,16,64,256"),
+//! BENCH_WORKLOADS (substring filter on the names below), BENCH_OUT (target/bench).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::Command;
+
+use pgsplit::config::Config;
+use pgsplit::localcluster::LocalCluster;
+use pgsplit::proxy::Proxy;
+
+#[path = "common/mod.rs"]
+mod support;
+use support::{Run, pgbench};
+
+/// Server connections per server for every pooler (PgBouncer and pgsplit pool size).
+const POOL: usize = 20;
+
+const WORKLOADS: &[(&str, &[&str])] = &[
+    ("select-only simple", &["-S", "-M", "simple"]),
+    ("select-only extended", &["-S", "-M", "extended"]),
+    ("select-only prepared", &["-S", "-M", "prepared"]),
+    ("tpcb-like simple", &["-M", "simple"]),
+    ("select-only simple, new connection per transaction", &["-S", "-M", "simple", "-C"]),
+];
+
+fn env(name: &str, default: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| default.into())
+}
+
+fn main() {
+    let seconds = env("BENCH_SECONDS", "5");
+    let rounds: usize = env("BENCH_ROUNDS", "2").parse().unwrap_or(2);
+    let counts: Vec<usize> =
+        env("BENCH_CLIENTS", "1,16,64,256").split(',').filter_map(|c| c.trim().parse().ok()).collect();
+    let filter = env("BENCH_WORKLOADS", "");
+    let out_dir = PathBuf::from(env("BENCH_OUT", "target/bench"));
+    let _ = std::fs::create_dir_all(&out_dir);
+    let max_clients = counts.iter().copied().max().unwrap_or(1);
+
+    let base = std::env::temp_dir().join(format!("pgsplit-suite-{}", std::process::id()));
+    let cluster = LocalCluster::start(&base, 2).unwrap_or_else(|e| panic!("cannot start the cluster: {e}"));
+    let primary_port = cluster.primary().port;
+    if let Err(e) = pgbench(primary_port, &["-i", "-q", "-s", "10"], None) {
+        eprintln!("pgbench -i: {e}");
+    }
+    let _ = cluster.wait_caught_up();
+    let rt = tokio::runtime::Runtime::new().unwrap_or_else(|e| panic!("runtime: {e}"));
+    let mut config = Config { listen: "127.0.0.1:0".into(), ..Config::default() };
+    config.servers.primary = cluster.primary().addr();
+    config.servers.replicas = cluster.replica_addrs().into_iter().map(Into::into).collect();
+    config.pool.size = POOL;
+    config.limits.max_client_conn = max_clients + 100;
+    let proxy = rt.block_on(Proxy::start(config)).unwrap_or_else(|e| panic!("{e}"));
+
+    let bouncer = support::start_pgbouncer(&cluster, POOL, max_clients + 100);
+    // Pgpool-II holds a server session per client: as many children as clients, each with its
+    // own connections (the servers allow 300).
+    let pgpool = support::start_pgpool(&cluster, max_clients.min(250));
+    let mut targets: Vec<(&str, u16)> = vec![("direct", primary_port), ("pgsplit", proxy.addr.port())];
+    match &bouncer {
+        Some((port, _, _)) => targets.push(("pgbouncer", *port)),
+        None => eprintln!("PgBouncer not found (apt-get install pgbouncer): left out"),
+    }
+    match &pgpool {
+        Some((port, _, _)) => targets.push(("pgpool-ii", *port)),
+        None => eprintln!("Pgpool-II not found or did not start (apt-get install pgpool2): left out"),
+    }
+    let about = about(&cluster);
+    println!("{about}");
+    println!("{seconds} s per run, {rounds} rounds interleaved, pool {POOL} per server, pgbench -n -j2\n");
+
+    // results[(workload, clients, target)] = runs
+    let mut results: BTreeMap<(usize, usize, usize), Vec<Result<Run, String>>> = BTreeMap::new();
+    let log_dir = base.join("pgbench-log");
+    for round in 0..rounds {
+        for (w, (name, args)) in WORKLOADS.iter().enumerate() {
+            if !name.contains(filter.as_str()) {
+                continue;
+            }
+            for (ci, &clients) in counts.iter().enumerate() {
+                for (t, (target, port)) in targets.iter().enumerate() {
+                    let c = clients.to_string();
+                    let j = if clients > 1 { "2" } else { "1" };
+                    let mut a = vec!["-n", "-c", c.as_str(), "-j", j, "-T", seconds.as_str()];
+                    a.extend(args.iter().copied());
+                    let r = if *target == "direct" && clients > 250 {
+                        Err("more clients than the servers' max_connections".into())
+                    } else {
+                        pgbench(*port, &a, Some(&log_dir))
+                    };
+                    match &r {
+                        Ok(r) => eprintln!("round {round} {name} {clients} clients {target}: {:.0} tps", r.tps),
+                        Err(e) => eprintln!("round {round} {name} {clients} clients {target}: failed: {e}"),
+                    }
+                    results.entry((w, ci, t)).or_default().push(r);
+                }
+            }
+        }
+    }
+    let rows = summarize(&results, &targets, &counts);
+    print_tables(&rows, &targets, &counts);
+    write_outputs(&out_dir, &rows, &about);
+
+    if let Some((_, pid, child)) = bouncer {
+        support::stop_pgbouncer(pid, child);
+    }
+    if let Some((_, pid, child)) = pgpool {
+        support::stop_pgbouncer(pid, child);
+    }
+    proxy.stop();
+    drop(cluster);
+}
+
+/// One (workload, clients, target) cell.
+struct Row {
+    workload: &'static str,
+    clients: usize,
+    target: &'static str,
+    tps: Option<f64>,
+    p50_ms: Option<f64>,
+    p99_ms: Option<f64>,
+    vs_direct: Option<f64>,
+    vs_pgbouncer: Option<f64>,
+    error: Option<String>,
+}
+
+fn median(mut v: Vec<f64>) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    Some(if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 })
+}
+
+fn summarize(
+    results: &BTreeMap<(usize, usize, usize), Vec<Result<Run, String>>>,
+    targets: &[(&'static str, u16)],
+    counts: &[usize],
+) -> Vec<Row> {
+    let cell = |w: usize, ci: usize, t: usize| -> (Option<f64>, Option<f64>, Option<f64>, Option<String>) {
+        let Some(runs) = results.get(&(w, ci, t)) else { return (None, None, None, None) };
+        let ok: Vec<&Run> = runs.iter().filter_map(|r| r.as_ref().ok()).collect();
+        if ok.len() < runs.len() {
+            let e = runs.iter().find_map(|r| r.as_ref().err().cloned());
+            return (None, None, None, e);
+        }
+        (
+            median(ok.iter().map(|r| r.tps).collect()),
+            median(ok.iter().map(|r| r.p50_ms).collect()),
+            median(ok.iter().map(|r| r.p99_ms).collect()),
+            None,
+        )
+    };
+    let index = |name: &str| targets.iter().position(|(n, _)| *n == name);
+    let mut rows = Vec::new();
+    for (w, (workload, _)) in WORKLOADS.iter().enumerate() {
+        for (ci, &clients) in counts.iter().enumerate() {
+            let base = |name: &str| index(name).and_then(|t| cell(w, ci, t).0);
+            let (direct, bouncer) = (base("direct"), base("pgbouncer"));
+            for (t, (target, _)) in targets.iter().enumerate() {
+                if !results.contains_key(&(w, ci, t)) {
+                    continue;
+                }
+                let (tps, p50, p99, error) = cell(w, ci, t);
+                rows.push(Row {
+                    workload,
+                    clients,
+                    target,
+                    tps,
+                    p50_ms: p50,
+                    p99_ms: p99,
+                    vs_direct: tps.zip(direct).map(|(a, b)| a / b),
+                    vs_pgbouncer: tps.zip(bouncer).map(|(a, b)| a / b),
+                    error,
+                });
+            }
+        }
+    }
+    rows
+}
+
+fn print_tables(rows: &[Row], targets: &[(&str, u16)], counts: &[usize]) {
+    let f = |v: Option<f64>, p: usize| v.map_or("-".to_string(), |v| format!("{v:.p$}"));
+    for (workload, _) in WORKLOADS {
+        if !rows.iter().any(|r| r.workload == *workload) {
+            continue;
+        }
+        println!("\n== {workload}");
+        println!(
+            "{:>7}  {:<10} {:>9} {:>8} {:>8} {:>9} {:>9}",
+            "clients", "target", "tps", "p50 ms", "p99 ms", "x direct", "x bouncer"
+        );
+        for &clients in counts {
+            for (target, _) in targets {
+                let Some(r) =
+                    rows.iter().find(|r| r.workload == *workload && r.clients == clients && r.target == *target)
+                else {
+                    continue;
+                };
+                match &r.error {
+                    Some(e) => println!("{clients:>7}  {target:<10} failed: {e}"),
+                    None => println!(
+                        "{clients:>7}  {target:<10} {:>9} {:>8} {:>8} {:>9} {:>9}",
+                        f(r.tps, 0),
+                        f(r.p50_ms, 3),
+                        f(r.p99_ms, 3),
+                        f(r.vs_direct, 2),
+                        f(r.vs_pgbouncer, 2)
+                    ),
+                }
+            }
+        }
+    }
+}
+
+fn write_outputs(dir: &std::path::Path, rows: &[Row], about: &str) {
+    let json: Vec<serde_json::Value> = rows
+        .iter()
+        .map(|r| {
+            serde_json::json!({
+                "workload": r.workload, "clients": r.clients, "target": r.target, "tps": r.tps,
+                "p50_ms": r.p50_ms, "p99_ms": r.p99_ms, "x_direct": r.vs_direct,
+                "x_pgbouncer": r.vs_pgbouncer, "error": r.error,
+            })
+        })
+        .collect();
+    let doc = serde_json::json!({ "about": about, "results": json });
+    let _ = std::fs::write(dir.join("suite.json"), serde_json::to_string_pretty(&doc).unwrap_or_default());
+    let opt = |v: Option<f64>| v.map_or(String::new(), |v| format!("{v:.3}"));
+    let mut csv = String::from("workload,clients,target,tps,p50_ms,p99_ms,x_direct,x_pgbouncer,error\n");
+    for r in rows {
+        csv.push_str(&format!(
+            "\"{}\",{},{},{},{},{},{},{},\"{}\"\n",
+            r.workload,
+            r.clients,
+            r.target,
+            opt(r.tps),
+            opt(r.p50_ms),
+            opt(r.p99_ms),
+            opt(r.vs_direct),
+            opt(r.vs_pgbouncer),
+            r.error.clone().unwrap_or_default().replace('"', "'")
+        ));
+    }
+    let _ = std::fs::write(dir.join("suite.csv"), csv);
+    chart(dir, rows, about);
+    println!("\nwritten: {0}/suite.json, {0}/suite.csv, {0}/suite.png (with gnuplot)", dir.display());
+}
+
+/// TPS by client count, one line per target, one panel per workload (gnuplot, pngcairo).
+fn chart(dir: &std::path::Path, rows: &[Row], about: &str) {
+    let workloads: Vec<&str> =
+        WORKLOADS.iter().map(|w| w.0).filter(|w| rows.iter().any(|r| r.workload == *w)).collect();
+    let mut targets: Vec<&str> = Vec::new();
+    for r in rows {
+        if !targets.contains(&r.target) {
+            targets.push(r.target);
+        }
+    }
+    let mut script = format!(
+        "set terminal pngcairo size 1500,{} font 'sans,10'\nset output '{}/suite.png'\n\
+         set multiplot layout {},2 title \"{}\"\nset logscale x 2\nset key top left\nset grid\n\
+         set xlabel 'clients'\nset ylabel 'TPS'\nset yrange [0:*]\n",
+        420 * workloads.len().div_ceil(2),
+        dir.display(),
+        workloads.len().div_ceil(2),
+        about.lines().next().unwrap_or("").replace('"', "'")
+    );
+    for w in &workloads {
+        script.push_str(&format!("set title \"{w}\"\nplot "));
+        let plots: Vec<String> =
+            targets.iter().map(|t| format!("'-' using 1:2 with linespoints title '{t}'")).collect();
+        script.push_str(&plots.join(", "));
+        script.push('\n');
+        for t in &targets {
+            for r in rows.iter().filter(|r| r.workload == *w && r.target == *t) {
+                if let Some(tps) = r.tps {
+                    script.push_str(&format!("{} {tps:.0}\n", r.clients));
+                }
+            }
+            script.push_str("e\n");
+        }
+    }
+    script.push_str("unset multiplot\n");
+    let path = dir.join("suite.gp");
+    let _ = std::fs::write(&path, script);
+    match Command::new("gnuplot").arg(&path).status() {
+        Ok(s) if s.success() => {}
+        _ => eprintln!("gnuplot not run (apt-get install gnuplot-nox): the chart's script is {}", path.display()),
+    }
+}
+
+/// Date, machine and versions, for the table and the chart.
+fn about(cluster: &LocalCluster) -> String {
+    let out = |cmd: &str, args: &[&str]| {
+        Command::new(cmd)
+            .args(args)
+            .output()
+            .ok()
+            .map(|o| String::from_utf8_lossy(&o.stdout).lines().next().unwrap_or("").trim().to_string())
+            .unwrap_or_default()
+    };
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_default();
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| m.lines().next().and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok()))
+        .map_or(String::new(), |kb| format!("{} GiB", kb / 1024 / 1024));
+    let pg = out(&cluster.bin.join("postgres").display().to_string(), &["--version"]);
+    format!(
+        "pgbench suite {} on {cores} cores ({cpu}), {mem}; pgsplit {} ({}); {pg}; {}; {}",
+        out("date", &["-u", "+%Y-%m-%d"]),
+        env!("CARGO_PKG_VERSION"),
+        out("git", &["rev-parse", "--short", "HEAD"]),
+        out("pgbouncer", &["--version"]),
+        out("pgpool", &["--version"]),
+    )
+}
