@@ -77,8 +77,7 @@ fn main() {
     println!("{about}");
     println!("{seconds} s per run, {rounds} rounds interleaved, pool {POOL} per server, pgbench -n -j2\n");
 
-    // results[(workload, clients, target)] = runs
-    let mut results: BTreeMap<(usize, usize, usize), Vec<Result<Run, String>>> = BTreeMap::new();
+    let mut results: Results = BTreeMap::new();
     let log_dir = base.join("pgbench-log");
     for round in 0..rounds {
         for (w, (name, args)) in WORKLOADS.iter().enumerate() {
@@ -119,6 +118,9 @@ fn main() {
     drop(cluster);
 }
 
+/// The runs of each (workload, client count, target), by index.
+type Results = BTreeMap<(usize, usize, usize), Vec<Result<Run, String>>>;
+
 /// One (workload, clients, target) cell.
 struct Row {
     workload: &'static str,
@@ -142,7 +144,7 @@ fn median(mut v: Vec<f64>) -> Option<f64> {
 }
 
 fn summarize(
-    results: &BTreeMap<(usize, usize, usize), Vec<Result<Run, String>>>,
+    results: &Results,
     targets: &[(&'static str, u16)],
     counts: &[usize],
 ) -> Vec<Row> {
