@@ -143,11 +143,7 @@ fn median(mut v: Vec<f64>) -> Option<f64> {
     Some(if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 })
 }
 
-fn summarize(
-    results: &Results,
-    targets: &[(&'static str, u16)],
-    counts: &[usize],
-) -> Vec<Row> {
+fn summarize(results: &Results, targets: &[(&'static str, u16)], counts: &[usize]) -> Vec<Row> {
     let cell = |w: usize, ci: usize, t: usize| -> (Option<f64>, Option<f64>, Option<f64>, Option<String>) {
         let Some(runs) = results.get(&(w, ci, t)) else { return (None, None, None, None) };
         let ok: Vec<&Run> = runs.iter().filter_map(|r| r.as_ref().ok()).collect();

@@ -102,14 +102,28 @@ pub fn start_pgpool(cluster: &LocalCluster, children: usize) -> Option<(u16, u32
         .ok()?;
     let t0 = Instant::now();
     loop {
-        if let Some(pid) = std::fs::read_to_string(dir.join("pgpool.pid")).ok().and_then(|p| p.trim().parse().ok())
+        // (Pgpool-II's pid file may carry more than the number.)
+        let pid = std::fs::read(dir.join("pgpool.pid")).ok().and_then(|p| {
+            String::from_utf8_lossy(&p).split(|c: char| !c.is_ascii_digit()).find(|w| !w.is_empty())?.parse().ok()
+        });
+        if let Some(pid) = pid
             && std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
         {
             return Some((port, pid, child));
         }
         if t0.elapsed() > Duration::from_secs(20) {
             let log = std::fs::read_to_string(dir.join("pgpool.log")).unwrap_or_default();
-            eprintln!("Pgpool-II did not start: {}", &log[log.len().saturating_sub(1500)..]);
+            let files: Vec<String> = std::fs::read_dir(&dir)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect();
+            let listening = std::net::TcpStream::connect(("127.0.0.1", port)).is_ok();
+            eprintln!(
+                "Pgpool-II did not start (files {files:?}, port {port} listening: {listening}): {}",
+                &log[log.len().saturating_sub(1500)..]
+            );
             return None;
         }
         std::thread::sleep(Duration::from_millis(100));
