@@ -3,10 +3,9 @@
 //! same run. Prints figures; never fails a build.
 //! Run: `cargo bench --bench idle_memory` (IDLE_CLIENTS, default 10000).
 
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use pgsplit::localcluster::{LocalCluster, free_port};
+use pgsplit::localcluster::LocalCluster;
 
 #[path = "common/mod.rs"]
 mod support;
@@ -25,7 +24,7 @@ fn main() {
     };
     let rt = tokio::runtime::Runtime::new().unwrap_or_else(|e| panic!("runtime: {e}"));
     println!("{n} idle clients (logged in, then silent), RSS of the proxy process");
-    let (port, mut child) = match start_pgsplit(&cluster) {
+    let (port, mut child) = match support::start_pgsplit(&cluster, "idle", "", false, 4) {
         Some(p) => p,
         None => {
             eprintln!("cannot start pgsplit");
@@ -113,28 +112,4 @@ async fn login(port: u16) -> std::io::Result<tokio::net::TcpStream> {
             _ => {}
         }
     }
-}
-
-fn start_pgsplit(cluster: &LocalCluster) -> Option<(u16, Child)> {
-    let port = free_port().ok()?;
-    let dir = cluster.base.join("pgsplit");
-    std::fs::create_dir_all(&dir).ok()?;
-    let config = format!(
-        "listen = \"127.0.0.1:{port}\"\nlog_level = \"warn\"\n[servers]\nprimary = \"{}\"\n[pool]\nsize = 4\n\
-         [limits]\nmax_client_conn = 100000\n",
-        cluster.primary().addr()
-    );
-    std::fs::write(dir.join("pgsplit.toml"), config).ok()?;
-    let child = Command::new(env!("CARGO_BIN_EXE_pgsplit"))
-        .arg("--config")
-        .arg(dir.join("pgsplit.toml"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .ok()?;
-    let t0 = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() && t0.elapsed() < Duration::from_secs(10) {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Some((port, child))
 }

@@ -6,19 +6,21 @@
 //!
 //! Run: `scripts/bench` (installs PgBouncer, Pgpool-II and gnuplot from Debian, then this).
 //! Environment: BENCH_SECONDS (5), BENCH_ROUNDS (2), BENCH_CLIENTS ("1,16,64,256"),
-//! BENCH_WORKLOADS (substring filter on the names below), BENCH_OUT (target/bench).
+//! BENCH_WORKLOADS (substring filter on the names below), BENCH_OUT (target/bench),
+//! BENCH_PGSPLIT (pgsplit variants, "name=setting,setting;name=...", e.g.
+//! "pgsplit=;pgsplit-1-thread=worker_threads = 1"; default: one, as shipped).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::Command;
 
-use pgsplit::config::Config;
 use pgsplit::localcluster::LocalCluster;
-use pgsplit::proxy::Proxy;
 
 #[path = "common/mod.rs"]
 mod support;
 use support::{Run, pgbench};
+
+type Target = (&'static str, u16, Option<u32>);
 
 /// Server connections per server for every pooler (PgBouncer and pgsplit pool size).
 const POOL: usize = 20;
@@ -52,25 +54,32 @@ fn main() {
         eprintln!("pgbench -i: {e}");
     }
     let _ = cluster.wait_caught_up();
-    let rt = tokio::runtime::Runtime::new().unwrap_or_else(|e| panic!("runtime: {e}"));
-    let mut config = Config { listen: "127.0.0.1:0".into(), ..Config::default() };
-    config.servers.primary = cluster.primary().addr();
-    config.servers.replicas = cluster.replica_addrs().into_iter().map(Into::into).collect();
-    config.pool.size = POOL;
-    config.limits.max_client_conn = max_clients + 100;
-    let proxy = rt.block_on(Proxy::start(config)).unwrap_or_else(|e| panic!("{e}"));
-
+    // pgsplit as users run it (its own process, reads on the two replicas), once per variant:
+    // BENCH_PGSPLIT="name=top-level settings;..." (default: as shipped).
+    let variants = env("BENCH_PGSPLIT", "pgsplit=");
+    let mut pgsplits = Vec::new();
+    for v in variants.split(';').filter(|v| !v.trim().is_empty()) {
+        let (name, top) = v.split_once('=').unwrap_or((v, ""));
+        let name: &'static str = Box::leak(name.trim().to_string().into_boxed_str());
+        let top = top.replace(',', "\n");
+        match support::start_pgsplit(&cluster, name, &top, true, POOL) {
+            Some((port, child)) => pgsplits.push((name, port, child)),
+            None => eprintln!("{name}: pgsplit did not start"),
+        }
+    }
     let bouncer = support::start_pgbouncer(&cluster, POOL, max_clients + 100);
     // Pgpool-II holds a server session per client: as many children as clients, each with its
     // own connections (the servers allow 300).
     let pgpool = support::start_pgpool(&cluster, max_clients.min(250));
-    let mut targets: Vec<(&str, u16)> = vec![("direct", primary_port), ("pgsplit", proxy.addr.port())];
+    // (name, port, pid of the proxy process for its CPU per transaction)
+    let mut targets: Vec<(&str, u16, Option<u32>)> = vec![("direct", primary_port, None)];
+    targets.extend(pgsplits.iter().map(|(name, port, child)| (*name, *port, Some(child.id()))));
     match &bouncer {
-        Some((port, _, _)) => targets.push(("pgbouncer", *port)),
+        Some((port, pid, _)) => targets.push(("pgbouncer", *port, Some(*pid))),
         None => eprintln!("PgBouncer not found (apt-get install pgbouncer): left out"),
     }
     match &pgpool {
-        Some((port, _, _)) => targets.push(("pgpool-ii", *port)),
+        Some((port, _, _)) => targets.push(("pgpool-ii", *port, None)),
         None => eprintln!("Pgpool-II not found or did not start (apt-get install pgpool2): left out"),
     }
     let about = about(&cluster);
@@ -85,7 +94,7 @@ fn main() {
                 continue;
             }
             for (ci, &clients) in counts.iter().enumerate() {
-                for (t, (target, port)) in targets.iter().enumerate() {
+                for (t, (target, port, pid)) in targets.iter().enumerate() {
                     let c = clients.to_string();
                     let j = if clients > 1 { "2" } else { "1" };
                     let mut a = vec!["-n", "-c", c.as_str(), "-j", j, "-T", seconds.as_str()];
@@ -93,7 +102,7 @@ fn main() {
                     let r = if *target == "direct" && clients > 250 {
                         Err("more clients than the servers' max_connections".into())
                     } else {
-                        pgbench(*port, &a, Some(&log_dir))
+                        support::pgbench_cpu(*port, &a, Some(&log_dir), *pid)
                     };
                     match &r {
                         Ok(r) => eprintln!("round {round} {name} {clients} clients {target}: {:.0} tps", r.tps),
@@ -114,12 +123,24 @@ fn main() {
     if let Some((_, pid, child)) = pgpool {
         support::stop_pgbouncer(pid, child);
     }
-    proxy.stop();
+    for (_, _, mut child) in pgsplits {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
     drop(cluster);
 }
 
 /// The runs of each (workload, client count, target), by index.
 type Results = BTreeMap<(usize, usize, usize), Vec<Result<Run, String>>>;
+
+#[derive(Default)]
+struct Cell {
+    tps: Option<f64>,
+    p50: Option<f64>,
+    p99: Option<f64>,
+    cpu: Option<f64>,
+    error: Option<String>,
+}
 
 /// One (workload, clients, target) cell.
 struct Row {
@@ -129,6 +150,8 @@ struct Row {
     tps: Option<f64>,
     p50_ms: Option<f64>,
     p99_ms: Option<f64>,
+    /// The proxy's CPU time per transaction, µs.
+    cpu_us: Option<f64>,
     vs_direct: Option<f64>,
     vs_pgbouncer: Option<f64>,
     error: Option<String>,
@@ -143,32 +166,33 @@ fn median(mut v: Vec<f64>) -> Option<f64> {
     Some(if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 })
 }
 
-fn summarize(results: &Results, targets: &[(&'static str, u16)], counts: &[usize]) -> Vec<Row> {
-    let cell = |w: usize, ci: usize, t: usize| -> (Option<f64>, Option<f64>, Option<f64>, Option<String>) {
-        let Some(runs) = results.get(&(w, ci, t)) else { return (None, None, None, None) };
+fn summarize(results: &Results, targets: &[Target], counts: &[usize]) -> Vec<Row> {
+    let cell = |w: usize, ci: usize, t: usize| -> Cell {
+        let Some(runs) = results.get(&(w, ci, t)) else { return Cell::default() };
         let ok: Vec<&Run> = runs.iter().filter_map(|r| r.as_ref().ok()).collect();
         if ok.len() < runs.len() {
-            let e = runs.iter().find_map(|r| r.as_ref().err().cloned());
-            return (None, None, None, e);
+            let error = runs.iter().find_map(|r| r.as_ref().err().cloned());
+            return Cell { error, ..Cell::default() };
         }
-        (
-            median(ok.iter().map(|r| r.tps).collect()),
-            median(ok.iter().map(|r| r.p50_ms).collect()),
-            median(ok.iter().map(|r| r.p99_ms).collect()),
-            None,
-        )
+        Cell {
+            tps: median(ok.iter().map(|r| r.tps).collect()),
+            p50: median(ok.iter().map(|r| r.p50_ms).collect()),
+            p99: median(ok.iter().map(|r| r.p99_ms).collect()),
+            cpu: median(ok.iter().filter_map(|r| r.cpu_us).collect()),
+            error: None,
+        }
     };
-    let index = |name: &str| targets.iter().position(|(n, _)| *n == name);
+    let index = |name: &str| targets.iter().position(|(n, _, _)| *n == name);
     let mut rows = Vec::new();
     for (w, (workload, _)) in WORKLOADS.iter().enumerate() {
         for (ci, &clients) in counts.iter().enumerate() {
-            let base = |name: &str| index(name).and_then(|t| cell(w, ci, t).0);
+            let base = |name: &str| index(name).and_then(|t| cell(w, ci, t).tps);
             let (direct, bouncer) = (base("direct"), base("pgbouncer"));
-            for (t, (target, _)) in targets.iter().enumerate() {
+            for (t, (target, _, _)) in targets.iter().enumerate() {
                 if !results.contains_key(&(w, ci, t)) {
                     continue;
                 }
-                let (tps, p50, p99, error) = cell(w, ci, t);
+                let Cell { tps, p50, p99, cpu, error } = cell(w, ci, t);
                 rows.push(Row {
                     workload,
                     clients,
@@ -176,6 +200,7 @@ fn summarize(results: &Results, targets: &[(&'static str, u16)], counts: &[usize
                     tps,
                     p50_ms: p50,
                     p99_ms: p99,
+                    cpu_us: cpu,
                     vs_direct: tps.zip(direct).map(|(a, b)| a / b),
                     vs_pgbouncer: tps.zip(bouncer).map(|(a, b)| a / b),
                     error,
@@ -186,7 +211,7 @@ fn summarize(results: &Results, targets: &[(&'static str, u16)], counts: &[usize
     rows
 }
 
-fn print_tables(rows: &[Row], targets: &[(&str, u16)], counts: &[usize]) {
+fn print_tables(rows: &[Row], targets: &[Target], counts: &[usize]) {
     let f = |v: Option<f64>, p: usize| v.map_or("-".to_string(), |v| format!("{v:.p$}"));
     for (workload, _) in WORKLOADS {
         if !rows.iter().any(|r| r.workload == *workload) {
@@ -194,25 +219,26 @@ fn print_tables(rows: &[Row], targets: &[(&str, u16)], counts: &[usize]) {
         }
         println!("\n== {workload}");
         println!(
-            "{:>7}  {:<10} {:>9} {:>8} {:>8} {:>9} {:>9}",
-            "clients", "target", "tps", "p50 ms", "p99 ms", "x direct", "x bouncer"
+            "{:>7}  {:<18} {:>9} {:>8} {:>8} {:>9} {:>9} {:>9}",
+            "clients", "target", "tps", "p50 ms", "p99 ms", "x direct", "x bouncer", "cpu µs/tx"
         );
         for &clients in counts {
-            for (target, _) in targets {
+            for (target, _, _) in targets {
                 let Some(r) =
                     rows.iter().find(|r| r.workload == *workload && r.clients == clients && r.target == *target)
                 else {
                     continue;
                 };
                 match &r.error {
-                    Some(e) => println!("{clients:>7}  {target:<10} failed: {e}"),
+                    Some(e) => println!("{clients:>7}  {target:<18} failed: {e}"),
                     None => println!(
-                        "{clients:>7}  {target:<10} {:>9} {:>8} {:>8} {:>9} {:>9}",
+                        "{clients:>7}  {target:<18} {:>9} {:>8} {:>8} {:>9} {:>9} {:>9}",
                         f(r.tps, 0),
                         f(r.p50_ms, 3),
                         f(r.p99_ms, 3),
                         f(r.vs_direct, 2),
-                        f(r.vs_pgbouncer, 2)
+                        f(r.vs_pgbouncer, 2),
+                        f(r.cpu_us, 1)
                     ),
                 }
             }
@@ -226,7 +252,7 @@ fn write_outputs(dir: &std::path::Path, rows: &[Row], about: &str) {
         .map(|r| {
             serde_json::json!({
                 "workload": r.workload, "clients": r.clients, "target": r.target, "tps": r.tps,
-                "p50_ms": r.p50_ms, "p99_ms": r.p99_ms, "x_direct": r.vs_direct,
+                "p50_ms": r.p50_ms, "p99_ms": r.p99_ms, "proxy_cpu_us_per_tx": r.cpu_us, "x_direct": r.vs_direct,
                 "x_pgbouncer": r.vs_pgbouncer, "error": r.error,
             })
         })
@@ -234,16 +260,18 @@ fn write_outputs(dir: &std::path::Path, rows: &[Row], about: &str) {
     let doc = serde_json::json!({ "about": about, "results": json });
     let _ = std::fs::write(dir.join("suite.json"), serde_json::to_string_pretty(&doc).unwrap_or_default());
     let opt = |v: Option<f64>| v.map_or(String::new(), |v| format!("{v:.3}"));
-    let mut csv = String::from("workload,clients,target,tps,p50_ms,p99_ms,x_direct,x_pgbouncer,error\n");
+    let mut csv =
+        String::from("workload,clients,target,tps,p50_ms,p99_ms,proxy_cpu_us_per_tx,x_direct,x_pgbouncer,error\n");
     for r in rows {
         csv.push_str(&format!(
-            "\"{}\",{},{},{},{},{},{},{},\"{}\"\n",
+            "\"{}\",{},{},{},{},{},{},{},{},\"{}\"\n",
             r.workload,
             r.clients,
             r.target,
             opt(r.tps),
             opt(r.p50_ms),
             opt(r.p99_ms),
+            opt(r.cpu_us),
             opt(r.vs_direct),
             opt(r.vs_pgbouncer),
             r.error.clone().unwrap_or_default().replace('"', "'")

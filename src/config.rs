@@ -166,6 +166,8 @@ pub struct Config {
     pub tls: crate::tls::TlsConfig,
     /// Several instances on etcd (empty: this instance alone).
     pub coordination: crate::coord::CoordinationConfig,
+    /// Threads that run sessions (tokio workers); 0: one per core. Read at start only.
+    pub worker_threads: usize,
     /// tracing filter (`info`, `debug`, `pgsplit=debug,warn`...); RUST_LOG overrides it at start.
     pub log_level: String,
     pub users: Vec<UserConfig>,
@@ -374,6 +376,7 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             tls: crate::tls::TlsConfig::default(),
             coordination: crate::coord::CoordinationConfig::default(),
+            worker_threads: 0,
             log_level: "info".into(),
             users: Vec::new(),
             auth_query: Default::default(),

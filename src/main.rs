@@ -53,7 +53,14 @@ fn main() {
         let f = tracing_subscriber::EnvFilter::try_new(level).map_err(|e| format!("log_level {level:?}: {e}"))?;
         handle.reload(f).map_err(|e| e.to_string())
     });
-    let runtime = match tokio::runtime::Runtime::new() {
+    // Worker threads: the config's worker_threads, else one per core.
+    let threads = cli.config.as_ref().and_then(|p| Config::load(p).ok()).map_or(0, |c| c.worker_threads);
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    if threads > 0 {
+        builder.worker_threads(threads);
+    }
+    let runtime = match builder.build() {
         Ok(r) => r,
         Err(e) => fail(&format!("cannot start the runtime: {e}")),
     };

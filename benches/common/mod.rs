@@ -135,11 +135,35 @@ pub fn start_pgpool(cluster: &LocalCluster, children: usize) -> Option<(u16, u32
 #[derive(Debug, Clone)]
 pub struct Run {
     pub tps: f64,
+    pub transactions: f64,
+    /// CPU time the proxy process used per transaction (µs), when its pid is known.
+    pub cpu_us: Option<f64>,
     pub p50_ms: f64,
     pub p99_ms: f64,
 }
 
 pub fn pgbench(port: u16, args: &[&str], log_dir: Option<&std::path::Path>) -> Result<Run, String> {
+    pgbench_cpu(port, args, log_dir, None)
+}
+
+/// CPU time of a process (all threads, user + system), in seconds.
+pub fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces): state is the 3rd field, utime the 14th.
+    let rest = stat.rsplit_once(')')?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0)
+}
+
+/// pgbench, and the CPU the process `pid` (the proxy) used per transaction meanwhile.
+pub fn pgbench_cpu(
+    port: u16,
+    args: &[&str],
+    log_dir: Option<&std::path::Path>,
+    pid: Option<u32>,
+) -> Result<Run, String> {
+    let cpu0 = pid.and_then(cpu_seconds);
     let mut cmd = Command::new("pgbench");
     cmd.args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "postgres", "postgres"]).args(args);
     let prefix = log_dir.map(|d| {
@@ -166,6 +190,9 @@ pub fn pgbench(port: u16, args: &[&str], log_dir: Option<&std::path::Path>) -> R
         return Err(format!("pgbench exited with {}", out.status));
     }
     let tps = field("tps =");
+    let transactions = field("number of transactions actually processed:");
+    let cpu_us =
+        cpu0.zip(pid.and_then(cpu_seconds)).filter(|_| transactions > 0.0).map(|(a, b)| (b - a) * 1e6 / transactions);
     let (mut p50_ms, mut p99_ms) = (field("latency average ="), f64::NAN);
     if let Some(dir) = log_dir {
         // Per-transaction log lines: client, transaction, latency in µs, ...
@@ -182,5 +209,42 @@ pub fn pgbench(port: u16, args: &[&str], log_dir: Option<&std::path::Path>) -> R
             p99_ms = at(0.99);
         }
     }
-    Ok(Run { tps, p50_ms, p99_ms })
+    Ok(Run { tps, transactions, cpu_us, p50_ms, p99_ms })
+}
+
+/// The pgsplit binary as users run it, with a config file: `top` holds top-level settings
+/// (`worker_threads = 1`...), `replicas` whether reads go to the cluster's replicas.
+pub fn start_pgsplit(
+    cluster: &LocalCluster,
+    name: &str,
+    top: &str,
+    replicas: bool,
+    pool: usize,
+) -> Option<(u16, Child)> {
+    let port = free_port().ok()?;
+    let dir = cluster.base.join(format!("pgsplit-{name}"));
+    std::fs::create_dir_all(&dir).ok()?;
+    let replicas = if replicas {
+        cluster.replica_addrs().iter().map(|r| format!("\"{r}\"")).collect::<Vec<_>>().join(", ")
+    } else {
+        String::new()
+    };
+    let config = format!(
+        "listen = \"127.0.0.1:{port}\"\nlog_level = \"warn\"\n{top}\n[servers]\nprimary = \"{}\"\nreplicas = [{replicas}]\n\
+         [pool]\nsize = {pool}\n[limits]\nmax_client_conn = 100000\n",
+        cluster.primary().addr()
+    );
+    std::fs::write(dir.join("pgsplit.toml"), config).ok()?;
+    let child = Command::new(env!("CARGO_BIN_EXE_pgsplit"))
+        .arg("--config")
+        .arg(dir.join("pgsplit.toml"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
+    let t0 = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() && t0.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Some((port, child))
 }
