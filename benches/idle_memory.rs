@@ -1,6 +1,7 @@
 //! Memory of idle clients: the resident memory (VmRSS) of the pgsplit binary and of PgBouncer
 //! (when installed) before and after each holds N idle, logged-in client connections, in the
 //! same run. Prints figures; never fails a build.
+//! Then the memory per prepared statement a session keeps.
 //! Run: `cargo bench --bench idle_memory` (IDLE_CLIENTS, default 10000).
 
 use std::time::{Duration, Instant};
@@ -31,6 +32,9 @@ fn main() {
             std::process::exit(1);
         }
     };
+    // Prepared statements first, in a fresh process (memory freed by the idle clients would
+    // hide what they take).
+    prepared(&rt, port, child.id());
     measure(&rt, "pgsplit", port, child.id(), n);
     let _ = child.kill();
     let _ = child.wait();
@@ -94,6 +98,36 @@ fn measure(rt: &tokio::runtime::Runtime, name: &str, port: u16, pid: u32, n: usi
         logged_in.as_secs_f64()
     );
     drop(held);
+}
+
+/// Memory per prepared statement a client keeps (pgsplit remembers each one's Parse so that it
+/// can prepare it again on whichever server connection runs it). PgBouncer 1.18 has no
+/// prepared statements in transaction pooling: nothing to compare.
+fn prepared(rt: &tokio::runtime::Runtime, port: u16, pid: u32) {
+    const N: usize = 5_000;
+    let r: Result<(u64, u64), tokio_postgres::Error> = rt.block_on(async {
+        let conn = format!("host=127.0.0.1 port={port} user=postgres dbname=postgres");
+        let (c, connection) = tokio_postgres::connect(&conn, tokio_postgres::NoTls).await?;
+        tokio::spawn(connection);
+        c.prepare("SELECT 1").await?;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let before = rss_kib(pid);
+        let mut keep = Vec::with_capacity(N);
+        for i in 0..N {
+            keep.push(c.prepare(&format!("SELECT $1::int + {i} AS n, 'statement number {i}' AS label")).await?);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        Ok((before, rss_kib(pid)))
+    });
+    match r {
+        Ok((before, after)) => println!(
+            "pgsplit    {N} prepared statements in one session: RSS {:.1} MiB -> {:.1} MiB, {:.0} bytes per statement",
+            before as f64 / 1024.0,
+            after as f64 / 1024.0,
+            after.saturating_sub(before) as f64 * 1024.0 / N as f64
+        ),
+        Err(e) => println!("pgsplit    prepared statements: {e}"),
+    }
 }
 
 /// A client that logs in (trust) and then says nothing.
