@@ -25,6 +25,11 @@ type Target = (&'static str, u16, Option<u32>);
 /// Server connections per server for every pooler (PgBouncer and pgsplit pool size).
 const POOL: usize = 20;
 
+/// Pgpool-II's children at most: each holds its client's server connections for the whole
+/// session, and the servers allow 300 (beside the poolers' own). More clients than children
+/// would wait for ever to connect.
+const PGPOOL_CHILDREN: usize = 200;
+
 const WORKLOADS: &[(&str, &[&str])] = &[
     ("select-only simple", &["-S", "-M", "simple"]),
     ("select-only extended", &["-S", "-M", "extended"]),
@@ -70,7 +75,8 @@ fn main() {
     let bouncer = support::start_pgbouncer(&cluster, POOL, max_clients + 100);
     // Pgpool-II holds a server session per client: as many children as clients, each with its
     // own connections (the servers allow 300).
-    let pgpool = support::start_pgpool(&cluster, max_clients.min(250));
+    let pgpool_children = max_clients.min(PGPOOL_CHILDREN);
+    let pgpool = support::start_pgpool(&cluster, pgpool_children);
     // (name, port, pid of the proxy process for its CPU per transaction)
     let mut targets: Vec<(&str, u16, Option<u32>)> = vec![("direct", primary_port, None)];
     targets.extend(pgsplits.iter().map(|(name, port, child)| (*name, *port, Some(child.id()))));
@@ -100,7 +106,9 @@ fn main() {
                     let mut a = vec!["-n", "-c", c.as_str(), "-j", j, "-T", seconds.as_str()];
                     a.extend(args.iter().copied());
                     let r = if *target == "direct" && clients > 250 {
-                        Err("more clients than the servers' max_connections".into())
+                        Err("more clients than the servers' max_connections (300)".into())
+                    } else if *target == "pgpool-ii" && clients > pgpool_children {
+                        Err(format!("more clients than Pgpool-II's num_init_children ({pgpool_children})"))
                     } else {
                         support::pgbench_cpu(*port, &a, Some(&log_dir), *pid)
                     };

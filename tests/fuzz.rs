@@ -5,7 +5,9 @@
 
 use proptest::prelude::*;
 
+use pgsplit::config::AuthMethod;
 use pgsplit::protocol::{self, FrameReader};
+use tokio::io::AsyncWriteExt;
 
 fn runtime() -> tokio::runtime::Runtime {
     match tokio::runtime::Builder::new_current_thread().enable_all().build() {
@@ -87,6 +89,48 @@ proptest! {
         let sql = format!("WITH w AS ({write} RETURNING *) {pre}");
         let a = pgsplit::sql::cache::Analysis::of(&sql, 1 << 20);
         prop_assert_eq!(a.target, pgsplit::sql::Target::Primary, "{}", sql);
+    }
+
+    /// The md5 and SCRAM exchanges fed arbitrary client messages (random bytes, or a
+    /// SASLInitialResponse that starts right and goes wrong): refused or an error, never a
+    /// panic, never a login.
+    #[test]
+    fn auth_exchanges_survive_anything(
+        first in proptest::collection::vec(any::<u8>(), 0..300),
+        second in proptest::collection::vec(any::<u8>(), 0..300),
+        shaped in any::<bool>(),
+        method in proptest::sample::select(vec![AuthMethod::Md5, AuthMethod::ScramSha256]),
+        tls in any::<bool>(),
+    ) {
+        let first = if shaped {
+            // mechanism, length, "n,,n=,r=" + the random bytes as the rest of client-first
+            let mut b = b"SCRAM-SHA-256\0".to_vec();
+            let rest = [b"n,,n=,r=".as_slice(), &first].concat();
+            b.extend_from_slice(&(rest.len() as i32).to_be_bytes());
+            b.extend_from_slice(&rest);
+            b
+        } else {
+            first
+        };
+        let mut input = Vec::new();
+        for body in [&first, &second] {
+            input.push(b'p');
+            input.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
+            input.extend_from_slice(body);
+        }
+        let rt = runtime();
+        let r = rt.block_on(async {
+            let (server, client) = tokio::io::duplex(1 << 16);
+            let (sr, mut sw) = tokio::io::split(server);
+            let (_cr, mut cw) = tokio::io::split(client);
+            let _ = cw.write_all(&input).await;
+            let _ = cw.shutdown().await;
+            let mut reader = FrameReader::new(sr);
+            let secret = pgsplit::auth::Secret::parse("pw");
+            let end_point: Option<&[u8]> = if tls { Some(&[7u8; 32]) } else { None };
+            pgsplit::auth::authenticate(method, "u", Some(&secret), &mut reader, &mut sw, end_point).await
+        });
+        prop_assert!(r.is_err(), "arbitrary bytes logged in");
     }
 
     /// Stored secrets: any string parses to something, never a panic.

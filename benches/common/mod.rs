@@ -164,7 +164,9 @@ pub fn pgbench_cpu(
     pid: Option<u32>,
 ) -> Result<Run, String> {
     let cpu0 = pid.and_then(cpu_seconds);
-    let mut cmd = Command::new("pgbench");
+    // A run that cannot finish (a pooler that never lets a client in) must not hang the suite.
+    let mut cmd = Command::new("timeout");
+    cmd.args(["300", "pgbench"]);
     cmd.args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "postgres", "postgres"]).args(args);
     let prefix = log_dir.map(|d| {
         let _ = std::fs::remove_dir_all(d);
