@@ -340,7 +340,9 @@ fn about(cluster: &LocalCluster) -> String {
             .args(args)
             .output()
             .ok()
-            .map(|o| String::from_utf8_lossy(&o.stdout).lines().next().unwrap_or("").trim().to_string())
+            .map(|o| {
+                String::from_utf8_lossy(&[o.stdout, o.stderr].concat()).lines().next().unwrap_or("").trim().to_string()
+            })
             .unwrap_or_default()
     };
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
