@@ -115,6 +115,18 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         Ok(Some(Frame { bytes: self.buf.split_to(len + 1).freeze() }))
     }
 
+    /// Drops the buffer when nothing is in it, so that a connection waiting for its peer holds
+    /// none (the next read allocates one as `lazy` does). False when bytes are buffered.
+    pub fn release_if_empty(&mut self) -> bool {
+        if !self.buf.is_empty() {
+            return false;
+        }
+        if self.buf.capacity() > 0 {
+            self.buf = BytesMut::new();
+        }
+        true
+    }
+
     /// Gives back a buffer grown by a huge message, so an idle connection does not keep it.
     pub fn shrink(&mut self) {
         if self.buf.is_empty() && self.buf.capacity() > 1024 * 1024 {

@@ -302,8 +302,16 @@ impl Session {
                 Some((t0, at)) => self.query_timer = Some((t0, Box::pin(tokio::time::sleep_until(at)))),
                 None => self.query_timer = None,
             }
+            // Idle between requests: hold no buffers while the client thinks (thousands of
+            // idle clients must cost little); they are allocated again when bytes come.
+            let idle_now = self.server.is_none() && self.outstanding == 0 && self.pending.is_empty();
+            if idle_now && self.out.capacity() > 0 {
+                self.out = BytesMut::new();
+            }
+            let wait_readable = idle_now && self.client.release_if_empty();
             let event = {
                 let server = self.server.as_mut();
+                let client = &mut self.client;
                 let timer = self.query_timer.as_mut();
                 let timed = timer.is_some();
                 tokio::select! {
@@ -314,7 +322,12 @@ impl Session {
                             None => std::future::pending().await,
                         }
                     } => Event::Server(r),
-                    r = self.client.next(), if read_client => Event::Client(r),
+                    r = async {
+                        if wait_readable {
+                            client.get_mut().readable().await.map_err(ProtocolError::from)?;
+                        }
+                        client.next().await
+                    }, if read_client => Event::Client(r),
                     _ = self.unreachable.changed(), if self.outstanding > 0 => Event::Unreachable,
                     // Created only when polled: no timer at all unless a limit applies.
                     _ = async { tokio::time::sleep(idle.map(|(d, _)| d).unwrap_or_default()).await }, if idle.is_some() => {

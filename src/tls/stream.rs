@@ -42,6 +42,18 @@ impl<T: AsyncRead + AsyncWrite> Read<T> {
     }
 }
 
+impl<T> Read<T> {
+    /// Waits until a read would find bytes (or the end), holding one byte of stack, not a
+    /// buffer (plain TCP: MSG_PEEK, nothing consumed); TLS answers at once (rustls may hold
+    /// decrypted bytes already, and its own buffers anyway).
+    pub async fn readable(&mut self) -> io::Result<()> {
+        match self {
+            Read::Plain(r) => r.peek(&mut [0u8; 1]).await.map(|_| ()),
+            Read::Tls(_) => Ok(()),
+        }
+    }
+}
+
 impl<T: AsyncRead + AsyncWrite> AsyncRead for Read<T> {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
