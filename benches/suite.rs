@@ -8,7 +8,8 @@
 //! Environment: BENCH_SECONDS (5), BENCH_ROUNDS (2), BENCH_CLIENTS ("1,16,64,256"),
 //! BENCH_WORKLOADS (substring filter on the names below), BENCH_OUT (target/bench),
 //! BENCH_PGSPLIT (pgsplit variants, "name=setting,setting;name=...", e.g.
-//! "pgsplit=;pgsplit-1-thread=worker_threads = 1"; default: one, as shipped).
+//! "pgsplit=;pgsplit-1-thread=worker_threads = 1", or "old=@/path/to/pgsplit" for another
+//! build; default: one, as shipped).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -66,8 +67,13 @@ fn main() {
     for v in variants.split(';').filter(|v| !v.trim().is_empty()) {
         let (name, top) = v.split_once('=').unwrap_or((v, ""));
         let name: &'static str = Box::leak(name.trim().to_string().into_boxed_str());
+        // "@/path/to/pgsplit,settings": another binary (an older build, to compare).
+        let (exe, top) = match top.strip_prefix('@') {
+            Some(rest) => rest.split_once(',').unwrap_or((rest, "")),
+            None => (env!("CARGO_BIN_EXE_pgsplit"), top),
+        };
         let top = top.replace(',', "\n");
-        match support::start_pgsplit(&cluster, name, &top, true, POOL) {
+        match support::start_pgsplit_bin(exe, &cluster, name, &top, true, POOL) {
             Some((port, child)) => pgsplits.push((name, port, child)),
             None => eprintln!("{name}: pgsplit did not start"),
         }

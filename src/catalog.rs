@@ -98,19 +98,7 @@ impl Catalog {
     }
 
     async fn lookup(&self, database: &str, l: &Lookup) -> Option<bool> {
-        let candidates: Vec<Arc<str>> = {
-            let t = self.cluster.load();
-            let primary = t.primary();
-            std::iter::once(t.nodes[primary].addr.clone())
-                .chain(
-                    t.nodes
-                        .iter()
-                        .enumerate()
-                        .filter(|(i, n)| *i != primary && n.in_rotation)
-                        .map(|(_, n)| n.addr.clone()),
-                )
-                .collect()
-        };
+        let candidates = self.cluster.load().lookup_order();
         for addr in candidates {
             let key = (database.to_string(), addr.clone());
             let backoff = self.refused.lock().unwrap_or_else(|p| p.into_inner()).get(&key).copied();

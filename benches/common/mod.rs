@@ -22,16 +22,7 @@ pub fn start_pgbouncer(cluster: &LocalCluster, pool_size: usize, max_clients: us
         d = dir.display()
     );
     std::fs::write(dir.join("pgbouncer.ini"), ini).ok()?;
-    let mut cmd = match &cluster.run_as {
-        Some(u) => {
-            let _ = Command::new("chown").args(["-R", &format!("{u}:"), dir.to_str()?]).status();
-            // runuser resets the soft file-descriptor limit: raise it to the hard one.
-            let mut c = Command::new("runuser");
-            c.args(["-u", u, "--", "sh", "-c", "ulimit -n $(ulimit -Hn); exec \"$0\" \"$1\"", exe]);
-            c
-        }
-        None => Command::new(exe),
-    };
+    let mut cmd = as_server_user(cluster, &dir, exe)?;
     let child = cmd.arg(dir.join("pgbouncer.ini")).stdout(Stdio::null()).stderr(Stdio::null()).spawn().ok()?;
     let t0 = Instant::now();
     loop {
@@ -45,6 +36,21 @@ pub fn start_pgbouncer(cluster: &LocalCluster, pool_size: usize, max_clients: us
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// `exe` as the user the cluster's servers run as (PostgreSQL's tools refuse root), owning
+/// `dir`; its arguments are added by the caller.
+fn as_server_user(cluster: &LocalCluster, dir: &std::path::Path, exe: &str) -> Option<Command> {
+    Some(match &cluster.run_as {
+        Some(u) => {
+            let _ = Command::new("chown").args(["-R", &format!("{u}:"), dir.to_str()?]).status();
+            // runuser resets the soft file-descriptor limit: raise it to the hard one.
+            let mut c = Command::new("runuser");
+            c.args(["-u", u, "--", "sh", "-c", "ulimit -n $(ulimit -Hn); exec \"$0\" \"$@\"", exe]);
+            c
+        }
+        None => Command::new(exe),
+    })
 }
 
 /// Stops PgBouncer by its pid (under runuser, the child is only the wrapper).
@@ -81,15 +87,7 @@ pub fn start_pgpool(cluster: &LocalCluster, children: usize) -> Option<(u16, u32
     );
     std::fs::write(dir.join("pgpool.conf"), conf).ok()?;
     std::fs::write(dir.join("pcp.conf"), "").ok()?;
-    let mut cmd = match &cluster.run_as {
-        Some(u) => {
-            let _ = Command::new("chown").args(["-R", &format!("{u}:"), dir.to_str()?]).status();
-            let mut c = Command::new("runuser");
-            c.args(["-u", u, "--", "sh", "-c", "ulimit -n $(ulimit -Hn); exec \"$0\" \"$@\"", exe]);
-            c
-        }
-        None => Command::new(exe),
-    };
+    let mut cmd = as_server_user(cluster, &dir, exe)?;
     let log = std::fs::File::create(dir.join("pgpool.log")).ok()?;
     let child = cmd
         .args(["-n", "-f"])
@@ -223,6 +221,18 @@ pub fn start_pgsplit(
     replicas: bool,
     pool: usize,
 ) -> Option<(u16, Child)> {
+    start_pgsplit_bin(env!("CARGO_BIN_EXE_pgsplit"), cluster, name, top, replicas, pool)
+}
+
+/// The same with another pgsplit binary (an older build, to compare).
+pub fn start_pgsplit_bin(
+    exe: &str,
+    cluster: &LocalCluster,
+    name: &str,
+    top: &str,
+    replicas: bool,
+    pool: usize,
+) -> Option<(u16, Child)> {
     let port = free_port().ok()?;
     let dir = cluster.base.join(format!("pgsplit-{name}"));
     std::fs::create_dir_all(&dir).ok()?;
@@ -237,7 +247,7 @@ pub fn start_pgsplit(
         cluster.primary().addr()
     );
     std::fs::write(dir.join("pgsplit.toml"), config).ok()?;
-    let child = Command::new(env!("CARGO_BIN_EXE_pgsplit"))
+    let child = Command::new(exe)
         .arg("--config")
         .arg(dir.join("pgsplit.toml"))
         .stdout(Stdio::null())

@@ -153,19 +153,7 @@ impl AuthQuery {
         let config = self.config.load_full();
         let aq = &config.auth_query;
         let database = if aq.database.is_empty() { &config.monitor.database } else { &aq.database };
-        let candidates: Vec<Arc<str>> = {
-            let t = self.cluster.load();
-            let primary = t.primary();
-            std::iter::once(t.nodes[primary].addr.clone())
-                .chain(
-                    t.nodes
-                        .iter()
-                        .enumerate()
-                        .filter(|(i, n)| *i != primary && n.in_rotation)
-                        .map(|(_, n)| n.addr.clone()),
-                )
-                .collect()
-        };
+        let candidates = self.cluster.load().lookup_order();
         let timeout = Duration::from_millis(config.pool.connect_timeout_ms);
         let mut last = String::from("no server");
         for addr in candidates {

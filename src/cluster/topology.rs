@@ -202,6 +202,21 @@ impl Topology {
         self.nodes.iter().position(|n| n.role == Role::Primary && !n.removed && !n.fenced).unwrap_or(0)
     }
 
+    /// Where pgsplit's own look-ups run: the primary first, then the replicas in rotation
+    /// (same catalog, perhaps a moment behind) for while it does not answer.
+    pub fn lookup_order(&self) -> Vec<std::sync::Arc<str>> {
+        let primary = self.primary();
+        std::iter::once(self.nodes[primary].addr.clone())
+            .chain(
+                self.nodes
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, n)| *i != primary && n.in_rotation)
+                    .map(|(_, n)| n.addr.clone()),
+            )
+            .collect()
+    }
+
     /// A replica in rotation, skipping `exclude`, chosen by the balancing policy (`turn` is a
     /// round-robin counter or a random number).
     pub fn pick_replica(&self, turn: usize, exclude: &[usize]) -> Option<usize> {

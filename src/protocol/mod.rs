@@ -127,6 +127,18 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         true
     }
 
+    /// Reads what `read` gives (a non-blocking read) into the buffer, allocating it as `lazy`
+    /// does; for a caller that waited for readiness without a buffer.
+    pub fn fill_with(
+        &mut self,
+        read: impl FnOnce(&mut R, &mut BytesMut) -> std::io::Result<usize>,
+    ) -> std::io::Result<usize> {
+        if self.buf.capacity() - self.buf.len() < 256 {
+            self.buf.reserve(1024);
+        }
+        read(&mut self.inner, &mut self.buf)
+    }
+
     /// Gives back a buffer grown by a huge message, so an idle connection does not keep it.
     pub fn shrink(&mut self) {
         if self.buf.is_empty() && self.buf.capacity() > 1024 * 1024 {

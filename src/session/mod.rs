@@ -308,7 +308,7 @@ impl Session {
             if idle_now && self.out.capacity() > 0 {
                 self.out = BytesMut::new();
             }
-            let wait_readable = idle_now && self.client.release_if_empty();
+            let wait_readable = idle_now && self.client.get_ref().is_plain() && self.client.release_if_empty();
             let event = {
                 let server = self.server.as_mut();
                 let client = &mut self.client;
@@ -323,8 +323,19 @@ impl Session {
                         }
                     } => Event::Server(r),
                     r = async {
+                        // Wait with no buffer; allocate one only once bytes are there (a
+                        // stale readiness costs one WouldBlock read, then the wait goes on).
                         if wait_readable {
-                            client.get_mut().readable().await.map_err(ProtocolError::from)?;
+                            loop {
+                                client.get_ref().readable().await.map_err(ProtocolError::from)?;
+                                match client.fill_with(|r, b| r.try_read_buf(b)) {
+                                    Ok(_) => break,
+                                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                                        client.release_if_empty();
+                                    }
+                                    Err(e) => return Err(ProtocolError::from(e)),
+                                }
+                            }
                         }
                         client.next().await
                     }, if read_client => Event::Client(r),
@@ -341,6 +352,10 @@ impl Session {
                     }, if timed => Event::QueryTimeout,
                 }
             };
+            if self.out.capacity() == 0 && matches!(event, Event::Client(Ok(_)) | Event::Server(Ok(_))) {
+                // Back from idle: one allocation for the answers to come, not one per append.
+                self.out.reserve(1024);
+            }
             match event {
                 Event::Server(Ok(f)) => {
                     self.on_server_frame(f);

@@ -43,13 +43,25 @@ impl<T: AsyncRead + AsyncWrite> Read<T> {
 }
 
 impl<T> Read<T> {
-    /// Waits until a read would find bytes (or the end), holding one byte of stack, not a
-    /// buffer (plain TCP: MSG_PEEK, nothing consumed); TLS answers at once (rustls may hold
-    /// decrypted bytes already, and its own buffers anyway).
-    pub async fn readable(&mut self) -> io::Result<()> {
+    /// Plain TCP (where waiting for readiness needs no buffer).
+    pub fn is_plain(&self) -> bool {
+        matches!(self, Read::Plain(_))
+    }
+
+    /// Waits until the socket is readable, holding no buffer (the runtime's readiness, no
+    /// syscall); TLS answers at once. Readiness can be stale: follow with `try_read_buf`.
+    pub async fn readable(&self) -> io::Result<()> {
         match self {
-            Read::Plain(r) => r.peek(&mut [0u8; 1]).await.map(|_| ()),
+            Read::Plain(r) => r.readable().await,
             Read::Tls(_) => Ok(()),
+        }
+    }
+
+    /// A non-blocking read (plain TCP); WouldBlock clears stale readiness. TLS: WouldBlock.
+    pub fn try_read_buf(&mut self, buf: &mut bytes::BytesMut) -> io::Result<usize> {
+        match self {
+            Read::Plain(r) => r.try_read_buf(buf),
+            Read::Tls(_) => Err(io::ErrorKind::WouldBlock.into()),
         }
     }
 }
