@@ -25,7 +25,8 @@ fn main() {
     };
     let rt = tokio::runtime::Runtime::new().unwrap_or_else(|e| panic!("runtime: {e}"));
     println!("{n} idle clients (logged in, then silent), RSS of the proxy process");
-    let (port, mut child) = match support::start_pgsplit(&cluster, "idle", "", false, 4) {
+    let (port, mut child) = match support::start_pgsplit(env!("CARGO_BIN_EXE_pgsplit"), &cluster, "idle", "", false, 4)
+    {
         Some(p) => p,
         None => {
             eprintln!("cannot start pgsplit");

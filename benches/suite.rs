@@ -73,7 +73,7 @@ fn main() {
             None => (env!("CARGO_BIN_EXE_pgsplit"), top),
         };
         let top = top.replace(',', "\n");
-        match support::start_pgsplit_bin(exe, &cluster, name, &top, true, POOL) {
+        match support::start_pgsplit(exe, &cluster, name, &top, true, POOL) {
             Some((port, child)) => pgsplits.push((name, port, child)),
             None => eprintln!("{name}: pgsplit did not start"),
         }

@@ -212,20 +212,10 @@ pub fn pgbench_cpu(
     Ok(Run { tps, transactions, cpu_us, p50_ms, p99_ms })
 }
 
-/// The pgsplit binary as users run it, with a config file: `top` holds top-level settings
+/// A pgsplit binary (`exe`: this build, or an older one to compare) as users run it, with a
+/// config file: `top` holds top-level settings
 /// (`worker_threads = 1`...), `replicas` whether reads go to the cluster's replicas.
 pub fn start_pgsplit(
-    cluster: &LocalCluster,
-    name: &str,
-    top: &str,
-    replicas: bool,
-    pool: usize,
-) -> Option<(u16, Child)> {
-    start_pgsplit_bin(env!("CARGO_BIN_EXE_pgsplit"), cluster, name, top, replicas, pool)
-}
-
-/// The same with another pgsplit binary (an older build, to compare).
-pub fn start_pgsplit_bin(
     exe: &str,
     cluster: &LocalCluster,
     name: &str,
