@@ -14,7 +14,7 @@ use crate::ops::metrics::Metrics;
 pub struct Credentials {
     config: Live,
     pub lookup: AuthQuery,
-    /// SCRAM pass-through: the verifier and the ClientKey a client of that user proved, by user.
+    /// What the last login of each user proved (SCRAM verifier and ClientKey, or md5 hash).
     learned: Mutex<HashMap<String, ServerAuth>>,
 }
 
@@ -37,11 +37,22 @@ impl Credentials {
         Ok(self.lookup.secret(user).await?.map(|s| Secret::parse(&s)))
     }
 
-    /// Keeps what a client proved at its login (for pass-through server logins).
-    pub fn proven(&self, user: &str, proven: Proven) {
-        if let Some(auth) = proven.scram {
-            self.learned.lock().unwrap_or_else(|p| p.into_inner()).insert(user.to_string(), auth);
-        }
+    /// Keeps what a client of `user` proved at its login against `secret`: what pgsplit's own
+    /// logins to the servers for that user will give (the SCRAM ClientKey with its verifier,
+    /// or the md5 hash). Server logins use this, not the auth_query cache, so an answer
+    /// evicted or cleared by a reload, or being re-fetched, never leaves a logged-in user's
+    /// new server connections without a secret.
+    pub fn proven(&self, user: &str, secret: Option<&Secret>, proven: Proven) {
+        let listed = self.config.load().user(user).is_some();
+        let auth = match (proven.scram, secret) {
+            (Some(auth), _) => auth,
+            // A listed user's server login comes from the config (only the ClientKey is learned).
+            _ if listed => return,
+            (None, Some(Secret::Md5(hash))) => ServerAuth::Md5(hash.clone()),
+            (None, Some(Secret::Plain(pw))) if !pw.is_empty() => ServerAuth::Password(pw.clone()),
+            _ => return,
+        };
+        self.learned.lock().unwrap_or_else(|p| p.into_inner()).insert(user.to_string(), auth);
     }
 
     /// The role pgsplit logs into the servers as for client user `user`, and how it proves it.
@@ -59,16 +70,10 @@ impl Credentials {
                 (role, auth)
             }
             None => {
-                // An auth_query user logs in as itself, with the hash the servers gave.
-                let auth = match config.auth_query.enabled.then(|| self.lookup.cached(user)).flatten() {
-                    Some(s) => match Secret::parse(&s) {
-                        Secret::Md5(hash) => ServerAuth::Md5(hash),
-                        Secret::Scram(v) => self.learned(user, &v),
-                        Secret::Plain(pw) => ServerAuth::Password(pw),
-                    },
-                    None => ServerAuth::None,
-                };
-                (user.to_string(), auth)
+                // An auth_query user (or any, with trust) logs in as itself, with what its
+                // clients' last login proved.
+                let auth = self.learned.lock().unwrap_or_else(|p| p.into_inner()).get(user).cloned();
+                (user.to_string(), auth.unwrap_or_default())
             }
         }
     }

@@ -115,13 +115,6 @@ impl AuthQuery {
         }
     }
 
-    /// The answer cached for `user`, however old (for server logins of a user who logged in).
-    pub fn cached(&self, user: &str) -> Option<Arc<str>> {
-        let slot = self.slots.lock().unwrap_or_else(|p| p.into_inner()).get(user).cloned()?;
-        let found = slot.try_lock().ok()?;
-        found.as_ref()?.secret.clone()
-    }
-
     /// Forgets every answer and connection (a reload changed the settings).
     pub fn clear(&self) {
         self.slots.lock().unwrap_or_else(|p| p.into_inner()).clear();

@@ -203,7 +203,7 @@ async fn handshake(
         },
     };
     match auth::authenticate(config.auth, &user, secret.as_ref(), &mut reader, w, end_point.as_deref()).await {
-        Ok(proven) => shared.credentials.proven(&user, proven),
+        Ok(proven) => shared.credentials.proven(&user, secret.as_ref(), proven),
         Err(AuthError::Failed(u)) => {
             if let Some(ip) = ip {
                 shared.auth_failures.failed(ip);

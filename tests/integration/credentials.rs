@@ -159,6 +159,16 @@ pub async fn auth_query_users_and_pass_through(env: &Env) -> R {
     let (fetched, hits) = (lookups(&proxy, "fetched"), lookups(&proxy, "hit"));
     println!("    6 logins of {user}: auth_query fetched {fetched}, cache hits {hits}");
     check!(fetched == 1 && hits == 5, "auth_query ran {fetched} times for 6 logins ({hits} hits)");
+    // A session that logged in keeps getting new server connections after the cache is gone
+    // (a reload clears it; eviction and re-fetches do the same): they use what its login proved.
+    let c = connect(&url(user, pw)).await?;
+    proxy.shared.credentials.lookup.clear();
+    for n in &env.cluster.nodes {
+        proxy.shared.pools.drop_idle(&n.addr());
+    }
+    c.batch_execute("BEGIN; SELECT 1; COMMIT").await.map_err(|e| format!("after the cache was cleared: {e}"))?;
+    let read: i32 = c.query_one("SELECT inet_server_port()", &[]).await?.get(0);
+    check!(env.replica_ports().contains(&read), "read after the cache was cleared ran on {read}");
     let wrong = connect(&url(user, "wrong")).await.err().map(|e| sqlstate(&e));
     check!(wrong.as_deref() == Some("28P01"), "wrong password gave {wrong:?}");
     let unknown = connect(&url("no_such_role", "x")).await.err().map(|e| sqlstate(&e));
