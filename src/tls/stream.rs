@@ -57,10 +57,31 @@ impl<T> Read<T> {
         }
     }
 
-    /// A non-blocking read (plain TCP); WouldBlock clears stale readiness. TLS: WouldBlock.
+    /// A non-blocking read (plain TCP); WouldBlock clears stale readiness, and so does a short
+    /// read (the socket was drained: what comes later raises a new readiness event), as
+    /// tokio's own `poll_read` does. Without that, every wait after a request found the old
+    /// readiness and paid a WouldBlock `recv`. TLS: WouldBlock.
     pub fn try_read_buf(&mut self, buf: &mut bytes::BytesMut) -> io::Result<usize> {
         match self {
-            Read::Plain(r) => r.try_read_buf(buf),
+            Read::Plain(r) => {
+                let r = &*r;
+                let spare = buf.capacity() - buf.len();
+                let mut short = 0;
+                // The outer try_io holds the readiness observed before the read; answering
+                // WouldBlock after a short read clears exactly that one, never a newer event.
+                let read = r.as_ref().try_io(tokio::io::Interest::READABLE, || {
+                    let n = r.try_read_buf(buf)?;
+                    if 0 < n && n < spare {
+                        short = n;
+                        return Err(io::ErrorKind::WouldBlock.into());
+                    }
+                    Ok(n)
+                });
+                match read {
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock && short > 0 => Ok(short),
+                    other => other,
+                }
+            }
             Read::Tls(_) => Err(io::ErrorKind::WouldBlock.into()),
         }
     }
