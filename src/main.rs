@@ -55,9 +55,14 @@ fn main() {
     });
     // Worker threads: the config's worker_threads, else one per core.
     let threads = cli.config.as_ref().and_then(|p| Config::load(p).ok()).map_or(0, |c| c.worker_threads);
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    // One thread: tokio's current-thread scheduler (no work stealing, no cross-thread wake-ups).
+    let mut builder = if threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
     builder.enable_all();
-    if threads > 0 {
+    if threads > 1 {
         builder.worker_threads(threads);
     }
     let runtime = match builder.build() {

@@ -158,6 +158,33 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     pub fn try_next(&mut self) -> Result<Option<Frame>, ProtocolError> {
         self.try_frame()
     }
+
+    /// Starts from bytes already read off the connection (what came after the startup packet).
+    pub fn with_buffered(mut self, buf: BytesMut) -> Self {
+        if !buf.is_empty() {
+            self.buf = buf;
+        }
+        self
+    }
+}
+
+/// The untagged first messages of a connection taken from a buffer filled by whole reads
+/// (plaintext connections: one read per packet, not one per length word and body): the body
+/// of the complete packet at the front, None while it is incomplete (room reserved for it).
+/// The same bounds as `read_startup`.
+pub fn take_startup(buf: &mut BytesMut) -> Result<Option<Bytes>, ProtocolError> {
+    if buf.len() < 4 {
+        return Ok(None);
+    }
+    let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+    if !(8..=10_000).contains(&len) {
+        return Err(ProtocolError::Invalid(format!("invalid startup packet length {len}")));
+    }
+    if buf.len() < len {
+        buf.reserve(len - buf.len());
+        return Ok(None);
+    }
+    Ok(Some(buf.split_to(len).freeze().slice(4..)))
 }
 
 /// Reads the untagged first message of a connection (startup, SSL/GSS/cancel request).

@@ -160,7 +160,7 @@ enum RetryWork {
 
 pub async fn serve_client(shared: Arc<Shared>, stream: TcpStream) {
     let _ = stream.set_nodelay(true);
-    let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+    let peer = stream.peer_addr().ok();
     shared.client_count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let _admitted = startup::Admitted(shared.clone());
     shared.metrics.client_connections.inc();
@@ -170,18 +170,20 @@ pub async fn serve_client(shared: Arc<Shared>, stream: TcpStream) {
     shared.metrics.client_connections.dec();
 }
 
-async fn run_client(shared: &Arc<Shared>, stream: TcpStream, peer: String) -> Result<(), End> {
-    let Some(startup::Accepted { user, database, startup, reader, mut w }) =
-        Box::pin(startup::accept(shared, stream)).await?
+async fn run_client(shared: &Arc<Shared>, stream: TcpStream, peer: Option<std::net::SocketAddr>) -> Result<(), End> {
+    let Some(startup::Accepted { user, database, startup, reader, w }) =
+        Box::pin(startup::accept(shared, stream, peer.map(|a| a.ip()))).await?
     else {
         return Ok(());
     };
-    w.write_all(&auth::ok()).await.map_err(ProtocolError::from)?;
+    // AuthenticationOk goes out with the server's parameters and ReadyForQuery: one send.
+    let mut out = BytesMut::with_capacity(1024);
+    out.extend_from_slice(&auth::ok());
     let mut s = Session {
         shared: shared.clone(),
         client: reader,
         client_w: w,
-        out: BytesMut::new(),
+        out,
         user,
         database,
         cancel: shared.cancels.register(),
@@ -223,6 +225,7 @@ async fn run_client(shared: &Arc<Shared>, stream: TcpStream, peer: String) -> Re
             other => other,
         };
     }
+    let peer = peer.map(|a| a.to_string()).unwrap_or_default();
     let slot = shared.clients.register(&s.user, &s.database, &peer);
     s.observe.slot = Some(slot.clone());
     let _registered = crate::ops::admin::Registered(shared.clone(), slot.id);

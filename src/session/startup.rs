@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use bytes::Bytes;
-use tokio::io::AsyncWriteExt;
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::End;
@@ -37,26 +37,30 @@ impl Drop for Admitted {
 
 /// Takes a client through startup and authentication. None: it was answered and is done
 /// (cancel request, refused, timed out).
-pub(super) async fn accept(shared: &Arc<Shared>, stream: TcpStream) -> Result<Option<Accepted>, End> {
+pub(super) async fn accept(
+    shared: &Arc<Shared>,
+    stream: TcpStream,
+    ip: Option<std::net::IpAddr>,
+) -> Result<Option<Accepted>, End> {
     let config = shared.config.load_full();
     let deadline = tokio::time::Instant::now() + Duration::from_millis(config.limits.client_login_timeout_ms);
-    let ip = stream.peer_addr().map(|a| a.ip()).ok();
     let timed_out = || {
         shared.metrics.login_timeouts.inc();
         "pgsplit: the client did not log in within limits.client_login_timeout_ms"
     };
     // The packets before the StartupMessage, and TLS, on the whole stream.
-    let (body, r, mut w, end_point) = match tokio::time::timeout_at(deadline, Box::pin(negotiate(shared, stream))).await
+    let (body, r, mut w, end_point, after) =
+        match tokio::time::timeout_at(deadline, Box::pin(negotiate(shared, stream))).await {
+            Ok(Ok(Some(n))) => n,
+            Ok(Ok(None)) => return Ok(None),
+            Ok(Err(e)) => return Err(e),
+            Err(_) => {
+                timed_out();
+                return Ok(None);
+            }
+        };
+    match tokio::time::timeout_at(deadline, Box::pin(handshake(shared, body, (r, after), &mut w, ip, end_point))).await
     {
-        Ok(Ok(Some(n))) => n,
-        Ok(Ok(None)) => return Ok(None),
-        Ok(Err(e)) => return Err(e),
-        Err(_) => {
-            timed_out();
-            return Ok(None);
-        }
-    };
-    match tokio::time::timeout_at(deadline, Box::pin(handshake(shared, body, r, &mut w, ip, end_point))).await {
         Ok(Ok(Some((user, database, startup, reader)))) => Ok(Some(Accepted { user, database, startup, reader, w })),
         Ok(Ok(None)) => Ok(None),
         Ok(Err(e)) => Err(e),
@@ -69,7 +73,8 @@ pub(super) async fn accept(shared: &Arc<Shared>, stream: TcpStream) -> Result<Op
 }
 
 /// The StartupMessage body, the connection's halves, and the TLS channel binding if on TLS.
-type Negotiated = (Bytes, ClientRead, ClientWrite, Option<Arc<[u8]>>);
+/// The bytes after the StartupMessage already read (plaintext only) come last.
+type Negotiated = (Bytes, ClientRead, ClientWrite, Option<Arc<[u8]>>, BytesMut);
 
 /// SSLRequest (answered 'S' and a TLS handshake when a certificate is configured, else 'N'),
 /// GSSENCRequest ('N'), CancelRequest (forwarded), direct TLS (PostgreSQL 17: a TLS ClientHello
@@ -77,6 +82,9 @@ type Negotiated = (Bytes, ClientRead, ClientWrite, Option<Arc<[u8]>>);
 /// so bytes a client sends before it are taken as TLS, never as protocol.
 async fn negotiate(shared: &Arc<Shared>, mut stream: TcpStream) -> Result<Option<Negotiated>, End> {
     let tls = shared.tls.load_full();
+    if tls.is_none() {
+        return negotiate_plain(shared, stream).await;
+    }
     let mut first = [0u8; 1];
     if stream.peek(&mut first).await.map_err(ProtocolError::from)? == 0 {
         return Err(ProtocolError::Closed.into());
@@ -118,7 +126,42 @@ async fn negotiate(shared: &Arc<Shared>, mut stream: TcpStream) -> Result<Option
                     return Ok(None);
                 }
                 let (r, w) = crate::tls::plain(stream);
-                return Ok(Some((body, r, w, None)));
+                return Ok(Some((body, r, w, None, BytesMut::new())));
+            }
+        }
+    }
+}
+
+/// `negotiate` without TLS configured: nothing to hand over to a TLS handshake, so packets
+/// are read with whole reads into a buffer (one `recv` per packet where the exact reads took
+/// two, and no peek), and what follows the StartupMessage goes on to the session's reader.
+async fn negotiate_plain(shared: &Arc<Shared>, mut stream: TcpStream) -> Result<Option<Negotiated>, End> {
+    let mut buf = BytesMut::with_capacity(1024);
+    loop {
+        let body = loop {
+            if buf.first() == Some(&0x16) {
+                // A TLS ClientHello (direct TLS) and no certificate configured.
+                return Ok(None);
+            }
+            if let Some(body) = protocol::take_startup(&mut buf)? {
+                break body;
+            }
+            if stream.read_buf(&mut buf).await.map_err(ProtocolError::from)? == 0 {
+                return Err(ProtocolError::Closed.into());
+            }
+        };
+        match i32::from_be_bytes([body[0], body[1], body[2], body[3]]) {
+            protocol::SSL_REQUEST => stream.write_all(&[protocol::SSL_REFUSE]).await.map_err(ProtocolError::from)?,
+            protocol::GSSENC_REQUEST => {
+                stream.write_all(&[protocol::GSSENC_REFUSE]).await.map_err(ProtocolError::from)?
+            }
+            protocol::CANCEL_REQUEST if body.len() == 12 => {
+                cancel(shared, &body).await;
+                return Ok(None);
+            }
+            _ => {
+                let (r, w) = crate::tls::plain(stream);
+                return Ok(Some((body, r, w, None, buf)));
             }
         }
     }
@@ -142,7 +185,7 @@ async fn in_tls(
     }
     let end_point = t.end_point.clone();
     let (r, w) = crate::tls::secured(s);
-    Ok(Some((body, r, w, Some(end_point))))
+    Ok(Some((body, r, w, Some(end_point), BytesMut::new())))
 }
 
 async fn cancel(shared: &Arc<Shared>, body: &[u8]) {
@@ -156,7 +199,7 @@ type Handshake = (String, String, Startup, FrameReader<ClientRead>);
 async fn handshake(
     shared: &Arc<Shared>,
     body: Bytes,
-    r: ClientRead,
+    (r, after): (ClientRead, BytesMut),
     w: &mut ClientWrite,
     ip: Option<std::net::IpAddr>,
     end_point: Option<Arc<[u8]>>,
@@ -183,7 +226,7 @@ async fn handshake(
             w.write_all(&protocol::fatal("53300", "sorry, too many clients already (limits.max_client_conn)")).await;
         return Ok(None);
     }
-    let mut reader = FrameReader::lazy(r).with_max(config.limits.max_message_size);
+    let mut reader = FrameReader::lazy(r).with_max(config.limits.max_message_size).with_buffered(after);
     if config.auth != crate::config::AuthMethod::Trust
         && let Some(delay) = ip.and_then(|ip| shared.auth_failures.delay(ip))
     {
