@@ -9,7 +9,9 @@
 //! BENCH_WORKLOADS (substring filter on the names below), BENCH_OUT (target/bench),
 //! BENCH_PGSPLIT (pgsplit variants, "name=setting,setting;name=...", e.g.
 //! "pgsplit=;pgsplit-1-thread=worker_threads = 1", or "old=@/path/to/pgsplit" for another
-//! build; default: one, as shipped).
+//! build, "primary-only" among the settings for no replicas; default: pgsplit as shipped,
+//! reads on the two replicas; pgsplit-primary on the primary alone, as PgBouncer is; and
+//! that with `worker_threads = 1`, the current-thread scheduler).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -62,7 +64,10 @@ fn main() {
     let _ = cluster.wait_caught_up();
     // pgsplit as users run it (its own process, reads on the two replicas), once per variant:
     // BENCH_PGSPLIT="name=top-level settings;..." (default: as shipped).
-    let variants = env("BENCH_PGSPLIT", "pgsplit=");
+    let variants = env(
+        "BENCH_PGSPLIT",
+        "pgsplit=;pgsplit-primary=primary-only;pgsplit-primary-1-thread=primary-only,worker_threads = 1",
+    );
     let mut pgsplits = Vec::new();
     for v in variants.split(';').filter(|v| !v.trim().is_empty()) {
         let (name, top) = v.split_once('=').unwrap_or((v, ""));
@@ -72,8 +77,12 @@ fn main() {
             Some(rest) => rest.split_once(',').unwrap_or((rest, "")),
             None => (env!("CARGO_BIN_EXE_pgsplit"), top),
         };
-        let top = top.replace(',', "\n");
-        match support::start_pgsplit(exe, &cluster, name, &top, true, POOL) {
+        // "primary-only": no replicas configured, every query on the primary (the servers
+        // PgBouncer is given: the proxies' own costs side by side on the same servers).
+        let replicas = !top.split(',').any(|t| t.trim() == "primary-only");
+        let top: Vec<&str> = top.split(',').filter(|t| t.trim() != "primary-only").collect();
+        let top = top.join("\n");
+        match support::start_pgsplit(exe, &cluster, name, &top, replicas, POOL) {
             Some((port, child)) => pgsplits.push((name, port, child)),
             None => eprintln!("{name}: pgsplit did not start"),
         }
