@@ -24,7 +24,10 @@ pub struct PoolKey {
 
 pub struct Pool {
     key: PoolKey,
-    idle: Mutex<Vec<ServerConn>>,
+    /// Boxed, as checked out (a session keeps a pointer, not the connection, in its task), so
+    /// that a checkout moves the box and allocates nothing.
+    #[allow(clippy::vec_box)]
+    idle: Mutex<Vec<Box<ServerConn>>>,
     permits: Arc<Semaphore>,
     /// The size the semaphore was made for (pool.size when last resized).
     size: AtomicUsize,
@@ -50,7 +53,7 @@ pub struct PoolStats {
 /// A checked-out connection. Dropping it without `release` closes the connection (the safe
 /// default for any error path) and frees its slot.
 pub struct Checkout {
-    pub conn: ServerConn,
+    pub conn: Box<ServerConn>,
     pool: Arc<Pool>,
     _permit: Permit,
 }
@@ -181,14 +184,14 @@ impl Pools {
         }))
         .await?;
         self.metrics.server_connections.with_label_values(&[addr]).inc();
-        Ok(Checkout { conn, pool: pool.clone(), _permit: permit })
+        Ok(Checkout { conn: Box::new(conn), pool: pool.clone(), _permit: permit })
     }
 
     fn reap_idle(&self) {
         let max_idle = Duration::from_millis(self.config.load().pool.idle_timeout_ms);
         let pools: Vec<_> = self.pools.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
         for pool in pools {
-            let expired: Vec<ServerConn> = {
+            let expired: Vec<Box<ServerConn>> = {
                 let mut idle = pool.idle.lock().unwrap_or_else(|p| p.into_inner());
                 let mut keep = Vec::new();
                 let mut expired = Vec::new();
@@ -261,7 +264,7 @@ impl Pools {
 }
 
 impl Pool {
-    fn pop_idle(&self) -> Option<ServerConn> {
+    fn pop_idle(&self) -> Option<Box<ServerConn>> {
         self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop()
     }
 }

@@ -224,7 +224,8 @@ impl Session {
             && target == Target::Primary
             && reason == STANDBY_REFUSES
         {
-            self.move_fresh_transaction(&begin).await?;
+            // Boxed: rare, and its state (a checkout) is large.
+            Box::pin(self.move_fresh_transaction(&begin)).await?;
         }
         if self.batch_open && self.tx_status == b'I' && target == Target::Primary && self.on_replica() {
             // The start of this batch went to a replica (it looked like a read when the client

@@ -130,7 +130,7 @@ struct Session {
     /// The read in flight on a replica, until the server starts answering it.
     retry: Option<Retry>,
     /// A read whose connection died before any answer: to run again elsewhere.
-    retry_now: Option<Retry>,
+    retry_now: Option<Box<Retry>>,
     /// The BEGIN READ ONLY of a transaction on a replica that has run nothing else yet.
     fresh_begin: Option<String>,
     /// A query-timeout cancel was sent to the server connection held (for the request sent at
@@ -288,7 +288,7 @@ impl Session {
     async fn run(&mut self) -> Result<(), End> {
         loop {
             if let Some(r) = self.retry_now.take() {
-                self.rerun(r).await?;
+                Box::pin(self.rerun(*r)).await?;
             }
             while self.outstanding == 0 || self.copy_in {
                 let Some(f) = self.pending.pop_front() else { break };

@@ -36,7 +36,9 @@ impl Session {
         if target == Target::Primary || analyses.iter().all(|a| a.statements.iter().all(|c| c.lookups.is_empty())) {
             return (target, reason);
         }
-        if self.shared.catalog.all_read_only(&self.database, analyses).await {
+        // Boxed: a catalog look-up is rare and its state large; inline, it would size every
+        // client's task.
+        if Box::pin(self.shared.catalog.all_read_only(&self.database, analyses)).await {
             (target.max(Target::Replica), reason)
         } else {
             (Target::Primary, "function or view not known to be read-only")
@@ -81,6 +83,18 @@ impl Session {
         if d.reason() != CAUSAL || wait == 0 {
             return d;
         }
+        // The wait boxed: the rare path's state does not size every client's task.
+        Box::pin(self.wait_for_replica(target, reason, hint, statement_lsn, wait)).await
+    }
+
+    async fn wait_for_replica(
+        &self,
+        target: Target,
+        reason: &'static str,
+        hint: Option<crate::sql::Hint>,
+        statement_lsn: Option<u64>,
+        wait: u64,
+    ) -> Decision {
         let deadline = Instant::now() + Duration::from_millis(wait);
         loop {
             let now = Instant::now();

@@ -244,7 +244,7 @@ impl Session {
         {
             self.expect.clear();
             self.outstanding = 0;
-            self.retry_now = Some(r);
+            self.retry_now = Some(Box::new(r));
             return Ok(());
         }
         self.transaction_lost()

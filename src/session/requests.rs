@@ -121,7 +121,8 @@ impl Session {
             && target == Target::Primary
             && reason == STANDBY_REFUSES
         {
-            self.move_fresh_transaction(&begin).await?;
+            // Boxed: rare, and its state (a checkout) is large.
+            Box::pin(self.move_fresh_transaction(&begin)).await?;
         }
         let decision = self.decide_waiting(target, reason, analysis.hint, analysis.min_lsn).await;
         if !self.place(decision).await? {
