@@ -166,7 +166,8 @@ pub struct Config {
     pub tls: crate::tls::TlsConfig,
     /// Several instances on etcd (empty: this instance alone).
     pub coordination: crate::coord::CoordinationConfig,
-    /// Threads that run sessions (tokio workers); 0: one per core. Read at start only.
+    /// Threads that run sessions (tokio workers); 0: one per core, 1: the current-thread
+    /// scheduler. Read at start only.
     pub worker_threads: usize,
     /// tracing filter (`info`, `debug`, `pgsplit=debug,warn`...); RUST_LOG overrides it at start.
     pub log_level: String,

@@ -285,7 +285,72 @@ impl Session {
         Err(End::Fatal(msg))
     }
 
+    /// The session's life after login: idle waits in a small state (`wait_idle`), the work
+    /// between them in a boxed one (`serve`), so that thousands of idle clients do not each
+    /// keep the largest state a request goes through (one allocation per busy period, as a
+    /// checkout already takes one).
     async fn run(&mut self) -> Result<(), End> {
+        loop {
+            if self.idle_waits() {
+                self.wait_idle().await?;
+            }
+            Box::pin(self.serve()).await?;
+        }
+    }
+
+    /// Idle between requests on plain TCP with nothing buffered: no server, nothing
+    /// outstanding or pending, nothing to re-run or to write.
+    fn idle_waits(&self) -> bool {
+        self.server.is_none()
+            && self.outstanding == 0
+            && self.pending.is_empty()
+            && self.retry_now.is_none()
+            && self.out.is_empty()
+            && self.client.buffered() == 0
+            && self.client.get_ref().is_plain()
+    }
+
+    /// Waits with no buffer until the client's socket has bytes (allocating a read buffer only
+    /// then; a stale readiness costs one WouldBlock read) or `limits.idle_client_timeout_ms`
+    /// passes.
+    async fn wait_idle(&mut self) -> Result<(), End> {
+        self.out = BytesMut::new();
+        self.client.release_if_empty();
+        let idle = self.idle_limit();
+        let client = &mut self.client;
+        tokio::select! {
+            biased;
+            r = async {
+                loop {
+                    client.get_ref().readable().await?;
+                    match client.fill_with(|r, b| r.try_read_buf(b)) {
+                        Ok(n) => return Ok(n),
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                            client.release_if_empty();
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+            } => {
+                if r.map_err(ProtocolError::from)? == 0 {
+                    // EOF between messages: the client went away.
+                    return Err(End::Terminated);
+                }
+                // Back from idle: one allocation for the answers to come, not one per append.
+                self.out.reserve(1024);
+                Ok(())
+            }
+            _ = async { tokio::time::sleep(idle.map(|(d, _)| d).unwrap_or_default()).await }, if idle.is_some() => {
+                let msg = "terminating connection due to idle-session timeout (limits.idle_client_timeout_ms)";
+                self.out.extend_from_slice(&protocol::fatal("57P05", msg));
+                Err(End::Fatal(msg.into()))
+            }
+        }
+    }
+
+    /// Requests and their answers until the session is idle again (`idle_waits`); TLS
+    /// clients stay here.
+    async fn serve(&mut self) -> Result<(), End> {
         loop {
             if let Some(r) = self.retry_now.take() {
                 Box::pin(self.rerun(*r)).await?;
@@ -305,13 +370,14 @@ impl Session {
                 Some((t0, at)) => self.query_timer = Some((t0, Box::pin(tokio::time::sleep_until(at)))),
                 None => self.query_timer = None,
             }
-            // Idle between requests: hold no buffers while the client thinks (thousands of
-            // idle clients must cost little); they are allocated again when bytes come.
+            if self.idle_waits() {
+                return Ok(());
+            }
+            // TLS between requests: no output buffer while the client thinks.
             let idle_now = self.server.is_none() && self.outstanding == 0 && self.pending.is_empty();
             if idle_now && self.out.capacity() > 0 {
                 self.out = BytesMut::new();
             }
-            let wait_readable = idle_now && self.client.get_ref().is_plain() && self.client.release_if_empty();
             let event = {
                 let server = self.server.as_mut();
                 let client = &mut self.client;
@@ -325,23 +391,7 @@ impl Session {
                             None => std::future::pending().await,
                         }
                     } => Event::Server(r),
-                    r = async {
-                        // Wait with no buffer; allocate one only once bytes are there (a
-                        // stale readiness costs one WouldBlock read, then the wait goes on).
-                        if wait_readable {
-                            loop {
-                                client.get_ref().readable().await.map_err(ProtocolError::from)?;
-                                match client.fill_with(|r, b| r.try_read_buf(b)) {
-                                    Ok(_) => break,
-                                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                                        client.release_if_empty();
-                                    }
-                                    Err(e) => return Err(ProtocolError::from(e)),
-                                }
-                            }
-                        }
-                        client.next().await
-                    }, if read_client => Event::Client(r),
+                    r = client.next(), if read_client => Event::Client(r),
                     _ = self.unreachable.changed(), if self.outstanding > 0 => Event::Unreachable,
                     // Created only when polled: no timer at all unless a limit applies.
                     _ = async { tokio::time::sleep(idle.map(|(d, _)| d).unwrap_or_default()).await }, if idle.is_some() => {
