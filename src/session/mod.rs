@@ -240,7 +240,8 @@ async fn run_client(shared: &Arc<Shared>, stream: TcpStream, peer: Option<std::n
         s.out.extend_from_slice(&protocol::fatal("08P01", msg));
     }
     let _ = s.flush_client().await;
-    s.finish().await;
+    // Boxed, as login is: once per session, and not sizing the task.
+    Box::pin(s.finish()).await;
     match result {
         Err(End::Terminated) => Ok(()),
         other => other,
@@ -316,7 +317,10 @@ impl Session {
     async fn wait_idle(&mut self) -> Result<(), End> {
         self.out = BytesMut::new();
         self.client.release_if_empty();
-        let idle = self.idle_limit();
+        // The idle-session timer boxed, and only when that limit is set (off by default): a
+        // timer inline would size every idle client's task.
+        let mut timer = self.idle_limit().map(|(d, _)| Box::pin(tokio::time::sleep(d)));
+        let timed = timer.is_some();
         let client = &mut self.client;
         tokio::select! {
             biased;
@@ -340,7 +344,12 @@ impl Session {
                 self.out.reserve(1024);
                 Ok(())
             }
-            _ = async { tokio::time::sleep(idle.map(|(d, _)| d).unwrap_or_default()).await }, if idle.is_some() => {
+            _ = async {
+                match timer.as_mut() {
+                    Some(sleep) => sleep.as_mut().await,
+                    None => std::future::pending().await,
+                }
+            }, if timed => {
                 let msg = "terminating connection due to idle-session timeout (limits.idle_client_timeout_ms)";
                 self.out.extend_from_slice(&protocol::fatal("57P05", msg));
                 Err(End::Fatal(msg.into()))
