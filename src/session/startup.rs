@@ -78,33 +78,51 @@ type Negotiated = (Bytes, ClientRead, ClientWrite, Option<Arc<[u8]>>, BytesMut);
 
 /// SSLRequest (answered 'S' and a TLS handshake when a certificate is configured, else 'N'),
 /// GSSENCRequest ('N'), CancelRequest (forwarded), direct TLS (PostgreSQL 17: a TLS ClientHello
-/// first, ALPN "postgresql"), up to the StartupMessage. Nothing is read ahead of a handshake,
-/// so bytes a client sends before it are taken as TLS, never as protocol.
+/// first, ALPN "postgresql"), up to the StartupMessage. Packets are read with whole reads into
+/// a buffer (one `recv` per packet, not one for the length and one for the body), and what
+/// follows the StartupMessage goes on to the session's reader. Nothing is read ahead of a
+/// handshake: direct TLS is recognised by a peek, and bytes after an SSLRequest that is
+/// answered 'S' are refused as PostgreSQL refuses them (CVE-2021-23214), never taken as
+/// protocol or fed to the handshake.
 async fn negotiate(shared: &Arc<Shared>, mut stream: TcpStream) -> Result<Option<Negotiated>, End> {
     let tls = shared.tls.load_full();
-    if tls.is_none() {
-        return negotiate_plain(shared, stream).await;
-    }
-    let mut first = [0u8; 1];
-    if stream.peek(&mut first).await.map_err(ProtocolError::from)? == 0 {
-        return Err(ProtocolError::Closed.into());
-    }
-    if first[0] == 0x16 {
-        // A TLS record (handshake) where a length would be: direct TLS negotiation.
-        let Some(t) = tls else { return Ok(None) };
-        let s = t.acceptor.accept(stream).await.map_err(ProtocolError::from)?;
-        if s.get_ref().1.alpn_protocol() != Some(crate::tls::ALPN) {
-            // PostgreSQL requires the ALPN for direct TLS (it proves the client means it).
-            return Ok(None);
+    if let Some(t) = &tls {
+        let mut first = [0u8; 1];
+        if stream.peek(&mut first).await.map_err(ProtocolError::from)? == 0 {
+            return Err(ProtocolError::Closed.into());
         }
-        return in_tls(shared, s, &t).await;
+        if first[0] == 0x16 {
+            // A TLS record (handshake) where a length would be: direct TLS negotiation.
+            let s = t.acceptor.accept(stream).await.map_err(ProtocolError::from)?;
+            if s.get_ref().1.alpn_protocol() != Some(crate::tls::ALPN) {
+                // PostgreSQL requires the ALPN for direct TLS (it proves the client means it).
+                return Ok(None);
+            }
+            return in_tls(shared, s, t).await;
+        }
     }
+    let mut buf = BytesMut::with_capacity(1024);
     loop {
-        let body = protocol::read_startup(&mut stream).await?;
-        let code = i32::from_be_bytes([body[0], body[1], body[2], body[3]]);
-        match code {
+        let body = loop {
+            if buf.first() == Some(&0x16) {
+                // A TLS ClientHello where no handshake can follow (none configured, or not first).
+                return Ok(None);
+            }
+            if let Some(body) = protocol::take_startup(&mut buf)? {
+                break body;
+            }
+            if stream.read_buf(&mut buf).await.map_err(ProtocolError::from)? == 0 {
+                return Err(ProtocolError::Closed.into());
+            }
+        };
+        match i32::from_be_bytes([body[0], body[1], body[2], body[3]]) {
             protocol::SSL_REQUEST => match &tls {
                 Some(t) => {
+                    if !buf.is_empty() {
+                        let msg = "received unencrypted data after SSL request";
+                        let _ = stream.write_all(&protocol::fatal("08P01", msg)).await;
+                        return Ok(None);
+                    }
                     stream.write_all(&[protocol::SSL_ACCEPT]).await.map_err(ProtocolError::from)?;
                     let s = t.acceptor.accept(stream).await.map_err(ProtocolError::from)?;
                     return in_tls(shared, s, t).await;
@@ -125,41 +143,6 @@ async fn negotiate(shared: &Arc<Shared>, mut stream: TcpStream) -> Result<Option
                     let _ = stream.write_all(&protocol::fatal("28000", msg)).await;
                     return Ok(None);
                 }
-                let (r, w) = crate::tls::plain(stream);
-                return Ok(Some((body, r, w, None, BytesMut::new())));
-            }
-        }
-    }
-}
-
-/// `negotiate` without TLS configured: nothing to hand over to a TLS handshake, so packets
-/// are read with whole reads into a buffer (one `recv` per packet where the exact reads took
-/// two, and no peek), and what follows the StartupMessage goes on to the session's reader.
-async fn negotiate_plain(shared: &Arc<Shared>, mut stream: TcpStream) -> Result<Option<Negotiated>, End> {
-    let mut buf = BytesMut::with_capacity(1024);
-    loop {
-        let body = loop {
-            if buf.first() == Some(&0x16) {
-                // A TLS ClientHello (direct TLS) and no certificate configured.
-                return Ok(None);
-            }
-            if let Some(body) = protocol::take_startup(&mut buf)? {
-                break body;
-            }
-            if stream.read_buf(&mut buf).await.map_err(ProtocolError::from)? == 0 {
-                return Err(ProtocolError::Closed.into());
-            }
-        };
-        match i32::from_be_bytes([body[0], body[1], body[2], body[3]]) {
-            protocol::SSL_REQUEST => stream.write_all(&[protocol::SSL_REFUSE]).await.map_err(ProtocolError::from)?,
-            protocol::GSSENC_REQUEST => {
-                stream.write_all(&[protocol::GSSENC_REFUSE]).await.map_err(ProtocolError::from)?
-            }
-            protocol::CANCEL_REQUEST if body.len() == 12 => {
-                cancel(shared, &body).await;
-                return Ok(None);
-            }
-            _ => {
                 let (r, w) = crate::tls::plain(stream);
                 return Ok(Some((body, r, w, None, buf)));
             }

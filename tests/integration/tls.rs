@@ -231,6 +231,21 @@ pub async fn tls_for_every_client_and_channel_binding(env: &Env) -> R {
     let refused = direct(port, &dir, None, "app").await;
     check!(refused.is_err(), "direct TLS without the ALPN was accepted");
     println!("    direct TLS (ALPN postgresql) accepted, offers SCRAM-SHA-256-PLUS; without the ALPN refused");
+
+    // Plaintext sent behind an SSLRequest before the handshake (CVE-2021-23214): refused as
+    // PostgreSQL refuses it, never answered 'S' nor read as protocol.
+    let mut raw = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    let mut packet = vec![0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
+    packet.extend_from_slice(&pgsplit::protocol::startup_message(&[("user", "app"), ("database", "postgres")]));
+    raw.write_all(&packet).await?;
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), raw.read_to_end(&mut answer)).await;
+    let text = String::from_utf8_lossy(&answer).to_string();
+    check!(
+        answer.first() == Some(&b'E') && text.contains("08P01") && text.contains("unencrypted data after SSL request"),
+        "bytes after an SSLRequest: {text:?}"
+    );
+    println!("    plaintext behind an SSLRequest: FATAL 08P01, no handshake");
     proxy.stop();
     Ok(())
 }
