@@ -349,12 +349,15 @@ impl Session {
                     Some(sleep) => sleep.as_mut().await,
                     None => std::future::pending().await,
                 }
-            }, if timed => {
-                let msg = "terminating connection due to idle-session timeout (limits.idle_client_timeout_ms)";
-                self.out.extend_from_slice(&protocol::fatal("57P05", msg));
-                Err(End::Fatal(msg.into()))
-            }
+            }, if timed => Err(self.idle_timeout()),
         }
+    }
+
+    /// `limits.idle_client_timeout_ms` passed: the FATAL the client gets, and the end.
+    fn idle_timeout(&mut self) -> End {
+        let msg = "terminating connection due to idle-session timeout (limits.idle_client_timeout_ms)";
+        self.out.extend_from_slice(&protocol::fatal("57P05", msg));
+        End::Fatal(msg.into())
     }
 
     /// Requests and their answers until the session is idle again (`idle_waits`); TLS
@@ -439,11 +442,7 @@ impl Session {
                     self.out.extend_from_slice(&protocol::fatal("25P03", msg));
                     return Err(End::Fatal(msg.into()));
                 }
-                Event::Idle(false) => {
-                    let msg = "terminating connection due to idle-session timeout (limits.idle_client_timeout_ms)";
-                    self.out.extend_from_slice(&protocol::fatal("57P05", msg));
-                    return Err(End::Fatal(msg.into()));
-                }
+                Event::Idle(false) => return Err(self.idle_timeout()),
                 Event::Client(Err(ProtocolError::Closed)) => return Err(End::Terminated),
                 Event::Client(Err(e)) => return Err(e.into()),
             }
