@@ -48,17 +48,20 @@ pub(super) async fn accept(
         shared.metrics.login_timeouts.inc();
         "pgsplit: the client did not log in within limits.client_login_timeout_ms"
     };
-    // The packets before the StartupMessage, and TLS, on the whole stream.
-    let (body, r, mut w, end_point, after) =
-        match tokio::time::timeout_at(deadline, Box::pin(negotiate(shared, stream))).await {
-            Ok(Ok(Some(n))) => n,
-            Ok(Ok(None)) => return Ok(None),
-            Ok(Err(e)) => return Err(e),
-            Err(_) => {
-                timed_out();
-                return Ok(None);
-            }
-        };
+    // The packets before the StartupMessage, and TLS, on the whole stream (held by the
+    // future: on a timeout it is closed only after the timeout is counted).
+    let mut negotiating = Box::pin(negotiate(shared, stream));
+    let (body, r, mut w, end_point, after) = match tokio::time::timeout_at(deadline, &mut negotiating).await {
+        Ok(Ok(Some(n))) => n,
+        Ok(Ok(None)) => return Ok(None),
+        Ok(Err(e)) => return Err(e),
+        Err(_) => {
+            timed_out();
+            drop(negotiating);
+            return Ok(None);
+        }
+    };
+    drop(negotiating);
     match tokio::time::timeout_at(deadline, Box::pin(handshake(shared, body, (r, after), &mut w, ip, end_point))).await
     {
         Ok(Ok(Some((user, database, startup, reader)))) => Ok(Some(Accepted { user, database, startup, reader, w })),
