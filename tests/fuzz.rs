@@ -63,6 +63,12 @@ proptest! {
         let mut len = ((bytes.len() + 4) as u32).to_be_bytes().to_vec();
         len.extend_from_slice(&bytes);
         let _ = rt.block_on(async { protocol::read_startup(&mut &len[..]).await });
+        // The buffered reader of plaintext logins: whole packets or an error, never more
+        // than what arrived.
+        let mut buf = bytes::BytesMut::from(&bytes[..]);
+        while let Ok(Some(body)) = protocol::take_startup(&mut buf) {
+            prop_assert!(body.len() + 4 <= bytes.len());
+        }
     }
 
     /// Statement text: classified without panicking, whatever it is.

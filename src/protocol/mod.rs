@@ -171,20 +171,28 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
 /// The untagged first messages of a connection taken from a buffer filled by whole reads
 /// (plaintext connections: one read per packet, not one per length word and body): the body
 /// of the complete packet at the front, None while it is incomplete (room reserved for it).
-/// The same bounds as `read_startup`.
+/// The same bounds as `read_startup` (`STARTUP_LEN`).
 pub fn take_startup(buf: &mut BytesMut) -> Result<Option<Bytes>, ProtocolError> {
     if buf.len() < 4 {
         return Ok(None);
     }
     let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
-    if !(8..=10_000).contains(&len) {
-        return Err(ProtocolError::Invalid(format!("invalid startup packet length {len}")));
-    }
+    check_startup_len(len)?;
     if buf.len() < len {
         buf.reserve(len - buf.len());
         return Ok(None);
     }
     Ok(Some(buf.split_to(len).freeze().slice(4..)))
+}
+
+/// PostgreSQL's bounds on an untagged first message (its length word included).
+const STARTUP_LEN: std::ops::RangeInclusive<usize> = 8..=10_000;
+
+fn check_startup_len(len: usize) -> Result<(), ProtocolError> {
+    if !STARTUP_LEN.contains(&len) {
+        return Err(ProtocolError::Invalid(format!("invalid startup packet length {len}")));
+    }
+    Ok(())
 }
 
 /// Reads the untagged first message of a connection (startup, SSL/GSS/cancel request).
@@ -198,9 +206,7 @@ pub async fn read_startup<R: AsyncRead + Unpin>(r: &mut R) -> Result<Bytes, Prot
         Err(e) => return Err(e.into()),
     }
     let len = u32::from_be_bytes(len) as usize;
-    if !(8..=10_000).contains(&len) {
-        return Err(ProtocolError::Invalid(format!("invalid startup packet length {len}")));
-    }
+    check_startup_len(len)?;
     let mut body = vec![0u8; len - 4];
     r.read_exact(&mut body).await?;
     Ok(Bytes::from(body))
