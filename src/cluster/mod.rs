@@ -6,6 +6,7 @@ pub mod balance;
 pub mod failover;
 pub mod failover_io;
 pub mod failover_sql;
+pub mod lag;
 pub mod monitor;
 pub mod rotation;
 pub mod sql_pools;

@@ -3,17 +3,17 @@
 //! recomputed (`publish`) with the rotation rules of `rotation.rs`.
 //!
 //! Lag in bytes is the primary's insert position minus the replica's replay position. Lag in
-//! time is the age of the last replayed transaction, but only while the replica has received
-//! WAL it has not replayed yet: a replica that has replayed everything it received has no time
-//! lag however idle the primary is (the age alone would call an idle cluster lagged, and
-//! comparing positions from probes taken at different moments would make it flap). A replica
-//! cut off from the primary shows up in the bytes and in its WAL receiver's status.
+//! time is the age of the oldest WAL the replica has not replayed, read off the monitor's own
+//! clock of the primary's positions (`lag.rs`): never the age of the last replayed commit,
+//! which grows on an idle primary and says nothing of WAL written without commits. A replica
+//! cut off from the primary shows up in both and in its WAL receiver's status.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::task::JoinHandle;
 
+use super::lag::WalClock;
 use super::rotation::{self, Fitness, Limits};
 use super::sql_pools::SqlPools;
 use super::topology::{Cluster, Observation, OutReason, Role};
@@ -32,7 +32,6 @@ struct Probe {
 const PROBE_SQL: &str = "SELECT pg_is_in_recovery(), \
      CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_current_wal_insert_lsn()::text END, \
      pg_last_wal_receive_lsn()::text, pg_last_wal_replay_lsn()::text, \
-     (extract(epoch FROM now() - pg_last_xact_replay_timestamp()) * 1000)::float8, \
      CASE WHEN pg_is_in_recovery() THEN pg_is_wal_replay_paused() ELSE false END, \
      (SELECT status FROM pg_stat_wal_receiver LIMIT 1), \
      CASE WHEN pg_is_in_recovery() THEN (SELECT received_tli FROM pg_stat_wal_receiver LIMIT 1)::text \
@@ -45,6 +44,8 @@ pub struct Monitor {
     metrics: Arc<Metrics>,
     sql: Arc<SqlPools>,
     probes: Mutex<Vec<Probe>>,
+    /// The primary's insert positions over time (lag in time).
+    clock: Mutex<WalClock>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -63,6 +64,7 @@ impl Monitor {
             metrics,
             sql,
             probes: Mutex::new(Vec::new()),
+            clock: Mutex::new(WalClock::default()),
             tasks: Mutex::new(Vec::new()),
         });
         m.ensure_tasks();
@@ -115,9 +117,14 @@ impl Monitor {
                 self.cluster.unreachable.send_modify(|n| *n += 1);
             }
             {
+                let now = Instant::now();
+                let mut clock = self.clock.lock().unwrap_or_else(|p| p.into_inner());
+                if node == self.cluster.load().primary() && probe.ok && !probe.obs.in_recovery {
+                    clock.record(now, probe.obs.insert_lsn, retention(&config));
+                }
                 let mut all = self.probes.lock().unwrap_or_else(|p| p.into_inner());
                 all[node] = probe;
-                publish(&config, &self.cluster, &self.metrics, &all, Instant::now());
+                publish(&config, &self.cluster, &self.metrics, &all, &clock, now);
             }
             self.cluster.published.notify_waiters();
             let interval = Duration::from_millis(config.monitor.interval_ms);
@@ -140,8 +147,7 @@ async fn probe(sql: &SqlPools, config: &Config, addr: &str) -> Probe {
         return failed;
     };
     let lsn = |i: usize| row.get::<_, Option<String>>(i).as_deref().and_then(parse_lsn).unwrap_or(0);
-    let age: Option<f64> = row.get(4);
-    let timeline: Option<String> = row.get(7);
+    let timeline: Option<String> = row.get(6);
     let in_recovery: bool = row.get(0);
     Probe {
         done: true,
@@ -151,9 +157,8 @@ async fn probe(sql: &SqlPools, config: &Config, addr: &str) -> Probe {
             insert_lsn: lsn(1),
             receive_lsn: lsn(2),
             replay_lsn: lsn(3),
-            replay_age_ms: age.map(|a| a.max(0.0) as u64),
-            replay_paused: row.get(5),
-            receiver_status: row.get(6),
+            replay_paused: row.get(4),
+            receiver_status: row.get(5),
             timeline: timeline.and_then(
                 |t| {
                     if in_recovery { t.parse().ok() } else { u32::from_str_radix(&t, 16).ok() }
@@ -177,7 +182,16 @@ pub fn format_lsn(lsn: u64) -> String {
 /// How long a replica's WAL receiver may be down before the replica leaves rotation for it.
 const RECEIVER_GRACE: Duration = Duration::from_secs(2);
 
-fn publish(config: &Config, cluster: &Cluster, metrics: &Metrics, probes: &[Probe], now: Instant) {
+/// How long the clock keeps the primary's positions: twice the largest time limit (so a
+/// replica further behind than any sample kept is still reported over its limit), within
+/// 10 s and 1 h.
+fn retention(config: &Config) -> Duration {
+    let limits = config.servers.replicas.iter().map(|r| r.limits(&config.routing).1);
+    let longest = limits.chain([config.routing.max_lag_ms]).filter(|&ms| ms < u64::MAX / 4).max().unwrap_or(0);
+    Duration::from_millis(longest.saturating_mul(2)).clamp(Duration::from_secs(10), Duration::from_secs(3600))
+}
+
+fn publish(config: &Config, cluster: &Cluster, metrics: &Metrics, probes: &[Probe], clock: &WalClock, now: Instant) {
     let hold = Duration::from_millis(config.routing.lag_hold_ms);
     cluster.topology.rcu(|t| {
         let mut t = (**t).clone();
@@ -203,10 +217,11 @@ fn publish(config: &Config, cluster: &Cluster, metrics: &Metrics, probes: &[Prob
                 node.out = if node.in_rotation { None } else { Some(OutReason::Unreachable) };
                 continue;
             }
-            let behind = (p.ok && primary_up).then(|| pp.obs.insert_lsn.saturating_sub(p.obs.replay_lsn));
-            let replay_pending = p.obs.receive_lsn > p.obs.replay_lsn;
-            node.lag_bytes = behind;
-            node.lag_ms = if behind == Some(0) || !replay_pending { Some(0) } else { p.obs.replay_age_ms };
+            // Both lags only while the primary answers: with it down every replica stops
+            // receiving, and reads must go on during a failover.
+            let judged = p.ok && primary_up;
+            node.lag_bytes = judged.then(|| pp.obs.insert_lsn.saturating_sub(p.obs.replay_lsn));
+            node.lag_ms = if judged { clock.lag(p.obs.replay_lsn, now).map(|d| d.as_millis() as u64) } else { None };
             // A receiver that stopped streaming counts only after RECEIVER_GRACE: when the
             // primary dies, every receiver stops before the primary's own probe fails, and
             // the replicas must not leave rotation then (reads go on during a failover).

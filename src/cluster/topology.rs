@@ -78,8 +78,6 @@ pub struct Observation {
     /// pg_last_wal_receive_lsn() / pg_last_wal_replay_lsn() on a replica.
     pub receive_lsn: u64,
     pub replay_lsn: u64,
-    /// Milliseconds since the last replayed transaction.
-    pub replay_age_ms: Option<u64>,
     pub replay_paused: bool,
     /// pg_stat_wal_receiver.status ("streaming", ...); None when there is no receiver.
     pub receiver_status: Option<String>,
@@ -97,8 +95,9 @@ pub struct Node {
     pub observed: Option<Observation>,
     /// WAL bytes between the primary's current position and this replica's replay position.
     pub lag_bytes: Option<u64>,
-    /// Milliseconds of replay delay; 0 when the replica has replayed everything the primary
-    /// has written, however long ago the last transaction was.
+    /// Milliseconds of replay delay: the age of the oldest WAL the replica has not replayed
+    /// (`lag.rs`); 0 when it has replayed everything the primary had at its last probe,
+    /// however long ago the last transaction was.
     pub lag_ms: Option<u64>,
     /// Healthy and within the lag limits: may take reads.
     pub in_rotation: bool,

@@ -155,3 +155,76 @@ pub async fn weights_share_the_reads(env: &Env) -> R {
     check!((280..=320).contains(&second), "the weight-3 replica took {second} of 400 reads");
     Ok(())
 }
+
+/// Replicas that replay 300 ms late (`recovery_min_apply_delay`) are 300 ms behind, however
+/// long the primary was idle before a write: with `max_lag_ms = 1000` they stay in rotation
+/// through an idle spell and the write after it (the age of the last replayed commit would
+/// have called them seconds behind); with `max_lag_ms = 100` a trickle of writes takes them
+/// out as lagging.
+pub async fn lag_in_time_after_idleness(env: &Env) -> R {
+    for node in [1, 2] {
+        psql(env, node, "ALTER SYSTEM SET recovery_min_apply_delay = '300ms'")?;
+        psql(env, node, "SELECT pg_reload_conf()")?;
+    }
+    let result = async {
+        let proxy = env
+            .proxy_with(|c| {
+                c.routing.max_lag_bytes = u64::MAX;
+                c.routing.max_lag_ms = 1000;
+            })
+            .await?;
+        env.wait_rotation(&proxy, &env.replica_ports()).await?;
+        // Idle for well over max_lag_ms, then one write.
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        psql(env, 0, "INSERT INTO t (v) VALUES (300)")?;
+        let (t0, mut worst) = (Instant::now(), 0);
+        while t0.elapsed() < Duration::from_millis(2000) {
+            let t = proxy.shared.cluster.load();
+            for n in &t.nodes[1..] {
+                worst = worst.max(n.lag_ms.unwrap_or(0));
+                check!(n.in_rotation, "a replica 300 ms behind left rotation after an idle spell: {n:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        println!("    idle 2.5 s, then one INSERT, replicas 300 ms late: largest lag_ms seen {worst}");
+        check!((50..1000).contains(&worst), "lag_ms peaked at {worst}, the replicas replay 300 ms late");
+        proxy.stop();
+
+        let strict = env
+            .proxy_with(|c| {
+                c.routing.max_lag_bytes = u64::MAX;
+                c.routing.max_lag_ms = 100;
+            })
+            .await?;
+        env.wait_rotation(&strict, &env.replica_ports()).await?;
+        let t0 = Instant::now();
+        let mut left = [None, None];
+        for i in 0..40 {
+            psql(env, 0, &format!("INSERT INTO t (v) VALUES ({i})"))?;
+            let t = strict.shared.cluster.load();
+            for (k, n) in t.nodes[1..].iter().enumerate() {
+                if !n.in_rotation && left[k].is_none() {
+                    left[k] = Some((t0.elapsed(), n.out, n.lag_ms));
+                }
+            }
+            if left.iter().all(Option::is_some) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        println!("    max_lag_ms = 100, writes every 50 ms: replicas left rotation {left:?}");
+        for (k, l) in left.iter().enumerate() {
+            let Some((_, out, _)) = l else { return Err(format!("replica {k} never left rotation").into()) };
+            check!(*out == Some(OutReason::Lagging), "replica {k} left as {out:?}");
+        }
+        strict.stop();
+        Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
+    }
+    .await;
+    for node in [1, 2] {
+        psql(env, node, "ALTER SYSTEM RESET recovery_min_apply_delay")?;
+        psql(env, node, "SELECT pg_reload_conf()")?;
+    }
+    env.caught_up().await?;
+    result
+}

@@ -98,6 +98,7 @@ fn main() {
         lag::a_stalled_replica_leaves_at_once_and_returns_after_the_hold,
         lag::when_every_replica_is_out,
         lag::weights_share_the_reads,
+        lag::lag_in_time_after_idleness,
         ryw::reads_see_their_own_writes_in_every_mode,
         ryw::min_lsn_carries_the_floor_between_connections,
         limits::silent_sockets_are_shed,
