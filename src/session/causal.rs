@@ -49,6 +49,13 @@ pub struct Probe {
 }
 
 impl Causal {
+    /// A new client's state: its floor starts at the latest commit any client made through
+    /// this pgsplit (one atomic read), so a connection opened after another one's commit
+    /// reads it, as web requests, job workers and test runners expect.
+    pub fn starting_at(global: &AtomicU64) -> Causal {
+        Causal { floor: global.load(Ordering::Relaxed), ..Causal::default() }
+    }
+
     /// How far a replica must have replayed to take this client's next read.
     pub fn min_lsn(&self, mode: ReadYourWrites, global: &AtomicU64, statement: Option<u64>) -> u64 {
         let implicit = match mode {
@@ -109,6 +116,10 @@ mod tests {
         assert_eq!(c.min_lsn(ReadYourWrites::Off, &global, None), 900);
         c.unknown();
         assert_eq!(c.min_lsn(ReadYourWrites::Session, &global, None), u64::MAX);
+        // A client that connects later starts at everyone's last write, in session mode too.
+        let late = Causal::starting_at(&global);
+        assert_eq!(late.min_lsn(ReadYourWrites::Session, &global, None), 500);
+        assert_eq!(late.min_lsn(ReadYourWrites::Off, &global, None), 0);
     }
 
     #[test]

@@ -208,7 +208,9 @@ async fn run_client(shared: &Arc<Shared>, stream: TcpStream, peer: Option<std::n
         retry_now: None,
         fresh_begin: None,
         observe: observe::Observe::default(),
-        causal: causal::Causal::default(),
+        // Whatever any client had committed through this pgsplit before this one connected
+        // is visible to its reads (read_your_writes = "session" and "global").
+        causal: causal::Causal::starting_at(&shared.global_floor),
         load: None,
         lost: lost::Lost::No,
         in_flight: lost::InFlight::default(),

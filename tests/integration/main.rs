@@ -101,6 +101,7 @@ fn main() {
         lag::lag_in_time_after_idleness,
         ryw::reads_see_their_own_writes_in_every_mode,
         ryw::min_lsn_carries_the_floor_between_connections,
+        ryw::connections_opened_after_a_commit_see_it,
         limits::silent_sockets_are_shed,
         limits::too_many_clients_get_53300,
         limits::oversized_messages_are_refused_unread,

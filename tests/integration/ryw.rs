@@ -151,3 +151,48 @@ pub async fn min_lsn_carries_the_floor_between_connections(env: &Env) -> R {
     apply_delay(env, 2, "0").await?;
     result
 }
+
+/// In session mode, a connection opened after another connection's commit reads that commit
+/// (a web request commits, a worker connects): it starts at the latest write pgsplit has seen
+/// committed. Both replicas replay 300 ms late and stay in rotation; once they have replayed
+/// the write, a new connection reads on them again.
+pub async fn connections_opened_after_a_commit_see_it(env: &Env) -> R {
+    let proxy = env.proxy_with(|c| c.routing.read_your_writes = ReadYourWrites::Session).await?;
+    let w = connect(&env.conn_string(proxy.addr.port())).await?;
+    w.batch_execute("DROP TABLE IF EXISTS ryw_later; CREATE TABLE ryw_later (id int PRIMARY KEY)").await?;
+    env.caught_up().await?;
+    apply_delay(env, 1, "300ms").await?;
+    apply_delay(env, 2, "300ms").await?;
+    let result = async {
+        env.wait_rotation(&proxy, &env.replica_ports()).await?;
+        let n = 200;
+        let mut misses = 0;
+        for i in 0..n {
+            w.execute("INSERT INTO ryw_later (id) VALUES ($1)", &[&i]).await?;
+            let later = connect(&env.conn_string(proxy.addr.port())).await?;
+            let found: i64 = later.query_one("SELECT count(*) FROM ryw_later WHERE id = $1", &[&i]).await?.get(0);
+            misses += (found == 0) as usize;
+        }
+        println!("    session mode, replicas 300 ms late: {misses} of {n} reads on connections opened after the commit missed it");
+        check!(misses == 0, "{misses} of {n} reads on a connection opened after the commit missed the row");
+        // Once the replicas have replayed everything, new connections read there again.
+        let t0 = Instant::now();
+        let replicas = env.replica_ports();
+        loop {
+            let c = connect(&env.conn_string(proxy.addr.port())).await?;
+            let port = crate::common::port_of(&c, "SELECT inet_server_port()").await?;
+            if replicas.contains(&port) {
+                println!("    new connections read on a replica again {} ms after the last write", t0.elapsed().as_millis());
+                break;
+            }
+            check!(t0.elapsed().as_secs() < 10, "new connections still read on the primary 10 s after the last write");
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
+    }
+    .await;
+    apply_delay(env, 1, "0").await?;
+    apply_delay(env, 2, "0").await?;
+    proxy.stop();
+    result
+}
