@@ -8,6 +8,9 @@ use crate::sql::{Hint, RouteMode, Target};
 /// The reason of a read sent to the primary because no replica in rotation has replayed the
 /// client's last write yet (or is within its `pgsplit.max_lag`).
 pub const CAUSAL: &str = "read your writes";
+/// A read run again on the primary because a replica answered that what it names does not
+/// exist (it had not replayed it yet).
+pub const NOT_REPLAYED_YET: &str = "not replayed on the replica yet";
 /// A read sent to the least lagged replica because none is in rotation (on_all_lagging).
 pub const LAG_FALLBACK: &str = "all replicas lagging: least lagged";
 /// A read refused because no replica is in rotation (on_all_lagging = error).

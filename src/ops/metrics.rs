@@ -29,6 +29,9 @@ pub struct Metrics {
     pub server_bytes: IntCounterVec,
     pub server_errors: IntCounter,
     pub client_protocol_errors: IntCounter,
+    /// Reads run again on the primary because a replica had not replayed what they name, by
+    /// the replica's SQLSTATE.
+    pub replica_retries: IntCounterVec,
     /// Errors relayed to clients, by SQLSTATE class.
     pub errors: IntCounterVec,
     pub server_up: IntGaugeVec,
@@ -115,6 +118,13 @@ impl Metrics {
             server_errors: reg!(IntCounter::new(
                 "server_failures_total",
                 "Server connections lost or refused while serving a client"
+            )),
+            replica_retries: reg!(IntCounterVec::new(
+                Opts::new(
+                    "replica_retries_total",
+                    "Reads run again on the primary because a replica answered that what they name does not exist yet, by SQLSTATE"
+                ),
+                &["sqlstate"]
             )),
             client_protocol_errors: reg!(IntCounter::new(
                 "client_protocol_errors_total",
@@ -277,8 +287,8 @@ impl Metrics {
 }
 
 /// The reason class of a routing decision, for the `reason` label: write, lock, function,
-/// transaction, session_pin, hint, causal, lag_fallback, parse_error, no_replica, read,
-/// session.
+/// transaction, session_pin, hint, causal, not_replayed, lag_fallback, parse_error, no_replica,
+/// read, session.
 pub fn reason_class(reason: &str) -> &'static str {
     match reason {
         "read" | "read (checked word by word)" | "COPY TO" | "read-only transaction" => "read",
@@ -294,6 +304,7 @@ pub fn reason_class(reason: &str) -> &'static str {
         "session pinned to the primary" => "session_pin",
         "pgsplit:primary hint" | "pgsplit:replica hint" | "pgsplit.route = primary" => "hint",
         crate::router::CAUSAL => "causal",
+        crate::router::NOT_REPLAYED_YET => "not_replayed",
         crate::router::LAG_FALLBACK => "lag_fallback",
         "does not parse" | "too long to parse" | "not a single statement" => "parse_error",
         "no replica in rotation" | "no replica reachable" | crate::router::NO_REPLICA_ERROR => "no_replica",

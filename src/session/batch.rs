@@ -7,10 +7,11 @@ use std::sync::Arc;
 use bytes::{BufMut, Bytes, BytesMut};
 
 use super::extended::{self, Prepared};
-use super::{End, Expect, Retry, RetryWork, Session};
+use super::rerun::{Retry, RetryWork};
+use super::{End, Expect, Session};
 use crate::cluster::Role;
 use crate::protocol::{self, Frame, ProtocolError, message, put_cstr};
-use crate::router::Decision;
+use crate::router::{Decision, NOT_REPLAYED_YET};
 use crate::sql::cache::Analysis;
 use crate::sql::session_cmd::STANDBY_REFUSES;
 use crate::sql::set_config::{self, Resolved};
@@ -219,7 +220,18 @@ impl Session {
             }
             return Ok(());
         }
-        let (target, reason) = self.resolve(batch.target, batch.reason, &batch.lookups).await;
+        let exclusive: Vec<_> = batch
+            .items
+            .iter()
+            .filter_map(|i| if let BatchItem::Bind(_, p) = i { Some(p.analysis.exclusive.iter()) } else { None })
+            .flatten()
+            .collect();
+        if !exclusive.is_empty() && self.tx_status == b'I' && !Box::pin(self.free_databases(&exclusive)).await {
+            self.abandon_batch(is_sync);
+            return Ok(());
+        }
+        let (mut target, mut reason) = self.resolve(batch.target, batch.reason, &batch.lookups).await;
+        let mut hint = batch.hint;
         if let Some(begin) = self.fresh_begin.take()
             && target == Target::Primary
             && reason == STANDBY_REFUSES
@@ -239,7 +251,7 @@ impl Session {
         let was_open = self.batch_open;
         let mut attempts = 0;
         let decision = loop {
-            let decision = self.decide_waiting(target, reason, batch.hint, batch.min_lsn).await;
+            let decision = self.decide_waiting(target, reason, hint, batch.min_lsn).await;
             if !self.place(decision).await? {
                 self.batch_open = false;
                 self.abandon_batch(is_sync);
@@ -257,6 +269,19 @@ impl Session {
                     self.out.extend_from_slice(&err);
                     self.abandon_batch(is_sync);
                     return Ok(());
+                }
+                Checked::Refused(err)
+                    if let Some(code) = err.get(5..).and_then(super::rerun::statement_code)
+                        && matches!(decision, Decision::Replica { .. })
+                        && self.tx_status == b'I'
+                        && self.pin.is_none()
+                        && self.outstanding == 0 =>
+                {
+                    // Re-preparing the client's statement on a replica that has not replayed
+                    // what it names yet: the batch goes to the primary instead.
+                    self.shared.metrics.replica_retries.with_label_values(&[code]).inc();
+                    self.release_server();
+                    (target, reason, hint) = (Target::Primary, NOT_REPLAYED_YET, None);
                 }
                 Checked::Refused(err) => {
                     // The statement's shape changed since the client described it (or it no
@@ -288,7 +313,7 @@ impl Session {
             && matches!(decision, Decision::Replica { .. });
         if retryable {
             let work = RetryWork::Batch(batch.items.clone(), f.clone());
-            self.retry = Some(Retry { work, target, reason, hint: batch.hint });
+            self.retry = Some(Retry { work, target, reason, hint });
         }
         for item in batch.items {
             encode_item(item, &mut server.conn, &mut self.expect, &mut buf)?;
@@ -314,39 +339,6 @@ impl Session {
             self.batch_open = true;
         }
         self.send_server(&buf).await
-    }
-
-    /// Runs again, elsewhere, a read whose replica connection died before answering.
-    pub(super) async fn rerun(&mut self, r: Retry) -> Result<(), End> {
-        let decision = self.decide(r.target, r.reason, r.hint, None);
-        tracing::info!(reason = r.reason, "rerunning a read whose server connection died before answering");
-        if !self.place(decision).await? {
-            // The client has the error; it still waits for its ReadyForQuery.
-            self.effects.request.clear();
-            self.out.extend_from_slice(&protocol::ready_for_query(self.tx_status));
-            return Ok(());
-        }
-        let Some(server) = self.server.as_mut() else {
-            self.out.extend_from_slice(&protocol::error("08006", "pgsplit: no server connection"));
-            self.out.extend_from_slice(&protocol::ready_for_query(self.tx_status));
-            return Ok(());
-        };
-        self.outstanding += 1;
-        match r.work {
-            RetryWork::Query(bytes) => {
-                server.conn.unnamed = None;
-                self.send_server(&bytes).await
-            }
-            RetryWork::Batch(items, sync) => {
-                let mut buf = BytesMut::with_capacity(256);
-                for item in items {
-                    encode_item(item, &mut server.conn, &mut self.expect, &mut buf)?;
-                }
-                buf.extend_from_slice(&sync.bytes);
-                self.expect.push_back(Expect::Sync);
-                self.send_server(&buf).await
-            }
-        }
     }
 
     /// The batch will not run (the client already has the error): forget what its statements

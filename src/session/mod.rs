@@ -15,6 +15,7 @@ pub mod observe;
 mod placement;
 mod relay;
 mod requests;
+mod rerun;
 mod startup;
 pub use startup::AuthFailures;
 mod state;
@@ -128,9 +129,9 @@ struct Session {
     /// Ticks while some server fails its health checks.
     unreachable: tokio::sync::watch::Receiver<u64>,
     /// The read in flight on a replica, until the server starts answering it.
-    retry: Option<Retry>,
+    retry: Option<rerun::Retry>,
     /// A read whose connection died before any answer: to run again elsewhere.
-    retry_now: Option<Box<Retry>>,
+    retry_now: Option<Box<rerun::Retry>>,
     /// The BEGIN READ ONLY of a transaction on a replica that has run nothing else yet.
     fresh_begin: Option<String>,
     /// A query-timeout cancel was sent to the server connection held (for the request sent at
@@ -140,22 +141,6 @@ struct Session {
     /// The query-timeout timer of the request in flight (sent at that instant), kept across
     /// loop turns: one timer per request, not one per message relayed.
     query_timer: Option<(std::time::Instant, std::pin::Pin<Box<tokio::time::Sleep>>)>,
-}
-
-/// A read sent outside a transaction to a replica. If that connection dies before the first
-/// byte of an answer, the read had no effect and no result: pgsplit runs it again on another
-/// server, and the client never knows.
-struct Retry {
-    work: RetryWork,
-    target: crate::sql::Target,
-    reason: &'static str,
-    hint: Option<crate::sql::Hint>,
-}
-
-enum RetryWork {
-    Query(bytes::Bytes),
-    /// The batch's items and its Sync.
-    Batch(Vec<batch::BatchItem>, Frame),
 }
 
 pub async fn serve_client(shared: Arc<Shared>, stream: TcpStream) {

@@ -12,9 +12,10 @@ use crate::cluster::Role;
 use crate::cluster::topology::LoadGuard;
 use crate::pool::CheckoutError;
 use crate::protocol;
-use crate::router::{CAUSAL, Decision, SessionView, route};
+use crate::router::{CAUSAL, Decision, NOT_REPLAYED_YET, SessionView, route};
 use crate::sql::Target;
 use crate::sql::cache::Analysis;
+use crate::sql::database_ddl::Exclusive;
 
 /// Why a server connection could not be had for the client.
 pub(super) enum AttachError {
@@ -113,6 +114,48 @@ impl Session {
         }
     }
 
+    /// Before statements that need a database free of other sessions (DROP DATABASE, ALTER
+    /// DATABASE ... RENAME, CREATE DATABASE ... TEMPLATE): waits up to 5 s, as PostgreSQL
+    /// waits for other backends, for pgsplit's other clients of that database to leave; if some
+    /// remain the client gets PostgreSQL's 55006 and false (the work does not run). Then every
+    /// pooled connection to that database closes, on every server, pgsplit's own included.
+    /// With DROP DATABASE ... WITH (FORCE) PostgreSQL ends the other sessions itself.
+    pub(super) async fn free_databases(&mut self, exclusive: &[&Exclusive]) -> bool {
+        const WAIT: Duration = Duration::from_secs(5);
+        let me = self.observe.slot.as_ref().map_or(0, |s| s.id);
+        for e in exclusive {
+            let database = e.database();
+            let deadline = Instant::now() + WAIT;
+            loop {
+                let others = if e.forces() { 0 } else { self.shared.clients.count_on(database, me) };
+                if others == 0 {
+                    break;
+                }
+                if Instant::now() >= deadline {
+                    let detail = if others == 1 {
+                        "There is 1 other session using the database.".to_string()
+                    } else {
+                        format!("There are {others} other sessions using the database.")
+                    };
+                    self.shared.metrics.error_sent("55006");
+                    self.out.extend_from_slice(&protocol::error_detail("55006", &e.busy_message(), &detail));
+                    return false;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            // Connections still checked out close as they come back while PostgreSQL waits.
+            let (closed, busy) = self.shared.pools.drain_database(database, WAIT + Duration::from_secs(1));
+            self.shared.sql.forget_database(database);
+            tracing::debug!(
+                database,
+                closed,
+                busy,
+                "closed pooled connections before a statement that needs the database alone"
+            );
+        }
+        true
+    }
+
     /// Makes sure the client holds the server the decision names. Returns false when none
     /// could be had; the client then already has an ErrorResponse in `out`.
     pub(super) async fn place(&mut self, decision: Decision) -> Result<bool, End> {
@@ -204,6 +247,17 @@ impl Session {
                             return Ok(false);
                         }
                     }
+                }
+                Err(AttachError::Refused(f))
+                    if let Some(code) = super::rerun::login_refusal(&f)
+                        && matches!(decision, Decision::Replica { .. }) =>
+                {
+                    // The replica lacks the database or role (or what the client's settings
+                    // name): it has not replayed it yet. The primary answers for it.
+                    self.shared.metrics.replica_retries.with_label_values(&[code]).inc();
+                    tracing::debug!(node, "a replica refused the login (not replayed yet?): using the primary");
+                    decision =
+                        Decision::Primary { node: self.shared.cluster.load().primary(), reason: NOT_REPLAYED_YET };
                 }
                 Err(AttachError::Failed(f)) | Err(AttachError::Refused(f)) => {
                     self.out.extend_from_slice(&as_error(&f));

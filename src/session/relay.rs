@@ -12,9 +12,12 @@ use crate::sql::{Effect, Own};
 
 impl Session {
     pub(super) fn on_server_frame(&mut self, f: Frame) {
-        if self.retry.is_some() {
-            // The server has started answering: the work may have had effects now.
-            self.retry = None;
+        if let Some(r) = self.retry.take() {
+            // The server has started answering: the work may have had effects now, unless the
+            // answer says the replica has not replayed what the read names yet.
+            if self.rerun_if_not_replayed(&f, r) {
+                return;
+            }
         }
         if self.causal.probe.as_ref().is_some_and(|p| p.client_ready.is_some()) {
             return self.on_probe_frame(f);

@@ -81,6 +81,13 @@ impl Session {
             self.answer_lost(rollback, analysis.commits, None);
             return Ok(());
         }
+        if !analysis.exclusive.is_empty() && self.tx_status == b'I' {
+            let exclusive: Vec<_> = analysis.exclusive.iter().collect();
+            if !Box::pin(self.free_databases(&exclusive)).await {
+                self.out.extend_from_slice(&protocol::ready_for_query(self.tx_status));
+                return Ok(());
+            }
+        }
         let fresh_begin = self.fresh_begin.take();
         if self.batch_open && self.tx_status == b'I' && self.pin.is_none() {
             // A simple Query after Parse/Describe/Flush with no Sync (asyncpg prepares that
@@ -134,8 +141,8 @@ impl Session {
             self.note_effect(&c.effect, c.own);
         }
         if self.tx_status == b'I' && self.pin.is_none() && matches!(decision, Decision::Replica { .. }) {
-            let work = super::RetryWork::Query(f.bytes.clone());
-            self.retry = Some(super::Retry { work, target, reason, hint: analysis.hint });
+            let work = super::rerun::RetryWork::Query(f.bytes.clone());
+            self.retry = Some(super::rerun::Retry { work, target, reason, hint: analysis.hint });
             if let [c] = analysis.statements.as_slice()
                 && c.reason == READ_ONLY_TRANSACTION
             {
