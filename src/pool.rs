@@ -36,6 +36,8 @@ pub struct Pool {
     /// Connections checked out, and clients waiting for one.
     active: AtomicUsize,
     waiting: AtomicUsize,
+    /// Drains of this pool's database in progress: connections coming back are closed.
+    draining: AtomicUsize,
 }
 
 /// One pool's state, for the console and the metrics.
@@ -132,6 +134,7 @@ impl Pools {
                     shrink: AtomicUsize::new(0),
                     active: AtomicUsize::new(0),
                     waiting: AtomicUsize::new(0),
+                    draining: AtomicUsize::new(0),
                 })
             })
             .clone()
@@ -253,6 +256,31 @@ impl Pools {
         out
     }
 
+    /// Before a statement that needs `database` free of other sessions (DROP DATABASE, ...):
+    /// closes every idle connection to it on every server (Terminate, so the backends exit at
+    /// once), and for `hold` closes the ones checked out as they come back instead of pooling
+    /// them (PostgreSQL waits up to 5 s for other backends to leave). Returns how many were
+    /// closed now, and how many are still checked out.
+    pub fn drain_database(&self, database: &str, hold: Duration) -> (usize, usize) {
+        let pools: Vec<_> = self.pools.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
+        let (mut closed, mut busy) = (0, 0);
+        for pool in pools.into_iter().filter(|p| p.key.database == database) {
+            pool.draining.fetch_add(1, Ordering::Relaxed);
+            let idle: Vec<Box<ServerConn>> = pool.idle.lock().unwrap_or_else(|p| p.into_inner()).drain(..).collect();
+            closed += idle.len();
+            busy += pool.active.load(Ordering::Relaxed);
+            self.metrics.server_connections.with_label_values(&[&pool.key.addr]).sub(idle.len() as i64);
+            for c in idle {
+                tokio::spawn(c.terminate());
+            }
+            tokio::spawn(async move {
+                tokio::time::sleep(hold).await;
+                pool.draining.fetch_sub(1, Ordering::Relaxed);
+            });
+        }
+        (closed, busy)
+    }
+
     /// Closes every idle connection to `addr` (the server died or changed role).
     pub fn drop_idle(&self, addr: &str) {
         let pools: Vec<_> = self.pools.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
@@ -272,7 +300,8 @@ impl Pool {
 impl Checkout {
     /// Returns a connection that is idle ('I') with nothing unread to its pool.
     pub fn release(mut self, metrics: &Metrics) {
-        if self.conn.reader.buffered() > 0 || self.conn.identity_changed {
+        let draining = self.pool.draining.load(Ordering::Relaxed) > 0;
+        if self.conn.reader.buffered() > 0 || self.conn.identity_changed || draining {
             return self.discard(metrics);
         }
         self.conn.last_used = Instant::now();

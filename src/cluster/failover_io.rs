@@ -438,6 +438,13 @@ pub(crate) fn apply_new_primary(shared: &Shared, primary: usize, fenced: &[usize
     {
         shared.pools.drop_idle(&n.addr);
     }
+    if old != primary {
+        // Commit bounds taken on the old primary beyond what the new one had replayed name
+        // WAL that no longer exists: the floor new sessions start at (and global mode's) is
+        // cut to the new primary's position, or reads would stay on it until it wrote as much.
+        let reached = shared.cluster.load().nodes.get(primary).map(|n| n.replay_lsn()).unwrap_or(0);
+        shared.global_floor.fetch_min(reached, std::sync::atomic::Ordering::Relaxed);
+    }
     shared.metrics.publish_nodes(&shared.cluster.load());
     resume_writes(shared);
 }

@@ -96,6 +96,12 @@ impl SqlPools {
         self.pools.lock().unwrap_or_else(|p| p.into_inner()).clear();
     }
 
+    /// Forgets the pools of one database on every server (it is about to be dropped or
+    /// renamed): their idle connections close.
+    pub fn forget_database(&self, database: &str) {
+        self.pools.lock().unwrap_or_else(|p| p.into_inner()).retain(|(_, d), _| d != database);
+    }
+
     /// Forgets the pools of one server (its connections are broken).
     pub fn forget(&self, addr: &str) {
         self.pools.lock().unwrap_or_else(|p| p.into_inner()).retain(|(a, _), _| a != addr);

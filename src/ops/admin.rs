@@ -58,6 +58,12 @@ impl Clients {
         slot
     }
 
+    /// How many clients other than `except` are connected to `database`.
+    pub fn count_on(&self, database: &str, except: u64) -> usize {
+        let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        map.values().filter(|s| s.id != except && s.database == database).count()
+    }
+
     fn unregister(&self, id: u64) {
         self.map.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
     }

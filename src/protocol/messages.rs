@@ -162,6 +162,13 @@ pub fn error(code: &str, msg: &str) -> Bytes {
     error_response("ERROR", code, msg)
 }
 
+/// An ERROR with a DETAIL line.
+pub fn error_detail(code: &str, msg: &str, detail: &str) -> Bytes {
+    let mut f = fields("ERROR", code, msg);
+    f.push((b'D', detail.into()));
+    encode(&ErrorResponse::new(f))
+}
+
 pub fn fatal(code: &str, msg: &str) -> Bytes {
     error_response("FATAL", code, msg)
 }

@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use super::database_ddl::{self, Exclusive};
 use super::lex::{Hint, leading_hint, leading_min_lsn, normalize_into, split_statements};
 use super::{Class, Target, classify::classify};
 
@@ -21,11 +22,15 @@ pub struct Analysis {
     pub opens: bool,
     /// Every statement is a ROLLBACK / ABORT (or there is none).
     pub only_rollback: bool,
+    /// Databases that statements need free of other sessions (DROP DATABASE, ...).
+    pub exclusive: Vec<Exclusive>,
 }
 
 impl Analysis {
     pub fn of(sql: &str, max_parse_len: usize) -> Analysis {
-        let statements: Vec<Class> = split_statements(sql).into_iter().map(|s| classify(s, max_parse_len)).collect();
+        let texts = split_statements(sql);
+        let exclusive = texts.iter().filter_map(|s| database_ddl::exclusive(s)).collect();
+        let statements: Vec<Class> = texts.into_iter().map(|s| classify(s, max_parse_len)).collect();
         let strictest = statements.iter().max_by_key(|c| c.target);
         let (target, reason) = strictest.map(|c| (c.target, c.reason)).unwrap_or((Target::Any, "empty query"));
         let commits = statements.iter().any(|c| c.commits);
@@ -40,6 +45,7 @@ impl Analysis {
             commits,
             opens,
             only_rollback,
+            exclusive,
         }
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod cache;
 pub mod classify;
+pub mod database_ddl;
 pub mod functions;
 pub mod lex;
 pub mod session_cmd;

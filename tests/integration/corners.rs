@@ -184,3 +184,69 @@ pub async fn savepoints_and_errors_in_transactions(env: &Env) -> R {
     check!(n == "1", "savepoint rollback kept {n} rows");
     Ok(())
 }
+
+/// Database-level DDL through the pool, as test runners and migration tools do it: a client
+/// uses a database (reads on the replicas, writes on the primary) and disconnects; then
+/// `CREATE DATABASE ... TEMPLATE` it, `ALTER DATABASE ... RENAME`, `DROP DATABASE` (simple and
+/// extended protocol) succeed: pgsplit's idle pooled connections to it, on every server, are
+/// closed first. A client still connected keeps the statement failing as PostgreSQL would.
+pub async fn database_ddl_through_the_pool(env: &Env) -> R {
+    let proxy = env.proxy_with(|_| {}).await?;
+    let port = proxy.addr.port();
+    let on = |db: &str| format!("host=127.0.0.1 port={port} user=postgres dbname={db}");
+    let admin = connect(&on("postgres")).await?;
+    for db in ["dd_test", "dd_copy", "dd_renamed", "dd_busy"] {
+        admin.batch_execute(&format!("DROP DATABASE IF EXISTS {db}")).await?;
+    }
+    admin.batch_execute("CREATE DATABASE dd_test").await?;
+    env.caught_up().await?;
+    let use_it = |db: String| async move {
+        let c = connect(&db).await?;
+        c.batch_execute("CREATE TABLE IF NOT EXISTS x (v int); INSERT INTO x VALUES (1)").await?;
+        for _ in 0..20 {
+            c.simple_query("SELECT count(*) FROM x").await?;
+            c.query("SELECT count(*) FROM x WHERE v > $1", &[&0i32]).await?;
+        }
+        Ok::<_, Box<dyn std::error::Error + Send + Sync>>(c)
+    };
+    drop(use_it(on("dd_test")).await?);
+    let pooled = |db: &str| -> usize {
+        proxy.shared.pools.stats().iter().filter(|p| p.database == db).map(|p| p.idle + p.active).sum()
+    };
+    println!("    dd_test used and left: {} pooled server connections to it", pooled("dd_test"));
+    admin.batch_execute("CREATE DATABASE dd_copy TEMPLATE dd_test").await?;
+    env.caught_up().await?;
+    drop(use_it(on("dd_copy")).await?);
+    admin.batch_execute("ALTER DATABASE dd_copy RENAME TO dd_renamed").await?;
+    admin.batch_execute("DROP DATABASE dd_test").await?;
+    // The extended protocol (Parse/Bind/Execute).
+    admin.execute("DROP DATABASE dd_renamed", &[]).await?;
+    check!(pooled("dd_test") == 0, "connections to the dropped database are still pooled");
+
+    // A client still connected (idle, between requests): PostgreSQL's 55006, after the same
+    // 5 s it waits for other backends.
+    admin.batch_execute("CREATE DATABASE dd_busy").await?;
+    env.caught_up().await?;
+    let busy = use_it(on("dd_busy")).await?;
+    let t0 = std::time::Instant::now();
+    let e = admin
+        .batch_execute("DROP DATABASE dd_busy")
+        .await
+        .err()
+        .ok_or("DROP DATABASE of a database in use succeeded")?;
+    let db = e.as_db_error().ok_or("not a server error")?;
+    println!(
+        "    a client still connected: {} {:?} {:?} after {} ms",
+        db.code().code(),
+        db.message(),
+        db.detail(),
+        t0.elapsed().as_millis()
+    );
+    check!(db.code().code() == "55006", "SQLSTATE {}", db.code().code());
+    check!(db.message() == "database \"dd_busy\" is being accessed by other users", "message {:?}", db.message());
+    check!(db.detail() == Some("There is 1 other session using the database."), "detail {:?}", db.detail());
+    drop(busy);
+    admin.batch_execute("DROP DATABASE dd_busy").await?;
+    proxy.stop();
+    Ok(())
+}
