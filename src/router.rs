@@ -101,6 +101,11 @@ pub fn route(
     if session.mode == RouteMode::Primary && hint != Some(Hint::Replica) {
         return Decision::Primary { node: primary, reason: "pgsplit.route = primary" };
     }
+    // A read about the server it runs on answers for the primary, as for a client connected
+    // to it, unless the client asks for a replica.
+    if target == Target::Local && hint != Some(Hint::Replica) && session.mode != RouteMode::Replica {
+        return Decision::Primary { node: primary, reason };
+    }
     let reason = match (hint, target) {
         (Some(Hint::Replica), _) => "pgsplit:replica hint",
         (_, Target::Any) => "session command",
@@ -196,6 +201,14 @@ mod tests {
             ("SELECT 1", SessionView { in_transaction: true, ..serializable }, "held"),
             ("BEGIN ISOLATION LEVEL SERIALIZABLE READ ONLY", idle, "primary"),
             ("SET transaction_read_only = off", idle, "primary"),
+            ("SELECT count(*) FROM pg_stat_activity", idle, "primary"),
+            ("SELECT pg_backend_pid()", idle, "primary"),
+            ("SELECT gid FROM pg_catalog.pg_prepared_xacts", idle, "primary"),
+            ("/* pgsplit:replica */ SELECT * FROM pg_stat_wal_receiver", idle, "replica"),
+            ("SELECT pg_last_wal_replay_lsn()", mode_replica, "replica"),
+            ("SELECT * FROM pg_locks", in_tx, "held"),
+            ("SELECT * FROM pg_tables", idle, "replica"),
+            ("SELECT pg_is_in_recovery()", idle, "replica"),
         ];
         for (sql, s, want) in rows {
             let got = match decide(sql, *s, &t) {

@@ -287,8 +287,8 @@ impl Metrics {
 }
 
 /// The reason class of a routing decision, for the `reason` label: write, lock, function,
-/// transaction, session_pin, hint, causal, not_replayed, lag_fallback, parse_error, no_replica,
-/// read, session.
+/// transaction, session_pin, hint, causal, not_replayed, server_local, lag_fallback, parse_error,
+/// no_replica, read, session.
 pub fn reason_class(reason: &str) -> &'static str {
     match reason {
         "read" | "read (checked word by word)" | "COPY TO" | "read-only transaction" => "read",
@@ -309,6 +309,7 @@ pub fn reason_class(reason: &str) -> &'static str {
         "does not parse" | "too long to parse" | "not a single statement" => "parse_error",
         "no replica in rotation" | "no replica reachable" | crate::router::NO_REPLICA_ERROR => "no_replica",
         "function or view not known to be read-only" | "set_config that cannot be replayed" => "function",
+        crate::sql::functions::SERVER_LOCAL => "server_local",
         r if crate::sql::functions::is_function_reason(r) => "function",
         _ => "write",
     }

@@ -10,7 +10,7 @@ use sqlparser::ast::{
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
 
-use super::functions::{FunctionKind, function_kind};
+use super::functions::{FunctionKind, SERVER_LOCAL, function_kind, is_server_local_relation};
 use super::lex::{Word, keywords, rewrite_for_parser, words};
 use super::{Class, Effect, Lookup, Target, session_cmd};
 
@@ -74,6 +74,8 @@ fn word_check(stmt: &str) -> Class {
             if !syntax || function_kind(&w.text) != FunctionKind::Unknown {
                 scan.named_function(&w.text, None);
             }
+        } else if is_server_local_relation(&w.text) {
+            scan.local = true;
         } else if may_be_relation(w) {
             scan.lookup(Lookup::Relation(w.text.clone()));
         }
@@ -83,6 +85,7 @@ fn word_check(stmt: &str) -> Class {
     }
     let mut c = match scan.primary {
         Some(reason) => Class::new(Target::Primary, reason),
+        None if scan.local => Class::new(Target::Local, SERVER_LOCAL),
         None => Class::new(Target::Replica, "read (checked word by word)"),
     };
     if let Some(pin) = scan.pin {
@@ -306,6 +309,7 @@ fn classify_query(q: &Query) -> Class {
     let _ = q.visit(&mut scan);
     let mut c = match scan.primary {
         Some(reason) => Class::new(Target::Primary, reason),
+        None if scan.local => Class::new(Target::Local, SERVER_LOCAL),
         None => Class::new(Target::Replica, "read"),
     };
     if let Some(pin) = scan.pin {
@@ -320,6 +324,8 @@ fn classify_query(q: &Query) -> Class {
 #[derive(Default)]
 struct QueryScan {
     primary: Option<&'static str>,
+    /// Reads a server-local view or function (`Target::Local`).
+    local: bool,
     pin: Option<&'static str>,
     lookups: Vec<Lookup>,
 }
@@ -349,6 +355,7 @@ impl QueryScan {
                 self.needs_primary(why);
                 self.pin.get_or_insert(why);
             }
+            FunctionKind::ServerLocal => self.local = true,
             FunctionKind::Unknown => self.lookup(Lookup::Function(qualified.to_string())),
         }
     }
@@ -398,6 +405,9 @@ impl Visitor for QueryScan {
 
     fn pre_visit_relation(&mut self, name: &ObjectName) -> ControlFlow<()> {
         let qualified = object_name(name);
+        if is_server_local_relation(&qualified) {
+            self.local = true;
+        }
         // The catalogs are never views that write.
         if !qualified.starts_with("pg_") && !qualified.starts_with("information_schema.") {
             self.lookup(Lookup::Relation(qualified));
@@ -444,6 +454,7 @@ mod tests {
                 let t = match need {
                     "primary" => Target::Primary,
                     "replica" => Target::Replica,
+                    "local" => Target::Local,
                     "any" => Target::Any,
                     other => panic!("bad need {other}"),
                 };

@@ -18,11 +18,53 @@ pub enum FunctionKind {
     Primary(&'static str),
     /// Needs the primary and leaves state in the session (session advisory locks).
     PinsSession(&'static str),
+    /// Answers about the server it runs on: the primary unless hinted (`Target::Local`).
+    ServerLocal,
     /// Not known here: decided by pg_proc volatility.
     Unknown,
 }
 
 const BUILTINS_TSV: &str = include_str!("builtin_functions.tsv");
+const VIEWS_TSV: &str = include_str!("server_local_views.tsv");
+
+/// The reason of a read sent to the primary because it answers about the server it runs on.
+pub const SERVER_LOCAL: &str = "server-local view or function";
+
+/// The audited pg_catalog views (and extensions' views) whose answers differ per server.
+fn local_views() -> &'static std::collections::HashSet<&'static str> {
+    static SET: OnceLock<std::collections::HashSet<&'static str>> = OnceLock::new();
+    SET.get_or_init(|| {
+        VIEWS_TSV
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| {
+                let mut f = l.split('\t');
+                let (name, verdict) = (f.next()?, f.next()?);
+                (verdict == "local").then_some(name)
+            })
+            .collect()
+    })
+}
+
+/// Whether a relation (lower-cased, possibly qualified) is a view whose answer depends on the
+/// server: a pg_catalog view (unqualified names resolve there first) or pg_stat_statements in
+/// any schema.
+pub fn is_server_local_relation(qualified: &str) -> bool {
+    let (schema, name) = match qualified.rsplit_once('.') {
+        Some((s, n)) => (Some(s), n),
+        None => (None, qualified),
+    };
+    local_views().contains(name)
+        && (matches!(schema, None | Some("pg_catalog")) || name.starts_with("pg_stat_statements"))
+}
+
+/// The audited views, for the test that checks them against a live server: (name, verdict).
+pub fn audited_views() -> impl Iterator<Item = (&'static str, &'static str)> {
+    VIEWS_TSV.lines().filter(|l| !l.starts_with('#')).filter_map(|l| {
+        let mut f = l.split('\t');
+        Some((f.next()?, f.next()?))
+    })
+}
 
 /// Extension functions (found in any schema) known to be harmless though VOLATILE.
 const EXTENSION_READ_ONLY: &[&str] =
@@ -44,6 +86,7 @@ fn parse_line(line: &'static str) -> Option<(&'static str, FunctionKind)> {
         "replica" => FunctionKind::ReadOnly,
         "primary" => FunctionKind::Primary(why),
         "pin" => FunctionKind::PinsSession(why),
+        "local" => FunctionKind::ServerLocal,
         _ => return None,
     };
     Some((name, kind))
@@ -121,6 +164,20 @@ mod tests {
     }
 
     #[test]
+    fn views_are_well_formed_and_sorted() {
+        let rows: Vec<(&str, &str)> = audited_views().collect();
+        assert!(rows.len() >= 75, "{} views", rows.len());
+        assert!(rows.iter().all(|(_, v)| matches!(*v, "local" | "same")), "verdicts are local or same");
+        assert!(rows.windows(2).all(|w| w[0].0 < w[1].0), "names must be unique and sorted");
+        for local in ["pg_stat_activity", "pg_catalog.pg_locks", "pg_prepared_xacts", "public.pg_stat_statements"] {
+            assert!(is_server_local_relation(local), "{local}");
+        }
+        for same in ["pg_class", "pg_tables", "pg_catalog.pg_roles", "myschema.pg_stat_activity", "orders"] {
+            assert!(!is_server_local_relation(same), "{same}");
+        }
+    }
+
+    #[test]
     fn kinds() {
         assert_eq!(function_kind("count"), FunctionKind::ReadOnly);
         assert_eq!(function_kind("pg_catalog.now"), FunctionKind::ReadOnly);
@@ -138,6 +195,11 @@ mod tests {
         assert!(matches!(function_kind("pg_advisory_xact_lock"), FunctionKind::Primary(_)));
         assert!(matches!(function_kind("pg_advisory_lock"), FunctionKind::PinsSession(_)));
         assert!(matches!(function_kind("setseed"), FunctionKind::PinsSession(_)));
+        assert_eq!(function_kind("pg_backend_pid"), FunctionKind::ServerLocal);
+        assert_eq!(function_kind("pg_stat_get_numscans"), FunctionKind::ServerLocal);
+        assert_eq!(function_kind("pg_last_wal_replay_lsn"), FunctionKind::ServerLocal);
+        assert_eq!(function_kind("pg_is_in_recovery"), FunctionKind::ReadOnly);
+        assert_eq!(function_kind("inet_server_port"), FunctionKind::ReadOnly);
         assert_eq!(function_kind("myschema.count"), FunctionKind::Unknown);
         assert_eq!(function_kind("my_func"), FunctionKind::Unknown);
         assert_eq!(function_kind("public.uuid_generate_v4"), FunctionKind::ReadOnly);

@@ -19,6 +19,10 @@ pub enum Target {
     Any,
     /// A read: a replica may run it.
     Replica,
+    /// A read whose answer is about the server it runs on (pg_stat_activity, pg_locks,
+    /// pg_backend_pid()...): the primary, as a client connected to the primary sees it,
+    /// unless a hint or `pgsplit.route = replica` asks for a replica.
+    Local,
     /// Needs the primary.
     Primary,
 }

@@ -89,3 +89,38 @@ pub async fn builtin_function_audit_matches_pg_proc(env: &Env) -> R {
     check!(problems.is_empty(), "builtin_functions.tsv is out of date:\n{}", problems.join("\n"));
     Ok(())
 }
+
+/// The audited views (src/sql/server_local_views.tsv) cover every view of the running server's
+/// pg_catalog: a new PostgreSQL version with new views fails here until they are audited. The
+/// verdicts hold on the cluster: a view audited `local` is read on the primary through pgsplit,
+/// one audited `same` on a replica, and `/* pgsplit:replica */` sends a local one to a replica.
+pub async fn server_local_view_audit_matches_pg_views(env: &Env) -> R {
+    let c = crate::common::connect(&env.conn_string(env.cluster.primary().port)).await?;
+    let rows = c.query("SELECT viewname::text FROM pg_views WHERE schemaname = 'pg_catalog'", &[]).await?;
+    let audited: HashMap<&str, &str> = pgsplit::sql::functions::audited_views().collect();
+    let missing: Vec<String> =
+        rows.iter().map(|r| r.get::<_, String>(0)).filter(|v| !audited.contains_key(v.as_str())).collect();
+    let local = audited.values().filter(|v| **v == "local").count();
+    println!(
+        "    views: {} pg_catalog views on the server, {} audited ({local} local, {} same)",
+        rows.len(),
+        audited.len(),
+        audited.len() - local
+    );
+    check!(missing.is_empty(), "server_local_views.tsv lacks: {}", missing.join(", "));
+    let p = env.client().await?;
+    let primary = env.primary_port();
+    for (sql, on_primary) in [
+        ("SELECT inet_server_port() FROM pg_stat_activity LIMIT 1", true),
+        ("SELECT inet_server_port(), count(*) FROM pg_locks", true),
+        ("SELECT inet_server_port(), pg_backend_pid()", true),
+        ("SELECT inet_server_port(), count(*) FROM pg_catalog.pg_prepared_xacts", true),
+        ("SELECT inet_server_port(), count(*) FROM pg_tables", false),
+        ("/* pgsplit:replica */ SELECT inet_server_port(), count(*) FROM pg_stat_activity", false),
+        ("/* pgsplit:replica */ SELECT inet_server_port(), status FROM pg_stat_wal_receiver", false),
+    ] {
+        let port = crate::common::port_of(&p, sql).await?;
+        check!((port == primary) == on_primary, "{sql} ran on {port} (primary {primary})");
+    }
+    Ok(())
+}
