@@ -23,6 +23,7 @@ mod routing;
 mod ryw;
 mod session;
 mod standby;
+mod suites;
 mod tls;
 mod tools;
 
@@ -68,6 +69,7 @@ fn main() {
         standby::duplicate_statement_names_and_aborted_transactions,
         corpus::standby_accepts_what_the_corpus_sends_it,
         corpus::builtin_function_audit_matches_pg_proc,
+        corpus::server_local_view_audit_matches_pg_views,
         session::settings_follow_the_client,
         session::set_config_is_replayed_not_pinned,
         session::settings_in_rolled_back_transactions_are_forgotten,
@@ -141,6 +143,8 @@ fn main() {
         clients::django_orm_and_seminar_race,
         clients::node_postgres,
         clients::jdbc,
+        suites::django_suite_through_pgsplit,
+        suites::sqlalchemy_suite_through_pgsplit,
         clients::sqlx_pool,
         tools::psql_script,
         tools::psql_watch_repeats,
@@ -169,6 +173,8 @@ fn main() {
         Ok(rt) => rt,
         Err(e) => panic!("runtime: {e}"),
     };
+    // Each test's time limit (PGSPLIT_TEST_TIMEOUT_S: scripts/django-suite runs a whole suite).
+    let limit = std::env::var("PGSPLIT_TEST_TIMEOUT_S").ok().and_then(|s| s.parse().ok()).unwrap_or(180);
     let started = Instant::now();
     let env = match rt.block_on(Env::start()) {
         Ok(env) => env,
@@ -184,7 +190,7 @@ fn main() {
     for (name, test) in selected {
         let t0 = Instant::now();
         let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
-            rt.block_on(async { tokio::time::timeout(Duration::from_secs(180), test(&env)).await })
+            rt.block_on(async { tokio::time::timeout(Duration::from_secs(limit), test(&env)).await })
         }));
         let outcome = match result {
             Ok(Ok(Ok(()))) => Ok(()),
