@@ -468,7 +468,7 @@ impl Session {
                 }
                 return Ok(!failed);
             }
-            self.on_server_frame(f);
+            self.on_server_frame(f)?;
         }
     }
 }

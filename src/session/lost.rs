@@ -36,19 +36,27 @@ pub(super) struct InFlight {
     pub writes: bool,
 }
 
-const LOST: &str =
-    "pgsplit: the transaction was rolled back: its server connection was lost (the primary failed); retry it";
-const UNKNOWN: &str =
-    "pgsplit: the server connection was lost during COMMIT (or an autocommit write): its outcome is unknown";
+/// A transaction lost while the client was idle in it, told at its next statement.
+const LOST: &str = "pgsplit: the transaction was rolled back: its server connection was lost; retry it";
 const ABORTED: &str = "current transaction is aborted, commands ignored until end of transaction block";
 
 impl Session {
-    /// The server connection broke with a transaction open or a request in flight. Err closes
-    /// the client (pinned sessions).
-    pub(super) fn transaction_lost(&mut self) -> Result<(), End> {
+    /// The server connection to `server` broke (`seen`: what pgsplit saw) with a transaction
+    /// open or a request in flight. Err closes the client (pinned sessions). The message names
+    /// the server and what was seen; "the primary failed" only once the monitor says so.
+    pub(super) fn transaction_lost(&mut self, server: &str, seen: &str) -> Result<(), End> {
+        let failed = {
+            let t = self.shared.cluster.load();
+            let known_down = t.nodes.iter().any(|n| &*n.addr == server && !n.healthy);
+            let demoted = t.nodes.get(t.primary()).is_some_and(|p| &*p.addr != server)
+                && t.nodes.iter().any(|n| &*n.addr == server && n.fenced);
+            if known_down || demoted { " (the primary failed)" } else { "" }
+        };
+        let lost = format!("its server connection to {server} was lost{failed}: {seen}");
         if let Some(why) = self.pin {
-            let msg =
-                format!("pgsplit: the session's server connection was lost; its {why} cannot move to another server");
+            let msg = format!(
+                "pgsplit: the session's server connection was lost; its {why} cannot move to another server ({lost})"
+            );
             self.out.extend_from_slice(&protocol::fatal("08006", &msg));
             return Err(End::Fatal(msg));
         }
@@ -68,15 +76,16 @@ impl Session {
         }
         let f = self.in_flight;
         let (code, msg, status) = match (in_tx, f.commits, f.writes) {
-            (true, true, _) => ("08007", UNKNOWN, b'I'),
-            (true, false, _) => ("40001", LOST, b'E'),
-            (false, _, true) | (false, true, _) => ("08007", UNKNOWN, b'I'),
-            (false, false, false) => {
-                ("08006", "pgsplit: the server connection was lost while running this statement", b'I')
-            }
+            (true, true, _) | (false, _, true) | (false, true, _) => (
+                "08007",
+                format!("pgsplit: {lost}, during COMMIT (or an autocommit write): its outcome is unknown"),
+                b'I',
+            ),
+            (true, false, _) => ("40001", format!("pgsplit: the transaction was rolled back: {lost}; retry it"), b'E'),
+            (false, false, false) => ("08006", format!("pgsplit: {lost}, while running this statement"), b'I'),
         };
         self.shared.metrics.error_sent(code);
-        self.out.extend_from_slice(&protocol::error(code, msg));
+        self.out.extend_from_slice(&protocol::error(code, &msg));
         self.out.extend_from_slice(&protocol::ready_for_query(status));
         self.tx_status = status;
         self.lost = if status == b'E' { Lost::Reported } else { Lost::No };

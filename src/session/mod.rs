@@ -410,7 +410,7 @@ impl Session {
             }
             match event {
                 Event::Server(Ok(f)) => {
-                    self.on_server_frame(f);
+                    self.on_server_frame(f)?;
                     self.drain_server().await?;
                 }
                 Event::Server(Err(e)) => self.server_lost(e)?,
@@ -443,7 +443,7 @@ impl Session {
                 return Ok(());
             };
             match s.conn.reader.try_next() {
-                Ok(Some(f)) => self.on_server_frame(f),
+                Ok(Some(f)) => self.on_server_frame(f)?,
                 Ok(None) => return Ok(()),
                 Err(e) => return self.server_lost(e),
             }

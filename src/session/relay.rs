@@ -11,16 +11,31 @@ use crate::protocol::{self, Frame, ProtocolError};
 use crate::sql::{Effect, Own};
 
 impl Session {
-    pub(super) fn on_server_frame(&mut self, f: Frame) {
+    /// One server message for the client. Err ends the client's session: the server ended the
+    /// connection the client was using with a FATAL, relayed as a direct connection gets it.
+    pub(super) fn on_server_frame(&mut self, f: Frame) -> Result<(), End> {
+        let fatal = f.tag() == b'E' && matches!(protocol::error_field(f.body(), b'V'), Some("FATAL" | "PANIC"));
+        if fatal && self.retry.is_some() {
+            // A read on a replica that had not started answering (a shutdown, a recovery
+            // conflict): it runs again elsewhere when the connection closes (server_lost),
+            // and the client never knows.
+            tracing::info!(
+                code = protocol::error_field(f.body(), b'C').unwrap_or(""),
+                "a replica ended the connection of a read before answering: {}",
+                protocol::error_field(f.body(), b'M').unwrap_or("")
+            );
+            return Ok(());
+        }
         if let Some(r) = self.retry.take() {
             // The server has started answering: the work may have had effects now, unless the
             // answer says the replica has not replayed what the read names yet.
             if self.rerun_if_not_replayed(&f, r) {
-                return;
+                return Ok(());
             }
         }
         if self.causal.probe.as_ref().is_some_and(|p| p.client_ready.is_some()) {
-            return self.on_probe_frame(f);
+            self.on_probe_frame(f);
+            return Ok(());
         }
         self.observe.relayed(f.bytes.len());
         match f.tag() {
@@ -45,20 +60,34 @@ impl Session {
                     // The commit-position probe follows: the client's ReadyForQuery waits for it.
                     p.client_ready = Some(f.bytes);
                     p.committed = committed;
-                    return;
+                    return Ok(());
                 }
                 self.out.extend_from_slice(&f.bytes);
                 self.release_if_idle();
             }
-            b'E' if matches!(protocol::error_field(f.body(), b'V'), Some("FATAL" | "PANIC")) => {
-                // The server ends this connection (shutdown, crash of another backend): that is
-                // pgsplit's connection, not the client's. The client hears of it as a lost
-                // connection, when it goes (server_lost), in terms of what it was doing.
+            b'E' if fatal && self.server_going_away(f.body()) => {
+                // The server itself is going away (its postmaster died, a crash, a failover's
+                // fence): that is the "server lost" path, told when the connection closes
+                // (server_lost), in terms of what the client was doing; its session goes on.
                 tracing::warn!(
                     code = protocol::error_field(f.body(), b'C').unwrap_or(""),
                     "server ends the connection: {}",
                     protocol::error_field(f.body(), b'M').unwrap_or("")
                 );
+            }
+            b'E' if fatal => {
+                // The server ends the connection the client is using (pg_terminate_backend,
+                // idle_in_transaction_session_timeout, idle_session_timeout): as on a direct
+                // connection, the client gets the FATAL and its connection ends. Only that
+                // server connection is gone; the server stays in rotation (the monitor judges).
+                let code = protocol::error_field(f.body(), b'C').unwrap_or("").to_string();
+                let msg = protocol::error_field(f.body(), b'M').unwrap_or("").to_string();
+                let server = self.discard_server().map(|(_, addr)| addr).unwrap_or_default();
+                tracing::info!(%server, code, "the server ended the client's connection: {msg}");
+                self.shared.metrics.error_sent(&code);
+                self.out.extend_from_slice(&f.bytes);
+                self.shared.cluster.wake.notify_waiters();
+                return Err(End::Fatal(format!("{code} from {server}: {msg}")));
             }
             b'E' => {
                 if let Some(code) = protocol::error_field(f.body(), b'C') {
@@ -94,7 +123,7 @@ impl Session {
                 if let Some(name) = duplicate {
                     let msg = format!("prepared statement \"{name}\" already exists");
                     self.out.extend_from_slice(&protocol::error("42P05", &msg));
-                    return;
+                    return Ok(());
                 }
                 if protocol::error_field(f.body(), b'C') == Some("25006") && !self.on_replica() {
                     // The server pgsplit takes for the primary is read-only: the topology may
@@ -153,6 +182,23 @@ impl Session {
             }
             _ => self.out.extend_from_slice(&f.bytes),
         }
+        Ok(())
+    }
+
+    /// Whether a FATAL means the server is going away rather than ending this one connection:
+    /// its postmaster died (57P01 "unexpected postmaster exit"), a crash (57P02), a server
+    /// that refuses connections (57P03), or pgsplit itself is fencing or switching over (its
+    /// fence terminates the old primary's backends).
+    fn server_going_away(&self, body: &[u8]) -> bool {
+        let code = protocol::error_field(body, b'C').unwrap_or("");
+        let msg = protocol::error_field(body, b'M').unwrap_or("");
+        let node = self.server.as_ref().map(|s| s.conn.node);
+        let t = self.shared.cluster.load();
+        let fenced = node.and_then(|n| t.nodes.get(n)).is_some_and(|n| n.fenced);
+        matches!(code, "57P02" | "57P03")
+            || (code == "57P01" && msg.contains("postmaster exit"))
+            || fenced
+            || self.shared.writes_blocked().is_some()
     }
 
     fn release_if_idle(&mut self) {
@@ -224,9 +270,9 @@ impl Session {
 
     /// The server connection broke while the client was using it.
     pub(super) fn server_lost(&mut self, e: ProtocolError) -> Result<(), End> {
-        if !self.drop_broken_server(&e) {
+        let Some(addr) = self.drop_broken_server(&e) else {
             return Ok(());
-        }
+        };
         self.observe.abandoned();
         if let Some(p) = self.causal.probe.take() {
             if let Some(ready) = p.client_ready {
@@ -250,21 +296,21 @@ impl Session {
             self.retry_now = Some(Box::new(r));
             return Ok(());
         }
-        self.transaction_lost()
+        self.transaction_lost(&addr, &e.to_string())
     }
 
-    /// Closes the client's server connection after it broke, takes that server out of rotation
-    /// until the monitor sees it healthy, and closes its idle connections. False when the client
-    /// held no connection.
-    pub(super) fn drop_broken_server(&mut self, e: &ProtocolError) -> bool {
+    /// Closes the client's server connection after it broke. One lost connection costs its
+    /// client the statement or transaction and nothing else (a client can end its own backend):
+    /// only the monitor's health check or a failed connect takes a server out of rotation, so
+    /// the monitor (and the failover check, for the primary) is woken to look now. Its address;
+    /// None when the client held no connection.
+    pub(super) fn drop_broken_server(&mut self, e: &ProtocolError) -> Option<String> {
         self.shared.metrics.server_errors.inc();
-        let Some((node, addr)) = self.discard_server() else {
-            return false;
-        };
+        let (_, addr) = self.discard_server()?;
         tracing::warn!(server = %addr, "server connection lost: {e}");
-        self.shared.cluster.mark_unreachable(node);
-        self.shared.pools.drop_idle(&addr);
-        true
+        self.shared.cluster.wake.notify_waiters();
+        self.shared.failover_wake.notify_one();
+        Some(addr)
     }
 
     /// Closes the server connection the client holds (never pooled: its state is unknown or

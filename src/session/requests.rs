@@ -66,10 +66,9 @@ impl Session {
         let on_primary =
             self.shared.cluster.load().nodes.get(node).is_some_and(|n| n.role == crate::cluster::Role::Primary);
         let Some(why) = self.shared.coord_blocked().filter(|_| on_primary) else { return Ok(()) };
-        if let Some((_, addr)) = self.discard_server() {
-            tracing::warn!(server = %addr, "ending a transaction on the primary: {why}");
-        }
-        self.transaction_lost()
+        let addr = self.discard_server().map(|(_, addr)| addr).unwrap_or_default();
+        tracing::warn!(server = %addr, "ending a transaction on the primary: {why}");
+        self.transaction_lost(&addr, &why)
     }
 
     pub(super) async fn simple_query(&mut self, f: Frame) -> Result<(), End> {

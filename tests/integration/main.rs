@@ -15,6 +15,7 @@ mod credentials;
 mod differential;
 mod failover;
 mod failures;
+mod fidelity;
 mod lag;
 mod limits;
 mod ops;
@@ -127,6 +128,8 @@ fn main() {
         corners::notify_reaches_a_listening_session,
         corners::savepoints_and_errors_in_transactions,
         corners::database_ddl_through_the_pool,
+        fidelity::a_servers_fatal_reaches_the_client_as_directly,
+        fidelity::no_client_can_eject_a_replica,
         differential::results_match_the_primary_byte_for_byte,
         failover::kill_the_primary_under_load,
         failover::cut_off_from_a_live_primary_no_promotion,
