@@ -68,7 +68,7 @@ impl Session {
         let Some(why) = self.shared.coord_blocked().filter(|_| on_primary) else { return Ok(()) };
         let addr = self.discard_server().map(|(_, addr)| addr).unwrap_or_default();
         tracing::warn!(server = %addr, "ending a transaction on the primary: {why}");
-        self.transaction_lost(&addr, &why)
+        self.transaction_lost(&addr, why)
     }
 
     pub(super) async fn simple_query(&mut self, f: Frame) -> Result<(), End> {
