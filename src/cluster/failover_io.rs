@@ -117,7 +117,14 @@ pub async fn run(shared: Arc<Shared>) {
 async fn alone(shared: &Arc<Shared>, config: &Arc<Config>, state: &State, check: &Check, policy: Policy) -> State {
     let request = shared.failover_request.lock().unwrap_or_else(|p| p.into_inner()).take();
     let (next, actions) = match request {
-        Some(Request::Promote(node)) => failover::promote_by_hand(state, node),
+        Some(Request::Promote(node)) => match fence_before_promote(shared, config, state, check).await {
+            Ok(()) => failover::promote_by_hand(state, node),
+            Err(e) => {
+                tracing::error!("PROMOTE refused: {e}");
+                resume_writes(shared);
+                (state.clone(), vec![Action::Report(format!("PROMOTE of node {node} refused: {e}"))])
+            }
+        },
         Some(Request::Switchover(node)) => match switchover(shared, config, state, node).await {
             Ok(()) => failover::promote_by_hand(state, node),
             Err(e) => {
@@ -284,6 +291,28 @@ async fn fresh_check(config: &Config, addr: &str, timeout: Duration) -> bool {
         Some(ok)
     };
     matches!(tokio::time::timeout(timeout, work).await, Ok(Some(true)))
+}
+
+/// Before an operator's PROMOTE: a primary that still answers is fenced first (writes held,
+/// read-only, every client backend ended), so nothing pgsplit holds there can write once the
+/// new primary takes writes. One that does not answer cannot take writes from pgsplit; if it
+/// comes back, the rules report a split brain and it gets no traffic.
+async fn fence_before_promote(shared: &Shared, config: &Config, state: &State, check: &Check) -> Result<(), String> {
+    if !check.nodes.get(state.primary).is_some_and(|n| n.reachable && !n.in_recovery) {
+        return Ok(());
+    }
+    let addr = shared.cluster.load().nodes.get(state.primary).map(|n| n.addr.to_string()).unwrap_or_default();
+    shared.writes_held.store(true, std::sync::atomic::Ordering::SeqCst);
+    let c = shared
+        .sql
+        .get(&addr, &config.monitor.database)
+        .await
+        .ok_or("the primary answers checks but not pgsplit's connection")?;
+    super::failover_sql::end_writes(&c)
+        .await
+        .map_err(|e| format!("the primary {addr} still answers and could not be fenced ({e})"))?;
+    tracing::warn!(server = %addr, "PROMOTE: the old primary is read-only and its sessions ended");
+    Ok(())
 }
 
 /// Carries out one action. Some(node): that replica turned out diverged (fence it).

@@ -66,7 +66,8 @@ pub(crate) async fn switchover(
     shared.writes_held.store(true, std::sync::atomic::Ordering::SeqCst);
     let p = shared.sql.get(&old, &config.monitor.database).await.ok_or("the primary does not answer")?;
     let deadline = Instant::now() + Duration::from_millis(config.failover.failover_wait_ms / 2);
-    const IN_FLIGHT: &str = "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'          AND xact_start IS NOT NULL AND pid <> pg_backend_pid() AND application_name NOT LIKE 'pgsplit-%'";
+    const IN_FLIGHT: &str = "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' \
+         AND xact_start IS NOT NULL AND pid <> pg_backend_pid()";
     loop {
         let n: i64 = p.query_one(IN_FLIGHT, &[]).await.map_err(|e| e.to_string())?.get(0);
         if n == 0 {
@@ -74,17 +75,17 @@ pub(crate) async fn switchover(
         }
         if Instant::now() >= deadline {
             tracing::warn!(transactions = n, "switchover: ending the transactions still open");
-            p.batch_execute(
-                "SELECT pg_terminate_backend(pid, 1000) FROM pg_stat_activity WHERE backend_type = 'client backend'                  AND xact_start IS NOT NULL AND pid <> pg_backend_pid() AND application_name NOT LIKE 'pgsplit-%'",
-            )
-            .await
-            .map_err(|e| e.to_string())?;
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    p.batch_execute("ALTER SYSTEM SET default_transaction_read_only = on").await.map_err(|e| e.to_string())?;
-    p.batch_execute("SELECT pg_reload_conf()").await.map_err(|e| e.to_string())?;
+    // The fence, before the promotion: read-only by default, and every client backend ended
+    // (pgsplit's own held connections too: a pinned session's SET default_transaction_read_only
+    // = off must not write here after the target takes writes). Refused: no promotion.
+    if let Err(e) = end_writes(&p).await {
+        let _ = p.batch_execute("ALTER SYSTEM RESET default_transaction_read_only; SELECT pg_reload_conf()").await;
+        return Err(format!("the old primary could not be fenced ({e}): switchover aborted, nothing promoted"));
+    }
     let last: String =
         p.query_one("SELECT pg_current_wal_insert_lsn()::text", &[]).await.map_err(|e| e.to_string())?.get(0);
     let r = shared.sql.get(&new, &config.monitor.database).await.ok_or("the target does not answer")?;
@@ -221,20 +222,33 @@ pub fn with_host_port(conninfo: &str, host: &str, port: &str) -> String {
     out.join(" ")
 }
 
-/// Best effort against a former primary that answers: read-only by default for new
-/// transactions, and its client backends ended. The real fence is that pgsplit never sends it
-/// anything again.
-pub(crate) async fn fence(shared: &Shared, config: &Config, addr: &str) -> Result<(), String> {
-    let c = shared.sql.get(addr, &config.monitor.database).await.ok_or("no connection")?;
+/// Ends writes on a primary that is being replaced: read-only by default for new
+/// transactions, then every client backend but the one running this ended, waiting for each
+/// to exit. Backends are told apart by PID only: an application_name is the client's to choose.
+/// Err when any step is refused or a backend outlives its termination.
+pub(crate) async fn end_writes(c: &deadpool_postgres::Object) -> Result<(), String> {
     c.batch_execute("ALTER SYSTEM SET default_transaction_read_only = on").await.map_err(|e| e.to_string())?;
     c.batch_execute("SELECT pg_reload_conf()").await.map_err(|e| e.to_string())?;
-    c.batch_execute(
-        "SELECT pg_terminate_backend(pid, 1000) FROM pg_stat_activity \
-         WHERE backend_type = 'client backend' AND pid <> pg_backend_pid() AND application_name NOT LIKE 'pgsplit-%'",
-    )
-    .await
-    .map_err(|e| e.to_string())?;
+    let all_ended: bool = c
+        .query_one(
+            "SELECT coalesce(bool_and(pg_terminate_backend(pid, 2000)), true) FROM pg_stat_activity \
+             WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()",
+            &[],
+        )
+        .await
+        .map_err(|e| e.to_string())?
+        .get(0);
+    if !all_ended {
+        return Err("a client backend did not exit within 2 s of its termination".into());
+    }
     Ok(())
+}
+
+/// Against a former primary that answers after a failover: `end_writes`. The real fence is
+/// that pgsplit never sends it anything again (sessions drop what they held there).
+pub(crate) async fn fence(shared: &Shared, config: &Config, addr: &str) -> Result<(), String> {
+    let c = shared.sql.get(addr, &config.monitor.database).await.ok_or("no connection")?;
+    end_writes(&c).await
 }
 
 #[cfg(test)]

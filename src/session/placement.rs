@@ -173,13 +173,49 @@ impl Session {
             self.out.extend_from_slice(&protocol::error("57P03", &format!("pgsplit: {reason}")));
             return Ok(false);
         }
-        if self.server.is_some() {
+        if let Some(s) = &self.server {
+            if matches!(decision, Decision::Held { .. }) && self.held_on_old_primary(s.conn.node) {
+                return self.leave_old_primary();
+            }
             return Ok(true);
         }
         // Boxed: getting a server connection (waits, checkout, settings replay, reconnects) is
         // the largest state a session goes through; inline, it would size every idle
         // client's task for it. One small allocation per checkout instead.
         Box::pin(self.checkout_for(decision)).await
+    }
+
+    /// Whether the connection the session holds is on a former primary: fenced by a failover,
+    /// switchover or PROMOTE, or (for a pinned session, always on the primary) no longer the
+    /// primary. Nothing pgsplit holds may write there again.
+    fn held_on_old_primary(&self, node: usize) -> bool {
+        let t = self.shared.cluster.load();
+        t.nodes.get(node).is_some_and(|n| n.fenced) || (self.pin.is_some() && node != t.primary())
+    }
+
+    /// The session held a connection to a former primary: it is closed before anything more is
+    /// sent there. A pinned session cannot move (FATAL); a transaction is over (40001, as for a
+    /// lost connection; ROLLBACK then goes on).
+    fn leave_old_primary(&mut self) -> Result<bool, End> {
+        let addr = self.discard_server().map(|(_, a)| a).unwrap_or_default();
+        tracing::warn!(server = %addr, "a session held a connection to the former primary: closed");
+        if let Some(why) = self.pin {
+            let msg = format!(
+                "pgsplit: {addr} is no longer the primary (failover or switchover): this session's {why} was there and cannot move; reconnect"
+            );
+            self.shared.metrics.error_sent("57P01");
+            self.out.extend_from_slice(&protocol::fatal("57P01", &msg));
+            return Err(End::Fatal(msg));
+        }
+        let msg = format!(
+            "pgsplit: the transaction was rolled back: {addr} is no longer the primary (failover or switchover); retry it"
+        );
+        self.shared.metrics.error_sent("40001");
+        self.out.extend_from_slice(&protocol::error("40001", &msg));
+        self.effects = super::state::PendingEffects::default();
+        self.tx_status = b'E';
+        self.lost = super::lost::Lost::Reported;
+        Ok(false)
     }
 
     /// Gets the server connection a decision names (the client holds none).

@@ -816,3 +816,88 @@ pub async fn a_replica_promoted_by_someone_else_is_adopted(_env: &Env) -> R {
     drop(cluster);
     Ok(())
 }
+
+/// Sessions that hold a connection to the primary (pinned by LISTEN with
+/// `default_transaction_read_only = off` and an application_name like pgsplit's own, by a
+/// temporary table, by an advisory lock, or in an open transaction) never write on it once
+/// another server is the primary: after SWITCHOVER, and after PROMOTE with the old primary
+/// still up. Their INSERT fails (FATAL for the pinned, 40001 for the transaction) and the old
+/// primary's log shows it never ran there.
+pub async fn held_sessions_never_write_on_a_former_primary(_env: &Env) -> R {
+    let (_base, cluster) = own_cluster("pgsplit-held").await?;
+    for i in 0..3 {
+        let conf = cluster.nodes[i].dir.join("postgresql.conf");
+        let mut f = std::fs::OpenOptions::new().append(true).open(&conf)?;
+        use std::io::Write;
+        writeln!(f, "log_statement = 'all'\nlog_line_prefix = '%m [%p] %a '")?;
+        tokio::task::block_in_place(|| cluster.psql(i, "SELECT pg_reload_conf()"))?;
+    }
+    let mut cfg = config(&cluster, "");
+    cfg.failover.mode = FailoverMode::Manual;
+    let proxy = Proxy::start(cfg).await?;
+    let port = proxy.addr.port();
+    let conn = |app: &str| format!("host=127.0.0.1 port={port} user=postgres dbname=postgres application_name={app}");
+    let setup = connect(&conn("setup")).await?;
+    setup.batch_execute("CREATE TABLE held (who text)").await?;
+    tokio::task::block_in_place(|| cluster.wait_caught_up())?;
+    let admin = connect(&format!("host=127.0.0.1 port={port} user=postgres dbname=pgsplit")).await?;
+
+    for (round, (command, old, new)) in [("SWITCHOVER TO", 0usize, 1usize), ("PROMOTE", 1, 2)].into_iter().enumerate() {
+        let kinds = [
+            ("listen", "SET default_transaction_read_only = off; LISTEN chan"),
+            ("temp", "CREATE TEMP TABLE tmp (x int)"),
+            ("lock", "SELECT pg_advisory_lock(1)"),
+            ("tx", "BEGIN; INSERT INTO held VALUES ('tx-begun')"),
+        ];
+        let mut sessions = Vec::new();
+        for (kind, sql) in kinds {
+            let c = connect(&conn(&format!("pgsplit-{kind}"))).await?;
+            c.batch_execute(sql).await?;
+            sessions.push((kind, c));
+        }
+        let target = cluster.nodes[new].addr();
+        admin.simple_query(&format!("{command} {target}")).await?;
+        let t0 = Instant::now();
+        while proxy.shared.cluster.load().primary() != new {
+            check!(t0.elapsed() < Duration::from_secs(30), "{command} {target} did not take effect");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let mut outcomes = Vec::new();
+        for (kind, c) in &sessions {
+            let marker = format!("r{round}-{kind}");
+            let r = c.simple_query(&format!("INSERT INTO held VALUES ('{marker}')")).await;
+            outcomes.push(format!(
+                "{kind}: {}",
+                match &r {
+                    Ok(_) => "INSERT succeeded".to_string(),
+                    Err(e) => format!(
+                        "{} {}",
+                        crate::common::sqlstate(e),
+                        e.as_db_error().map(|d| d.message()).unwrap_or("(closed)")
+                    ),
+                }
+            ));
+            check!(r.is_err(), "{command}: the {kind} session's INSERT succeeded");
+        }
+        println!("    {command} with sessions held on the old primary: {outcomes:?}");
+        // Nothing reached the old primary after the new one took writes: its log has none of
+        // the markers, and neither server has the rows.
+        let log = std::fs::read_to_string(cluster.base.join(format!("{}.log", cluster.nodes[old].name)))?;
+        check!(log.contains("statement:"), "{command}: the old primary logs no statements");
+        let leaked: Vec<&str> = log.lines().filter(|l| l.contains(&format!("'r{round}-"))).collect();
+        check!(leaked.is_empty(), "{command}: the old primary ran {leaked:?}");
+        for node in [old, new] {
+            let n = tokio::task::block_in_place(|| {
+                cluster.psql(node, &format!("SELECT count(*) FROM held WHERE who LIKE 'r{round}-%'"))
+            })?;
+            check!(n.trim() == "0", "{command}: node {node} has {n} rows from held sessions");
+        }
+        // New sessions write on the new primary.
+        let c = connect(&conn("after")).await?;
+        let p = crate::common::port_of(&c, "INSERT INTO held VALUES ('after') RETURNING inet_server_port()").await?;
+        check!(p == cluster.nodes[new].port as i32, "{command}: a new write ran on {p}");
+    }
+    proxy.stop();
+    drop(cluster);
+    Ok(())
+}

@@ -136,6 +136,7 @@ fn main() {
         failover::manual_mode_waits_for_promote,
         failover::synchronous_replication_loses_no_acknowledged_commit,
         failover::switchover_loses_nothing,
+        failover::held_sessions_never_write_on_a_former_primary,
         failover::a_diverged_replica_is_kept_out,
         failover::a_replica_promoted_by_someone_else_is_adopted,
         clients::read_your_writes_handoff,
