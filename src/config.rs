@@ -197,6 +197,11 @@ pub struct LimitsConfig {
     /// A request still running on its server after this long is cancelled there (the client
     /// gets the server's 57014, its connection stays usable); 0: never.
     pub query_timeout_ms: u64,
+    /// An extended-protocol batch (messages up to Flush or Sync) queued past this many bytes is
+    /// sent on to the primary as it arrives instead of being held whole.
+    pub max_batch_bytes: usize,
+    /// Named prepared statements one client may keep (a Parse past it gets 54000).
+    pub max_prepared_statements: usize,
 }
 
 impl Default for LimitsConfig {
@@ -209,6 +214,8 @@ impl Default for LimitsConfig {
             idle_transaction_timeout_ms: 0,
             client_stall_timeout_ms: 30_000,
             query_timeout_ms: 0,
+            max_batch_bytes: 16 * 1024 * 1024,
+            max_prepared_statements: 10_000,
         }
     }
 }

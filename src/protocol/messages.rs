@@ -185,6 +185,11 @@ pub fn sync() -> Bytes {
     encode(&Sync::new())
 }
 
+/// A Flush message ('H', no body).
+pub fn flush() -> Bytes {
+    Bytes::from_static(b"H\0\0\0\x04")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

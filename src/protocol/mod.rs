@@ -72,6 +72,11 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         self
     }
 
+    /// Changes the bound (authentication messages are read under a smaller one).
+    pub fn set_max(&mut self, max: usize) {
+        self.max = max.clamp(1024, MAX_MESSAGE_LEN);
+    }
+
     /// Returns the next message, or `Closed` on a clean EOF between messages.
     pub async fn next(&mut self) -> Result<Frame, ProtocolError> {
         loop {

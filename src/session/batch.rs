@@ -56,6 +56,8 @@ pub(super) struct Batch {
     /// Statements parsed or bound, and whether all are ROLLBACK / ABORT.
     statements: usize,
     only_rollback: bool,
+    /// Bytes of client messages queued (limits.max_batch_bytes).
+    bytes: usize,
 }
 
 impl Default for Batch {
@@ -72,6 +74,7 @@ impl Default for Batch {
             copies_in: false,
             statements: 0,
             only_rollback: true,
+            bytes: 0,
         }
     }
 }
@@ -105,13 +108,33 @@ impl Batch {
     }
 }
 
+/// A batch is written to its server in pieces of about this size.
+const WRITE_CHUNK: usize = 256 * 1024;
+
+/// The reason of a batch sent on to the primary before its Sync because it grew too large.
+const STREAMED_BATCH: &str = "extended batch past limits.max_batch_bytes";
+
 impl Session {
     pub(super) fn queue_extended(&mut self, f: Frame) -> Result<(), End> {
+        self.batch.bytes += f.bytes.len();
         let item = match f.tag() {
             b'P' => {
                 let p = extended::read_parse(&f)?;
                 if !p.name.is_empty() && self.statements.named.contains_key(p.name) {
                     self.batch.items.push(BatchItem::DuplicateParse(p.name.to_string()));
+                    return Ok(());
+                }
+                let max = self.shared.config.load().limits.max_prepared_statements;
+                if !p.name.is_empty() && self.statements.named.len() >= max {
+                    // What the client may make pgsplit keep is bounded: the batch fails here.
+                    let msg = format!(
+                        "pgsplit: too many prepared statements in this session ({max}, limits.max_prepared_statements): DEALLOCATE some"
+                    );
+                    self.shared.metrics.error_sent("54000");
+                    self.out.extend_from_slice(&protocol::error("54000", &msg));
+                    self.batch = Batch::default();
+                    self.effects.request.clear();
+                    self.skip_until_sync = true;
                     return Ok(());
                 }
                 let analysis = self.shared.cache.analyze(p.query);
@@ -190,6 +213,17 @@ impl Session {
             }
         }
         Ok(())
+    }
+
+    /// A batch queued past limits.max_batch_bytes goes on to the primary now (as if the client
+    /// had sent Flush), and what follows up to Sync joins it there as it arrives: a client
+    /// streaming Binds without a Sync never makes pgsplit hold more than that bound.
+    pub(super) async fn stream_if_large(&mut self) -> Result<(), End> {
+        if self.batch.bytes <= self.shared.config.load().limits.max_batch_bytes || self.skip_until_sync {
+            return Ok(());
+        }
+        self.batch.require(Target::Primary, STREAMED_BATCH);
+        self.flush_or_sync(Frame { bytes: protocol::flush() }).await
     }
 
     pub(super) async fn flush_or_sync(&mut self, f: Frame) -> Result<(), End> {
@@ -315,11 +349,29 @@ impl Session {
             let work = RetryWork::Batch(batch.items.clone(), f.clone());
             self.retry = Some(Retry { work, target, reason, hint });
         }
-        for item in batch.items {
-            encode_item(item, &mut server.conn, &mut self.expect, &mut buf)?;
+        let node = server.conn.node;
+        // Written on in pieces: a large batch is never copied whole into one buffer.
+        let mut items = batch.items.into_iter();
+        loop {
+            let Some(server) = self.server.as_mut() else { return Ok(()) };
+            let mut rest = false;
+            for item in items.by_ref() {
+                encode_item(item, &mut server.conn, &mut self.expect, &mut buf)?;
+                if buf.len() >= WRITE_CHUNK {
+                    rest = true;
+                    break;
+                }
+            }
+            if !rest {
+                break;
+            }
+            let sent = server.conn.send(&buf).await;
+            buf.clear();
+            if let Err(e) = sent {
+                return self.server_lost(e);
+            }
         }
         buf.extend_from_slice(&f.bytes);
-        let node = server.conn.node;
         if is_sync {
             self.expect.push_back(Expect::Sync);
             self.outstanding += 1;

@@ -18,6 +18,7 @@ impl Session {
             b'P' | b'B' | b'D' | b'E' | b'C' => {
                 if !self.skip_until_sync {
                     self.queue_extended(f)?;
+                    self.stream_if_large().await?;
                 }
                 Ok(())
             }

@@ -212,7 +212,10 @@ async fn handshake(
             w.write_all(&protocol::fatal("53300", "sorry, too many clients already (limits.max_client_conn)")).await;
         return Ok(None);
     }
-    let mut reader = FrameReader::lazy(r).with_max(config.limits.max_message_size).with_buffered(after);
+    // Before authentication a client is a stranger: its password and SASL messages are held to
+    // PostgreSQL's own bound (64 KiB), whatever limits.max_message_size allows later.
+    let mut reader =
+        FrameReader::lazy(r).with_max(config.limits.max_message_size.min(AUTH_MESSAGE_LEN)).with_buffered(after);
     if config.auth != crate::config::AuthMethod::Trust
         && let Some(delay) = ip.and_then(|ip| shared.auth_failures.delay(ip))
     {
@@ -246,8 +249,12 @@ async fn handshake(
             return Err(e.into());
         }
     }
+    reader.set_max(config.limits.max_message_size);
     Ok(Some((user, database, startup, reader)))
 }
+
+/// The largest message read before authentication (PostgreSQL's PG_MAX_AUTH_TOKEN_LENGTH).
+const AUTH_MESSAGE_LEN: usize = 65_535;
 
 /// Authentication failures by source address: after `FREE` failures within `WINDOW`, each
 /// further attempt from that address waits a second more (up to `MAX_DELAY`) before it is

@@ -361,3 +361,142 @@ pub async fn long_queries_are_cancelled(env: &Env) -> R {
     proxy.stop();
     Ok(())
 }
+
+/// Resident memory of this process (pgsplit runs inside the test), in bytes.
+fn rss() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .unwrap_or(0)
+        * 1024
+}
+
+/// What one client can make pgsplit hold is bounded: 200 Bind+Execute messages of 1 MB each
+/// without a Sync (before: all 200 MB held until the Sync) stream on to the primary past
+/// `limits.max_batch_bytes` and the client gets every answer; a Parse past
+/// `limits.max_prepared_statements` gets 54000 naming the limit; a password message larger than
+/// PostgreSQL's 64 KiB is refused before its body is read.
+pub async fn one_client_cannot_exhaust_memory(env: &Env) -> R {
+    use bytes::{BufMut, BytesMut};
+    let bound = 16 * 1024 * 1024;
+    let proxy = env
+        .proxy_with(|c| {
+            c.limits.max_batch_bytes = bound;
+            c.limits.max_prepared_statements = 50;
+        })
+        .await?;
+    let mut s = crate::differential::login(proxy.addr.port()).await?;
+    let mut b = BytesMut::new();
+    crate::protocol::parse(&mut b, "big", "SELECT length($1::text)");
+    s.write_all(&b).await?;
+    let value = vec![b'x'; 1 << 20];
+    let sampler = {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let s2 = stop.clone();
+        let base = rss();
+        let task = tokio::spawn(async move {
+            let mut peak = base;
+            while !s2.load(std::sync::atomic::Ordering::Relaxed) {
+                peak = peak.max(rss());
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            peak.saturating_sub(base)
+        });
+        (stop, task)
+    };
+    let n = 200;
+    for _ in 0..n {
+        let mut m = BytesMut::new();
+        m.put_u8(b'B');
+        m.put_i32((4 + 1 + 4 + 2 + 2 + 4 + value.len() + 2) as i32);
+        m.put_u8(0);
+        m.put_slice(b"big\0");
+        m.put_i16(0);
+        m.put_i16(1);
+        m.put_i32(value.len() as i32);
+        m.put_slice(&value);
+        m.put_i16(0);
+        m.put_u8(b'E');
+        m.put_i32(4 + 1 + 4);
+        m.put_u8(0);
+        m.put_i32(0);
+        s.write_all(&m).await?;
+    }
+    s.write_all(&pgsplit::protocol::sync()).await?;
+    let answer = crate::protocol::read_until_ready(&mut s).await?;
+    sampler.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    let grew = sampler.1.await?;
+    let rows = answer.iter().filter(|(t, _)| *t == b'D').count();
+    let errors: Vec<String> = answer
+        .iter()
+        .filter(|(t, _)| *t == b'E')
+        .map(|(_, b)| pgsplit::protocol::error_field(b, b'M').unwrap_or("").to_string())
+        .collect();
+    println!(
+        "    {n} Binds of 1 MB without a Sync, max_batch_bytes {} MiB: {rows} rows back, resident memory grew by {:.1} MiB at most",
+        bound >> 20,
+        grew as f64 / (1 << 20) as f64
+    );
+    check!(errors.is_empty() && rows == n, "{rows} rows, errors {errors:?}");
+    // The batch bound, what its frames pin of the read buffer, the allocator's keep: 4x the
+    // bound and 16 MiB (unbounded before: 200 MB held until the Sync).
+    check!(grew <= 4 * bound as u64 + (16 << 20), "memory grew by {grew} bytes, more than 4x the batch bound + 16 MiB");
+
+    // Named statements past the limit.
+    let mut b = BytesMut::new();
+    for i in 0..60 {
+        crate::protocol::parse(&mut b, &format!("s{i}"), "SELECT 1");
+    }
+    b.put_slice(&pgsplit::protocol::sync());
+    s.write_all(&b).await?;
+    let answer = crate::protocol::read_until_ready(&mut s).await?;
+    let refused: Vec<String> = answer
+        .iter()
+        .filter(|(t, _)| *t == b'E')
+        .map(|(_, b)| {
+            format!(
+                "{} {}",
+                pgsplit::protocol::error_field(b, b'C').unwrap_or(""),
+                pgsplit::protocol::error_field(b, b'M').unwrap_or("")
+            )
+        })
+        .collect();
+    println!("    60 named statements, limit 50: {refused:?}");
+    check!(
+        refused.len() == 1 && refused[0].starts_with("54000") && refused[0].contains("max_prepared_statements"),
+        "past the statement limit: {refused:?}"
+    );
+    // The session goes on.
+    let mut q = BytesMut::new();
+    q.put_u8(b'Q');
+    q.put_i32(4 + 9);
+    q.put_slice(b"SELECT 1\0");
+    s.write_all(&q).await?;
+    let answer = crate::protocol::read_until_ready(&mut s).await?;
+    check!(answer.iter().any(|(t, _)| *t == b'D'), "the session did not go on: {answer:?}");
+    proxy.stop();
+
+    // Before authentication: a password message over 64 KiB is refused unread (08P01).
+    let proxy = env
+        .proxy_with(|c| {
+            c.auth = pgsplit::config::AuthMethod::Md5;
+            c.users = vec![crate::common::app_user("app-pw")];
+        })
+        .await?;
+    let mut s = tokio::net::TcpStream::connect(proxy.addr).await?;
+    s.write_all(&pgsplit::protocol::startup_message(&[("user", "app"), ("database", "postgres")])).await?;
+    let (tag, _) = crate::protocol::read_msg(&mut s).await?;
+    check!(tag == b'R', "no authentication request: {}", tag as char);
+    let mut p = BytesMut::new();
+    p.put_u8(b'p');
+    p.put_i32(4 + 100_000);
+    s.write_all(&p).await?;
+    let (tag, body) = crate::protocol::read_msg(&mut s).await?;
+    let code = pgsplit::protocol::error_field(&body, b'C').unwrap_or("").to_string();
+    println!("    a 100 kB password message before authentication: {} {code}", tag as char);
+    check!(tag == b'E' && code == "08P01", "a 100 kB password message got {} {code}", tag as char);
+    proxy.stop();
+    Ok(())
+}

@@ -114,6 +114,7 @@ fn main() {
         limits::password_guessing_is_slowed,
         limits::hostile_clients_beside_pgbench,
         limits::long_queries_are_cancelled,
+        limits::one_client_cannot_exhaust_memory,
         ops::admin_console,
         ops::reload_under_load,
         ops::reload_removes_and_adds_replicas,
