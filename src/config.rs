@@ -507,6 +507,14 @@ impl Config {
                 "auth is md5 or scram-sha-256 but no [[users]] are configured (nor auth_query)".into(),
             ));
         }
+        if self.auth != AuthMethod::Trust
+            && let Some(u) = self.users.iter().find(|u| u.password.is_empty())
+        {
+            return Err(ConfigError::Invalid(format!(
+                "users {:?}: an empty password (auth = md5 or scram-sha-256 never accepts one, as PostgreSQL does not)",
+                u.name
+            )));
+        }
         if self.auth == AuthMethod::Trust && self.auth_query.enabled {
             return Err(ConfigError::Invalid("auth_query needs auth = \"md5\" or \"scram-sha-256\"".into()));
         }
@@ -587,5 +595,14 @@ mod tests {
     fn missing_primary_is_explained() {
         let err = Config::default().validate().unwrap_err().to_string();
         assert!(err.contains("servers.primary"), "{err}");
+    }
+
+    #[test]
+    fn empty_passwords_are_refused() {
+        let text = "auth = \"md5\"\n[servers]\nprimary = \"p:1\"\n[[users]]\nname = \"app\"\npassword = \"\"\n";
+        let err = Config::parse(text).unwrap().validate().unwrap_err().to_string();
+        assert!(err.contains("empty password") && err.contains("app"), "{err}");
+        let trust = "[servers]\nprimary = \"p:1\"\n[[users]]\nname = \"app\"\npassword = \"\"\n";
+        assert!(Config::parse(trust).unwrap().validate().is_ok(), "trust needs no password");
     }
 }

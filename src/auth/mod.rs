@@ -43,7 +43,9 @@ where
     W: AsyncWrite + Unpin,
 {
     let unknown = Secret::Plain(String::new());
-    let known = secret.is_some();
+    // An empty password never logs in (PostgreSQL refuses them too): the exchange still runs,
+    // so it looks like any wrong password.
+    let known = secret.is_some_and(|s| !matches!(s, Secret::Plain(p) if p.is_empty()));
     let s = secret.unwrap_or(&unknown);
     let proven = match method {
         AuthMethod::Trust => return Ok(Proven::default()),
@@ -117,4 +119,33 @@ pub(super) fn invalid(msg: &str) -> AuthError {
 /// AuthenticationOk.
 pub fn ok() -> Bytes {
     protocol::auth_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A user whose configured password is empty cannot log in, even with the empty password.
+    #[tokio::test]
+    async fn an_empty_password_never_logs_in() {
+        let (client, server) = tokio::io::duplex(4096);
+        let (sr, mut sw) = tokio::io::split(server);
+        let mut reader = FrameReader::new(sr);
+        let login = tokio::spawn(async move {
+            let empty = Secret::Plain(String::new());
+            authenticate(AuthMethod::Md5, "u", Some(&empty), &mut reader, &mut sw, None).await
+        });
+        let (cr, mut cw) = tokio::io::split(client);
+        let mut creader = FrameReader::new(cr);
+        let Ok(request) = creader.next().await else { panic!("no authentication request") };
+        let salt: [u8; 4] = request.body()[4..8].try_into().unwrap_or([0; 4]);
+        let answer = postgres_protocol::authentication::md5_hash(b"u", b"", salt);
+        let mut msg = vec![b'p'];
+        msg.extend_from_slice(&((4 + answer.len() + 1) as i32).to_be_bytes());
+        msg.extend_from_slice(answer.as_bytes());
+        msg.push(0);
+        let _ = cw.write_all(&msg).await;
+        let outcome = login.await.map_err(|e| e.to_string());
+        assert!(matches!(outcome, Ok(Err(AuthError::Failed(_)))), "the empty password logged in");
+    }
 }
