@@ -12,9 +12,12 @@ COPY benches ./benches
 RUN cargo build --release --locked --features etcd
 
 FROM debian:bookworm-slim
-RUN useradd --system --no-create-home pgsplit
+RUN useradd --system --no-create-home pgsplit \
+    && mkdir -p /var/lib/pgsplit && chown pgsplit /var/lib/pgsplit
 COPY --from=build /src/target/release/pgsplit /usr/local/bin/pgsplit
 COPY config/pgsplit.toml /etc/pgsplit/pgsplit.toml
+# The failover state (failover.state_dir): keep it across container restarts.
+VOLUME /var/lib/pgsplit
 USER pgsplit
 EXPOSE 6432 9930
 # Listen on all interfaces inside the container; point --primary/--replica (or the config

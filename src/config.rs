@@ -220,6 +220,9 @@ impl Default for LimitsConfig {
     }
 }
 
+/// Where the failover state is kept by default (a volume in the Docker image).
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/pgsplit";
+
 /// Automatic failover.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -236,8 +239,9 @@ pub struct FailoverConfig {
     pub failover_wait_ms: u64,
     /// Refuse an automatic promotion that would lose more WAL than this.
     pub max_failover_lag_bytes: u64,
-    /// Where the topology (primary, epoch, fenced servers) is kept across restarts; empty: not
-    /// kept (a restart believes the config file again).
+    /// Where the topology (primary, epoch, fenced servers) is kept across restarts (created if
+    /// missing). Required with mode = "auto"; empty (manual mode only): not kept, and a restart
+    /// believes the config file again.
     pub state_dir: String,
     /// Make a fenced old primary that comes back read-only and end its client sessions.
     pub fence_old_primary: bool,
@@ -268,7 +272,7 @@ impl Default for FailoverConfig {
             failover_after_ms: 3000,
             failover_wait_ms: 10_000,
             max_failover_lag_bytes: 1024 * 1024,
-            state_dir: String::new(),
+            state_dir: DEFAULT_STATE_DIR.into(),
             fence_old_primary: true,
             on_failover_command: String::new(),
             rejoin_command: String::new(),
@@ -505,6 +509,13 @@ impl Config {
         if self.auth != AuthMethod::Trust && self.users.is_empty() && !self.auth_query.enabled {
             return Err(ConfigError::Invalid(
                 "auth is md5 or scram-sha-256 but no [[users]] are configured (nor auth_query)".into(),
+            ));
+        }
+        if self.failover.mode == FailoverMode::Auto && self.failover.state_dir.trim().is_empty() {
+            return Err(ConfigError::Invalid(
+                "failover.state_dir is empty but failover.mode = \"auto\": a restart would forget a failover and send \
+                 writes to a stale primary (set a directory, default /var/lib/pgsplit)"
+                    .into(),
             ));
         }
         if self.auth != AuthMethod::Trust

@@ -54,6 +54,9 @@ pub struct Shared {
     pub client_count: std::sync::atomic::AtomicUsize,
     /// A switchover holds new writes (sessions wait as for a failover).
     pub writes_held: std::sync::atomic::AtomicBool,
+    /// The failover loop could not write a new topology to the state file yet: it is not
+    /// applied, and writes wait until it is recorded (never an unrecorded primary).
+    pub unrecorded: std::sync::atomic::AtomicBool,
     /// An operator's FAILOVER or PROMOTE, for the failover loop.
     pub failover_request: std::sync::Mutex<Option<crate::cluster::failover_io::Request>>,
     /// The client TLS certificate in use (replaced by a reload); None: no TLS offered.
@@ -66,8 +69,18 @@ impl Shared {
     /// Why writes may not go out now, if they may not (a switchover holds them, or the
     /// coordination's write gate is closed).
     pub fn writes_blocked(&self) -> Option<&'static str> {
-        self.coord_blocked().or_else(|| {
+        self.fail_closed().or_else(|| {
             self.writes_held.load(std::sync::atomic::Ordering::SeqCst).then_some("writes held by a switchover")
+        })
+    }
+
+    /// Why held writes must fail rather than go on to the primary pgsplit knows once the wait
+    /// is over: etcd's write gate is closed, or a new topology could not be recorded.
+    pub fn fail_closed(&self) -> Option<&'static str> {
+        self.coord_blocked().or_else(|| {
+            self.unrecorded
+                .load(std::sync::atomic::Ordering::SeqCst)
+                .then_some("the new primary could not be recorded in failover.state_dir (see pgsplit's log)")
         })
     }
 
@@ -102,7 +115,14 @@ impl Proxy {
         let live = crate::config::live(config.clone());
         let metrics = Metrics::new();
         let mut topology = Topology::from_config(&config);
-        if let Some(saved) = crate::cluster::state_file::load_from(&config.failover.state_dir) {
+        if config.failover.mode == crate::config::FailoverMode::Auto {
+            let dir = &config.failover.state_dir;
+            std::fs::create_dir_all(dir).map_err(|e| {
+                format!("failover.state_dir {dir}: {e}: pgsplit keeps the failover state there; make it writable or set another directory")
+            })?;
+        }
+        if let Some(saved) = crate::cluster::state_file::load_from(&config.failover.state_dir)? {
+            crate::cluster::state_file::check(&saved, &topology, &config.failover.state_dir)?;
             crate::cluster::state_file::apply(&saved, &mut topology);
         }
         let first_primary = topology.primary();
@@ -137,6 +157,7 @@ impl Proxy {
             failover_wake: tokio::sync::Notify::new(),
             failover_request: std::sync::Mutex::new(None),
             writes_held: std::sync::atomic::AtomicBool::new(false),
+            unrecorded: std::sync::atomic::AtomicBool::new(false),
             client_count: std::sync::atomic::AtomicUsize::new(0),
             auth_failures: Default::default(),
             coord,

@@ -68,6 +68,9 @@ pub async fn run(shared: Arc<Shared>) {
     let mut timeouts_checked = false;
     loop {
         let config = shared.config.load_full();
+        if shared.unrecorded.load(std::sync::atomic::Ordering::SeqCst) {
+            retry_record(&shared, &state);
+        }
         let policy = Policy {
             failover_after: Duration::from_millis(config.failover.failover_after_ms),
             max_failover_lag_bytes: config.failover.max_failover_lag_bytes,
@@ -293,6 +296,20 @@ async fn fresh_check(config: &Config, addr: &str, timeout: Duration) -> bool {
     matches!(tokio::time::timeout(timeout, work).await, Ok(Some(true)))
 }
 
+/// A new topology whose state file could not be written: written now if it can be, and only
+/// then applied (the held writes go on).
+fn retry_record(shared: &Shared, state: &State) {
+    match super::state_file::save(shared, state, &shared.cluster.load()) {
+        Ok(()) => {
+            tracing::warn!("failover: the state file is written: the new primary takes writes");
+            shared.unrecorded.store(false, std::sync::atomic::Ordering::SeqCst);
+            apply_new_primary(shared, state.primary, &state.fenced);
+            shared.metrics.failovers.inc();
+        }
+        Err(e) => tracing::error!("failover: still cannot write the state file: {e}"),
+    }
+}
+
 /// Before an operator's PROMOTE: a primary that still answers is fenced first (writes held,
 /// read-only, every client backend ended), so nothing pgsplit holds there can write once the
 /// new primary takes writes. One that does not answer cannot take writes from pgsplit; if it
@@ -340,9 +357,16 @@ pub(crate) async fn execute(
             }
         }
         Action::Persist => {
-            // The new topology is written down before any client sees it.
+            // The new topology is written down before any client sees it: unrecorded, it is
+            // not applied, and writes wait (57P03 after failover_wait_ms) until a later turn
+            // of the loop records it.
             if let Err(e) = super::state_file::save(shared, next, &t) {
-                tracing::error!("failover: cannot write the state file: {e}");
+                tracing::error!(
+                    "failover: cannot write the state file ({e}): the new primary is not used and writes wait \
+                     until it can be written (fix failover.state_dir)"
+                );
+                shared.unrecorded.store(true, std::sync::atomic::Ordering::SeqCst);
+                return None;
             }
             apply_new_primary(shared, next.primary, &next.fenced);
             if shared.coord.is_none() {

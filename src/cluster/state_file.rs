@@ -49,28 +49,44 @@ pub fn save(shared: &Shared, state: &State, t: &Topology) -> Result<(), String> 
     Ok(())
 }
 
+/// The saved state, read again by the failover loop (checked at start).
 pub fn load(shared: &Shared) -> Option<Saved> {
-    load_from(&shared.config.load().failover.state_dir)
+    load_from(&shared.config.load().failover.state_dir).ok().flatten()
 }
 
-pub fn load_from(dir: &str) -> Option<Saved> {
-    let path = path(dir)?;
-    let text = std::fs::read_to_string(&path).ok()?;
-    match toml::from_str(&text) {
-        Ok(s) => Some(s),
-        Err(e) => {
-            tracing::error!(file = %path.display(), "ignoring an unreadable state file: {e}");
-            None
+/// The saved state in `dir`: None when there is none yet. A file that cannot be read or
+/// parsed is an error naming the file and what to do: pgsplit must not start believing a
+/// topology that may be stale.
+pub fn load_from(dir: &str) -> Result<Option<Saved>, String> {
+    let Some(path) = path(dir) else { return Ok(None) };
+    let what_to_do = "pgsplit writes it after a failover: restore it, or (only if the servers it names are gone) \
+                      move it away and set [servers] to the current primary";
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("the state file {} cannot be read ({e}); {what_to_do}", path.display())),
+    };
+    toml::from_str(&text)
+        .map(Some)
+        .map_err(|e| format!("the state file {} is corrupt ({}); {what_to_do}", path.display(), e.message()))
+}
+
+/// Checks a saved topology against the configured servers: every server it names must be one.
+pub fn check(saved: &Saved, t: &Topology, dir: &str) -> Result<(), String> {
+    let file = path(dir).map(|p| p.display().to_string()).unwrap_or_default();
+    for name in std::iter::once(&saved.primary).chain(saved.fenced.iter()) {
+        if !t.nodes.iter().any(|n| *n.addr == **name) {
+            return Err(format!(
+                "the state file {file} names {name}, which is not among the configured servers: it was written for \
+                 another cluster, or [servers] changed; add the server, or move the file away if {name} is gone"
+            ));
         }
     }
+    Ok(())
 }
 
-/// Applies a saved topology to the configured one at start.
+/// Applies a saved topology (checked) to the configured one at start.
 pub fn apply(saved: &Saved, t: &mut Topology) {
-    if !t.nodes.iter().any(|n| *n.addr == *saved.primary) {
-        tracing::error!(primary = %saved.primary, "the state file names a primary that is not configured: ignored");
-        return;
-    }
     for n in &mut t.nodes {
         let is_primary = *n.addr == *saved.primary;
         n.role = if is_primary { super::Role::Primary } else { super::Role::Replica };

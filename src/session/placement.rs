@@ -242,7 +242,7 @@ impl Session {
                 let left = deadline.saturating_duration_since(Instant::now()).min(Duration::from_millis(100));
                 let _ = tokio::time::timeout(left, published).await;
             }
-            if let Some(why) = self.shared.coord_blocked() {
+            if let Some(why) = self.shared.fail_closed() {
                 self.shared.metrics.error_sent("57P03");
                 self.out.extend_from_slice(&protocol::error("57P03", &format!("pgsplit: {why}; try again")));
                 return Ok(false);

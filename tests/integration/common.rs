@@ -115,6 +115,7 @@ pub fn base_config(cluster: &LocalCluster) -> Config {
     // The shared cluster is never failed over (tests stop its primary on purpose); failover
     // tests make clusters of their own.
     c.failover.mode = pgsplit::config::FailoverMode::Manual;
+    c.failover.state_dir = String::new();
     c.failover.failover_wait_ms = 0;
     c.monitor.interval_ms = 100;
     c.pool.size = 10;

@@ -23,7 +23,7 @@ async fn own_etcd(name: &str, members: usize) -> Result<LocalEtcd, E> {
 }
 
 fn coordinated(cluster: &LocalCluster, etcd: &LocalEtcd, cluster_name: &str, i: usize) -> Config {
-    let mut c = config(cluster, "");
+    let mut c = config(cluster, &cluster.base.join(format!("state-{cluster_name}-{i}")).display().to_string());
     c.coordination.etcd = etcd.endpoints();
     c.coordination.cluster_name = cluster_name.into();
     c.coordination.instance_name = format!("i{i}");

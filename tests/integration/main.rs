@@ -138,6 +138,7 @@ fn main() {
         failover::synchronous_replication_loses_no_acknowledged_commit,
         failover::switchover_loses_nothing,
         failover::held_sessions_never_write_on_a_former_primary,
+        failover::failover_state_cannot_be_lost,
         failover::a_diverged_replica_is_kept_out,
         failover::a_replica_promoted_by_someone_else_is_adopted,
         clients::read_your_writes_handoff,

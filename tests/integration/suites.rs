@@ -128,6 +128,7 @@ async fn default_proxy(env: &Env) -> Result<pgsplit::proxy::Proxy, Box<dyn std::
     config.servers.primary = env.cluster.primary().addr();
     config.servers.replicas = env.cluster.replica_addrs().into_iter().map(Into::into).collect();
     config.failover.mode = pgsplit::config::FailoverMode::Manual;
+    config.failover.state_dir = String::new();
     let proxy = pgsplit::proxy::Proxy::start(config).await?;
     env.wait_rotation(&proxy, &env.replica_ports()).await?;
     Ok(proxy)
