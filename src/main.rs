@@ -28,6 +28,9 @@ struct Cli {
     /// Address of the Prometheus /metrics endpoint.
     #[arg(long, global = true)]
     metrics_listen: Option<String>,
+    /// Where the failover state is kept [default: /var/lib/pgsplit].
+    #[arg(long, global = true)]
+    state_dir: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -94,6 +97,7 @@ struct Overrides {
     replicas: Vec<String>,
     auth: Option<AuthMethod>,
     metrics_listen: Option<String>,
+    state_dir: Option<String>,
 }
 
 impl Overrides {
@@ -113,6 +117,9 @@ impl Overrides {
         if let Some(m) = &self.metrics_listen {
             config.metrics_listen = m.clone();
         }
+        if let Some(d) = &self.state_dir {
+            config.failover.state_dir = d.clone();
+        }
     }
 }
 
@@ -123,6 +130,7 @@ async fn run(cli: Cli, set_level: pgsplit::proxy::LogLevelSetter) -> Result<(), 
         replicas: cli.replicas.clone(),
         auth: cli.auth,
         metrics_listen: cli.metrics_listen.clone(),
+        state_dir: cli.state_dir.clone(),
     };
     let mut config = match &cli.config {
         Some(path) => Config::load(path).map_err(|e| e.to_string())?,
