@@ -71,19 +71,7 @@ fn query(sql: &str) -> BytesMut {
 fn extended(sql: &str) -> BytesMut {
     let mut b = BytesMut::new();
     crate::protocol::parse(&mut b, "", sql);
-    // Bind: unnamed portal and statement, no parameters, text results.
-    b.put_u8(b'B');
-    b.put_i32(4 + 1 + 1 + 2 + 2 + 2);
-    b.put_u8(0);
-    b.put_u8(0);
-    b.put_i16(0);
-    b.put_i16(0);
-    b.put_i16(0);
-    // Execute, Sync.
-    b.put_u8(b'E');
-    b.put_i32(4 + 1 + 4);
-    b.put_u8(0);
-    b.put_i32(0);
+    crate::protocol::bind_execute_named(&mut b, "");
     b.put_u8(b'S');
     b.put_i32(4);
     b

@@ -166,13 +166,15 @@ pub async fn lag_in_time_after_idleness(env: &Env) -> R {
         psql(env, node, "ALTER SYSTEM SET recovery_min_apply_delay = '300ms'")?;
         psql(env, node, "SELECT pg_reload_conf()")?;
     }
+    // A proxy that judges lag in time only.
+    let limited = |ms: u64| {
+        env.proxy_with(move |c| {
+            c.routing.max_lag_bytes = u64::MAX;
+            c.routing.max_lag_ms = ms;
+        })
+    };
     let result = async {
-        let proxy = env
-            .proxy_with(|c| {
-                c.routing.max_lag_bytes = u64::MAX;
-                c.routing.max_lag_ms = 1000;
-            })
-            .await?;
+        let proxy = limited(1000).await?;
         env.wait_rotation(&proxy, &env.replica_ports()).await?;
         // Idle for well over max_lag_ms, then one write.
         tokio::time::sleep(Duration::from_millis(2500)).await;
@@ -190,12 +192,7 @@ pub async fn lag_in_time_after_idleness(env: &Env) -> R {
         check!((50..1000).contains(&worst), "lag_ms peaked at {worst}, the replicas replay 300 ms late");
         proxy.stop();
 
-        let strict = env
-            .proxy_with(|c| {
-                c.routing.max_lag_bytes = u64::MAX;
-                c.routing.max_lag_ms = 100;
-            })
-            .await?;
+        let strict = limited(100).await?;
         env.wait_rotation(&strict, &env.replica_ports()).await?;
         let t0 = Instant::now();
         let mut left = [None, None];

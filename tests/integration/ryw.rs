@@ -19,6 +19,12 @@ async fn apply_delay(env: &Env, i: usize, delay: &str) -> R {
     Ok(())
 }
 
+/// Delays replay on both replicas.
+async fn apply_delay_all(env: &Env, delay: &str) -> R {
+    apply_delay(env, 1, delay).await?;
+    apply_delay(env, 2, delay).await
+}
+
 struct Outcome {
     misses: usize,
     on_replicas: usize,
@@ -122,8 +128,7 @@ pub async fn min_lsn_carries_the_floor_between_connections(env: &Env) -> R {
     let c = connect(&env.conn_string(proxy.addr.port())).await?;
     c.batch_execute("DROP TABLE IF EXISTS ryw_lsn; CREATE TABLE ryw_lsn (id int)").await?;
     env.caught_up().await?;
-    apply_delay(env, 1, "1s").await?;
-    apply_delay(env, 2, "1s").await?;
+    apply_delay_all(env, "1s").await?;
     let result = async {
         env.wait_rotation(&proxy, &env.replica_ports()).await?;
         let mut misses_without = 0;
@@ -147,8 +152,7 @@ pub async fn min_lsn_carries_the_floor_between_connections(env: &Env) -> R {
         Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
     }
     .await;
-    apply_delay(env, 1, "0").await?;
-    apply_delay(env, 2, "0").await?;
+    apply_delay_all(env, "0").await?;
     result
 }
 
@@ -161,8 +165,7 @@ pub async fn connections_opened_after_a_commit_see_it(env: &Env) -> R {
     let w = connect(&env.conn_string(proxy.addr.port())).await?;
     w.batch_execute("DROP TABLE IF EXISTS ryw_later; CREATE TABLE ryw_later (id int PRIMARY KEY)").await?;
     env.caught_up().await?;
-    apply_delay(env, 1, "300ms").await?;
-    apply_delay(env, 2, "300ms").await?;
+    apply_delay_all(env, "300ms").await?;
     let result = async {
         env.wait_rotation(&proxy, &env.replica_ports()).await?;
         let n = 200;
@@ -191,8 +194,7 @@ pub async fn connections_opened_after_a_commit_see_it(env: &Env) -> R {
         Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
     }
     .await;
-    apply_delay(env, 1, "0").await?;
-    apply_delay(env, 2, "0").await?;
+    apply_delay_all(env, "0").await?;
     proxy.stop();
     result
 }
@@ -213,8 +215,7 @@ pub async fn objects_not_replayed_yet_are_read_on_the_primary(env: &Env) -> R {
     .await?;
     w.batch_execute("DROP DATABASE IF EXISTS behind_db").await?;
     env.caught_up().await?;
-    apply_delay(env, 1, "1s").await?;
-    apply_delay(env, 2, "1s").await?;
+    apply_delay_all(env, "1s").await?;
     let result = async {
         env.wait_rotation(&session, &env.replica_ports()).await?;
         env.wait_rotation(&off, &env.replica_ports()).await?;
@@ -268,8 +269,7 @@ pub async fn objects_not_replayed_yet_are_read_on_the_primary(env: &Env) -> R {
         Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
     }
     .await;
-    apply_delay(env, 1, "0").await?;
-    apply_delay(env, 2, "0").await?;
+    apply_delay_all(env, "0").await?;
     session.stop();
     off.stop();
     result
