@@ -14,6 +14,7 @@ mod lost;
 pub mod observe;
 mod placement;
 mod relay;
+mod reprepare;
 mod requests;
 mod rerun;
 mod startup;

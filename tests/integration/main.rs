@@ -15,6 +15,7 @@ mod credentials;
 mod differential;
 mod failover;
 mod failures;
+mod fencing;
 mod fidelity;
 mod lag;
 mod limits;
@@ -137,8 +138,8 @@ fn main() {
         failover::manual_mode_waits_for_promote,
         failover::synchronous_replication_loses_no_acknowledged_commit,
         failover::switchover_loses_nothing,
-        failover::held_sessions_never_write_on_a_former_primary,
-        failover::failover_state_cannot_be_lost,
+        fencing::held_sessions_never_write_on_a_former_primary,
+        fencing::failover_state_cannot_be_lost,
         failover::a_diverged_replica_is_kept_out,
         failover::a_replica_promoted_by_someone_else_is_adopted,
         clients::read_your_writes_handoff,
