@@ -116,8 +116,10 @@ impl Session {
                     self.batch.items.push(BatchItem::DuplicateParse(p.name.to_string()));
                     return Ok(());
                 }
-                let max = self.shared.config.load().limits.max_prepared_statements;
-                if !p.name.is_empty() && self.statements.named.len() >= max {
+                if !p.name.is_empty()
+                    && self.statements.named.len() >= self.shared.config.load().limits.max_prepared_statements
+                {
+                    let max = self.shared.config.load().limits.max_prepared_statements;
                     // What the client may make pgsplit keep is bounded: the batch fails here.
                     let msg = format!(
                         "pgsplit: too many prepared statements in this session ({max}, limits.max_prepared_statements): DEALLOCATE some"
@@ -211,7 +213,7 @@ impl Session {
     /// had sent Flush), and what follows up to Sync joins it there as it arrives: a client
     /// streaming Binds without a Sync never makes pgsplit hold more than that bound.
     pub(super) async fn stream_if_large(&mut self) -> Result<(), End> {
-        if self.batch.bytes <= self.shared.config.load().limits.max_batch_bytes || self.skip_until_sync {
+        if self.skip_until_sync || self.batch.bytes <= self.shared.config.load().limits.max_batch_bytes {
             return Ok(());
         }
         self.batch.require(Target::Primary, STREAMED_BATCH);

@@ -48,7 +48,7 @@ const STATEMENT: [&str; 5] = ["3D000", "3F000", "42P01", "42883", "42704"];
 
 /// At login also: invalid_authorization_specification (a role not replayed yet; a replica's
 /// pg_hba refusal too, which the primary then answers for).
-const LOGIN: [&str; 6] = ["3D000", "3F000", "42P01", "42883", "42704", "28000"];
+const LOGIN_ONLY: &str = "28000";
 
 /// The code of an ErrorResponse that a read on a lagging replica can get, as a static label.
 pub(super) fn statement_code(error_body: &[u8]) -> Option<&'static str> {
@@ -59,8 +59,8 @@ pub(super) fn statement_code(error_body: &[u8]) -> Option<&'static str> {
 /// The code of a replica's refusal of a connection (or of the client's settings) that may only
 /// mean it has not replayed the database, role or object yet. `frame` is a whole ErrorResponse.
 pub(super) fn login_refusal(frame: &[u8]) -> Option<&'static str> {
-    let code = frame.get(5..).and_then(|body| protocol::error_field(body, b'C'))?;
-    LOGIN.iter().copied().find(|c| *c == code)
+    let body = frame.get(5..)?;
+    statement_code(body).or_else(|| (protocol::error_field(body, b'C')? == LOGIN_ONLY).then_some(LOGIN_ONLY))
 }
 
 impl Session {
