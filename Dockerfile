@@ -20,6 +20,8 @@ COPY config/pgsplit.toml /etc/pgsplit/pgsplit.toml
 VOLUME /var/lib/pgsplit
 USER pgsplit
 EXPOSE 6432 9930
-# Listen on all interfaces inside the container; point --primary/--replica (or the config
-# file) at your servers.
-ENTRYPOINT ["pgsplit", "--config", "/etc/pgsplit/pgsplit.toml", "--listen", "0.0.0.0:6432", "--metrics-listen", "0.0.0.0:9930"]
+# Listen on all interfaces inside the container, so clients prove a password (SCRAM): mount a
+# config with your [[users]] over /etc/pgsplit/pgsplit.toml and point --primary/--replica (or the
+# config file) at your servers. pgsplit refuses auth = "trust" on a network address unless the
+# config says trust_network = true.
+ENTRYPOINT ["pgsplit", "--config", "/etc/pgsplit/pgsplit.toml", "--auth", "scram-sha-256", "--listen", "0.0.0.0:6432", "--metrics-listen", "0.0.0.0:9930"]

@@ -154,6 +154,8 @@ async fn run(cli: Cli, set_level: pgsplit::proxy::LogLevelSetter) -> Result<(), 
         // The console for the demo's own user, and Prometheus on a local port.
         if config.admin.users.is_empty() {
             config.admin.users.push("postgres".into());
+            // The demo trusts its console as it trusts its clients, on loopback only.
+            config.admin.trust = config.auth == AuthMethod::Trust && !config.trust_network;
         }
         if config.metrics_listen.is_empty() {
             config.metrics_listen = "127.0.0.1:0".into();

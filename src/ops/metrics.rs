@@ -32,6 +32,8 @@ pub struct Metrics {
     /// Reads run again on the primary because a replica had not replayed what they name, by
     /// the replica's SQLSTATE.
     pub replica_retries: IntCounterVec,
+    /// CancelRequests from clients, by what became of them.
+    pub cancel_requests: IntCounterVec,
     /// Errors relayed to clients, by SQLSTATE class.
     pub errors: IntCounterVec,
     pub server_up: IntGaugeVec,
@@ -125,6 +127,13 @@ impl Metrics {
                     "Reads run again on the primary because a replica answered that what they name does not exist yet, by SQLSTATE"
                 ),
                 &["sqlstate"]
+            )),
+            cancel_requests: reg!(IntCounterVec::new(
+                Opts::new(
+                    "cancel_requests_total",
+                    "Clients' CancelRequests: forwarded to a running statement, ignored (wrong key or nothing running), limited (too many from one address)"
+                ),
+                &["outcome"]
             )),
             client_protocol_errors: reg!(IntCounter::new(
                 "client_protocol_errors_total",
@@ -274,6 +283,10 @@ impl Metrics {
     }
 
     /// Counts an error sent to a client.
+    pub fn cancel_request(&self, outcome: crate::cancel::Outcome) {
+        self.cancel_requests.with_label_values(&[outcome.label()]).inc();
+    }
+
     pub fn error_sent(&self, sqlstate: &str) {
         let class = sqlstate.get(..2).unwrap_or("XX");
         self.errors.with_label_values(&[class]).inc();

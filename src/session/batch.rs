@@ -359,6 +359,7 @@ impl Session {
             if !rest {
                 break;
             }
+            self.cancel.running();
             let sent = server.conn.send(&buf).await;
             buf.clear();
             if let Err(e) = sent {

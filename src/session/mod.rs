@@ -540,8 +540,9 @@ impl Session {
     /// closed, never handed to someone else.
     async fn finish(&mut self) {
         let Some(s) = self.server.take() else { return };
-        self.cancel.set(None);
-        let clean = self.outstanding == 0
+        let cancelled = self.cancel.detach();
+        let clean = !cancelled
+            && self.outstanding == 0
             && self.tx_status == b'I'
             && self.pin.is_none()
             && !self.batch_open

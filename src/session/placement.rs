@@ -386,7 +386,7 @@ impl Session {
                 }
             }
         }
-        self.cancel.set(Some(ServerKey { addr, pid: co.conn.pid, secret: co.conn.secret }));
+        self.cancel.attach(ServerKey { addr, pid: co.conn.pid, secret: co.conn.secret });
         self.server = Some(co);
         self.timeout_cancelled = None;
         self.load = Some(LoadGuard::new(&load));
@@ -396,10 +396,11 @@ impl Session {
 
     pub(super) fn release_server(&mut self) {
         if let Some(s) = self.server.take() {
-            self.cancel.set(None);
+            // A connection a cancel went to may still get it: never pooled for someone else.
+            let cancelled = self.cancel.detach();
             self.load = None;
             self.observe.attached(None);
-            if self.timeout_cancelled.take().is_some() {
+            if self.timeout_cancelled.take().is_some() || cancelled {
                 s.discard(&self.shared.metrics);
             } else {
                 s.release(&self.shared.metrics);
@@ -411,6 +412,7 @@ impl Session {
         let Some(s) = self.server.as_mut() else {
             return Ok(());
         };
+        self.cancel.running();
         if let Err(e) = s.conn.send(bytes).await {
             self.server_lost(e)?;
         }

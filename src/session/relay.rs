@@ -45,6 +45,9 @@ impl Session {
                     self.expect.pop_front();
                 }
                 self.outstanding = self.outstanding.saturating_sub(1);
+                if self.outstanding == 0 {
+                    self.cancel.finished();
+                }
                 self.tx_status = status;
                 let committed = !self.effects.error_in_request && !self.effects.rolled_back;
                 let settled = self.effects.settle(status);
@@ -217,6 +220,9 @@ impl Session {
             b'E' => p.lsn = None,
             b'Z' => {
                 self.outstanding = self.outstanding.saturating_sub(1);
+                if self.outstanding == 0 {
+                    self.cancel.finished();
+                }
                 let Some(p) = self.causal.probe.take() else { return };
                 match p.lsn {
                     Some(lsn) => {
@@ -319,7 +325,7 @@ impl Session {
         let server = self.server.take()?;
         let held = (server.conn.node, server.conn.addr.clone());
         server.discard(&self.shared.metrics);
-        self.cancel.set(None);
+        let _ = self.cancel.detach();
         self.load = None;
         self.observe.attached(None);
         Some(held)

@@ -14,6 +14,7 @@ use tokio::net::TcpStream;
 use super::End;
 use crate::Shared;
 use crate::auth::{self, AuthError};
+use crate::config::AuthMethod;
 use crate::protocol::{self, FrameReader, ProtocolError, Startup};
 use crate::tls::{ClientRead, ClientWrite};
 
@@ -136,7 +137,7 @@ async fn negotiate(shared: &Arc<Shared>, mut stream: TcpStream) -> Result<Option
                 stream.write_all(&[protocol::GSSENC_REFUSE]).await.map_err(ProtocolError::from)?
             }
             protocol::CANCEL_REQUEST if body.len() == 12 => {
-                cancel(shared, &body).await;
+                cancel(shared, stream.peer_addr().ok().map(|a| a.ip()), &body).await;
                 return Ok(None);
             }
             _ => {
@@ -162,7 +163,7 @@ async fn in_tls(
     let body = protocol::read_startup(&mut s).await?;
     let code = i32::from_be_bytes([body[0], body[1], body[2], body[3]]);
     if code == protocol::CANCEL_REQUEST && body.len() == 12 {
-        cancel(shared, &body).await;
+        cancel(shared, s.get_ref().0.peer_addr().ok().map(|a| a.ip()), &body).await;
         return Ok(None);
     }
     if code == protocol::SSL_REQUEST || code == protocol::GSSENC_REQUEST {
@@ -174,10 +175,11 @@ async fn in_tls(
     Ok(Some((body, r, w, Some(end_point), BytesMut::new())))
 }
 
-async fn cancel(shared: &Arc<Shared>, body: &[u8]) {
+async fn cancel(shared: &Arc<Shared>, from: Option<std::net::IpAddr>, body: &[u8]) {
     let pid = i32::from_be_bytes([body[4], body[5], body[6], body[7]]);
     let secret = i32::from_be_bytes([body[8], body[9], body[10], body[11]]);
-    shared.cancels.cancel(pid, secret).await;
+    let outcome = shared.cancels.cancel(from, pid, secret).await;
+    shared.metrics.cancel_request(outcome);
 }
 
 type Handshake = (String, String, Startup, FrameReader<ClientRead>);
@@ -216,14 +218,16 @@ async fn handshake(
     // PostgreSQL's own bound (64 KiB), whatever limits.max_message_size allows later.
     let mut reader =
         FrameReader::lazy(r).with_max(config.limits.max_message_size.min(AUTH_MESSAGE_LEN)).with_buffered(after);
-    if config.auth != crate::config::AuthMethod::Trust
+    let console = database == crate::ops::admin::DATABASE && config.auth == AuthMethod::Trust && !config.admin.trust;
+    let method = if console { AuthMethod::ScramSha256 } else { config.auth };
+    if method != AuthMethod::Trust
         && let Some(delay) = ip.and_then(|ip| shared.auth_failures.delay(ip))
     {
         // Repeated failures from this address: each further attempt waits first.
         tokio::time::sleep(delay).await;
     }
-    let secret = match config.auth {
-        crate::config::AuthMethod::Trust => None,
+    let secret = match method {
+        AuthMethod::Trust => None,
         _ => match shared.credentials.client_secret(&user).await {
             Ok(s) => s,
             Err(e) => {
@@ -234,7 +238,13 @@ async fn handshake(
             }
         },
     };
-    match auth::authenticate(config.auth, &user, secret.as_ref(), &mut reader, w, end_point.as_deref()).await {
+    // The admin console asks for a password even when clients are trusted ([admin] trust
+    // lifts that); a user whose password is kept as an md5 hash proves it with md5.
+    let method = match (&secret, console) {
+        (Some(auth::Secret::Md5(_)), true) => AuthMethod::Md5,
+        _ => method,
+    };
+    match auth::authenticate(method, &user, secret.as_ref(), &mut reader, w, end_point.as_deref()).await {
         Ok(proven) => shared.credentials.proven(&user, secret.as_ref(), proven),
         Err(AuthError::Failed(u)) => {
             if let Some(ip) = ip {

@@ -30,6 +30,7 @@ pub fn config(cluster: &LocalCluster, state_dir: &str) -> Config {
     c.failover.state_dir =
         if state_dir.is_empty() { cluster.base.join("state").display().to_string() } else { state_dir.into() };
     c.admin.users = vec!["postgres".into()];
+    c.admin.trust = true;
     c
 }
 

@@ -23,6 +23,7 @@ mod ops;
 mod protocol;
 mod routing;
 mod ryw;
+mod security;
 mod session;
 mod standby;
 mod suites;
@@ -116,6 +117,8 @@ fn main() {
         limits::hostile_clients_beside_pgbench,
         limits::long_queries_are_cancelled,
         limits::one_client_cannot_exhaust_memory,
+        security::the_console_asks_for_a_password_when_clients_are_trusted,
+        security::cancels_reach_only_running_statements,
         ops::admin_console,
         ops::reload_under_load,
         ops::reload_removes_and_adds_replicas,

@@ -36,6 +36,7 @@ pub async fn admin_console(env: &Env) -> R {
     let proxy = env
         .proxy_with(|c| {
             c.admin.users = vec!["postgres".into()];
+            c.admin.trust = true;
         })
         .await?;
     let port = proxy.addr.port();
@@ -131,7 +132,7 @@ fn config_file(env: &Env, listen: u16, metrics: u16, max_lag_bytes: u64, pool: u
          [pool]\nsize = {pool}\n\
          [routing]\nmax_lag_bytes = {max_lag_bytes}\nread_your_writes = \"off\"\n\
          [monitor]\ninterval_ms = 100\n\
-         [admin]\nusers = [\"postgres\"]\n",
+         [admin]\nusers = [\"postgres\"]\ntrust = true\n",
         env.cluster.primary().addr(),
         replicas.join(", ")
     )

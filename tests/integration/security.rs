@@ -1,0 +1,158 @@
+//! Hostile clients at the door: the admin console behind a password, cancel keys that reach
+//! nothing but the statement they were given for.
+
+use std::time::{Duration, Instant};
+
+use tokio_postgres::NoTls;
+
+use crate::check;
+use crate::common::{Env, R, connect, sqlstate};
+
+/// A cancel counter of the proxy's metrics, by outcome.
+fn cancels(proxy: &pgsplit::proxy::Proxy, outcome: &str) -> u64 {
+    proxy.shared.metrics.cancel_requests.with_label_values(&[outcome]).get()
+}
+
+/// Waits (up to 5 s) for a cancel counter to reach `n`: pgsplit reads a CancelRequest after
+/// the client has sent it and gone.
+async fn counted(proxy: &pgsplit::proxy::Proxy, outcome: &str, n: u64) {
+    let t0 = Instant::now();
+    while cancels(proxy, outcome) < n && t0.elapsed() < Duration::from_secs(5) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+pub async fn the_console_asks_for_a_password_when_clients_are_trusted(env: &Env) -> R {
+    let mut ops = crate::common::app_user("console-secret");
+    ops.name = "ops".into();
+    let proxy = env
+        .proxy_with(|c| {
+            c.admin.users = vec!["ops".into()];
+            c.users = vec![ops.clone()];
+        })
+        .await?;
+    let port = proxy.addr.port();
+    let console = |password: &str| {
+        let pw = if password.is_empty() { String::new() } else { format!(" password={password}") };
+        format!("host=127.0.0.1 port={port} user=ops dbname=pgsplit{pw}")
+    };
+    // Clients are still trusted.
+    let app = connect(&env.conn_string(port)).await?;
+    app.simple_query("SELECT 1").await?;
+    // No password, a wrong one: no console. Before, both ran SHOW SERVERS.
+    let e = connect(&console("")).await.err().map(|e| format!("{e:?}")).unwrap_or_default();
+    check!(e.contains("password"), "the console let a user in without a password: {e:?}");
+    let e = connect(&console("guess")).await.err().map(|e| sqlstate(&e));
+    check!(e.as_deref() == Some("28P01"), "a wrong console password gave {e:?}");
+    // The right password: the console.
+    let admin = connect(&console("console-secret")).await?;
+    let servers = admin.simple_query("SHOW SERVERS").await?;
+    check!(servers.len() > 3, "SHOW SERVERS answered {} messages", servers.len());
+    // A client who is not an admin, trusted or not, gets no console.
+    let e = connect(&env.conn_string(port).replace("dbname=postgres", "dbname=pgsplit")).await.err();
+    check!(e.is_some(), "a non-admin reached the console");
+    proxy.stop();
+
+    // [admin] trust = true: the console is trusted as the clients are.
+    let proxy = env
+        .proxy_with(|c| {
+            c.admin.users = vec!["postgres".into()];
+            c.admin.trust = true;
+        })
+        .await?;
+    let admin = connect(&format!("host=127.0.0.1 port={} user=postgres dbname=pgsplit", proxy.addr.port())).await?;
+    admin.simple_query("SHOW POOLS").await?;
+    proxy.stop();
+
+    // A console user without a password and no [admin] trust: refused at start, with the way out.
+    let e = env.proxy_with(|c| c.admin.users = vec!["postgres".into()]).await.err().unwrap_or_default();
+    check!(e.contains("[admin] trust"), "an admin without a password was accepted: {e:?}");
+    // Trust on a network address: refused at start.
+    let e = env.proxy_with(|c| c.listen = "0.0.0.0:0".into()).await.err().unwrap_or_default();
+    check!(e.contains("trust_network"), "trust on 0.0.0.0 was accepted: {e:?}");
+    Ok(())
+}
+
+pub async fn cancels_reach_only_running_statements(env: &Env) -> R {
+    // One server connection per server: whoever runs next on the primary gets the same backend
+    // unless pgsplit closed it.
+    let proxy = env.proxy_with(|c| c.pool.size = 1).await?;
+    let port = proxy.addr.port();
+    let on_primary = "/* pgsplit:primary */ SELECT pg_backend_pid()";
+    let a = connect(&env.conn_string(port)).await?;
+    let b = connect(&env.conn_string(port)).await?;
+
+    // Keys are random: two clients' pids are not neighbours (before: 1, 2, 3, ...).
+    let mut keys = Vec::new();
+    for _ in 0..8 {
+        keys.push(backend_key(proxy.addr).await?);
+    }
+    let neighbours = keys.windows(2).filter(|w| (w[0] - w[1]).abs() < 100).count();
+    check!(neighbours == 0, "cancel keys follow each other: {keys:?}");
+
+    // A cancel for a client with nothing running is dropped: B's statement on the same server
+    // connection (A's key found nothing of A's running) is not touched.
+    a.batch_execute("BEGIN").await?;
+    a.query(on_primary, &[]).await?;
+    let ignored = cancels(&proxy, "ignored");
+    a.cancel_token().cancel_query(NoTls).await?;
+    counted(&proxy, "ignored", ignored + 1).await;
+    check!(cancels(&proxy, "forwarded") == 0, "a cancel for an idle transaction was forwarded");
+    a.batch_execute("COMMIT").await?;
+    let long = b.query_one("/* pgsplit:primary */ SELECT pg_sleep(0.5)::text", &[]);
+    let token = a.cancel_token();
+    let (r, _) = tokio::join!(long, async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        token.cancel_query(NoTls).await
+    });
+    check!(r.is_ok(), "another client's statement was cancelled by A's key: {:?}", r.err());
+
+    // A cancelled statement's server connection is closed, never pooled: the signal may land
+    // after the statement ended, on whoever ran next there.
+    let before: i32 = a.query_one(on_primary, &[]).await?.get(0);
+    let token = a.cancel_token();
+    let t0 = Instant::now();
+    let canceller = tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            token.cancel_query(NoTls).await?;
+        }
+        #[allow(unreachable_code)]
+        Ok::<(), tokio_postgres::Error>(())
+    });
+    let r = a.simple_query("/* pgsplit:primary */ SELECT pg_sleep(20)").await;
+    canceller.abort();
+    let code = r.as_ref().err().map(sqlstate);
+    check!(code.as_deref() == Some("57014"), "the cancel gave {code:?} after {:?}", t0.elapsed());
+    let after: i32 = b.query_one(on_primary, &[]).await?.get(0);
+    check!(after != before, "the connection a cancel went to (backend {before}) was pooled and reused");
+
+    // Cancels from one address are rate-limited.
+    let limited = cancels(&proxy, "limited");
+    for _ in 0..120 {
+        let mut s = tokio::net::TcpStream::connect(proxy.addr).await?;
+        use tokio::io::AsyncWriteExt;
+        s.write_all(&pgsplit::protocol::cancel_request(12345, 678)).await?;
+        let _ = s.shutdown().await;
+    }
+    counted(&proxy, "limited", limited + 50).await;
+    let n = cancels(&proxy, "limited") - limited;
+    check!(n >= 50, "{n} of 120 cancels from one address were limited");
+    println!(
+        "cancels: ignored {}, forwarded {}, limited {n} of 120",
+        cancels(&proxy, "ignored"),
+        cancels(&proxy, "forwarded")
+    );
+    proxy.stop();
+    Ok(())
+}
+
+/// The pid pgsplit gives a new client in its BackendKeyData.
+async fn backend_key(addr: std::net::SocketAddr) -> Result<i32, Box<dyn std::error::Error + Send + Sync>> {
+    use tokio::io::AsyncWriteExt;
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    s.write_all(&pgsplit::protocol::startup_message(&[("user", "postgres"), ("database", "postgres")])).await?;
+    let msgs = crate::protocol::read_until_ready(&mut s).await?;
+    let (_, key) = msgs.iter().find(|(tag, _)| *tag == b'K').ok_or("no BackendKeyData")?;
+    Ok(i32::from_be_bytes([key[0], key[1], key[2], key[3]]))
+}
