@@ -43,7 +43,7 @@ impl Config {
     }
 
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
-        toml::from_str(text).map_err(|e| ConfigError::Parse { path: "config".into(), err: e.to_string() })
+        toml::from_str(text).map_err(|e| ConfigError::Parse { path: "config".into(), err: parse_error(text, &e) })
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
@@ -138,6 +138,28 @@ impl Config {
     pub fn user(&self, name: &str) -> Option<&UserConfig> {
         self.users.iter().find(|u| u.name == name)
     }
+}
+
+/// A TOML error as the operator needs it: where, what, and the line, unless that line holds a
+/// secret (a password, a token, a hook command): then neither the line nor the parser's message
+/// (which may quote the value) is repeated, at start, on RELOAD or in the console.
+fn parse_error(text: &str, e: &toml::de::Error) -> String {
+    let Some(span) = e.span() else {
+        return "not valid TOML".into();
+    };
+    let before = text.get(..span.start).unwrap_or("");
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    let line_text = text.lines().nth(line - 1).unwrap_or("");
+    let key = line_text.split('=').next().unwrap_or("").trim();
+    if super::is_secret_key(line_text) {
+        return format!(
+            "line {line}, column {column}: the value of {key} is not valid here (secret settings are not shown: \
+             check that line)"
+        );
+    }
+    let message = e.message().trim();
+    format!("line {line}, column {column}: {message}\n  | {line_text}")
 }
 
 /// Whether a listen address only accepts local connections.
@@ -238,5 +260,25 @@ mod tests {
         assert!(admin("[[users]]\nname = \"ops\"\npassword = \"\"\n", false).is_err());
         assert!(admin("[[users]]\nname = \"ops\"\npassword = \"pw\"\n", false).is_ok());
         assert!(admin("", true).is_ok());
+    }
+
+    #[test]
+    fn parse_errors_never_show_a_secret() {
+        let cases = [
+            "[monitor]\npassword = hunter2\n",
+            "[monitor]\npassword = 4242\n",
+            "[[users]]\nname = \"a\"\nserver_password = [\"hunter2\"]\n",
+            "[[users]]\n{ name = \"a\", password = hunter2 }\n",
+            "[failover]\nfence_command = ssh root@db hunter2\n",
+            "[auth_query]\npassword = 'hunter2\n",
+        ];
+        for text in cases {
+            let err = Config::parse(text).unwrap_err().to_string();
+            assert!(!err.contains("hunter2") && !err.contains("4242"), "{text:?} gave {err}");
+            assert!(err.contains("line "), "{err}");
+        }
+        // Other lines are quoted, with the parser's message.
+        let err = Config::parse("[pool]\nsize = \"twenty\"\n").unwrap_err().to_string();
+        assert!(err.contains("line 2") && err.contains("size = \"twenty\"") && err.contains("invalid type"), "{err}");
     }
 }

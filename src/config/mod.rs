@@ -438,3 +438,11 @@ impl Default for MonitorConfig {
 
 mod load;
 pub use load::ConfigError;
+
+/// Whether a setting (a key, a dotted path, or a config line) holds a secret: a password, a
+/// secret or token, or a hook command (which may carry credentials). Such values are never
+/// shown: not in SHOW CONFIG, not in a parse error.
+pub fn is_secret_key(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    ["password", "secret", "token", "_command"].iter().any(|s| key.contains(s))
+}

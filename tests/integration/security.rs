@@ -156,3 +156,57 @@ async fn backend_key(addr: std::net::SocketAddr) -> Result<i32, Box<dyn std::err
     let (_, key) = msgs.iter().find(|(tag, _)| *tag == b'K').ok_or("no BackendKeyData")?;
     Ok(i32::from_be_bytes([key[0], key[1], key[2], key[3]]))
 }
+
+pub async fn no_secret_in_show_config_or_config_errors(env: &Env) -> R {
+    let dir = std::env::temp_dir().join(format!("pgsplit-secrets-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let file = dir.join("pgsplit.toml");
+    let replicas: Vec<String> = env.cluster.replica_addrs().iter().map(|r| format!("\"{r}\"")).collect();
+    let good = format!(
+        "listen = \"127.0.0.1:0\"\n[servers]\nprimary = \"{}\"\nreplicas = [{}]\n\
+         [monitor]\npassword = \"monitor-hunter2\"\n\
+         [failover]\nmode = \"manual\"\nfence_command = \"fence --token hook-hunter2\"\n\
+         [admin]\nusers = [\"postgres\"]\ntrust = true\n\
+         [[users]]\nname = \"app\"\npassword = \"app-hunter2\"\n",
+        env.cluster.primary().addr(),
+        replicas.join(", ")
+    );
+    std::fs::write(&file, &good)?;
+    let config = pgsplit::config::Config::load(&file).map_err(|e| e.to_string())?;
+    let source = pgsplit::ops::reload::Source { path: Some(file.clone()), overrides: Box::new(|_| {}) };
+    let proxy = pgsplit::proxy::Proxy::start_with(config, source, None).await?;
+    let admin = connect(&format!("host=127.0.0.1 port={} user=postgres dbname=pgsplit", proxy.addr.port())).await?;
+    let shown: Vec<String> = admin
+        .simple_query("SHOW CONFIG")
+        .await?
+        .into_iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => {
+                Some(format!("{} = {}", r.get(0).unwrap_or(""), r.get(1).unwrap_or("")))
+            }
+            _ => None,
+        })
+        .collect();
+    let leaked: Vec<&String> = shown.iter().filter(|l| l.contains("hunter2")).collect();
+    check!(leaked.is_empty(), "SHOW CONFIG shows secrets: {leaked:?}");
+    check!(shown.iter().any(|l| l == "failover.fence_command = ********"), "the hook command is not masked");
+
+    // A broken secret line: RELOAD in the console says where, not what.
+    let broken = good.replace("\"app-hunter2\"", "app-hunter2").replace("\"monitor-hunter2\"", "4242");
+    std::fs::write(&file, &broken)?;
+    let e = admin.simple_query("RELOAD").await.err().map(|e| format!("{e:?}")).unwrap_or_default();
+    check!(e.contains("line "), "RELOAD of a broken file answered {e:?}");
+    check!(!e.contains("hunter2") && !e.contains("4242"), "RELOAD's error shows the secret: {e}");
+    // Nor at start.
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_pgsplit"))
+        .args(["--config", file.to_str().unwrap_or_default()])
+        .output()
+        .await?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    check!(!out.status.success() && stderr.contains("line "), "pgsplit started on a broken file: {stderr}");
+    check!(!stderr.contains("hunter2") && !stderr.contains("4242"), "the start error shows the secret: {stderr}");
+    println!("start error: {}", stderr.trim());
+    proxy.stop();
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
