@@ -83,6 +83,7 @@ impl ServerConn {
         let _ = sock.set_tcp_keepalive(&keepalive);
         #[cfg(target_os = "linux")]
         let _ = sock.set_tcp_user_timeout(Some(Duration::from_secs(10)));
+        let mut verified = false;
         let (r, mut w) = match &p.tls {
             None => crate::tls::plain(stream),
             Some(up) => {
@@ -90,14 +91,17 @@ impl ServerConn {
                 let host = host.trim_start_matches('[').trim_end_matches(']');
                 match crate::tls::upstream::negotiate(stream, host, up).await.map_err(|e| unreachable(e.to_string()))? {
                     crate::tls::upstream::Upstreamed::Plain(s) => crate::tls::plain(s),
-                    crate::tls::upstream::Upstreamed::Tls(s) => crate::tls::secured(*s),
+                    crate::tls::upstream::Upstreamed::Tls(s) => {
+                        verified = up.mode == crate::tls::upstream::ServerTlsMode::VerifyFull;
+                        crate::tls::secured(*s)
+                    }
                 }
             }
         };
         let mut reader = FrameReader::new(r);
         let startup = protocol::startup_message(&[("user", p.user), ("database", p.database)]);
         w.write_all(&startup).await.map_err(|e| unreachable(e.to_string()))?;
-        let mut login = Login::new(p.user, p.auth);
+        let mut login = Login::new(p.user, p.auth).verified(verified);
         let mut conn_params = Vec::new();
         let (mut pid, mut secret) = (0, 0);
         loop {

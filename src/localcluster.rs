@@ -32,6 +32,8 @@ impl LocalNode {
 /// Passwords of the roles the cluster creates for authentication tests.
 pub const MD5_USER: (&str, &str) = ("pgsplit_md5", "md5-secret");
 pub const SCRAM_USER: (&str, &str) = ("pgsplit_scram", "scram-secret");
+/// A role the servers ask for a cleartext password (pg_hba `password`).
+pub const CLEARTEXT_USER: (&str, &str) = ("pgsplit_cleartext", "cleartext-secret");
 
 /// Finds the PostgreSQL server binaries: $PGSPLIT_PG_BIN, the newest
 /// /usr/lib/postgresql/*/bin, or the PATH.
@@ -128,9 +130,11 @@ impl LocalCluster {
         c.append(&primary.dir.join("postgresql.conf"), &conf)?;
         let hba = format!(
             "host all {md5} 127.0.0.1/32 md5\nhost all {scram} 127.0.0.1/32 scram-sha-256\n\
+             host all {cleartext} 127.0.0.1/32 password\n\
              host all all 127.0.0.1/32 trust\nhost replication all 127.0.0.1/32 trust\n",
             md5 = MD5_USER.0,
-            scram = SCRAM_USER.0
+            scram = SCRAM_USER.0,
+            cleartext = CLEARTEXT_USER.0
         );
         c.write(&primary.dir.join("pg_hba.conf"), &hba)?;
         c.nodes.push(primary);
@@ -139,8 +143,9 @@ impl LocalCluster {
             0,
             &format!(
                 "SET password_encryption = 'md5'; CREATE ROLE {} LOGIN SUPERUSER PASSWORD '{}'; \
-                 SET password_encryption = 'scram-sha-256'; CREATE ROLE {} LOGIN SUPERUSER PASSWORD '{}';",
-                MD5_USER.0, MD5_USER.1, SCRAM_USER.0, SCRAM_USER.1
+                 SET password_encryption = 'scram-sha-256'; CREATE ROLE {} LOGIN SUPERUSER PASSWORD '{}'; \
+                 CREATE ROLE {} LOGIN SUPERUSER PASSWORD '{}';",
+                MD5_USER.0, MD5_USER.1, SCRAM_USER.0, SCRAM_USER.1, CLEARTEXT_USER.0, CLEARTEXT_USER.1
             ),
         )?;
         for i in 1..=replicas {

@@ -2,6 +2,7 @@
 //! servers (password, md5 hash, SCRAM pass-through), and where the secrets come from (the
 //! config file, or `auth_query` on the servers, cached).
 
+pub mod cleartext;
 pub mod credentials;
 pub mod lookup;
 pub mod scram;

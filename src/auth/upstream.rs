@@ -24,6 +24,8 @@ pub struct Login<'a> {
     user: &'a str,
     auth: &'a ServerAuth,
     scram: Option<Scram<'a>>,
+    /// The connection is TLS with a verified certificate: a cleartext password may go.
+    verified: bool,
 }
 
 enum Scram<'a> {
@@ -33,7 +35,13 @@ enum Scram<'a> {
 
 impl<'a> Login<'a> {
     pub fn new(user: &'a str, auth: &'a ServerAuth) -> Login<'a> {
-        Login { user, auth, scram: None }
+        Login { user, auth, scram: None, verified: false }
+    }
+
+    /// Over TLS whose certificate was verified: a cleartext request may be answered.
+    pub fn verified(mut self, verified: bool) -> Login<'a> {
+        self.verified = verified;
+        self
     }
 
     /// The answer to an AuthenticationRequest (`code` and the rest of its body); None when
@@ -42,6 +50,7 @@ impl<'a> Login<'a> {
         let protocol_err = |m: &str| LoginError::Protocol(m.to_string());
         match code {
             0 => Ok(None),
+            super::cleartext::CLEARTEXT if !self.verified => Err(LoginError::Cannot(super::cleartext::REFUSED.into())),
             3 => match self.auth {
                 ServerAuth::Password(pw) => Ok(Some(protocol::password(pw))),
                 _ => Err(self.cannot("a cleartext password")),
@@ -128,6 +137,9 @@ mod tests {
     fn answers_what_it_can() {
         let none = ServerAuth::None;
         assert!(matches!(Login::new("u", &none).answer(3, &[]), Err(LoginError::Cannot(_))));
+        let pw = ServerAuth::Password("pw".into());
+        assert!(matches!(Login::new("u", &pw).answer(3, &[]), Err(LoginError::Cannot(m)) if m.contains("verified")));
+        assert!(Login::new("u", &pw).verified(true).answer(3, &[]).unwrap().is_some());
         assert!(matches!(Login::new("u", &none).answer(0, &[]), Ok(None)));
         let pw = ServerAuth::Password("pw".into());
         let md5 = Login::new("u", &pw).answer(5, &[1, 2, 3, 4]).unwrap().unwrap();

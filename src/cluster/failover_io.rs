@@ -286,8 +286,7 @@ async fn fresh_check(config: &Config, addr: &str, timeout: Duration) -> bool {
         // Never plaintext in place of the TLS asked for: no connector, no check.
         let tls = crate::tls::upstream::PgTls(crate::tls::upstream::connector(&config.tls).ok()?);
         pg.ssl_mode(tls.ssl_mode());
-        let (client, conn) = pg.connect(tls).await.ok()?;
-        let task = tokio::spawn(conn);
+        let (client, task) = crate::tls::sql_connect::connect(&pg, tls).await.ok()?;
         let ok = client.query_one("SELECT NOT pg_is_in_recovery()", &[]).await.ok()?.get::<_, bool>(0);
         drop(client);
         task.abort();

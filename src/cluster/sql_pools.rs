@@ -78,7 +78,11 @@ impl SqlPools {
             }
         };
         pg.ssl_mode(tls.ssl_mode());
-        let manager = Manager::from_config(pg, tls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        let manager = Manager::from_connect(
+            pg,
+            crate::tls::sql_connect::Connector(tls),
+            ManagerConfig { recycling_method: RecyclingMethod::Fast },
+        );
         let pool = Pool::builder(manager)
             .max_size(2)
             .runtime(Runtime::Tokio1)

@@ -25,6 +25,7 @@ pub fn secured<T: tokio::io::AsyncRead + tokio::io::AsyncWrite>(stream: T) -> (R
     (Read::Tls(r), Write::Tls(w))
 }
 
+pub mod sql_connect;
 pub mod stream;
 pub mod upstream;
 

@@ -150,6 +150,11 @@ impl ServerCertVerifier for Unchecked {
 pub struct PgTls(pub Option<Arc<Upstream>>);
 
 impl PgTls {
+    /// The connector for one server.
+    pub fn connect_to(&self, domain: &str) -> PgTlsConnect {
+        PgTlsConnect { up: self.0.clone(), domain: domain.to_string() }
+    }
+
     pub fn ssl_mode(&self) -> tokio_postgres::config::SslMode {
         match self.0.as_ref().map(|u| u.mode) {
             None | Some(ServerTlsMode::Disable) => tokio_postgres::config::SslMode::Disable,
@@ -164,7 +169,9 @@ pub struct PgTlsConnect {
     domain: String,
 }
 
-pub struct PgTlsStream<S>(tokio_rustls::client::TlsStream<S>);
+/// The TLS stream, and the watch for a cleartext password request inside it (unless the
+/// certificate was verified).
+pub struct PgTlsStream<S>(tokio_rustls::client::TlsStream<S>, crate::auth::cleartext::Watch);
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> tokio_postgres::tls::MakeTlsConnect<S> for PgTls {
     type Stream = PgTlsStream<S>;
@@ -172,7 +179,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> tokio_postgres::tls::Ma
     type Error = io::Error;
 
     fn make_tls_connect(&mut self, domain: &str) -> Result<PgTlsConnect, io::Error> {
-        Ok(PgTlsConnect { up: self.0.clone(), domain: domain.to_string() })
+        Ok(self.connect_to(domain))
     }
 }
 
@@ -187,14 +194,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> tokio_postgres::tls::Tl
             let name = ServerName::try_from(self.domain.clone()).map_err(|e| {
                 io::Error::new(io::ErrorKind::InvalidInput, format!("server name {}: {e}", self.domain))
             })?;
-            Ok(PgTlsStream(up.connector.connect(name, stream).await?))
+            let verified = up.mode == ServerTlsMode::VerifyFull;
+            Ok(PgTlsStream(up.connector.connect(name, stream).await?, crate::auth::cleartext::Watch::tls(verified)))
         })
     }
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for PgTlsStream<S> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_read(cx, buf)
+        let before = buf.filled().len();
+        let this = &mut *self;
+        let r = Pin::new(&mut this.0).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = r {
+            this.1.see(&buf.filled()[before..])?;
+        }
+        r
     }
 }
 

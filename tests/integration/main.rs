@@ -93,6 +93,7 @@ fn main() {
         tls::tls_for_every_client_and_channel_binding,
         tls::certificates_reload_without_dropping_connections,
         tls::servers_over_tls,
+        tls::cleartext_passwords_only_over_verified_tls,
         failures::pool_timeout_is_a_clear_error,
         failures::bad_state_connections_are_not_reused,
         failures::client_gone_mid_query_leaves_nothing_running,

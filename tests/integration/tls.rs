@@ -382,3 +382,86 @@ async fn servers_over_tls_checks(env: &Env, dir: &Path) -> R {
     wrong.stop();
     Ok(())
 }
+
+/// A cleartext password goes to a server only over TLS whose certificate pgsplit verified:
+/// client traffic's logins and pgsplit's own (tokio-postgres) connections alike.
+pub async fn cleartext_passwords_only_over_verified_tls(env: &Env) -> R {
+    use pgsplit::tls::upstream::ServerTlsMode;
+    let (user, password) = pgsplit::localcluster::CLEARTEXT_USER;
+    let primary = env.cluster.primary().port;
+    // Directly, the server asks for the password in the clear (pg_hba `password`) and takes it.
+    let direct =
+        connect(&format!("host=127.0.0.1 port={primary} user={user} password={password} dbname=postgres")).await?;
+    direct.simple_query("SELECT 1").await?;
+    let dir = cert_dir("cleartext");
+    make_certs(&dir, "127.0.0.1")?;
+    let ca = dir.join("ca.pem").display().to_string();
+    // Without TLS, then with TLS that checks no certificate: refused, the password not sent.
+    let plain = cleartext_login(env, ServerTlsMode::Disable, "").await?;
+    servers_ssl(env, &dir, true)?;
+    let result = async {
+        let unverified = cleartext_login(env, ServerTlsMode::Require, "").await?;
+        let verified = cleartext_login(env, ServerTlsMode::VerifyFull, &ca).await?;
+        println!("    cleartext request: plain {plain:?}; require {unverified:?}; verify-full {verified:?}");
+        for (mode, outcome) in [("disable", &plain), ("require", &unverified)] {
+            check!(
+                outcome.0.contains("28P01") && outcome.0.contains("cleartext"),
+                "{mode}: a client's login answered a cleartext request: {}",
+                outcome.0
+            );
+            check!(outcome.1.contains("cleartext"), "{mode}: pgsplit's own connection answered it: {}", outcome.1);
+        }
+        check!(verified == ("ok".into(), "ok".into()), "verify-full: {verified:?}");
+        Ok::<(), E>(())
+    }
+    .await;
+    servers_ssl(env, &dir, false)?;
+    result
+}
+
+/// A client's login and pgsplit's own connection as the cleartext role, with `mode`: "ok" or
+/// the error of each.
+async fn cleartext_login(
+    env: &Env,
+    mode: pgsplit::tls::upstream::ServerTlsMode,
+    ca: &str,
+) -> Result<(String, String), E> {
+    let (user, password) = pgsplit::localcluster::CLEARTEXT_USER;
+    let proxy = env
+        .proxy_with(|c| {
+            c.tls.server_tls = mode;
+            c.tls.server_ca = ca.into();
+            c.users = vec![pgsplit::config::UserConfig {
+                name: user.into(),
+                password: password.into(),
+                password_file: None,
+                password_env: None,
+                server_user: None,
+                server_password: None,
+            }];
+        })
+        .await?;
+    let port = proxy.addr.port();
+    let client = match connect(&format!("host=127.0.0.1 port={port} user={user} dbname=postgres")).await {
+        Ok(c) => match c.simple_query("/* pgsplit:primary */ SELECT 1").await {
+            Ok(_) => "ok".to_string(),
+            Err(e) => db_error(&e),
+        },
+        Err(e) => db_error(&e),
+    };
+    let tls = pgsplit::tls::upstream::PgTls(pgsplit::tls::upstream::connector(&proxy.shared.config.load().tls)?);
+    let mut pg = tokio_postgres::Config::new();
+    pg.host("127.0.0.1").port(env.cluster.primary().port).user(user).password(password).dbname("postgres");
+    pg.ssl_mode(tls.ssl_mode());
+    let own = match pgsplit::tls::sql_connect::connect(&pg, tls).await {
+        Ok((c, _task)) => c.simple_query("SELECT 1").await.map(|_| "ok".to_string()).unwrap_or_else(|e| e.to_string()),
+        Err(e) => std::error::Error::source(&e).map_or(e.to_string(), |s| s.to_string()),
+    };
+    proxy.stop();
+    Ok((client, own))
+}
+
+fn db_error(e: &tokio_postgres::Error) -> String {
+    let message = e.as_db_error().map_or(e.to_string(), |d| d.message().to_string());
+    format!("{} {message}", crate::common::sqlstate(e))
+}
