@@ -14,12 +14,24 @@ pub struct LocalEtcd {
     pub base: PathBuf,
     pub members: Vec<EtcdMember>,
     children: Mutex<Vec<Option<Child>>>,
+    tls: Option<EtcdTls>,
+}
+
+/// TLS for the client port: etcd's certificate and key, and the CA its clients' certificates
+/// must be signed by (client certificate authentication on).
+#[derive(Debug, Clone)]
+pub struct EtcdTls {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 pub struct EtcdMember {
     pub name: String,
     pub client_port: u16,
     pub peer_port: u16,
+    /// Plain HTTP /health and /metrics, whatever the client port speaks.
+    pub metrics_port: u16,
 }
 
 impl EtcdMember {
@@ -40,14 +52,24 @@ fn find_bin() -> Result<PathBuf, String> {
 impl LocalEtcd {
     /// Starts `n` members under `base` and waits until the cluster answers.
     pub fn start(base: &Path, n: usize) -> Result<LocalEtcd, String> {
+        Self::start_with(base, n, None)
+    }
+
+    /// Starts `n` members whose client port speaks TLS only (with `tls`) and waits.
+    pub fn start_with(base: &Path, n: usize, tls: Option<EtcdTls>) -> Result<LocalEtcd, String> {
         let _ = std::fs::remove_dir_all(base);
         std::fs::create_dir_all(base).map_err(|e| format!("{}: {e}", base.display()))?;
         let mut members = Vec::new();
         for i in 0..n {
-            members.push(EtcdMember { name: format!("etcd{i}"), client_port: free_port()?, peer_port: free_port()? });
+            members.push(EtcdMember {
+                name: format!("etcd{i}"),
+                client_port: free_port()?,
+                peer_port: free_port()?,
+                metrics_port: free_port()?,
+            });
         }
         let etcd =
-            LocalEtcd { base: base.to_path_buf(), children: Mutex::new((0..n).map(|_| None).collect()), members };
+            LocalEtcd { base: base.to_path_buf(), children: Mutex::new((0..n).map(|_| None).collect()), members, tls };
         for i in 0..n {
             etcd.start_member(i)?;
         }
@@ -70,10 +92,22 @@ impl LocalEtcd {
             .open(self.base.join(format!("{}.log", m.name)))
             .map_err(|e| e.to_string())?;
         let log2 = log.try_clone().map_err(|e| e.to_string())?;
-        let client = format!("http://127.0.0.1:{}", m.client_port);
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let client = format!("{scheme}://127.0.0.1:{}", m.client_port);
         let peer = format!("http://127.0.0.1:{}", m.peer_port);
-        let child = Command::new(find_bin()?)
+        let mut cmd = Command::new(find_bin()?);
+        if let Some(t) = &self.tls {
+            cmd.arg("--client-cert-auth")
+                .arg("--trusted-ca-file")
+                .arg(&t.ca)
+                .arg("--cert-file")
+                .arg(&t.cert)
+                .arg("--key-file")
+                .arg(&t.key);
+        }
+        let child = cmd
             .args(["--name", &m.name])
+            .args(["--listen-metrics-urls", &format!("http://127.0.0.1:{}", m.metrics_port)])
             .arg("--data-dir")
             .arg(self.base.join(&m.name))
             .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
@@ -102,7 +136,7 @@ impl LocalEtcd {
 
     /// Whether member `i` answers /health with a leader.
     pub fn healthy(&self, i: usize) -> bool {
-        let Ok(mut s) = std::net::TcpStream::connect(self.members[i].endpoint()) else { return false };
+        let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.members[i].metrics_port)) else { return false };
         let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
         if s.write_all(b"GET /health HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").is_err() {
             return false;

@@ -107,6 +107,33 @@ impl Session {
     }
 }
 
+/// How this instance reaches etcd: timeouts, TLS (its files read now, so a renewed
+/// certificate is used at the next reconnect) and etcd authentication.
+pub fn connect_options(cc: &super::CoordinationConfig) -> Res<ConnectOptions> {
+    let timeout = Duration::from_millis(cc.etcd_timeout_ms);
+    let mut options = ConnectOptions::new()
+        .with_connect_timeout(timeout)
+        .with_timeout(timeout)
+        .with_keep_alive(timeout, timeout)
+        .with_require_leader(true);
+    if cc.tls() {
+        let read = |what: &str, path: &str| std::fs::read(path).map_err(|e| format!("coordination.{what} {path}: {e}"));
+        let mut tls = etcd_client::TlsOptions::new();
+        if !cc.ca.is_empty() {
+            tls = tls.ca_certificate(etcd_client::Certificate::from_pem(read("ca", &cc.ca)?));
+        }
+        if !cc.cert.is_empty() {
+            tls = tls.identity(etcd_client::Identity::from_pem(read("cert", &cc.cert)?, read("key", &cc.key)?));
+        }
+        options = options.with_tls(tls);
+    }
+    if !cc.user.is_empty() {
+        // etcd's tokens expire (auth-token-ttl): a new one is asked for when one does.
+        options = options.with_user(cc.user.clone(), cc.password.clone()).with_auto_token_refresh(true);
+    }
+    Ok(options)
+}
+
 /// The instance's etcd session, for as long as the proxy runs.
 pub async fn run(shared: Arc<Shared>, coord: Arc<Coordination>) {
     let mut lease = None;
@@ -126,11 +153,7 @@ async fn session(shared: &Arc<Shared>, coord: &Arc<Coordination>, lease: &mut Op
     let config = shared.config.load_full();
     let cc = &config.coordination;
     let timeout = Duration::from_millis(cc.etcd_timeout_ms);
-    let options = ConnectOptions::new()
-        .with_connect_timeout(timeout)
-        .with_timeout(timeout)
-        .with_keep_alive(timeout, timeout)
-        .with_require_leader(true);
+    let options = connect_options(cc)?;
     let endpoints: Vec<String> = cc.etcd.clone();
     let client = match tokio::time::timeout(timeout * 2, Client::connect(endpoints, Some(options))).await {
         Ok(r) => r.map_err(|e| e.to_string())?,

@@ -55,6 +55,15 @@ pub struct CoordinationConfig {
     /// How long the leader waits for every live instance to acknowledge a failover's first
     /// epoch before it gives up for this round (it retries; it never promotes without them).
     pub barrier_timeout_ms: u64,
+    /// TLS to etcd: the CA (PEM) that signed etcd's certificate. Set (or endpoints given as
+    /// https://): TLS, the certificate verified. Files are read at each (re)connect.
+    pub ca: String,
+    /// A client certificate and its key (PEM), for etcd's --client-cert-auth.
+    pub cert: String,
+    pub key: String,
+    /// etcd authentication (etcd's `auth enable`): the user and password pgsplit logs in as.
+    pub user: String,
+    pub password: String,
 }
 
 impl Default for CoordinationConfig {
@@ -67,6 +76,11 @@ impl Default for CoordinationConfig {
             etcd_timeout_ms: 2_000,
             barrier_timeout_ms: 15_000,
             aliases: Default::default(),
+            ca: String::new(),
+            cert: String::new(),
+            key: String::new(),
+            user: String::new(),
+            password: String::new(),
         }
     }
 }
@@ -74,6 +88,11 @@ impl Default for CoordinationConfig {
 impl CoordinationConfig {
     pub fn enabled(&self) -> bool {
         !self.etcd.is_empty()
+    }
+
+    /// Whether etcd is reached over TLS.
+    pub fn tls(&self) -> bool {
+        !self.ca.is_empty() || !self.cert.is_empty() || self.etcd.iter().any(|e| e.starts_with("https://"))
     }
 
     pub fn validate(&self) -> Result<(), String> {
@@ -90,6 +109,24 @@ impl CoordinationConfig {
         }
         if self.instance_name.contains('/') {
             return Err("coordination.instance_name must not contain '/'".into());
+        }
+        if self.cert.is_empty() != self.key.is_empty() {
+            return Err("coordination.cert and coordination.key go together (a client certificate and its key)".into());
+        }
+        if self.user.is_empty() != self.password.is_empty() {
+            return Err("coordination.user and coordination.password go together (etcd authentication)".into());
+        }
+        let https = self.etcd.iter().filter(|e| e.starts_with("https://")).count();
+        let http = self.etcd.iter().filter(|e| e.starts_with("http://")).count();
+        if self.tls() && http > 0 || https > 0 && https < self.etcd.len() {
+            return Err(
+                "coordination.etcd: every endpoint speaks TLS or none does (https:// and a ca, or neither)".into()
+            );
+        }
+        if self.tls() && self.ca.is_empty() {
+            return Err(
+                "coordination: TLS to etcd needs coordination.ca (the CA that signed etcd's certificate)".into()
+            );
         }
         if self.lease_ttl_ms < 2_000 {
             return Err("coordination.lease_ttl_ms must be at least 2000 (etcd leases count whole seconds)".into());

@@ -13,6 +13,8 @@ mod corners;
 mod corpus;
 mod credentials;
 mod differential;
+#[cfg(feature = "etcd")]
+mod etcd_secured;
 mod failover;
 mod failures;
 mod fencing;
@@ -173,6 +175,7 @@ fn main() {
         coordination::leader_killed_mid_failover,
         coordination::etcd_quorum_lost_writes_fail_closed,
         coordination::console_commands_act_on_every_instance,
+        etcd_secured::etcd_over_tls_with_authentication,
         coordination::failover_times_alone_and_three_instances,
     ]);
     let selected: Vec<_> =

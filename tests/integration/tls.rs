@@ -22,7 +22,7 @@ fn openssl(dir: &Path, args: &[&str]) -> Result<(), E> {
 }
 
 /// A CA, and a certificate for 127.0.0.1 / localhost signed by it with common name `cn`.
-fn make_certs(dir: &Path, cn: &str) -> Result<(), E> {
+pub fn make_certs(dir: &Path, cn: &str) -> Result<(), E> {
     std::fs::create_dir_all(dir)?;
     let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
     if !dir.join("ca.pem").exists() {
