@@ -123,6 +123,7 @@ fn main() {
         security::the_console_asks_for_a_password_when_clients_are_trusted,
         security::cancels_reach_only_running_statements,
         security::no_secret_in_show_config_or_config_errors,
+        security::empty_passwords_never_log_in,
         ops::admin_console,
         ops::reload_under_load,
         ops::reload_removes_and_adds_replicas,

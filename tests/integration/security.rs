@@ -210,3 +210,95 @@ pub async fn no_secret_in_show_config_or_config_errors(env: &Env) -> R {
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
+
+/// Logs in as `user` with the empty password by hand (libpq refuses to send one): md5 or
+/// SCRAM-SHA-256, as the proxy asks. The SQLSTATE of the answer, or "ok".
+async fn empty_password_login(
+    addr: std::net::SocketAddr,
+    user: &str,
+) -> Result<String, Box<dyn std::error::Error + Send + Sync>> {
+    use postgres_protocol::authentication::sasl::{ChannelBinding, SCRAM_SHA_256, ScramSha256};
+    use tokio::io::AsyncWriteExt;
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    s.write_all(&pgsplit::protocol::startup_message(&[("user", user), ("database", "postgres")])).await?;
+    let message = |body: &[u8]| {
+        let mut m = vec![b'p'];
+        m.extend_from_slice(&((4 + body.len()) as i32).to_be_bytes());
+        m.extend_from_slice(body);
+        m
+    };
+    let mut scram = None;
+    loop {
+        let (tag, body) = crate::protocol::read_msg(&mut s).await?;
+        match tag {
+            b'R' => {
+                let code = i32::from_be_bytes([body[0], body[1], body[2], body[3]]);
+                match code {
+                    0 => return Ok("ok".into()),
+                    5 => {
+                        let salt: [u8; 4] = body[4..8].try_into()?;
+                        let hash = postgres_protocol::authentication::md5_hash(user.as_bytes(), b"", salt);
+                        let mut b = hash.into_bytes();
+                        b.push(0);
+                        s.write_all(&message(&b)).await?;
+                    }
+                    10 => {
+                        let sc = ScramSha256::new(b"", ChannelBinding::unsupported());
+                        let mut b = SCRAM_SHA_256.as_bytes().to_vec();
+                        b.push(0);
+                        b.extend_from_slice(&(sc.message().len() as i32).to_be_bytes());
+                        b.extend_from_slice(sc.message());
+                        s.write_all(&message(&b)).await?;
+                        scram = Some(sc);
+                    }
+                    11 => {
+                        let sc = scram.as_mut().ok_or("SASLContinue before SASL")?;
+                        sc.update(&body[4..])?;
+                        s.write_all(&message(sc.message())).await?;
+                    }
+                    12 => {}
+                    other => return Err(format!("authentication request {other}").into()),
+                }
+            }
+            b'E' => {
+                let text = String::from_utf8_lossy(&body).to_string();
+                let code = text.split('\0').find_map(|f| f.strip_prefix('C')).unwrap_or("").to_string();
+                return Ok(code);
+            }
+            _ => {}
+        }
+    }
+}
+
+pub async fn empty_passwords_never_log_in(env: &Env) -> R {
+    use pgsplit::config::AuthMethod;
+    for method in [AuthMethod::Md5, AuthMethod::ScramSha256] {
+        let proxy = env
+            .proxy_with(|c| {
+                c.auth = method;
+                c.users = vec![crate::common::app_user("app-secret")];
+            })
+            .await?;
+        // A user the config does not list: before, the empty password logged in as them.
+        for user in ["ghost", "app"] {
+            let outcome = empty_password_login(proxy.addr, user).await?;
+            println!("    {method:?}, user {user} with the empty password: {outcome}");
+            check!(outcome == "28P01", "{method:?}: {user} with the empty password got {outcome}");
+        }
+        proxy.stop();
+    }
+    // A [[users]] entry or a password file without a password: a configuration error.
+    let dir = std::env::temp_dir().join(format!("pgsplit-empty-pw-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(dir.join("pw"), "\n")?;
+    let mut c = crate::common::base_config(&env.cluster);
+    c.auth = AuthMethod::ScramSha256;
+    let mut u = crate::common::app_user("");
+    u.password_file = Some(dir.join("pw").display().to_string());
+    c.users = vec![u];
+    c.resolve_secrets().map_err(|e| e.to_string())?;
+    let e = c.validate().err().map(|e| e.to_string()).unwrap_or_default();
+    check!(e.contains("empty password"), "an empty password file was accepted: {e:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
