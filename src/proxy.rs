@@ -112,6 +112,7 @@ impl Proxy {
         log_level: Option<LogLevelSetter>,
     ) -> Result<Proxy, String> {
         config.validate().map_err(|e| e.to_string())?;
+        crate::tls::check(&config.tls)?;
         let live = crate::config::live(config.clone());
         let metrics = Metrics::new();
         let mut topology = Topology::from_config(&config);

@@ -165,9 +165,9 @@ pub struct Config {
     pub failover: FailoverConfig,
     pub limits: LimitsConfig,
     /// TLS for clients.
-    pub tls: crate::tls::TlsConfig,
+    pub tls: tls::TlsConfig,
     /// Several instances on etcd (empty: this instance alone).
-    pub coordination: crate::coord::CoordinationConfig,
+    pub coordination: coordination::CoordinationConfig,
     /// Threads that run sessions (tokio workers); 0: one per core, 1: the current-thread
     /// scheduler. Read at start only.
     pub worker_threads: usize,
@@ -175,7 +175,7 @@ pub struct Config {
     pub log_level: String,
     pub users: Vec<UserConfig>,
     /// Users the config does not list, looked up on the servers.
-    pub auth_query: crate::auth::lookup::AuthQueryConfig,
+    pub auth_query: auth_query::AuthQueryConfig,
 }
 
 /// Limits that protect everyone from one client.
@@ -211,7 +211,7 @@ impl Default for LimitsConfig {
         LimitsConfig {
             client_login_timeout_ms: 60_000,
             max_client_conn: 10_000,
-            max_message_size: crate::protocol::MAX_MESSAGE_LEN,
+            max_message_size: MAX_MESSAGE_SIZE,
             idle_client_timeout_ms: 0,
             idle_transaction_timeout_ms: 0,
             client_stall_timeout_ms: 30_000,
@@ -393,8 +393,8 @@ impl Default for Config {
             admin: AdminConfig::default(),
             failover: FailoverConfig::default(),
             limits: LimitsConfig::default(),
-            tls: crate::tls::TlsConfig::default(),
-            coordination: crate::coord::CoordinationConfig::default(),
+            tls: tls::TlsConfig::default(),
+            coordination: coordination::CoordinationConfig::default(),
             worker_threads: 0,
             log_level: "info".into(),
             users: Vec::new(),
@@ -436,8 +436,14 @@ impl Default for MonitorConfig {
     }
 }
 
+pub mod auth_query;
+pub mod coordination;
 mod load;
+pub mod tls;
 pub use load::ConfigError;
+
+/// The largest message PostgreSQL accepts (1 GiB): `limits.max_message_size`'s default.
+pub const MAX_MESSAGE_SIZE: usize = 1 << 30;
 
 /// Whether a setting (a key, a dotted path, or a config line) holds a secret: a password, a
 /// secret or token, or a hook command (which may carry credentials). Such values are never

@@ -46,6 +46,7 @@ pub fn reload(shared: &Shared) -> Result<String, String> {
 /// Applies a new configuration.
 pub fn apply(shared: &Shared, mut new: Config) -> Result<String, String> {
     new.validate().map_err(|e| e.to_string())?;
+    crate::tls::check(&new.tls)?;
     let old = shared.config.load_full();
     if new.servers.primary != old.servers.primary {
         return Err(format!(

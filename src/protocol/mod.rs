@@ -10,7 +10,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 /// Messages larger than this are refused (PostgreSQL's own limit for most messages is 1 GB).
-pub const MAX_MESSAGE_LEN: usize = 1 << 30;
+pub const MAX_MESSAGE_LEN: usize = crate::config::MAX_MESSAGE_SIZE;
 pub const PROTOCOL_V3: i32 = pgwire::messages::startup::Startup::PROTOCOL_VERSION_3_0;
 pub const SSL_REQUEST: i32 = pgwire::messages::startup::SslRequest::BODY_MAGIC_NUMBER;
 pub const GSSENC_REQUEST: i32 = pgwire::messages::startup::GssEncRequest::BODY_MAGIC_NUMBER;

@@ -7,6 +7,7 @@
 //! the servers (`server_tls`, for client traffic and pgsplit's own connections) is in
 //! `upstream.rs`.
 
+pub use crate::config::tls::{ClientTlsMode, TlsConfig};
 pub use stream::{Read, Write};
 
 /// A client's connection halves.
@@ -31,7 +32,6 @@ pub mod upstream;
 
 use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
 use sha2::Digest;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
@@ -42,57 +42,14 @@ use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 /// ALPN protocol of PostgreSQL's direct TLS negotiation (PostgreSQL 17, `sslnegotiation=direct`).
 pub const ALPN: &[u8] = b"postgresql";
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ClientTlsMode {
-    /// SSLRequest answered 'N': plaintext only.
-    Disable,
-    /// TLS when the client asks for it (and a certificate is configured), plaintext otherwise.
-    Allow,
-    /// Plaintext clients are refused with a FATAL.
-    Require,
-}
-
-/// `[tls]`.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct TlsConfig {
-    /// PEM certificate chain (server certificate first) and PEM private key.
-    pub cert: String,
-    pub key: String,
-    pub client_tls: ClientTlsMode,
-    /// TLS to the servers, for client traffic and pgsplit's own connections.
-    pub server_tls: upstream::ServerTlsMode,
-    /// CA certificates (PEM) that server certificates must chain to (verify-full).
-    pub server_ca: String,
-}
-
-impl Default for TlsConfig {
-    fn default() -> Self {
-        TlsConfig {
-            cert: String::new(),
-            key: String::new(),
-            client_tls: ClientTlsMode::Allow,
-            server_tls: upstream::ServerTlsMode::Disable,
-            server_ca: String::new(),
-        }
+/// Checks `[tls]` against the files it names: the settings, the certificate and key, the CA.
+pub fn check(config: &TlsConfig) -> Result<(), String> {
+    config.validate()?;
+    if !config.cert.is_empty() {
+        load(config)?;
     }
-}
-
-impl TlsConfig {
-    pub fn validate(&self) -> Result<(), String> {
-        if self.cert.is_empty() != self.key.is_empty() {
-            return Err("tls.cert and tls.key go together".into());
-        }
-        if self.client_tls == ClientTlsMode::Require && self.cert.is_empty() {
-            return Err("tls.client_tls = \"require\" needs tls.cert and tls.key".into());
-        }
-        if !self.cert.is_empty() {
-            load(self)?;
-        }
-        upstream::connector(self)?;
-        Ok(())
-    }
+    upstream::connector(config)?;
+    Ok(())
 }
 
 /// A loaded certificate: the acceptor for handshakes and the channel-binding data.
@@ -160,7 +117,7 @@ mod tests {
         assert!(req.validate().unwrap_err().contains("require"));
         let missing =
             TlsConfig { cert: "/nonexistent.pem".into(), key: "/nonexistent.key".into(), ..Default::default() };
-        assert!(missing.validate().unwrap_err().contains("/nonexistent.pem"));
+        assert!(check(&missing).unwrap_err().contains("/nonexistent.pem"));
     }
 
     #[test]
