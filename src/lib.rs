@@ -10,6 +10,7 @@ pub mod config;
 pub mod coord;
 pub mod localcluster;
 pub mod localetcd;
+pub mod lsn;
 pub mod ops;
 pub use ops::metrics;
 pub mod pool;

@@ -3,7 +3,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
 
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -40,7 +39,7 @@ pub struct Shared {
     pub sql: Arc<SqlPools>,
     pub monitor: Arc<Monitor>,
     /// The highest commit bound of any client (read_your_writes = "global").
-    pub global_floor: AtomicU64,
+    pub global_floor: crate::lsn::AtomicLsn,
     pub clients: Clients,
     pub source: Source,
     pub log_level: Option<LogLevelSetter>,
@@ -150,7 +149,7 @@ impl Proxy {
             metrics: metrics.clone(),
             sql,
             monitor,
-            global_floor: AtomicU64::new(0),
+            global_floor: Default::default(),
             clients: Clients::default(),
             source,
             log_level,

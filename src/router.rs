@@ -3,6 +3,7 @@
 
 use crate::cluster::{Node, Role, Topology, balance};
 use crate::config::OnAllLagging;
+use crate::lsn::Lsn;
 use crate::sql::{Hint, RouteMode, Target};
 
 /// The reason of a read sent to the primary because no replica in rotation has replayed the
@@ -27,7 +28,7 @@ pub struct SessionView {
     /// The session's transactions default to SERIALIZABLE: a standby refuses to run them.
     pub serializable: bool,
     /// Reads only on replicas that have replayed this far (read-your-writes); 0: anywhere.
-    pub min_lsn: u64,
+    pub min_lsn: Lsn,
     /// Reads only on replicas at most this many milliseconds behind (`pgsplit.max_lag`).
     pub max_lag_ms: Option<u64>,
 }
@@ -236,8 +237,11 @@ mod tests {
     }
 
     fn observed(t: &mut Topology, node: usize, replay_lsn: u64, lag_bytes: u64) {
-        t.nodes[node].observed =
-            Some(crate::cluster::topology::Observation { in_recovery: true, replay_lsn, ..Default::default() });
+        t.nodes[node].observed = Some(crate::cluster::topology::Observation {
+            in_recovery: true,
+            replay_lsn: Lsn(replay_lsn),
+            ..Default::default()
+        });
         t.nodes[node].lag_bytes = Some(lag_bytes);
         t.nodes[node].lag_ms = Some(lag_bytes / 10);
     }
@@ -253,16 +257,16 @@ mod tests {
             (0..6).map(|turn| route(a.target, a.reason, None, s, t, turn, &[])).collect::<Vec<_>>()
         };
         // Only the replica that replayed the floor, or the primary when none has.
-        assert!(at(&t, 150, None).iter().all(|d| d.node() == Some(2)));
-        assert!(at(&t, 100, None).iter().any(|d| d.node() == Some(1)));
-        assert!(at(&t, 201, None).iter().all(|d| *d == Decision::Primary { node: 0, reason: CAUSAL }));
+        assert!(at(&t, Lsn(150), None).iter().all(|d| d.node() == Some(2)));
+        assert!(at(&t, Lsn(100), None).iter().any(|d| d.node() == Some(1)));
+        assert!(at(&t, Lsn(201), None).iter().all(|d| *d == Decision::Primary { node: 0, reason: CAUSAL }));
         // pgsplit.max_lag: the client's own tolerance.
         observed(&mut t, 1, 100, 5000);
-        assert!(at(&t, 0, Some(100)).iter().all(|d| d.node() == Some(2)));
-        assert!(at(&t, 0, Some(0)).iter().all(|d| d.node() == Some(2)));
+        assert!(at(&t, Lsn(0), Some(100)).iter().all(|d| d.node() == Some(2)));
+        assert!(at(&t, Lsn(0), Some(0)).iter().all(|d| d.node() == Some(2)));
         // Session commands ignore the floor.
         let set = Analysis::of("SET work_mem = '8MB'", 1 << 20);
-        let s = SessionView { min_lsn: 1000, ..SessionView::default() };
+        let s = SessionView { min_lsn: Lsn(1000), ..SessionView::default() };
         assert!(matches!(route(set.target, set.reason, None, s, &t, 0, &[]), Decision::Replica { .. }));
     }
 
@@ -284,7 +288,7 @@ mod tests {
         t.on_all_lagging = OnAllLagging::LeastLagged;
         assert_eq!(route(a.target, a.reason, None, s, &t, 0, &[]), Decision::Replica { node: 2, reason: LAG_FALLBACK });
         // ... but never one without the client's last write.
-        let floor = SessionView { min_lsn: 101, ..s };
+        let floor = SessionView { min_lsn: Lsn(101), ..s };
         assert_eq!(route(a.target, a.reason, None, floor, &t, 0, &[]).node(), Some(0));
         t.nodes[2].healthy = false;
         assert_eq!(route(a.target, a.reason, None, s, &t, 0, &[]).node(), Some(1));

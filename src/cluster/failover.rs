@@ -24,6 +24,7 @@
 //! 9. Refuse a promotion that would lose more than `max_failover_lag_bytes` of the last
 //!    primary position pgsplit saw (a manual PROMOTE can override).
 
+use crate::lsn::Lsn;
 use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone, Copy)]
@@ -39,7 +40,7 @@ pub struct Seen {
     pub reachable: bool,
     pub in_recovery: bool,
     /// A primary's insert position; a replica's max(received, replayed).
-    pub position: u64,
+    pub position: Lsn,
     pub timeline: Option<u32>,
     /// The replica's WAL receiver is streaming.
     pub streaming: bool,
@@ -89,10 +90,10 @@ pub struct State {
     pub timeline: u32,
     pub fenced: Vec<usize>,
     /// The primary's position at its last good check.
-    pub last_primary_lsn: u64,
+    pub last_primary_lsn: Lsn,
     /// When the primary started failing (monotonic, wall ms), and every node's position then.
     pub failing_since: Option<(Instant, u64)>,
-    pub positions_at_failure: Vec<u64>,
+    pub positions_at_failure: Vec<Lsn>,
     pub phase: Phase,
     /// WAL the last automatic promotion left behind: the old primary's last observed position
     /// minus the candidate's (asynchronous replication's loss, as far as pgsplit saw).
@@ -106,7 +107,7 @@ impl State {
             primary,
             timeline: 0,
             fenced: Vec::new(),
-            last_primary_lsn: 0,
+            last_primary_lsn: Lsn::ZERO,
             failing_since: None,
             positions_at_failure: Vec::new(),
             phase: Phase::Healthy,
@@ -278,7 +279,7 @@ pub fn step(state: &State, check: &Check, policy: &Policy) -> (State, Vec<Action
             return (s, actions);
         }
     };
-    let behind = s.last_primary_lsn.saturating_sub(check.nodes[c].position);
+    let behind = s.last_primary_lsn.bytes_since(check.nodes[c].position);
     if behind > policy.max_failover_lag_bytes {
         let why = format!(
             "the best replica ({c}) is {behind} bytes behind the primary's last position, more than \
@@ -340,11 +341,18 @@ mod tests {
         Policy { failover_after: Duration::from_secs(3), max_failover_lag_bytes: 1 << 20, auto: true };
 
     fn replica(position: u64) -> Seen {
-        Seen { reachable: true, in_recovery: true, position, timeline: Some(1), promotable: true, ..Seen::default() }
+        Seen {
+            reachable: true,
+            in_recovery: true,
+            position: Lsn(position),
+            timeline: Some(1),
+            promotable: true,
+            ..Seen::default()
+        }
     }
 
     fn primary(position: u64) -> Seen {
-        Seen { reachable: true, in_recovery: false, position, timeline: Some(1), ..Seen::default() }
+        Seen { reachable: true, in_recovery: false, position: Lsn(position), timeline: Some(1), ..Seen::default() }
     }
 
     fn check(t0: Instant, secs: u64, primary_ok: bool, nodes: Vec<Seen>) -> Check {
@@ -368,7 +376,7 @@ mod tests {
     fn dead_primary_is_replaced_by_the_most_advanced_replica() {
         let t0 = Instant::now();
         let s = healthy(t0);
-        assert_eq!((s.phase.clone(), s.last_primary_lsn, s.timeline), (Phase::Healthy, 5000, 1));
+        assert_eq!((s.phase.clone(), s.last_primary_lsn, s.timeline), (Phase::Healthy, Lsn(5000), 1));
         let down = vec![Seen::default(), replica(4900), replica(4800)];
         let (s, a) = step(&s, &check(t0, 1, false, down.clone()), &POLICY);
         assert_eq!((s.phase.clone(), a.len()), (Phase::Suspect, 0));

@@ -8,10 +8,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::failover::{self, Action, Check, Phase, Policy, Seen, State};
 use super::failover_sql::{diverged, fence, follows, repoint, switchover, warn_about_timeouts};
-use super::monitor::parse_lsn;
 use super::topology::{OutReason, Role};
 use crate::Shared;
 use crate::config::{Config, FailoverMode};
+use crate::lsn::Lsn;
 
 const REPLICA_SQL: &str = "SELECT pg_is_in_recovery(), \
      CASE WHEN pg_is_in_recovery() THEN greatest(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn())::text \
@@ -250,7 +250,7 @@ async fn seen(shared: &Shared, config: &Config, addr: &str, timeout: Duration) -
     let seen = Seen {
         reachable: true,
         in_recovery,
-        position: row.get::<_, Option<String>>(1).as_deref().and_then(parse_lsn).unwrap_or(0),
+        position: row.get::<_, Option<String>>(1).as_deref().and_then(Lsn::parse).unwrap_or_default(),
         timeline: timeline.and_then(|t| if in_recovery { t.parse().ok() } else { u32::from_str_radix(&t, 16).ok() }),
         streaming: row.get(3),
         heard_ms: row.get::<_, Option<i64>>(4).map(|v| v.max(0) as u64),
@@ -389,8 +389,8 @@ pub(crate) async fn execute(
                 Ok(Some(fork)) => {
                     tracing::error!(
                         server = %a,
-                        position = %super::monitor::format_lsn(seen.position),
-                        fork = %super::monitor::format_lsn(fork),
+                        position = %seen.position,
+                        fork = %fork,
                         "failover: replica diverged from the new primary (replayed past the fork): \
                          out of rotation, needs pg_rewind; REJOIN it once it streams again"
                     );
@@ -494,8 +494,8 @@ pub(crate) fn apply_new_primary(shared: &Shared, primary: usize, fenced: &[usize
         // Commit bounds taken on the old primary beyond what the new one had replayed name
         // WAL that no longer exists: the floor new sessions start at (and global mode's) is
         // cut to the new primary's position, or reads would stay on it until it wrote as much.
-        let reached = shared.cluster.load().nodes.get(primary).map(|n| n.replay_lsn()).unwrap_or(0);
-        shared.global_floor.fetch_min(reached, std::sync::atomic::Ordering::Relaxed);
+        let reached = shared.cluster.load().nodes.get(primary).map(|n| n.replay_lsn()).unwrap_or_default();
+        shared.global_floor.cut(reached);
     }
     shared.metrics.publish_nodes(&shared.cluster.load());
     resume_writes(shared);

@@ -7,10 +7,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::failover::State;
-use super::monitor::parse_lsn;
 use super::topology::Role;
 use crate::Shared;
 use crate::config::Config;
+use crate::lsn::Lsn;
 
 /// The fork point when a replica at `position` on `timeline` cannot follow a primary on
 /// `new_timeline` (it has replayed past the switchpoint recorded in the new timeline's history
@@ -21,8 +21,8 @@ pub(crate) async fn diverged(
     primary: &str,
     new_timeline: u32,
     timeline: u32,
-    position: u64,
-) -> Result<Option<u64>, String> {
+    position: Lsn,
+) -> Result<Option<Lsn>, String> {
     if timeline >= new_timeline {
         return Ok(None);
     }
@@ -35,11 +35,11 @@ pub(crate) async fn diverged(
 }
 
 /// The switchpoint of `timeline` in a timeline history file ("parent<TAB>switchpoint<TAB>reason").
-pub fn fork_point(history: &str, timeline: u32) -> Option<u64> {
+pub fn fork_point(history: &str, timeline: u32) -> Option<Lsn> {
     history.lines().find_map(|l| {
         let mut f = l.split_whitespace();
         let tli: u32 = f.next()?.parse().ok()?;
-        if tli == timeline { f.next().and_then(parse_lsn) } else { None }
+        if tli == timeline { f.next().and_then(Lsn::parse) } else { None }
     })
 }
 
@@ -272,8 +272,8 @@ mod tests {
     #[test]
     fn fork_points() {
         let h = "1\t0/3000148\tno recovery target specified\n2\t0/5000000\tbefore 2000-01-01\n";
-        assert_eq!(fork_point(h, 1), Some(0x3000148));
-        assert_eq!(fork_point(h, 2), Some(0x5000000));
+        assert_eq!(fork_point(h, 1), Some(Lsn(0x3000148)));
+        assert_eq!(fork_point(h, 2), Some(Lsn(0x5000000)));
         assert_eq!(fork_point(h, 3), None);
     }
 

@@ -15,6 +15,7 @@
 //! oldest sample is reported at least that old (never less lagged than it is by more than the
 //! thinning's resolution).
 
+use crate::lsn::Lsn;
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
@@ -24,13 +25,14 @@ const CAP: usize = 4096;
 #[derive(Debug, Default)]
 pub struct WalClock {
     /// (first seen, position), positions strictly increasing.
-    samples: VecDeque<(Instant, u64)>,
+    samples: VecDeque<(Instant, Lsn)>,
 }
 
 impl WalClock {
     /// The primary's insert position as a probe read it at `at`. A position below the last
     /// one (a new primary after a failover that had less WAL) starts the clock over.
-    pub fn record(&mut self, at: Instant, lsn: u64, retention: Duration) {
+    pub fn record(&mut self, at: Instant, lsn: impl Into<Lsn>, retention: Duration) {
+        let lsn = lsn.into();
         match self.samples.back() {
             Some(&(_, last)) if lsn == last => {}
             Some(&(_, last)) if lsn < last => {
@@ -54,7 +56,8 @@ impl WalClock {
     }
 
     /// How long ago the primary first passed `replay` (None before any sample).
-    pub fn lag(&self, replay: u64, now: Instant) -> Option<Duration> {
+    pub fn lag(&self, replay: impl Into<Lsn>, now: Instant) -> Option<Duration> {
+        let replay = replay.into();
         let &(_, newest) = self.samples.back()?;
         if replay >= newest {
             return Some(Duration::ZERO);

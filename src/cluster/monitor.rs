@@ -18,6 +18,7 @@ use super::rotation::{self, Fitness, Limits};
 use super::sql_pools::SqlPools;
 use super::topology::{Cluster, Observation, OutReason, Role};
 use crate::config::{Config, Live};
+use crate::lsn::Lsn;
 use crate::metrics::Metrics;
 use crate::pool::Pools;
 
@@ -146,7 +147,7 @@ async fn probe(sql: &SqlPools, config: &Config, addr: &str) -> Probe {
     let Ok(Some(row)) = tokio::time::timeout(timeout, work).await else {
         return failed;
     };
-    let lsn = |i: usize| row.get::<_, Option<String>>(i).as_deref().and_then(parse_lsn).unwrap_or(0);
+    let lsn = |i: usize| row.get::<_, Option<String>>(i).as_deref().and_then(Lsn::parse).unwrap_or_default();
     let timeline: Option<String> = row.get(6);
     let in_recovery: bool = row.get(0);
     Probe {
@@ -166,17 +167,6 @@ async fn probe(sql: &SqlPools, config: &Config, addr: &str) -> Probe {
             ),
         },
     }
-}
-
-/// Parses a textual LSN ("16/B374D848") into a byte position.
-pub fn parse_lsn(s: &str) -> Option<u64> {
-    let (hi, lo) = s.split_once('/')?;
-    Some((u64::from_str_radix(hi, 16).ok()? << 32) | u64::from_str_radix(lo, 16).ok()?)
-}
-
-/// Formats a byte position as PostgreSQL writes an LSN.
-pub fn format_lsn(lsn: u64) -> String {
-    format!("{:X}/{:X}", lsn >> 32, lsn & 0xFFFF_FFFF)
 }
 
 /// How long a replica's WAL receiver may be down before the replica leaves rotation for it.
@@ -220,7 +210,7 @@ fn publish(config: &Config, cluster: &Cluster, metrics: &Metrics, probes: &[Prob
             // Both lags only while the primary answers: with it down every replica stops
             // receiving, and reads must go on during a failover.
             let judged = p.ok && primary_up;
-            node.lag_bytes = judged.then(|| pp.obs.insert_lsn.saturating_sub(p.obs.replay_lsn));
+            node.lag_bytes = judged.then(|| pp.obs.insert_lsn.bytes_since(p.obs.replay_lsn));
             node.lag_ms = if judged { clock.lag(p.obs.replay_lsn, now).map(|d| d.as_millis() as u64) } else { None };
             // A receiver that stopped streaming counts only after RECEIVER_GRACE: when the
             // primary dies, every receiver stops before the primary's own probe fails, and
@@ -256,18 +246,4 @@ fn publish(config: &Config, cluster: &Cluster, metrics: &Metrics, probes: &[Prob
         t
     });
     metrics.publish_nodes(&cluster.load());
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn lsn_parsing() {
-        assert_eq!(parse_lsn("0/0"), Some(0));
-        assert_eq!(parse_lsn("16/B374D848"), Some((0x16 << 32) | 0xB374D848));
-        assert_eq!(parse_lsn("nope"), None);
-        assert_eq!(format_lsn((0x16 << 32) | 0xB374D848), "16/B374D848");
-        assert_eq!(format_lsn(0), "0/0");
-    }
 }

@@ -11,6 +11,7 @@ use std::time::Instant;
 use arc_swap::ArcSwap;
 
 use crate::config::{Balance, OnAllLagging};
+use crate::lsn::Lsn;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
@@ -74,10 +75,10 @@ impl OutReason {
 pub struct Observation {
     pub in_recovery: bool,
     /// pg_current_wal_insert_lsn() on a primary.
-    pub insert_lsn: u64,
+    pub insert_lsn: Lsn,
     /// pg_last_wal_receive_lsn() / pg_last_wal_replay_lsn() on a replica.
-    pub receive_lsn: u64,
-    pub replay_lsn: u64,
+    pub receive_lsn: Lsn,
+    pub replay_lsn: Lsn,
     pub replay_paused: bool,
     /// pg_stat_wal_receiver.status ("streaming", ...); None when there is no receiver.
     pub receiver_status: Option<String>,
@@ -154,8 +155,8 @@ impl Node {
     }
 
     /// The replay position the router may rely on (0 when unknown).
-    pub fn replay_lsn(&self) -> u64 {
-        self.observed.as_ref().map(|o| o.replay_lsn).unwrap_or(0)
+    pub fn replay_lsn(&self) -> Lsn {
+        self.observed.as_ref().map(|o| o.replay_lsn).unwrap_or_default()
     }
 
     pub fn outstanding(&self) -> usize {
@@ -171,7 +172,7 @@ pub struct Topology {
     /// What reads do when no replica is in rotation.
     pub on_all_lagging: OnAllLagging,
     /// The primary's insert position at its last probe.
-    pub primary_lsn: u64,
+    pub primary_lsn: Lsn,
 }
 
 impl Topology {
@@ -194,7 +195,7 @@ impl Topology {
     pub fn new(primary: &str, replicas: &[String]) -> Topology {
         let mut nodes = vec![Node::new(primary, Role::Primary, 1, u64::MAX, u64::MAX)];
         nodes.extend(replicas.iter().map(|r| Node::new(r, Role::Replica, 1, u64::MAX, u64::MAX)));
-        Topology { nodes, balance: Balance::Random, on_all_lagging: OnAllLagging::Primary, primary_lsn: 0 }
+        Topology { nodes, balance: Balance::Random, on_all_lagging: OnAllLagging::Primary, primary_lsn: Lsn::ZERO }
     }
 
     pub fn primary(&self) -> usize {

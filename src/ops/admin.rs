@@ -12,7 +12,6 @@ use std::sync::{Arc, Mutex};
 
 use crate::Shared;
 use crate::cluster::Role;
-use crate::cluster::monitor::format_lsn;
 use crate::session::observe::ClientSlot;
 
 /// The console's database name.
@@ -268,7 +267,7 @@ fn failover_state(shared: &Shared) -> Answer {
         vec![text("timeline"), text(s.timeline)],
         vec![text("phase"), text(format!("{:?}", s.phase))],
         vec![text("fenced"), text(s.fenced.iter().map(|&i| addr(i)).collect::<Vec<_>>().join(", "))],
-        vec![text("last_primary_lsn"), text(format_lsn(s.last_primary_lsn))],
+        vec![text("last_primary_lsn"), text(s.last_primary_lsn.to_string())],
         vec![text("failovers"), text(shared.metrics.failovers.get())],
     ];
     let mut rows = rows;
@@ -318,8 +317,8 @@ fn servers(shared: &Shared) -> Answer {
                 text(n.in_rotation),
                 why,
                 o.and_then(|o| o.timeline).map(|t| t.to_string()),
-                lsn.map(format_lsn),
-                o.filter(|_| n.role == Role::Replica).map(|o| format_lsn(o.receive_lsn)),
+                lsn.map(|l| l.to_string()),
+                o.filter(|_| n.role == Role::Replica).map(|o| o.receive_lsn.to_string()),
                 n.lag_bytes.map(|b| b.to_string()),
                 n.lag_ms.map(|ms| format!("{:.3}", ms as f64 / 1000.0)),
                 o.and_then(|o| o.receiver_status.clone()),

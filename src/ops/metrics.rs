@@ -265,7 +265,7 @@ impl Metrics {
 
     /// Per-server gauges from a topology snapshot.
     pub fn publish_nodes(&self, t: &Topology) {
-        self.primary_lsn.set(t.primary_lsn as f64);
+        self.primary_lsn.set(t.primary_lsn.0 as f64);
         for node in t.nodes.iter().filter(|n| !n.removed) {
             let server = [&*node.addr];
             self.server_up.with_label_values(&server).set(node.healthy as i64);

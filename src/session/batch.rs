@@ -40,7 +40,7 @@ pub(super) struct Batch {
     lookups: Vec<Arc<Analysis>>,
     hint: Option<crate::sql::Hint>,
     /// A `/* pgsplit:min_lsn=... */` of its statements (the highest).
-    min_lsn: Option<u64>,
+    min_lsn: Option<crate::lsn::Lsn>,
     /// Some statement commits / opens a transaction (for the commit probe).
     commits: bool,
     opens: bool,

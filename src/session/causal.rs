@@ -8,11 +8,10 @@
 //! `pgsplit.last_write_lsn` and its ReadyForQuery. Until a replica has replayed that far, the
 //! client's reads go to the primary (or wait for a replica, `routing.causal_wait_ms`).
 
-use std::sync::atomic::{AtomicU64, Ordering};
-
 use bytes::Bytes;
 
 use crate::config::ReadYourWrites;
+use crate::lsn::{AtomicLsn, Lsn};
 
 /// The query whose answer bounds the commit's position.
 pub const PROBE_SQL: &str = "SELECT pg_catalog.pg_current_wal_insert_lsn()::text";
@@ -27,9 +26,9 @@ pub const LAST_WRITE_LSN: &str = "pgsplit.last_write_lsn";
 #[derive(Debug, Default)]
 pub struct Causal {
     /// The bound of this client's last committed write.
-    pub floor: u64,
+    pub floor: Lsn,
     /// `SET pgsplit.min_lsn`.
-    pub explicit: u64,
+    pub explicit: Lsn,
     /// `SET pgsplit.max_lag`.
     pub max_lag_ms: Option<u64>,
     /// A probe in flight.
@@ -45,37 +44,37 @@ pub struct Probe {
     pub client_ready: Option<Bytes>,
     /// The client's request committed (no error, no ROLLBACK).
     pub committed: bool,
-    pub lsn: Option<u64>,
+    pub lsn: Option<Lsn>,
 }
 
 impl Causal {
     /// A new client's state: its floor starts at the latest commit any client made through
     /// this pgsplit (one atomic read), so a connection opened after another one's commit
     /// reads it, as web requests, job workers and test runners expect.
-    pub fn starting_at(global: &AtomicU64) -> Causal {
-        Causal { floor: global.load(Ordering::Relaxed), ..Causal::default() }
+    pub fn starting_at(global: &AtomicLsn) -> Causal {
+        Causal { floor: global.load(), ..Causal::default() }
     }
 
     /// How far a replica must have replayed to take this client's next read.
-    pub fn min_lsn(&self, mode: ReadYourWrites, global: &AtomicU64, statement: Option<u64>) -> u64 {
+    pub fn min_lsn(&self, mode: ReadYourWrites, global: &AtomicLsn, statement: Option<Lsn>) -> Lsn {
         let implicit = match mode {
-            ReadYourWrites::Off => 0,
+            ReadYourWrites::Off => Lsn::ZERO,
             ReadYourWrites::Session => self.floor,
-            ReadYourWrites::Global => self.floor.max(global.load(Ordering::Relaxed)),
+            ReadYourWrites::Global => self.floor.max(global.load()),
         };
-        implicit.max(self.explicit).max(statement.unwrap_or(0))
+        implicit.max(self.explicit).max(statement.unwrap_or_default())
     }
 
     /// A probe answered: the floor rises (global too in that mode).
-    pub fn wrote(&mut self, lsn: u64, global: &AtomicU64) {
+    pub fn wrote(&mut self, lsn: Lsn, global: &AtomicLsn) {
         self.floor = self.floor.max(lsn);
-        global.fetch_max(lsn, Ordering::Relaxed);
+        global.raise(lsn);
     }
 
     /// The probe failed (the primary connection broke): nothing is known of the commit's
     /// position, so reads go to the primary until a later write is measured.
     pub fn unknown(&mut self) {
-        self.floor = u64::MAX;
+        self.floor = Lsn::MAX;
     }
 
     /// Whether a request sent to the primary needs a probe behind it: it ends a transaction
@@ -103,23 +102,23 @@ mod tests {
 
     #[test]
     fn floors_by_mode() {
-        let global = AtomicU64::new(0);
+        let global = AtomicLsn::default();
         let mut a = Causal::default();
         let b = Causal::default();
-        a.wrote(500, &global);
-        assert_eq!(a.min_lsn(ReadYourWrites::Session, &global, None), 500);
-        assert_eq!(b.min_lsn(ReadYourWrites::Session, &global, None), 0);
-        assert_eq!(b.min_lsn(ReadYourWrites::Global, &global, None), 500);
-        assert_eq!(a.min_lsn(ReadYourWrites::Off, &global, None), 0);
-        assert_eq!(b.min_lsn(ReadYourWrites::Off, &global, Some(7)), 7);
-        let mut c = Causal { explicit: 900, ..Causal::default() };
-        assert_eq!(c.min_lsn(ReadYourWrites::Off, &global, None), 900);
+        a.wrote(Lsn(500), &global);
+        assert_eq!(a.min_lsn(ReadYourWrites::Session, &global, None), Lsn(500));
+        assert_eq!(b.min_lsn(ReadYourWrites::Session, &global, None), Lsn(0));
+        assert_eq!(b.min_lsn(ReadYourWrites::Global, &global, None), Lsn(500));
+        assert_eq!(a.min_lsn(ReadYourWrites::Off, &global, None), Lsn(0));
+        assert_eq!(b.min_lsn(ReadYourWrites::Off, &global, Some(Lsn(7))), Lsn(7));
+        let mut c = Causal { explicit: Lsn(900), ..Causal::default() };
+        assert_eq!(c.min_lsn(ReadYourWrites::Off, &global, None), Lsn(900));
         c.unknown();
-        assert_eq!(c.min_lsn(ReadYourWrites::Session, &global, None), u64::MAX);
+        assert_eq!(c.min_lsn(ReadYourWrites::Session, &global, None), Lsn::MAX);
         // A client that connects later starts at everyone's last write, in session mode too.
         let late = Causal::starting_at(&global);
-        assert_eq!(late.min_lsn(ReadYourWrites::Session, &global, None), 500);
-        assert_eq!(late.min_lsn(ReadYourWrites::Off, &global, None), 0);
+        assert_eq!(late.min_lsn(ReadYourWrites::Session, &global, None), Lsn(500));
+        assert_eq!(late.min_lsn(ReadYourWrites::Off, &global, None), Lsn(0));
     }
 
     #[test]

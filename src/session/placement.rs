@@ -51,7 +51,7 @@ impl Session {
         target: Target,
         reason: &'static str,
         hint: Option<crate::sql::Hint>,
-        statement_lsn: Option<u64>,
+        statement_lsn: Option<crate::lsn::Lsn>,
     ) -> Decision {
         let mode = self.shared.config.load().routing.read_your_writes;
         let view = SessionView {
@@ -77,7 +77,7 @@ impl Session {
         target: Target,
         reason: &'static str,
         hint: Option<crate::sql::Hint>,
-        statement_lsn: Option<u64>,
+        statement_lsn: Option<crate::lsn::Lsn>,
     ) -> Decision {
         let d = self.decide(target, reason, hint, statement_lsn);
         let wait = self.shared.config.load().routing.causal_wait_ms;
@@ -93,7 +93,7 @@ impl Session {
         target: Target,
         reason: &'static str,
         hint: Option<crate::sql::Hint>,
-        statement_lsn: Option<u64>,
+        statement_lsn: Option<crate::lsn::Lsn>,
         wait: u64,
     ) -> Decision {
         let deadline = Instant::now() + Duration::from_millis(wait);

@@ -6,7 +6,7 @@ use bytes::Bytes;
 use super::causal;
 use super::extended::Statements;
 use super::{End, Expect, HIDDEN_PARAMETERS, Session};
-use crate::cluster::monitor::{format_lsn, parse_lsn};
+use crate::lsn::Lsn;
 use crate::protocol::{self, Frame, ProtocolError};
 use crate::sql::{Effect, Own};
 
@@ -216,7 +216,7 @@ impl Session {
     fn on_probe_frame(&mut self, f: Frame) {
         let Some(p) = self.causal.probe.as_mut() else { return };
         match f.tag() {
-            b'D' => p.lsn = causal::data_row_text(f.body()).and_then(parse_lsn),
+            b'D' => p.lsn = causal::data_row_text(f.body()).and_then(Lsn::parse),
             b'E' => p.lsn = None,
             b'Z' => {
                 self.outstanding = self.outstanding.saturating_sub(1);
@@ -228,7 +228,7 @@ impl Session {
                     Some(lsn) => {
                         self.causal.wrote(lsn, &self.shared.global_floor);
                         if p.committed {
-                            let value = format_lsn(lsn);
+                            let value = lsn.to_string();
                             self.out.extend_from_slice(&protocol::parameter_status(causal::LAST_WRITE_LSN, &value));
                         }
                     }

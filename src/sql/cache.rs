@@ -16,7 +16,7 @@ pub struct Analysis {
     pub target: Target,
     pub reason: &'static str,
     /// `/* pgsplit:min_lsn=... */`: read only where this much WAL has been replayed.
-    pub min_lsn: Option<u64>,
+    pub min_lsn: Option<crate::lsn::Lsn>,
     /// Some statement commits / opens a transaction.
     pub commits: bool,
     pub opens: bool,

@@ -209,7 +209,7 @@ pub fn leading_hint(sql: &str) -> Option<Hint> {
 }
 
 /// A read-your-writes floor in a leading comment: `/* pgsplit:min_lsn=0/16B3748 */`.
-pub fn leading_min_lsn(sql: &str) -> Option<u64> {
+pub fn leading_min_lsn(sql: &str) -> Option<crate::lsn::Lsn> {
     let b = sql.as_bytes();
     let mut i = 0;
     loop {
@@ -223,7 +223,7 @@ pub fn leading_min_lsn(sql: &str) -> Option<u64> {
         if let Some(at) = sql[i..end].find("pgsplit:min_lsn=") {
             let rest = &sql[i + at + "pgsplit:min_lsn=".len()..end];
             let lsn: String = rest.chars().take_while(|c| c.is_ascii_hexdigit() || *c == '/').collect();
-            return crate::cluster::monitor::parse_lsn(&lsn);
+            return crate::lsn::Lsn::parse(&lsn);
         }
         i = end;
     }
@@ -422,8 +422,8 @@ mod tests {
         assert_eq!(leading_hint("-- pgsplit:replica\nselect 1"), Some(Hint::Replica));
         assert_eq!(leading_hint("select 1 /* pgsplit:replica */"), None);
         assert_eq!(leading_hint("/* app=x */ select 1"), None);
-        assert_eq!(leading_min_lsn("/* pgsplit:min_lsn=0/16B3748 */ select 1"), Some(0x16B3748));
-        assert_eq!(leading_min_lsn("-- pgsplit:min_lsn=1/0\nselect 1"), Some(1 << 32));
+        assert_eq!(leading_min_lsn("/* pgsplit:min_lsn=0/16B3748 */ select 1"), Some(crate::lsn::Lsn(0x16B3748)));
+        assert_eq!(leading_min_lsn("-- pgsplit:min_lsn=1/0\nselect 1"), Some(crate::lsn::Lsn(1 << 32)));
         assert_eq!(leading_min_lsn("select 1 /* pgsplit:min_lsn=0/1 */"), None);
     }
 

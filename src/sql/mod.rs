@@ -52,7 +52,7 @@ pub enum Own {
     /// `SET pgsplit.route = primary | replica | auto`
     Route(RouteMode),
     /// `SET pgsplit.min_lsn = '0/16B3748'`: reads only where this much WAL has been replayed.
-    MinLsn(u64),
+    MinLsn(crate::lsn::Lsn),
     /// `SET pgsplit.max_lag = '500ms'`: reads only on replicas at most this far behind.
     MaxLagMs(Option<u64>),
 }

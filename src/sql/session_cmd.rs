@@ -23,7 +23,7 @@ pub fn classify(stmt: &str, kw: &[String]) -> Option<Class> {
                 let mut c = Class::new(Target::Any, "session command").with_effect(Effect::Reset { name: name.into() });
                 c.own = match name {
                     "pgsplit.route" => Some(Own::Route(RouteMode::Auto)),
-                    "pgsplit.min_lsn" => Some(Own::MinLsn(0)),
+                    "pgsplit.min_lsn" => Some(Own::MinLsn(crate::lsn::Lsn::ZERO)),
                     "pgsplit.max_lag" => Some(Own::MaxLagMs(None)),
                     _ => None,
                 };
@@ -188,7 +188,7 @@ fn classify_set(stmt: &str, kw: &[String]) -> Class {
     if name == "pgsplit.min_lsn" || name == "pgsplit.max_lag" {
         let value = set_value(&stmt.to_ascii_lowercase());
         let own = if name == "pgsplit.min_lsn" {
-            crate::cluster::monitor::parse_lsn(&value.to_ascii_uppercase()).map(Own::MinLsn)
+            crate::lsn::Lsn::parse(&value).map(Own::MinLsn)
         } else if value == "default" || value.is_empty() || value == "off" {
             Some(Own::MaxLagMs(None))
         } else {
@@ -317,10 +317,13 @@ mod tests {
         assert_eq!(classify("SET pgsplit.route = primary").unwrap().own, Some(Own::Route(RouteMode::Primary)));
         assert_eq!(classify("set pgsplit.route to 'replica'").unwrap().own, Some(Own::Route(RouteMode::Replica)));
         assert_eq!(classify("SET pgsplit.route = auto").unwrap().own, Some(Own::Route(RouteMode::Auto)));
-        assert_eq!(classify("SET pgsplit.min_lsn = '0/16B3748'").unwrap().own, Some(Own::MinLsn(0x16B3748)));
+        assert_eq!(
+            classify("SET pgsplit.min_lsn = '0/16B3748'").unwrap().own,
+            Some(Own::MinLsn(crate::lsn::Lsn(0x16B3748)))
+        );
         assert_eq!(classify("SET pgsplit.max_lag = '500ms'").unwrap().own, Some(Own::MaxLagMs(Some(500))));
         assert_eq!(classify("SET pgsplit.max_lag TO '2s'").unwrap().own, Some(Own::MaxLagMs(Some(2000))));
-        assert_eq!(classify("RESET pgsplit.min_lsn").unwrap().own, Some(Own::MinLsn(0)));
+        assert_eq!(classify("RESET pgsplit.min_lsn").unwrap().own, Some(Own::MinLsn(crate::lsn::Lsn::ZERO)));
         assert!(classify("COMMIT").unwrap().commits && classify("end").unwrap().commits);
         assert!(!classify("ROLLBACK").unwrap().commits && classify("BEGIN").unwrap().opens);
         assert!(classify("ROLLBACK").unwrap().rolls_back && classify("abort work").unwrap().rolls_back);

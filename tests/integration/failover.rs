@@ -255,7 +255,7 @@ pub async fn kill_the_primary_under_load(_env: &Env) -> R {
     );
     // A new session starts at the last write pgsplit saw committed (read-your-writes): once the
     // other replica has replayed it, that session's reads go there.
-    let floor = proxy.shared.global_floor.load(std::sync::atomic::Ordering::Relaxed);
+    let floor = proxy.shared.global_floor.load();
     while proxy.shared.cluster.load().nodes[other].replay_lsn() < floor {
         check!(t0.elapsed() < Duration::from_secs(30), "node {other} never replayed the last write");
         tokio::time::sleep(Duration::from_millis(10)).await;
