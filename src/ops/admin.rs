@@ -446,9 +446,7 @@ fn flatten(prefix: &str, v: &toml::Value, rows: &mut Vec<Vec<Option<String>>>) {
         }
         other => {
             // Secrets never leave pgsplit.
-            let empty = other.as_str().is_some_and(str::is_empty);
-            let shown =
-                if crate::config::is_secret_key(prefix) && !empty { "********".to_string() } else { other.to_string() };
+            let shown = if crate::config::is_secret_key(prefix) { "********".to_string() } else { other.to_string() };
             rows.push(vec![Some(prefix.to_string()), Some(shown)]);
         }
     }
