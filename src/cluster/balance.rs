@@ -5,6 +5,14 @@
 use super::topology::{Node, Role, Topology};
 use crate::config::Balance;
 
+impl Topology {
+    /// A replica in rotation, skipping `exclude`, chosen by the balancing policy (`turn` is a
+    /// round-robin counter or a random number).
+    pub fn pick_replica(&self, turn: usize, exclude: &[usize]) -> Option<usize> {
+        pick(self, turn, |i, n| n.in_rotation && !exclude.contains(&i))
+    }
+}
+
 /// Picks an eligible replica. `turn` is a round-robin counter or a random number, as the
 /// topology's policy wants (see `Cluster::next_turn`).
 pub fn pick(t: &Topology, turn: usize, eligible: impl Fn(usize, &Node) -> bool) -> Option<usize> {

@@ -217,12 +217,6 @@ impl Topology {
             .collect()
     }
 
-    /// A replica in rotation, skipping `exclude`, chosen by the balancing policy (`turn` is a
-    /// round-robin counter or a random number).
-    pub fn pick_replica(&self, turn: usize, exclude: &[usize]) -> Option<usize> {
-        super::balance::pick(self, turn, |i, n| n.in_rotation && !exclude.contains(&i))
-    }
-
     /// The index of the node at `addr`.
     pub fn find(&self, addr: &str) -> Option<usize> {
         self.nodes.iter().position(|n| &*n.addr == addr && !n.removed)

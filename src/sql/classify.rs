@@ -4,7 +4,7 @@
 use std::ops::ControlFlow;
 
 use sqlparser::ast::{
-    Expr, FunctionArguments, ObjectName, ObjectNamePart, Query, SetExpr, Statement, TableFactor, UtilityOption, Value,
+    Expr, FunctionArguments, ObjectName, Query, SetExpr, Statement, TableFactor, UtilityOption, Value,
     Visit, Visitor,
 };
 use sqlparser::dialect::PostgreSqlDialect;
@@ -12,7 +12,7 @@ use sqlparser::parser::Parser;
 
 use super::functions::{FunctionKind, SERVER_LOCAL, function_kind, is_server_local_relation};
 use super::lex::{Word, keywords, rewrite_for_parser, words};
-use super::{Class, Effect, Lookup, Target, session_cmd};
+use super::{Class, Effect, Lookup, Target, object_name, session_cmd};
 
 /// Classifies a single statement (no top-level semicolons).
 pub fn classify(stmt: &str, max_parse_len: usize) -> Class {
@@ -425,20 +425,6 @@ impl Visitor for QueryScan {
     }
 }
 
-pub(super) fn object_name(name: &ObjectName) -> String {
-    let mut out = String::new();
-    for (i, part) in name.0.iter().enumerate() {
-        if i > 0 {
-            out.push('.');
-        }
-        match part {
-            ObjectNamePart::Identifier(id) if id.quote_style.is_some() => out.push_str(&id.value),
-            ObjectNamePart::Identifier(id) => out.push_str(&id.value.to_ascii_lowercase()),
-            ObjectNamePart::Function(f) => out.push_str(&f.name.value.to_ascii_lowercase()),
-        }
-    }
-    out
-}
 
 #[cfg(test)]
 mod tests {

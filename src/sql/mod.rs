@@ -139,3 +139,19 @@ impl Class {
         self
     }
 }
+
+/// A parsed object name as PostgreSQL resolves it: unquoted parts folded to lower case.
+pub(crate) fn object_name(name: &sqlparser::ast::ObjectName) -> String {
+    let mut out = String::new();
+    for (i, part) in name.0.iter().enumerate() {
+        if i > 0 {
+            out.push('.');
+        }
+        match part {
+            sqlparser::ast::ObjectNamePart::Identifier(id) if id.quote_style.is_some() => out.push_str(&id.value),
+            sqlparser::ast::ObjectNamePart::Identifier(id) => out.push_str(&id.value.to_ascii_lowercase()),
+            sqlparser::ast::ObjectNamePart::Function(f) => out.push_str(&f.name.value.to_ascii_lowercase()),
+        }
+    }
+    out
+}

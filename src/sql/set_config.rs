@@ -7,8 +7,7 @@ use sqlparser::ast::{
     DataType, Expr, FunctionArg, FunctionArgExpr, FunctionArguments, Query, SelectItem, SetExpr, Value,
 };
 
-use super::classify::object_name;
-use super::{Class, Effect, Target};
+use super::{Class, Effect, Target, object_name};
 
 /// One argument of a set_config pgsplit can replay.
 #[derive(Debug, Clone, PartialEq, Eq)]
