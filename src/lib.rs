@@ -5,6 +5,7 @@ pub mod auth;
 pub mod backend;
 pub mod cancel;
 pub mod catalog;
+pub mod clients;
 pub mod cluster;
 pub mod config;
 pub mod coord;
@@ -18,7 +19,8 @@ pub mod protocol;
 pub mod proxy;
 pub mod router;
 pub mod session;
+pub mod shared;
 pub mod sql;
 pub mod tls;
 
-pub use proxy::Shared;
+pub use shared::Shared;

@@ -4,6 +4,7 @@
 
 pub mod cleartext;
 pub mod credentials;
+pub mod failures;
 pub mod lookup;
 pub mod scram;
 pub mod secret;

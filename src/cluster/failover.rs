@@ -333,6 +333,21 @@ fn new_primary(mut s: State, p: usize, check: &Check, mut actions: Vec<Action>, 
     (s, actions)
 }
 
+/// An operator's request (admin console).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Request {
+    /// Fail over now if the primary is down, even with failover = "manual".
+    Failover,
+    /// Promote this replica, whatever its lag and whatever the old primary's state (which is
+    /// fenced).
+    Promote(usize),
+    /// A planned switchover to this replica: no write lost, no client error outside
+    /// transactions.
+    Switchover(usize),
+    /// Re-admit a fenced node that now streams from the current primary as a replica.
+    Rejoin(usize),
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

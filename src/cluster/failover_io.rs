@@ -6,6 +6,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+pub use super::failover::Request;
 use super::failover::{self, Action, Check, Phase, Policy, Seen, State};
 use super::failover_sql::{diverged, fence, follows, repoint, switchover, warn_about_timeouts};
 use super::topology::{OutReason, Role};
@@ -33,21 +34,6 @@ struct Answered {
     standby_name: String,
     /// On a primary: synchronous_standby_names is set, and the names in its sync set.
     sync: Option<(bool, Vec<String>)>,
-}
-
-/// An operator's request (admin console).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Request {
-    /// Fail over now if the primary is down, even with failover = "manual".
-    Failover,
-    /// Promote this replica, whatever its lag and whatever the old primary's state (which is
-    /// fenced).
-    Promote(usize),
-    /// A planned switchover to this replica: no write lost, no client error outside
-    /// transactions.
-    Switchover(usize),
-    /// Re-admit a fenced node that now streams from the current primary as a replica.
-    Rejoin(usize),
 }
 
 /// Runs the failover loop for as long as the proxy runs.

@@ -442,6 +442,25 @@ mod load;
 pub mod tls;
 pub use load::ConfigError;
 
+/// Where the configuration comes from: the file, and the command-line flags laid over it.
+pub struct Source {
+    pub path: Option<std::path::PathBuf>,
+    pub overrides: Box<dyn Fn(&mut Config) + Send + Sync>,
+}
+
+impl Source {
+    pub fn none() -> Source {
+        Source { path: None, overrides: Box::new(|_| {}) }
+    }
+
+    pub fn load(&self) -> Result<Config, String> {
+        let path = self.path.as_ref().ok_or("pgsplit was started without --config: there is no file to re-read")?;
+        let mut c = Config::load(path).map_err(|e| e.to_string())?;
+        (self.overrides)(&mut c);
+        Ok(c)
+    }
+}
+
 /// The largest message PostgreSQL accepts (1 GiB): `limits.max_message_size`'s default.
 pub const MAX_MESSAGE_SIZE: usize = 1 << 30;
 

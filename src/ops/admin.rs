@@ -7,12 +7,10 @@
 //! This module turns a command into answers; `session/console.rs` speaks the protocol.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
 
 use crate::Shared;
 use crate::cluster::Role;
-use crate::session::observe::ClientSlot;
 
 /// The console's database name.
 pub const DATABASE: &str = "pgsplit";
@@ -40,45 +38,6 @@ pub struct Refusal {
 
 fn refuse(code: &'static str, message: impl Into<String>) -> Refusal {
     Refusal { code, message: message.into() }
-}
-
-/// Connected clients, for SHOW CLIENTS.
-#[derive(Default)]
-pub struct Clients {
-    next: AtomicU64,
-    map: Mutex<BTreeMap<u64, Arc<ClientSlot>>>,
-}
-
-impl Clients {
-    pub fn register(&self, user: &str, database: &str, addr: &str) -> Arc<ClientSlot> {
-        let id = self.next.fetch_add(1, Ordering::Relaxed) + 1;
-        let slot = Arc::new(ClientSlot::new(id, user, database, addr));
-        self.map.lock().unwrap_or_else(|p| p.into_inner()).insert(id, slot.clone());
-        slot
-    }
-
-    /// How many clients other than `except` are connected to `database`.
-    pub fn count_on(&self, database: &str, except: u64) -> usize {
-        let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        map.values().filter(|s| s.id != except && s.database == database).count()
-    }
-
-    fn unregister(&self, id: u64) {
-        self.map.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
-    }
-
-    fn all(&self) -> Vec<Arc<ClientSlot>> {
-        self.map.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect()
-    }
-}
-
-/// Unregisters a client when its session ends.
-pub struct Registered(pub Arc<Shared>, pub u64);
-
-impl Drop for Registered {
-    fn drop(&mut self) {
-        self.0.clients.unregister(self.1);
-    }
 }
 
 /// Runs one console command.

@@ -6,30 +6,10 @@
 //! What cannot change while running is refused or kept: the primary (that is a failover),
 //! and the listen addresses (they need a restart; the running ones are kept and said so).
 
-use std::path::PathBuf;
-
 use crate::Shared;
 use crate::cluster::{Node, OutReason, Role};
 use crate::config::Config;
-
-/// Where the configuration comes from: the file, and the command-line flags laid over it.
-pub struct Source {
-    pub path: Option<PathBuf>,
-    pub overrides: Box<dyn Fn(&mut Config) + Send + Sync>,
-}
-
-impl Source {
-    pub fn none() -> Source {
-        Source { path: None, overrides: Box::new(|_| {}) }
-    }
-
-    fn load(&self) -> Result<Config, String> {
-        let path = self.path.as_ref().ok_or("pgsplit was started without --config: there is no file to re-read")?;
-        let mut c = Config::load(path).map_err(|e| e.to_string())?;
-        (self.overrides)(&mut c);
-        Ok(c)
-    }
-}
+pub use crate::config::Source;
 
 /// Re-reads the configuration and applies it. Ok: what changed, for the operator.
 pub fn reload(shared: &Shared) -> Result<String, String> {

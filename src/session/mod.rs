@@ -18,7 +18,7 @@ mod reprepare;
 mod requests;
 mod rerun;
 mod startup;
-pub use startup::AuthFailures;
+pub use crate::auth::failures::AuthFailures;
 mod state;
 
 use std::collections::VecDeque;
@@ -216,7 +216,7 @@ async fn run_client(shared: &Arc<Shared>, stream: TcpStream, peer: Option<std::n
     let peer = peer.map(|a| a.to_string()).unwrap_or_default();
     let slot = shared.clients.register(&s.user, &s.database, &peer);
     s.observe.slot = Some(slot.clone());
-    let _registered = crate::ops::admin::Registered(shared.clone(), slot.id);
+    let _registered = crate::clients::Registered(shared.clients.clone(), slot.id);
     // Login (once per client) boxed, so that its state does not size the session's task.
     let result = match Box::pin(s.login()).await {
         Ok(()) => s.run().await,

@@ -3,42 +3,13 @@
 //! look-ups hash and lock, so each session keeps the handles it has used.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use prometheus::{Counter, Histogram, IntCounter};
 
+pub use crate::clients::ClientSlot;
 use crate::metrics::{Metrics, reason_class};
-
-/// One client as the admin console shows it. The session writes it, the console reads it.
-#[derive(Debug)]
-pub struct ClientSlot {
-    pub id: u64,
-    pub user: String,
-    pub database: String,
-    pub addr: String,
-    pub connected: std::time::SystemTime,
-    /// The node of the server connection it holds (usize::MAX: none).
-    pub server: AtomicUsize,
-    /// 'I', 'T', 'E' as the last ReadyForQuery said.
-    pub tx_status: AtomicUsize,
-    pub requests: AtomicU64,
-}
-
-impl ClientSlot {
-    pub fn new(id: u64, user: &str, database: &str, addr: &str) -> ClientSlot {
-        ClientSlot {
-            id,
-            user: user.into(),
-            database: database.into(),
-            addr: addr.into(),
-            connected: std::time::SystemTime::now(),
-            server: AtomicUsize::new(usize::MAX),
-            tx_status: AtomicUsize::new(b'I' as usize),
-            requests: AtomicU64::new(0),
-        }
-    }
-}
 
 struct ServerCounters {
     queries: IntCounter,

@@ -4,8 +4,7 @@
 use std::ops::ControlFlow;
 
 use sqlparser::ast::{
-    Expr, FunctionArguments, ObjectName, Query, SetExpr, Statement, TableFactor, UtilityOption, Value,
-    Visit, Visitor,
+    Expr, FunctionArguments, ObjectName, Query, SetExpr, Statement, TableFactor, UtilityOption, Value, Visit, Visitor,
 };
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
@@ -424,7 +423,6 @@ impl Visitor for QueryScan {
         ControlFlow::Continue(())
     }
 }
-
 
 #[cfg(test)]
 mod tests {
