@@ -9,6 +9,7 @@ pub mod clients;
 pub mod cluster;
 pub mod config;
 pub mod coord;
+pub mod failover;
 pub mod localcluster;
 pub mod localetcd;
 pub mod lsn;

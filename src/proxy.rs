@@ -50,9 +50,9 @@ impl Proxy {
                 format!("failover.state_dir {dir}: {e}: pgsplit keeps the failover state there; make it writable or set another directory")
             })?;
         }
-        if let Some(saved) = crate::cluster::state_file::load_from(&config.failover.state_dir)? {
-            crate::cluster::state_file::check(&saved, &topology, &config.failover.state_dir)?;
-            crate::cluster::state_file::apply(&saved, &mut topology);
+        if let Some(saved) = crate::failover::state_file::load_from(&config.failover.state_dir)? {
+            crate::failover::state_file::check(&saved, &topology, &config.failover.state_dir)?;
+            crate::failover::state_file::apply(&saved, &mut topology);
         }
         let first_primary = topology.primary();
         let listener =
@@ -82,7 +82,7 @@ impl Proxy {
             clients: Default::default(),
             source,
             log_level,
-            failover: std::sync::Mutex::new(crate::cluster::failover::State::new(first_primary)),
+            failover: std::sync::Mutex::new(crate::failover::State::new(first_primary)),
             failover_wake: tokio::sync::Notify::new(),
             failover_request: std::sync::Mutex::new(None),
             writes_held: std::sync::atomic::AtomicBool::new(false),
@@ -92,7 +92,7 @@ impl Proxy {
             coord,
             tls: arc_swap::ArcSwapOption::new(crate::tls::load(&config.tls)?.map(Arc::new)),
         });
-        let mut tasks = vec![tokio::spawn(crate::cluster::failover_io::run(shared.clone()))];
+        let mut tasks = vec![tokio::spawn(crate::failover::run::run(shared.clone()))];
         #[cfg(feature = "etcd")]
         if let Some(c) = shared.coord.clone() {
             tasks.push(tokio::spawn(crate::coord::etcd::run(shared.clone(), c)));

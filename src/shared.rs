@@ -40,7 +40,7 @@ pub struct Shared {
     pub source: Source,
     pub log_level: Option<LogLevelSetter>,
     /// The failover state (for the console and the metrics), written by the failover loop.
-    pub failover: std::sync::Mutex<crate::cluster::failover::State>,
+    pub failover: std::sync::Mutex<crate::failover::State>,
     /// Wakes the failover loop for an immediate check.
     pub failover_wake: tokio::sync::Notify,
     /// Authentication failures by address (attempts from a guessing address are slowed).
@@ -53,7 +53,7 @@ pub struct Shared {
     /// applied, and writes wait until it is recorded (never an unrecorded primary).
     pub unrecorded: std::sync::atomic::AtomicBool,
     /// An operator's FAILOVER or PROMOTE, for the failover loop.
-    pub failover_request: std::sync::Mutex<Option<crate::cluster::failover::Request>>,
+    pub failover_request: std::sync::Mutex<Option<crate::failover::Request>>,
     /// The client TLS certificate in use (replaced by a reload); None: no TLS offered.
     pub tls: arc_swap::ArcSwapOption<crate::tls::ServerTls>,
     /// Several instances on etcd (`[coordination]`); None: this instance alone.

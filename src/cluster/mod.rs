@@ -3,14 +3,10 @@
 //! replicas take reads (`rotation`) and which one a read goes to (`balance`).
 
 pub mod balance;
-pub mod failover;
-pub mod failover_io;
-pub mod failover_sql;
 pub mod lag;
 pub mod monitor;
 pub mod rotation;
 pub mod sql_pools;
-pub mod state_file;
 pub mod topology;
 
 pub use topology::{Cluster, Node, OutReason, Role, Topology};

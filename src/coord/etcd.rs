@@ -107,6 +107,11 @@ impl Session {
     }
 }
 
+/// The instance's etcd session, if it has one now.
+pub fn current_session(coord: &Coordination) -> Option<Session> {
+    coord.session.lock().unwrap_or_else(|p| p.into_inner()).clone()
+}
+
 /// How this instance reaches etcd: timeouts, TLS (its files read now, so a renewed
 /// certificate is used at the next reconnect) and etcd authentication.
 pub fn connect_options(cc: &super::CoordinationConfig) -> Res<ConnectOptions> {
@@ -343,7 +348,7 @@ async fn on_key(
         };
         match serde_json::from_slice::<SharedTopology>(v) {
             Ok(t) => {
-                super::leader::apply(shared, coord, s, &t, revision).await;
+                crate::failover::follow::apply(shared, coord, &t, revision).await;
                 *topology = Some(t);
             }
             Err(e) => tracing::error!("coordination: unreadable topology in etcd ({e}); not applied"),

@@ -72,7 +72,7 @@ pub fn execute(shared: &Shared, sql: &str) -> Result<Answer, Refusal> {
                 return Err(refuse("55000", "the primary is healthy: nothing to fail over"));
             }
             drop(t);
-            request(shared, crate::cluster::failover_io::Request::Failover)?;
+            request(shared, crate::failover::Request::Failover)?;
             Ok(Answer::Done {
                 tag: "FAILOVER".into(),
                 notice: Some("failover requested: SHOW FAILOVER, SHOW SERVERS".into()),
@@ -87,7 +87,7 @@ pub fn execute(shared: &Shared, sql: &str) -> Result<Answer, Refusal> {
                 Some((_, n)) if n.fenced => Err(refuse("55000", format!("{server} is fenced"))),
                 Some((i, _)) => {
                     drop(t);
-                    request(shared, crate::cluster::failover_io::Request::Promote(i))?;
+                    request(shared, crate::failover::Request::Promote(i))?;
                     Ok(Answer::Done {
                         tag: "PROMOTE".into(),
                         notice: Some(format!("promoting {server}; the current primary will be fenced")),
@@ -108,7 +108,7 @@ pub fn execute(shared: &Shared, sql: &str) -> Result<Answer, Refusal> {
                     return Err(refuse("55000", format!("{server} is not fenced")));
                 }
                 drop(t);
-                request(shared, crate::cluster::failover_io::Request::Rejoin(i))?;
+                request(shared, crate::failover::Request::Rejoin(i))?;
                 return Ok(Answer::Done {
                     tag: "REJOIN".into(),
                     notice: Some(format!(
@@ -120,7 +120,7 @@ pub fn execute(shared: &Shared, sql: &str) -> Result<Answer, Refusal> {
                 return Err(refuse("55000", format!("{server} is not a replica")));
             }
             drop(t);
-            request(shared, crate::cluster::failover_io::Request::Switchover(i))?;
+            request(shared, crate::failover::Request::Switchover(i))?;
             Ok(Answer::Done {
                 tag: "SWITCHOVER".into(),
                 notice: Some(format!("switching over to {server}: new writes wait, then run there (SHOW FAILOVER)")),
@@ -165,12 +165,12 @@ pub fn execute(shared: &Shared, sql: &str) -> Result<Answer, Refusal> {
     }
 }
 
-fn request(shared: &Shared, r: crate::cluster::failover_io::Request) -> Result<(), Refusal> {
+fn request(shared: &Shared, r: crate::failover::Request) -> Result<(), Refusal> {
     #[cfg(feature = "etcd")]
     if let Some(c) = &shared.coord {
         // Several instances: the leader carries it out, whichever instance was asked.
-        use crate::cluster::failover_io::Request as R;
-        let s = crate::coord::leader::session(c).ok_or_else(|| {
+        use crate::failover::Request as R;
+        let s = crate::coord::etcd::current_session(c).ok_or_else(|| {
             refuse("57P03", "etcd is unreachable from this instance: the command cannot reach the leader")
         })?;
         let t = shared.cluster.load();
@@ -200,7 +200,7 @@ fn request(shared: &Shared, r: crate::cluster::failover_io::Request) -> Result<(
 fn set_paused(shared: &Shared, server: &str, pause: bool) -> Result<(), Refusal> {
     #[cfg(feature = "etcd")]
     if let Some(c) = &shared.coord {
-        let s = crate::coord::leader::session(c)
+        let s = crate::coord::etcd::current_session(c)
             .ok_or_else(|| refuse("57P03", "etcd is unreachable from this instance: PAUSE cannot reach the others"))?;
         let (c, server) = (c.clone(), c.shared_addr(server));
         tokio::spawn(async move {

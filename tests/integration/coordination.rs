@@ -274,7 +274,7 @@ pub async fn one_instance_cut_off_no_promotion(_env: &Env) -> R {
     println!("    the leader cut off from the primary for {:.1} s: phase {phase:?}", t0.elapsed().as_secs_f64());
     check!(promoted.is_empty(), "a replica was promoted: {promoted:?}");
     check!(
-        matches!(&phase, Some(pgsplit::cluster::failover::Phase::Vetoed(w)) if w.contains("1 of 3")),
+        matches!(&phase, Some(pgsplit::failover::decide::Phase::Vetoed(w)) if w.contains("1 of 3")),
         "the leader's phase: {phase:?}"
     );
     let c2 = connect(&conn(&p2)).await?;

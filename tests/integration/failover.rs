@@ -446,7 +446,7 @@ pub async fn cut_off_from_a_live_primary_no_promotion(_env: &Env) -> R {
         promoted.is_empty() && in_recovery.iter().all(|r| r == "t"),
         "a replica was promoted: {promoted:?} {in_recovery:?}"
     );
-    check!(matches!(phase, pgsplit::cluster::failover::Phase::Vetoed(_)), "phase {phase:?}");
+    check!(matches!(phase, pgsplit::failover::decide::Phase::Vetoed(_)), "phase {phase:?}");
     check!(proxy.shared.metrics.failover_vetoes.get() >= 1, "the veto was not counted");
     // Reads go on (replicas); writes through pgsplit fail after failover_wait, they never hang.
     let r: i32 = c.query_one("SELECT inet_server_port()", &[]).await?.get(0);
@@ -482,7 +482,7 @@ pub async fn manual_mode_waits_for_promote(_env: &Env) -> R {
     tokio::time::sleep(Duration::from_secs(5)).await;
     let phase = proxy.shared.failover.lock().unwrap_or_else(|p| p.into_inner()).phase.clone();
     check!(proxy.shared.cluster.load().primary() == 0, "manual mode promoted by itself");
-    check!(matches!(&phase, pgsplit::cluster::failover::Phase::Blocked(w) if w.contains("manual")), "{phase:?}");
+    check!(matches!(&phase, pgsplit::failover::decide::Phase::Blocked(w) if w.contains("manual")), "{phase:?}");
     // The operator picks the second replica.
     let target = cluster.nodes[2].addr();
     admin.simple_query(&format!("PROMOTE {target}")).await?;

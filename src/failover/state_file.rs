@@ -8,9 +8,9 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use super::failover::State;
-use super::topology::Topology;
+use super::decide::State;
 use crate::Shared;
+use crate::cluster::topology::{OutReason, Role, Topology};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Saved {
@@ -89,11 +89,11 @@ pub fn check(saved: &Saved, t: &Topology, dir: &str) -> Result<(), String> {
 pub fn apply(saved: &Saved, t: &mut Topology) {
     for n in &mut t.nodes {
         let is_primary = *n.addr == *saved.primary;
-        n.role = if is_primary { super::Role::Primary } else { super::Role::Replica };
+        n.role = if is_primary { Role::Primary } else { Role::Replica };
         if saved.fenced.iter().any(|f| **f == *n.addr) && !is_primary {
             n.fenced = true;
             n.in_rotation = false;
-            n.out = Some(super::OutReason::Fenced);
+            n.out = Some(OutReason::Fenced);
         }
     }
     tracing::warn!(primary = %saved.primary, epoch = saved.epoch, fenced = ?saved.fenced, "topology from the state file");

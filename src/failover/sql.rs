@@ -6,9 +6,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::failover::State;
-use super::topology::Role;
+use super::decide::State;
 use crate::Shared;
+use crate::cluster::topology::Role;
 use crate::config::Config;
 use crate::lsn::Lsn;
 

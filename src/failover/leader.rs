@@ -19,107 +19,16 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use super::Coordination;
-use super::etcd::Session;
-use super::rules::{self, Mapped};
-use super::values::{Barrier, Request as Command, SharedTopology};
+use super::actions as failover_io;
+use super::decide::{self as failover, Action, Check, Phase, Policy, Request, State};
+use super::follow::{addr_of, mapped, shared_addr, sync};
+use super::sql as failover_sql;
 use crate::Shared;
-use crate::cluster::failover::{self, Action, Check, Phase, Policy, State};
-use crate::cluster::failover_io::{self, Request};
-use crate::cluster::failover_sql;
 use crate::config::Config;
-
-fn addr_of(shared: &Shared, i: usize) -> String {
-    shared.cluster.load().nodes.get(i).map(|n| n.addr.to_string()).unwrap_or_default()
-}
-
-/// A server's address as etcd names it.
-fn shared_addr(shared: &Shared, coord: &Coordination, i: usize) -> String {
-    coord.shared_addr(&addr_of(shared, i))
-}
-
-fn mapped(shared: &Shared, coord: &Coordination, t: &SharedTopology) -> Result<Mapped, String> {
-    let topo = shared.cluster.load();
-    let addrs: Vec<String> = topo.nodes.iter().map(|n| coord.shared_addr(&n.addr)).collect();
-    let addrs: Vec<&str> = addrs.iter().map(String::as_str).collect();
-    rules::map(t, &addrs)
-}
-
-pub fn session(coord: &Coordination) -> Option<Session> {
-    coord.session.lock().unwrap_or_else(|p| p.into_inner()).clone()
-}
-
-/// Every instance: a topology read from etcd, applied before another write goes out.
-pub async fn apply(shared: &Arc<Shared>, coord: &Arc<Coordination>, _s: &Session, t: &SharedTopology, revision: i64) {
-    let m = match mapped(shared, coord, t) {
-        Ok(m) => m,
-        Err(e) => {
-            tracing::error!("coordination: {e}; writes stay suspended");
-            coord.refused();
-            return;
-        }
-    };
-    let before = coord.epoch();
-    let current = shared.cluster.load().primary();
-    if t.barrier.is_some() {
-        coord.applied(t.clone(), revision);
-        let old = addr_of(shared, m.primary);
-        shared.pools.drop_idle(&old);
-        if t.epoch != before {
-            tracing::warn!(epoch = t.epoch, old_primary = %old, by = %t.by, "coordination: failover in progress, writes suspended");
-            // Fence the old primary from here too if this instance still reaches it: nothing
-            // of ours, nor of anyone's, commits there once the new primary may exist.
-            let config = shared.config.load_full();
-            if config.failover.fence_old_primary && *coord.primary_ok.borrow() {
-                let work = failover_sql::fence(shared, &config, &old);
-                match tokio::time::timeout(Duration::from_millis(config.failover.check_timeout_ms), work).await {
-                    Ok(Ok(())) => tracing::warn!(server = %old, "coordination: fenced the old primary"),
-                    Ok(Err(e)) => tracing::warn!(server = %old, "coordination: could not fence the old primary: {e}"),
-                    Err(_) => tracing::warn!(server = %old, "coordination: fencing the old primary timed out"),
-                }
-            }
-        }
-    } else {
-        let fenced_now: Vec<usize> =
-            shared.cluster.load().nodes.iter().enumerate().filter(|(_, n)| n.fenced).map(|(i, _)| i).collect();
-        let mut want = m.fenced.clone();
-        want.sort();
-        if m.primary != current || want != fenced_now {
-            tracing::warn!(epoch = t.epoch, primary = %t.primary, fenced = ?t.fenced, "coordination: new topology");
-            failover_io::apply_new_primary(shared, m.primary, &m.fenced);
-            if m.primary != current {
-                shared.metrics.failovers.inc();
-            }
-        }
-        for (i, n) in shared.cluster.load().nodes.iter().enumerate() {
-            if n.fenced && !m.fenced.contains(&i) && i != m.primary {
-                failover_io::rejoined(shared, i);
-            }
-        }
-        coord.applied(t.clone(), revision);
-    }
-    shared.metrics.topology_epoch.set(t.epoch as i64);
-    coord.changed.notify_waiters();
-    shared.cluster.published.notify_waiters();
-}
-
-/// The failover state as etcd has it (epoch, primary, fenced, timeline).
-fn sync(shared: &Shared, coord: &Coordination, mut state: State) -> State {
-    let Some((t, _)) = coord.remote() else { return state };
-    let Ok(m) = mapped(shared, coord, &t) else { return state };
-    if t.epoch != state.epoch || m.primary != state.primary {
-        state.failing_since = None;
-        state.positions_at_failure.clear();
-    }
-    state.epoch = t.epoch;
-    state.primary = m.primary;
-    state.fenced = m.fenced;
-    state.timeline = state.timeline.max(t.timeline);
-    if m.candidate.is_none() && matches!(state.phase, Phase::Promoting(_)) {
-        state.phase = Phase::Healthy;
-    }
-    state
-}
+use crate::coord::Coordination;
+use crate::coord::etcd::{Session, current_session as session};
+use crate::coord::rules;
+use crate::coord::values::{Barrier, Request as Command, SharedTopology};
 
 /// One round of the failover loop with several instances: this instance's view goes to its
 /// member key, the state follows etcd's topology, and the leader decides (followers observe).
