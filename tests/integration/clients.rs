@@ -7,6 +7,11 @@ use std::time::Duration;
 use crate::check;
 use crate::common::{Env, R};
 
+use crate::register;
+
+/// Where this file's tests run in the sequence (see `register!`).
+const RANK: u32 = 21;
+
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
@@ -75,38 +80,46 @@ pub async fn read_your_writes_handoff(env: &Env) -> R {
     delay("0")?;
     result
 }
+register!(read_your_writes_handoff);
 
 pub async fn psycopg3(env: &Env) -> R {
     python(env, "test_psycopg.py").await
 }
+register!(psycopg3);
 
 pub async fn psycopg2(env: &Env) -> R {
     python(env, "test_psycopg2.py").await
 }
+register!(psycopg2);
 
 pub async fn asyncpg(env: &Env) -> R {
     python(env, "test_asyncpg.py").await
 }
+register!(asyncpg);
 
 pub async fn sqlalchemy_sync_and_asyncio(env: &Env) -> R {
     python(env, "test_sqlalchemy.py").await
 }
+register!(sqlalchemy_sync_and_asyncio);
 
 pub async fn django_orm_and_seminar_race(env: &Env) -> R {
     python(env, "test_django.py").await
 }
+register!(django_orm_and_seminar_race);
 
 pub async fn node_postgres(env: &Env) -> R {
     let modules = root().join("target/clients/node/node_modules");
     check!(modules.exists(), "no node_modules: run scripts/test, which installs the drivers");
     run_client(env, "node", &["tests/clients/node/test_pg.js"], &[("NODE_PATH", modules.display().to_string())]).await
 }
+register!(node_postgres);
 
 pub async fn jdbc(env: &Env) -> R {
     let jar = "/usr/share/java/postgresql.jar";
     check!(std::path::Path::new(jar).exists(), "no pgJDBC: run scripts/test (apt-get install libpostgresql-jdbc-java)");
     run_client(env, "java", &["-cp", jar, "tests/clients/java/ClientTest.java"], &[]).await
 }
+register!(jdbc);
 
 pub async fn sqlx_pool(env: &Env) -> R {
     use sqlx::Row;
@@ -148,3 +161,4 @@ pub async fn sqlx_pool(env: &Env) -> R {
     pool.close().await;
     Ok(())
 }
+register!(sqlx_pool, 23);

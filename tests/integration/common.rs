@@ -12,6 +12,48 @@ use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
 pub type R = Result<(), Box<dyn std::error::Error + Send + Sync>>;
 pub type TestFn = for<'a> fn(&'a Env) -> Pin<Box<dyn Future<Output = R> + 'a>>;
 
+/// One integration test, registered beside its definition by [`register!`].
+pub struct Test {
+    /// `file::function`, what the runner prints and filters on.
+    pub name: &'static str,
+    /// Where it runs in the sequence: tests that stop, kill or promote servers run late (their
+    /// file's `RANK`, or the rank given to `register!`); within a rank, by file then by line.
+    pub rank: u32,
+    pub file: &'static str,
+    pub line: u32,
+    pub run: TestFn,
+}
+
+inventory::collect!(Test);
+
+/// Registers the async test function named, right after its definition: `register!(f)` runs it
+/// at its file's `RANK`, `register!(f, 14)` at rank 14. A test without it is a compile warning
+/// (dead code), never silently skipped.
+#[macro_export]
+macro_rules! register {
+    ($name:ident) => {
+        $crate::register!($name, RANK);
+    };
+    ($name:ident, $rank:expr) => {
+        const _: () = {
+            fn run<'a>(
+                e: &'a $crate::common::Env,
+            ) -> std::pin::Pin<Box<dyn std::future::Future<Output = $crate::common::R> + 'a>> {
+                Box::pin($name(e))
+            }
+            inventory::submit! {
+                $crate::common::Test {
+                    name: concat!(module_path!(), "::", stringify!($name)),
+                    rank: $rank,
+                    file: file!(),
+                    line: line!(),
+                    run,
+                }
+            }
+        };
+    };
+}
+
 #[macro_export]
 macro_rules! check {
     ($cond:expr, $($fmt:tt)+) => {

@@ -15,7 +15,12 @@ use pgsplit::proxy::Proxy;
 
 use crate::check;
 use crate::common::{Env, R, connect};
-use crate::failover::{E, config, own_cluster, postmaster_pid};
+use crate::own_cluster::{E, config, own_cluster, postmaster_pid};
+
+use crate::register;
+
+/// Where this file's tests run in the sequence (see `register!`).
+const RANK: u32 = 25;
 
 async fn own_etcd(name: &str, members: usize) -> Result<LocalEtcd, E> {
     let base = std::env::temp_dir().join(format!("{name}-etcd-{}", std::process::id()));
@@ -230,7 +235,7 @@ pub async fn three_instances_fail_over_once(_env: &Env) -> R {
     check!(late.shared.cluster.load().nodes[0].fenced, "the late instance does not see the old primary fenced");
     println!("    an instance started after the failover (config naming the old primary) writes on node {new_primary}");
     let log = std::fs::read_to_string(cluster.base.join("primary.log")).unwrap_or_default();
-    let leaked = crate::failover::client_statements(&log);
+    let leaked = crate::own_cluster::client_statements(&log);
     println!("    the old primary's statement log after its restart: {} client statements", leaked.len());
     check!(leaked.is_empty(), "client statements reached the fenced old primary: {:?}", &leaked[..leaked.len().min(5)]);
     late.stop();
@@ -240,12 +245,13 @@ pub async fn three_instances_fail_over_once(_env: &Env) -> R {
     drop((cluster, etcd, base));
     Ok(())
 }
+register!(three_instances_fail_over_once);
 
 pub async fn one_instance_cut_off_no_promotion(_env: &Env) -> R {
     let (_base, cluster) = own_cluster("pgsplit-co-cut").await?;
     let etcd = own_etcd("pgsplit-co-cut", 1).await?;
     let cut = Arc::new(AtomicBool::new(false));
-    let relay = crate::failover::silent_relay(cluster.primary().addr(), cut.clone()).await?;
+    let relay = crate::own_cluster::silent_relay(cluster.primary().addr(), cut.clone()).await?;
     // Instance i0 reaches the primary through a relay that will go silent; it starts first,
     // so it leads: the instance that would decide is the one cut off.
     let mut c0 = coordinated(&cluster, &etcd, "cut", 0);
@@ -287,6 +293,7 @@ pub async fn one_instance_cut_off_no_promotion(_env: &Env) -> R {
     }
     Ok(())
 }
+register!(one_instance_cut_off_no_promotion);
 
 pub async fn leader_killed_mid_failover(_env: &Env) -> R {
     let (base, cluster) = own_cluster("pgsplit-co-leader").await?;
@@ -364,6 +371,7 @@ pub async fn leader_killed_mid_failover(_env: &Env) -> R {
     drop(etcd);
     Ok(())
 }
+register!(leader_killed_mid_failover);
 
 pub async fn etcd_quorum_lost_writes_fail_closed(_env: &Env) -> R {
     let (_base, cluster) = own_cluster("pgsplit-co-quorum").await?;
@@ -453,6 +461,7 @@ pub async fn etcd_quorum_lost_writes_fail_closed(_env: &Env) -> R {
     }
     Ok(())
 }
+register!(etcd_quorum_lost_writes_fail_closed);
 
 /// kill -9 of the primary, one instance alone and three on etcd, interleaved run by run:
 /// the median time from the kill to the first write through pgsplit, and the ratio.
@@ -512,6 +521,7 @@ pub async fn failover_times_alone_and_three_instances(_env: &Env) -> R {
     );
     Ok(())
 }
+register!(failover_times_alone_and_three_instances, 27);
 
 /// Console commands given to a follower reach the leader through etcd and act on every
 /// instance: PAUSE / RESUME of a replica, then a planned SWITCHOVER.
@@ -564,3 +574,4 @@ pub async fn console_commands_act_on_every_instance(_env: &Env) -> R {
     drop(etcd);
     Ok(())
 }
+register!(console_commands_act_on_every_instance);

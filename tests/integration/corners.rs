@@ -12,6 +12,11 @@ use crate::check;
 use crate::common::{Env, R, connect, port_of, simple_value, sqlstate};
 use crate::protocol::{raw_login, read_until_ready};
 
+use crate::register;
+
+/// Where this file's tests run in the sequence (see `register!`).
+const RANK: u32 = 15;
+
 pub async fn portals_with_row_limits_in_transactions(env: &Env) -> R {
     let mut c = env.client().await?;
     let tx = c.transaction().await?;
@@ -34,6 +39,7 @@ pub async fn portals_with_row_limits_in_transactions(env: &Env) -> R {
     tx.commit().await?;
     Ok(())
 }
+register!(portals_with_row_limits_in_transactions);
 
 pub async fn huge_rows_results_and_queries(env: &Env) -> R {
     let c = env.client().await?;
@@ -50,6 +56,7 @@ pub async fn huge_rows_results_and_queries(env: &Env) -> R {
     check!(n == (1 << 20).to_string(), "long query returned {n}");
     Ok(())
 }
+register!(huge_rows_results_and_queries);
 
 pub async fn max_parameters(env: &Env) -> R {
     // 65535 parameters, the protocol's limit (tokio-postgres stops at 32767, so raw messages).
@@ -88,6 +95,7 @@ pub async fn max_parameters(env: &Env) -> R {
     check!(row.1.ends_with(b"65535"), "count: {:?}", String::from_utf8_lossy(&row.1));
     Ok(())
 }
+register!(max_parameters);
 
 pub async fn prepared_statements_survive_replaced_connections_and_ddl(env: &Env) -> R {
     let c = env.client().await?;
@@ -132,6 +140,7 @@ pub async fn prepared_statements_survive_replaced_connections_and_ddl(env: &Env)
     check!(e.as_deref() == Some("26000"), "statement after DISCARD ALL: {e:?}");
     Ok(())
 }
+register!(prepared_statements_survive_replaced_connections_and_ddl);
 
 pub async fn notify_reaches_a_listening_session(env: &Env) -> R {
     let url = env.conn_string(env.proxy.addr.port());
@@ -171,6 +180,7 @@ pub async fn notify_reaches_a_listening_session(env: &Env) -> R {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+register!(notify_reaches_a_listening_session);
 
 pub async fn savepoints_and_errors_in_transactions(env: &Env) -> R {
     let c = env.client().await?;
@@ -184,6 +194,7 @@ pub async fn savepoints_and_errors_in_transactions(env: &Env) -> R {
     check!(n == "1", "savepoint rollback kept {n} rows");
     Ok(())
 }
+register!(savepoints_and_errors_in_transactions);
 
 /// Database-level DDL through the pool, as test runners and migration tools do it: a client
 /// uses a database (reads on the replicas, writes on the primary) and disconnects; then
@@ -250,3 +261,4 @@ pub async fn database_ddl_through_the_pool(env: &Env) -> R {
     proxy.stop();
     Ok(())
 }
+register!(database_ddl_through_the_pool);

@@ -7,6 +7,11 @@ use crate::check;
 use crate::common::{Env, R};
 use crate::differential::{login, simple};
 
+use crate::register;
+
+/// Where this file's tests run in the sequence (see `register!`).
+const RANK: u32 = 3;
+
 const ROUTING: &str = include_str!("../corpus/routing.tsv");
 
 /// The outcome of one simple-protocol statement: "ok" or the SQLSTATE of its first error.
@@ -61,6 +66,7 @@ pub async fn standby_accepts_what_the_corpus_sends_it(env: &Env) -> R {
     check!(unexpected.is_empty(), "corpus statements that fail on both servers: {unexpected:#?}");
     Ok(())
 }
+register!(standby_accepts_what_the_corpus_sends_it);
 
 /// The audited verdicts (src/sql/builtin_functions.tsv) cover every function of the running
 /// server's pg_catalog, with the volatility it has: a new PostgreSQL version with new
@@ -89,6 +95,7 @@ pub async fn builtin_function_audit_matches_pg_proc(env: &Env) -> R {
     check!(problems.is_empty(), "builtin_functions.tsv is out of date:\n{}", problems.join("\n"));
     Ok(())
 }
+register!(builtin_function_audit_matches_pg_proc);
 
 /// The audited views (src/sql/server_local_views.tsv) cover every view of the running server's
 /// pg_catalog: a new PostgreSQL version with new views fails here until they are audited. The
@@ -124,3 +131,4 @@ pub async fn server_local_view_audit_matches_pg_views(env: &Env) -> R {
     }
     Ok(())
 }
+register!(server_local_view_audit_matches_pg_views);

@@ -7,6 +7,11 @@ use std::time::{Duration, Instant};
 use crate::check;
 use crate::common::{Env, R, connect, simple_value, sqlstate};
 
+use crate::register;
+
+/// Where this file's tests run in the sequence (see `register!`).
+const RANK: u32 = 6;
+
 pub async fn md5_and_scram_authentication(env: &Env) -> R {
     use pgsplit::config::{AuthMethod, UserConfig};
     use pgsplit::localcluster::{MD5_USER, SCRAM_USER};
@@ -59,6 +64,7 @@ pub async fn md5_and_scram_authentication(env: &Env) -> R {
     check!(code.as_deref() == Some("3D000"), "missing database gave {code:?}");
     Ok(())
 }
+register!(md5_and_scram_authentication);
 
 /// Client passwords kept as PostgreSQL keeps them (a SCRAM verifier, an md5 hash), or read from
 /// a file: clients log in with the password, pgsplit never holds it.
@@ -114,6 +120,7 @@ pub async fn stored_hashes_and_password_files(env: &Env) -> R {
     let _ = std::fs::remove_file(&file);
     Ok(())
 }
+register!(stored_hashes_and_password_files);
 
 /// A proxy that knows no user and asks the servers (`auth_query`, as the monitor's superuser).
 async fn auth_query_proxy(
@@ -191,6 +198,7 @@ pub async fn auth_query_users_and_pass_through(env: &Env) -> R {
     proxy.stop();
     Ok(())
 }
+register!(auth_query_users_and_pass_through);
 
 /// A password changed on the servers takes effect through pgsplit once the cached answer
 /// expires (cache_ttl_ms), not before and not never.
@@ -225,3 +233,4 @@ pub async fn auth_query_cache_follows_password_changes(env: &Env) -> R {
     check!(old.as_deref() == Some("28P01"), "the old password still works after the TTL: {old:?}");
     Ok(())
 }
+register!(auth_query_cache_follows_password_changes);

@@ -10,6 +10,11 @@ use crate::check;
 use crate::common::{Env, R};
 use crate::protocol::read_until_ready;
 
+use crate::register;
+
+/// Where this file's tests run in the sequence (see `register!`).
+const RANK: u32 = 17;
+
 const SETUP: &str = include_str!("../corpus/differential_setup.sql");
 const CORPUS: &str = include_str!("../corpus/differential.sql");
 const ROUTING: &str = include_str!("../corpus/routing.tsv");
@@ -118,3 +123,4 @@ pub async fn results_match_the_primary_byte_for_byte(env: &Env) -> R {
     check!(env.replica_ports().contains(&p), "corpus reads ran on {p}");
     Ok(())
 }
+register!(results_match_the_primary_byte_for_byte);

@@ -10,7 +10,12 @@ use pgsplit::localetcd::{EtcdTls, LocalEtcd};
 
 use crate::check;
 use crate::common::{Env, R, connect};
-use crate::failover::E;
+use crate::own_cluster::E;
+
+use crate::register;
+
+/// Where this file's tests run in the sequence (see `register!`).
+const RANK: u32 = 26;
 
 const USER: (&str, &str) = ("pgsplit", "etcd-secret");
 
@@ -131,3 +136,4 @@ pub async fn etcd_over_tls_with_authentication(env: &Env) -> R {
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
+register!(etcd_over_tls_with_authentication);

@@ -8,56 +8,17 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use pgsplit::config::{Config, FailoverMode, ReadYourWrites};
-use pgsplit::localcluster::LocalCluster;
+use pgsplit::config::FailoverMode;
 use pgsplit::proxy::Proxy;
 
 use crate::check;
 use crate::common::{Env, R, connect};
+use crate::own_cluster::{E, client_statements, config, own_cluster, postmaster_pid, silent_relay};
 
-pub type E = Box<dyn std::error::Error + Send + Sync>;
+use crate::register;
 
-pub fn config(cluster: &LocalCluster, state_dir: &str) -> Config {
-    let mut c = Config { listen: "127.0.0.1:0".into(), ..Config::default() };
-    c.servers.primary = cluster.primary().addr();
-    c.servers.replicas = cluster.replica_addrs().into_iter().map(Into::into).collect();
-    c.monitor.interval_ms = 100;
-    c.pool.size = 10;
-    c.routing.lag_hold_ms = 300;
-    c.routing.read_your_writes = ReadYourWrites::Session;
-    c.failover.mode = FailoverMode::Auto;
-    // Each cluster keeps its failover state apart (empty: under the cluster's own directory).
-    c.failover.state_dir =
-        if state_dir.is_empty() { cluster.base.join("state").display().to_string() } else { state_dir.into() };
-    c.admin.users = vec!["postgres".into()];
-    c.admin.trust = true;
-    c
-}
-
-/// A primary and two replicas of the test's own, under the temp directory.
-pub async fn own_cluster(name: &str) -> Result<(std::path::PathBuf, LocalCluster), E> {
-    let base = std::env::temp_dir().join(format!("{name}-{}", std::process::id()));
-    let cluster = tokio::task::spawn_blocking({
-        let base = base.clone();
-        move || LocalCluster::start(&base, 2)
-    })
-    .await??;
-    Ok((base, cluster))
-}
-
-/// The client statements in a server's log (log_statement = all, %a in the prefix): everything
-/// but pgsplit's own checks and the test's psql.
-pub fn client_statements(log: &str) -> Vec<&str> {
-    log.lines()
-        .filter(|l| l.contains("statement:") || l.contains("execute "))
-        .filter(|l| !l.contains("pgsplit-monitor") && !l.contains("pgsplit-health") && !l.contains(" psql "))
-        .collect()
-}
-
-pub fn postmaster_pid(cluster: &LocalCluster, i: usize) -> Result<String, E> {
-    let text = std::fs::read_to_string(cluster.nodes[i].dir.join("postmaster.pid"))?;
-    Ok(text.lines().next().unwrap_or("").trim().to_string())
-}
+/// Where this file's tests run in the sequence (see `register!`).
+const RANK: u32 = 18;
 
 pub async fn kill_the_primary_under_load(_env: &Env) -> R {
     let (base, cluster) = own_cluster("pgsplit-failover").await?;
@@ -347,49 +308,7 @@ pub async fn kill_the_primary_under_load(_env: &Env) -> R {
     drop(cluster);
     Ok(())
 }
-
-/// A TCP relay that can go silent: connections stay open, bytes stop (a partition that drops
-/// packets: no RST, no FIN), new connections are accepted and never answered.
-pub async fn silent_relay(target: String, cut: Arc<AtomicBool>) -> Result<u16, E> {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let port = listener.local_addr()?.port();
-    tokio::spawn(async move {
-        while let Ok((client, _)) = listener.accept().await {
-            let (cut, target) = (cut.clone(), target.clone());
-            tokio::spawn(async move {
-                if cut.load(Ordering::Relaxed) {
-                    tokio::time::sleep(Duration::from_secs(3600)).await;
-                    return;
-                }
-                let Ok(server) = tokio::net::TcpStream::connect(&target).await else { return };
-                let (cr, cw) = client.into_split();
-                let (sr, sw) = server.into_split();
-                let pipe = |mut r: tokio::net::tcp::OwnedReadHalf,
-                            mut w: tokio::net::tcp::OwnedWriteHalf,
-                            cut: Arc<AtomicBool>| async move {
-                    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-                    let mut buf = vec![0u8; 16384];
-                    loop {
-                        let Ok(n) = r.read(&mut buf).await else { return };
-                        if n == 0 {
-                            return;
-                        }
-                        if cut.load(Ordering::Relaxed) {
-                            // Silence: hold the connection, deliver nothing.
-                            tokio::time::sleep(Duration::from_secs(3600)).await;
-                            return;
-                        }
-                        if w.write_all(&buf[..n]).await.is_err() {
-                            return;
-                        }
-                    }
-                };
-                tokio::join!(pipe(cr, sw, cut.clone()), pipe(sr, cw, cut));
-            });
-        }
-    });
-    Ok(port)
-}
+register!(kill_the_primary_under_load);
 
 pub async fn cut_off_from_a_live_primary_no_promotion(_env: &Env) -> R {
     let (_base, cluster) = own_cluster("pgsplit-partition").await?;
@@ -467,6 +386,7 @@ pub async fn cut_off_from_a_live_primary_no_promotion(_env: &Env) -> R {
     drop(cluster);
     Ok(())
 }
+register!(cut_off_from_a_live_primary_no_promotion);
 
 pub async fn manual_mode_waits_for_promote(_env: &Env) -> R {
     let (_base, cluster) = own_cluster("pgsplit-manual").await?;
@@ -502,6 +422,7 @@ pub async fn manual_mode_waits_for_promote(_env: &Env) -> R {
     drop(cluster);
     Ok(())
 }
+register!(manual_mode_waits_for_promote);
 
 pub async fn synchronous_replication_loses_no_acknowledged_commit(_env: &Env) -> R {
     let (_base, cluster) = own_cluster("pgsplit-sync").await?;
@@ -577,6 +498,7 @@ pub async fn synchronous_replication_loses_no_acknowledged_commit(_env: &Env) ->
     drop(cluster);
     Ok(())
 }
+register!(synchronous_replication_loses_no_acknowledged_commit);
 
 pub async fn switchover_loses_nothing(_env: &Env) -> R {
     let (_base, cluster) = own_cluster("pgsplit-switchover").await?;
@@ -646,176 +568,4 @@ pub async fn switchover_loses_nothing(_env: &Env) -> R {
     drop(cluster);
     Ok(())
 }
-
-pub async fn a_diverged_replica_is_kept_out(_env: &Env) -> R {
-    let (base, cluster) = own_cluster("pgsplit-diverged").await?;
-    let psql = |i: usize, sql: &str| tokio::task::block_in_place(|| cluster.psql(i, sql));
-    let mut cfg = config(&cluster, "");
-    cfg.failover.mode = FailoverMode::Manual;
-    let marker = base.join("rejoin-called");
-    cfg.failover.rejoin_command = format!("echo \"$0 $1\" > {}", marker.display());
-    let proxy = Proxy::start(cfg).await?;
-    // Replica 1 stops receiving; replica 2 goes on and gets ahead of it.
-    psql(1, "ALTER SYSTEM SET primary_conninfo = ''")?;
-    psql(1, "SELECT pg_reload_conf()")?;
-    psql(0, "CREATE TABLE div_rows AS SELECT g FROM generate_series(1, 1000) g")?;
-    let lsn = psql(0, "SELECT pg_current_wal_insert_lsn()")?;
-    let t0 = Instant::now();
-    while psql(2, &format!("SELECT pg_last_wal_replay_lsn() >= '{lsn}'"))? != "t" {
-        check!(t0.elapsed() < Duration::from_secs(30), "replica 2 did not catch up");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let pid = postmaster_pid(&cluster, 0)?;
-    tokio::process::Command::new("kill").args(["-9", &pid]).status().await?;
-    tokio::time::sleep(Duration::from_secs(4)).await;
-    // The operator promotes the replica that is behind: the other has replayed past the fork.
-    let admin = connect(&format!("host=127.0.0.1 port={} user=postgres dbname=pgsplit", proxy.addr.port())).await?;
-    admin.simple_query(&format!("PROMOTE {}", cluster.nodes[1].addr())).await?;
-    let t0 = Instant::now();
-    while !proxy.shared.cluster.load().nodes[2].diverged {
-        check!(
-            t0.elapsed() < Duration::from_secs(30),
-            "the diverged replica was not detected: {:?}",
-            proxy.shared.cluster.load().nodes[2]
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    println!(
-        "    a replica past the fork point detected as diverged {:.2} s after PROMOTE",
-        t0.elapsed().as_secs_f64()
-    );
-    let t = proxy.shared.cluster.load();
-    check!(
-        t.primary() == 1 && !t.nodes[2].in_rotation,
-        "primary {}, diverged in rotation {}",
-        t.primary(),
-        t.nodes[2].in_rotation
-    );
-    drop(t);
-    let c = connect(&format!("host=127.0.0.1 port={} user=postgres dbname=postgres", proxy.addr.port())).await?;
-    for _ in 0..10 {
-        let p: i32 = c.query_one("SELECT inet_server_port()", &[]).await?.get(0);
-        check!(p != cluster.nodes[2].port as i32, "a read went to the diverged replica");
-    }
-    let t0 = Instant::now();
-    while !marker.exists() {
-        check!(t0.elapsed() < Duration::from_secs(10), "rejoin_command was not run");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    // REJOIN is refused until the node streams from the primary; after the operator rebuilt it
-    // from the new primary, it is re-admitted and takes reads again.
-    let r2 = cluster.nodes[2].addr();
-    admin.simple_query(&format!("REJOIN {r2}")).await?;
-    tokio::time::sleep(Duration::from_millis(800)).await;
-    check!(proxy.shared.cluster.load().nodes[2].fenced, "a diverged node was re-admitted without streaming");
-    tokio::task::block_in_place(|| cluster.reclone(2, 1))?;
-    let t0 = Instant::now();
-    loop {
-        admin.simple_query(&format!("REJOIN {r2}")).await.ok();
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let t = proxy.shared.cluster.load();
-        if !t.nodes[2].fenced && t.nodes[2].in_rotation {
-            break;
-        }
-        check!(t0.elapsed() < Duration::from_secs(30), "the rebuilt replica was not re-admitted: {:?}", t.nodes[2]);
-    }
-    let mut ports = BTreeSet::new();
-    for _ in 0..20 {
-        ports.insert(c.query_one("SELECT inet_server_port()", &[]).await?.get::<_, i32>(0));
-    }
-    check!(ports.contains(&(cluster.nodes[2].port as i32)), "the rejoined replica takes no reads: {ports:?}");
-    println!(
-        "    rebuilt from the new primary and REJOINed: back in rotation after {:.2} s",
-        t0.elapsed().as_secs_f64()
-    );
-    proxy.stop();
-    drop(cluster);
-    Ok(())
-}
-
-/// Kill -9 and time to the new primary and to the first write, over several runs (fresh
-/// clusters): printed, median and max; only correctness is asserted.
-#[cfg_attr(feature = "etcd", allow(dead_code))]
-pub async fn failover_times_over_several_runs(_env: &Env) -> R {
-    let mut to_primary = Vec::new();
-    let mut to_write = Vec::new();
-    for run in 0..3 {
-        let base = std::env::temp_dir().join(format!("pgsplit-runs-{}-{run}", std::process::id()));
-        let cluster = tokio::task::spawn_blocking({
-            let base = base.clone();
-            move || LocalCluster::start(&base, 2)
-        })
-        .await??;
-        let proxy = Proxy::start(config(&cluster, "")).await?;
-        let conn = format!("host=127.0.0.1 port={} user=postgres dbname=postgres", proxy.addr.port());
-        let c = connect(&conn).await?;
-        c.batch_execute("CREATE TABLE runs (id serial PRIMARY KEY)").await?;
-        tokio::task::block_in_place(|| cluster.wait_caught_up())?;
-        let w = connect(&conn).await?;
-        let pid = postmaster_pid(&cluster, 0)?;
-        tokio::process::Command::new("kill").args(["-9", &pid]).status().await?;
-        let killed = Instant::now();
-        // Wait for the topology to name a new primary.
-        while proxy.shared.cluster.load().primary() == 0 {
-            check!(killed.elapsed() < Duration::from_secs(60), "run {run}: no new primary");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        // A client that writes until one goes through on it (each write waits up to failover_wait).
-        let mut wrote = None;
-        while killed.elapsed() < Duration::from_secs(60) {
-            if let Ok(row) = w.query_one("INSERT INTO runs DEFAULT VALUES RETURNING inet_server_port()", &[]).await
-                && row.get::<_, i32>(0) != cluster.nodes[0].port as i32
-            {
-                wrote = Some(killed.elapsed());
-                break;
-            }
-        }
-        let primary = proxy.shared.metrics.last_failover_seconds.get();
-        let wrote = wrote.ok_or("no write after the failover")?;
-        to_primary.push(primary);
-        to_write.push(wrote.as_secs_f64());
-        proxy.stop();
-        drop(cluster);
-    }
-    let stats = |v: &mut Vec<f64>| {
-        v.sort_by(|a, b| a.total_cmp(b));
-        (v[v.len() / 2], v[v.len() - 1])
-    };
-    let ((pm, px), (wm, wx)) = (stats(&mut to_primary), stats(&mut to_write));
-    println!(
-        "    {} kill -9 runs: first failed check to new primary median {pm:.2} s (max {px:.2}); kill to first write median {wm:.2} s (max {wx:.2})",
-        to_write.len()
-    );
-    Ok(())
-}
-
-pub async fn a_replica_promoted_by_someone_else_is_adopted(_env: &Env) -> R {
-    let (_base, cluster) = own_cluster("pgsplit-adopt").await?;
-    let mut cfg = config(&cluster, "");
-    // pgsplit would wait 60 s before promoting by itself: the operator is faster.
-    cfg.failover.failover_after_ms = 60_000;
-    let proxy = Proxy::start(cfg).await?;
-    tokio::task::block_in_place(|| cluster.wait_caught_up())?;
-    let pid = postmaster_pid(&cluster, 0)?;
-    tokio::process::Command::new("kill").args(["-9", &pid]).status().await?;
-    tokio::task::block_in_place(|| cluster.psql(2, "SELECT pg_promote()"))?;
-    let t0 = Instant::now();
-    while proxy.shared.cluster.load().primary() != 2 {
-        check!(
-            t0.elapsed() < Duration::from_secs(30),
-            "the promoted replica was not adopted: {:?}",
-            *proxy.shared.failover.lock().unwrap_or_else(|p| p.into_inner())
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    println!("    a replica promoted outside pgsplit adopted {:.2} s after pg_promote", t0.elapsed().as_secs_f64());
-    let still_replica = tokio::task::block_in_place(|| cluster.psql(1, "SELECT pg_is_in_recovery()"))?;
-    check!(still_replica == "t", "a second replica was promoted");
-    let c = connect(&format!("host=127.0.0.1 port={} user=postgres dbname=postgres", proxy.addr.port())).await?;
-    c.batch_execute("CREATE TABLE adopted (a int)").await?;
-    let p: i32 = c.query_one("INSERT INTO adopted VALUES (1) RETURNING inet_server_port()", &[]).await?.get(0);
-    check!(p == cluster.nodes[2].port as i32, "a write after adoption ran on {p}");
-    proxy.stop();
-    drop(cluster);
-    Ok(())
-}
+register!(switchover_loses_nothing);

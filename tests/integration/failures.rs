@@ -5,6 +5,11 @@ use std::time::{Duration, Instant};
 use crate::check;
 use crate::common::{Env, R, connect, port_of, simple_value, sqlstate};
 
+use crate::register;
+
+/// Where this file's tests run in the sequence (see `register!`).
+const RANK: u32 = 8;
+
 pub async fn pool_timeout_is_a_clear_error(env: &Env) -> R {
     let proxy = env
         .proxy_with(|c| {
@@ -27,6 +32,7 @@ pub async fn pool_timeout_is_a_clear_error(env: &Env) -> R {
     proxy.stop();
     Ok(())
 }
+register!(pool_timeout_is_a_clear_error);
 
 async fn primary_sessions(env: &Env, filter: &str) -> Result<i64, String> {
     let sql = format!(
@@ -69,6 +75,7 @@ pub async fn bad_state_connections_are_not_reused(env: &Env) -> R {
     proxy.stop();
     Ok(())
 }
+register!(bad_state_connections_are_not_reused);
 
 pub async fn client_gone_mid_query_leaves_nothing_running(env: &Env) -> R {
     use tokio::io::AsyncWriteExt;
@@ -83,6 +90,7 @@ pub async fn client_gone_mid_query_leaves_nothing_running(env: &Env) -> R {
     drop(s);
     wait_for_sessions(env, probe, 0, "the abandoned query still running on the primary").await
 }
+register!(client_gone_mid_query_leaves_nothing_running);
 
 pub async fn lagging_replica_leaves_rotation(env: &Env) -> R {
     let proxy = env
@@ -121,6 +129,7 @@ pub async fn lagging_replica_leaves_rotation(env: &Env) -> R {
     proxy.stop();
     Ok(())
 }
+register!(lagging_replica_leaves_rotation);
 
 pub async fn replica_down_reads_go_elsewhere(env: &Env) -> R {
     let replicas = env.replica_ports();
@@ -173,6 +182,7 @@ pub async fn replica_down_reads_go_elsewhere(env: &Env) -> R {
     check!(back, "the restarted replica takes no reads");
     Ok(())
 }
+register!(replica_down_reads_go_elsewhere, 14);
 
 pub async fn metrics_endpoint_reports_routing_and_lag(env: &Env) -> R {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -213,6 +223,7 @@ pub async fn metrics_endpoint_reports_routing_and_lag(env: &Env) -> R {
     proxy.stop();
     Ok(())
 }
+register!(metrics_endpoint_reports_routing_and_lag);
 
 pub async fn primary_down_reads_go_on_writes_fail_fast(env: &Env) -> R {
     let replicas = env.replica_ports();
@@ -254,6 +265,7 @@ pub async fn primary_down_reads_go_on_writes_fail_fast(env: &Env) -> R {
     env.wait_rotation(&env.proxy, &replicas).await?;
     Ok(())
 }
+register!(primary_down_reads_go_on_writes_fail_fast, 14);
 
 pub async fn replay_delay_in_time_leaves_rotation_but_idleness_does_not(env: &Env) -> R {
     let proxy = env
@@ -292,6 +304,7 @@ pub async fn replay_delay_in_time_leaves_rotation_but_idleness_does_not(env: &En
     proxy.stop();
     Ok(())
 }
+register!(replay_delay_in_time_leaves_rotation_but_idleness_does_not);
 
 /// A TCP forwarder to `target` that, while armed, kills the connection carrying `marker` before
 /// forwarding it: to pgsplit that server connection looked healthy until its query was sent.
@@ -377,3 +390,4 @@ pub async fn reads_on_a_dying_connection_run_again_elsewhere(env: &Env) -> R {
     task.abort();
     Ok(())
 }
+register!(reads_on_a_dying_connection_run_again_elsewhere);

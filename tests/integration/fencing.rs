@@ -9,7 +9,12 @@ use pgsplit::proxy::Proxy;
 
 use crate::check;
 use crate::common::{Env, R, connect};
-use crate::failover::{config, own_cluster, postmaster_pid};
+use crate::own_cluster::{config, own_cluster, postmaster_pid};
+
+use crate::register;
+
+/// Where this file's tests run in the sequence (see `register!`).
+const RANK: u32 = 19;
 
 /// Sessions that hold a connection to the primary (pinned by LISTEN with
 /// `default_transaction_read_only = off` and an application_name like pgsplit's own, by a
@@ -95,6 +100,7 @@ pub async fn held_sessions_never_write_on_a_former_primary(_env: &Env) -> R {
     drop(cluster);
     Ok(())
 }
+register!(held_sessions_never_write_on_a_former_primary);
 
 /// The failover state cannot be lost: with failover = "auto" pgsplit refuses to start on a
 /// state file it cannot read, a corrupt one, one naming servers it is not configured with, a
@@ -191,3 +197,4 @@ pub async fn failover_state_cannot_be_lost(env: &Env) -> R {
     let _ = std::fs::remove_dir_all(&base);
     Ok(())
 }
+register!(failover_state_cannot_be_lost);

@@ -13,6 +13,11 @@ use crate::common::{Env, R, connect, port_of};
 use crate::differential::login;
 use crate::protocol::read_until_ready;
 
+use crate::register;
+
+/// Where this file's tests run in the sequence (see `register!`).
+const RANK: u32 = 16;
+
 /// One message as compared: its type, and for errors and notices severity and SQLSTATE.
 fn shape(tag: u8, body: &[u8]) -> String {
     match tag {
@@ -127,6 +132,7 @@ pub async fn a_servers_fatal_reaches_the_client_as_directly(env: &Env) -> R {
     port_of(&c, "SELECT inet_server_port()").await?;
     Ok(())
 }
+register!(a_servers_fatal_reaches_the_client_as_directly);
 
 /// A hostile client ends its own backend on a replica every 50 ms (`BEGIN READ ONLY` runs on a
 /// replica; any user may terminate its own backend), while another reads in autocommit: the
@@ -180,3 +186,4 @@ pub async fn no_client_can_eject_a_replica(env: &Env) -> R {
     proxy.stop();
     Ok(())
 }
+register!(no_client_can_eject_a_replica);

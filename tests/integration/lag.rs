@@ -9,6 +9,11 @@ use crate::common::{Env, R, connect, port_of, sqlstate};
 use pgsplit::cluster::OutReason;
 use pgsplit::config::{Balance, OnAllLagging};
 
+use crate::register;
+
+/// Where this file's tests run in the sequence (see `register!`).
+const RANK: u32 = 9;
+
 fn psql(env: &Env, node: usize, sql: &str) -> Result<String, String> {
     let cluster = &env.cluster;
     tokio::task::block_in_place(|| cluster.psql(node, sql))
@@ -89,6 +94,7 @@ pub async fn a_stalled_replica_leaves_at_once_and_returns_after_the_hold(env: &E
     let _ = psql(env, 1, "SELECT pg_wal_replay_resume()");
     result
 }
+register!(a_stalled_replica_leaves_at_once_and_returns_after_the_hold);
 
 pub async fn when_every_replica_is_out(env: &Env) -> R {
     psql(env, 1, "SELECT pg_wal_replay_pause()")?;
@@ -124,6 +130,7 @@ pub async fn when_every_replica_is_out(env: &Env) -> R {
     psql(env, 2, "SELECT pg_wal_replay_resume()")?;
     result
 }
+register!(when_every_replica_is_out);
 
 pub async fn weights_share_the_reads(env: &Env) -> R {
     let (r1, r2) = (env.cluster.nodes[1].addr(), env.cluster.nodes[2].addr());
@@ -155,6 +162,7 @@ pub async fn weights_share_the_reads(env: &Env) -> R {
     check!((280..=320).contains(&second), "the weight-3 replica took {second} of 400 reads");
     Ok(())
 }
+register!(weights_share_the_reads);
 
 /// Replicas that replay 300 ms late (`recovery_min_apply_delay`) are 300 ms behind, however
 /// long the primary was idle before a write: with `max_lag_ms = 1000` they stay in rotation
@@ -225,3 +233,4 @@ pub async fn lag_in_time_after_idleness(env: &Env) -> R {
     env.caught_up().await?;
     result
 }
+register!(lag_in_time_after_idleness);

@@ -8,6 +8,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use crate::check;
 use crate::common::{Env, R, connect, simple_value, sqlstate};
 
+use crate::register;
+
+/// Where this file's tests run in the sequence (see `register!`).
+const RANK: u32 = 11;
+
 /// Whether the peer closes `s` within `limit`.
 async fn closed_within(s: &mut tokio::net::TcpStream, limit: Duration) -> bool {
     let mut buf = [0u8; 1024];
@@ -48,6 +53,7 @@ pub async fn silent_sockets_are_shed(env: &Env) -> R {
     proxy.stop();
     Ok(())
 }
+register!(silent_sockets_are_shed);
 
 pub async fn too_many_clients_get_53300(env: &Env) -> R {
     let proxy = env.proxy_with(|c| c.limits.max_client_conn = 3).await?;
@@ -65,6 +71,7 @@ pub async fn too_many_clients_get_53300(env: &Env) -> R {
     proxy.stop();
     Ok(())
 }
+register!(too_many_clients_get_53300);
 
 pub async fn oversized_messages_are_refused_unread(env: &Env) -> R {
     let proxy = env.proxy_with(|c| c.limits.max_message_size = 64 * 1024).await?;
@@ -82,6 +89,7 @@ pub async fn oversized_messages_are_refused_unread(env: &Env) -> R {
     proxy.stop();
     Ok(())
 }
+register!(oversized_messages_are_refused_unread);
 
 pub async fn idle_clients_and_idle_transactions_are_closed(env: &Env) -> R {
     let proxy = env
@@ -113,6 +121,7 @@ pub async fn idle_clients_and_idle_transactions_are_closed(env: &Env) -> R {
     proxy.stop();
     Ok(())
 }
+register!(idle_clients_and_idle_transactions_are_closed);
 
 /// No password, verifier or SCRAM message in the logs, at trace level.
 pub async fn no_secret_in_the_logs(env: &Env) -> R {
@@ -175,6 +184,7 @@ pub async fn no_secret_in_the_logs(env: &Env) -> R {
     println!("    a trace-level log of {} bytes has no password, verifier or SCRAM message", text.len());
     Ok(())
 }
+register!(no_secret_in_the_logs);
 
 /// Repeated wrong passwords from one address are slowed down; a wrong password and an unknown
 /// user are refused alike.
@@ -203,6 +213,7 @@ pub async fn password_guessing_is_slowed(env: &Env) -> R {
     proxy.stop();
     Ok(())
 }
+register!(password_guessing_is_slowed);
 
 async fn pgbench_s(port: u16, secs: &str) -> Result<(f64, String), Box<dyn std::error::Error + Send + Sync>> {
     let out = crate::common::pgbench(port, &["-n", "-S", "-c", "2", "-j", "1", "-T", secs]).output().await?;
@@ -317,6 +328,7 @@ pub async fn hostile_clients_beside_pgbench(env: &Env) -> R {
     proxy.stop();
     Ok(())
 }
+register!(hostile_clients_beside_pgbench);
 
 /// A request past `limits.query_timeout_ms` is cancelled on its server: the client gets 57014 in
 /// both protocols and keeps a usable connection; inside a transaction the transaction is
@@ -361,6 +373,7 @@ pub async fn long_queries_are_cancelled(env: &Env) -> R {
     proxy.stop();
     Ok(())
 }
+register!(long_queries_are_cancelled);
 
 /// Resident memory of this process (pgsplit runs inside the test), in bytes.
 fn rss() -> u64 {
@@ -500,3 +513,4 @@ pub async fn one_client_cannot_exhaust_memory(env: &Env) -> R {
     proxy.stop();
     Ok(())
 }
+register!(one_client_cannot_exhaust_memory);

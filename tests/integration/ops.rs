@@ -10,6 +10,11 @@ use tokio_postgres::SimpleQueryMessage;
 use crate::check;
 use crate::common::{Env, R, connect, port_of, sqlstate};
 
+use crate::register;
+
+/// Where this file's tests run in the sequence (see `register!`).
+const RANK: u32 = 13;
+
 type E = Box<dyn std::error::Error + Send + Sync>;
 
 /// The rows of a console command, as (column -> value) maps.
@@ -123,6 +128,7 @@ pub async fn admin_console(env: &Env) -> R {
     proxy.stop();
     Ok(())
 }
+register!(admin_console);
 
 fn config_file(env: &Env, listen: u16, metrics: u16, max_lag_bytes: u64, pool: usize) -> String {
     let replicas: Vec<String> = env.cluster.replica_addrs().iter().map(|r| format!("\"{r}\"")).collect();
@@ -244,6 +250,7 @@ pub async fn reload_under_load(env: &Env) -> R {
     }
     result.map_err(|e| format!("{e}\npgsplit log:\n{log}").into())
 }
+register!(reload_under_load);
 
 async fn http_get(addr: &str, path: &str) -> Result<String, E> {
     let mut s = tokio::net::TcpStream::connect(addr).await?;
@@ -371,6 +378,7 @@ pub async fn prometheus_scrapes_the_series(env: &Env) -> R {
     proxy.stop();
     result
 }
+register!(prometheus_scrapes_the_series);
 
 fn encode(q: &str) -> String {
     q.bytes()
@@ -402,6 +410,7 @@ pub async fn grafana_dashboard_is_valid(env: &Env) -> R {
     }
     Ok(())
 }
+register!(grafana_dashboard_is_valid);
 
 /// A reload that removes a replica and adds it back: reads stop going there at once, clients
 /// in flight keep their connections, and the new entry takes reads once probed fit.
@@ -449,3 +458,4 @@ pub async fn reload_removes_and_adds_replicas(env: &Env) -> R {
     proxy.stop();
     Ok(())
 }
+register!(reload_removes_and_adds_replicas);

@@ -11,6 +11,11 @@ use tokio_postgres::NoTls;
 use crate::check;
 use crate::common::{Env, R, connect, simple_value, sqlstate};
 
+use crate::register;
+
+/// Where this file's tests run in the sequence (see `register!`).
+const RANK: u32 = 5;
+
 pub async fn named_prepared_statements_on_any_connection(env: &Env) -> R {
     // tokio-postgres prepares named statements ("s0", "s1"...) and binds them later, in other
     // batches that pgsplit may run on other server connections.
@@ -42,6 +47,7 @@ pub async fn named_prepared_statements_on_any_connection(env: &Env) -> R {
     check!(other == 7, "another client broken by DEALLOCATE ALL");
     Ok(())
 }
+register!(named_prepared_statements_on_any_connection);
 
 pub async fn extended_batches_route_as_one_unit(env: &Env) -> R {
     // A pipeline of Parse/Bind/Execute for a write then a read, one Sync: all on the primary.
@@ -118,6 +124,7 @@ pub async fn extended_batches_route_as_one_unit(env: &Env) -> R {
     check!(v == "3", "proxy unwell after batch error");
     Ok(())
 }
+register!(extended_batches_route_as_one_unit);
 
 pub async fn copy_in_and_out(env: &Env) -> R {
     use futures_util::SinkExt;
@@ -147,6 +154,7 @@ pub async fn copy_in_and_out(env: &Env) -> R {
     c.batch_execute("DROP TABLE copy_probe").await?;
     Ok(())
 }
+register!(copy_in_and_out);
 
 pub async fn cancel_reaches_the_right_server(env: &Env) -> R {
     for (label, setup) in [("replica", ""), ("primary", "BEGIN")] {
@@ -186,6 +194,7 @@ pub async fn cancel_reaches_the_right_server(env: &Env) -> R {
     }
     Ok(())
 }
+register!(cancel_reaches_the_right_server);
 
 pub async fn errors_notices_and_empty_queries(env: &Env) -> R {
     let c = env.client().await?;
@@ -203,6 +212,7 @@ pub async fn errors_notices_and_empty_queries(env: &Env) -> R {
     check!(v == "still fine", "got {v}");
     Ok(())
 }
+register!(errors_notices_and_empty_queries);
 
 pub async fn malformed_message_gets_08p01(env: &Env) -> R {
     let mut s = raw_login(env).await?;
@@ -227,6 +237,7 @@ pub async fn malformed_message_gets_08p01(env: &Env) -> R {
     check!(simple_value(&c, "SELECT 1").await? == "1", "proxy hurt by a bad client");
     Ok(())
 }
+register!(malformed_message_gets_08p01);
 
 // ---- raw protocol helpers ----------------------------------------------------------------
 
@@ -325,3 +336,4 @@ pub async fn many_statements_keep_server_memory_bounded(env: &Env) -> R {
     proxy.stop();
     Ok(())
 }
+register!(many_statements_keep_server_memory_bounded);

@@ -6,6 +6,11 @@ use std::collections::BTreeSet;
 use crate::check;
 use crate::common::{Env, R, port_of, simple_value};
 
+use crate::register;
+
+/// Where this file's tests run in the sequence (see `register!`).
+const RANK: u32 = 1;
+
 /// Asserts every statement ran on the primary.
 async fn on_primary(env: &Env, sqls: &[&str]) -> R {
     let c = env.client().await?;
@@ -48,6 +53,7 @@ pub async fn reads_spread_over_both_replicas(env: &Env) -> R {
     )
     .await
 }
+register!(reads_spread_over_both_replicas);
 
 pub async fn writes_and_ddl_go_to_the_primary(env: &Env) -> R {
     on_primary(
@@ -85,6 +91,7 @@ pub async fn writes_and_ddl_go_to_the_primary(env: &Env) -> R {
     }
     Ok(())
 }
+register!(writes_and_ddl_go_to_the_primary);
 
 pub async fn locking_reads_go_to_the_primary(env: &Env) -> R {
     on_primary(
@@ -102,6 +109,7 @@ pub async fn locking_reads_go_to_the_primary(env: &Env) -> R {
     )
     .await
 }
+register!(locking_reads_go_to_the_primary);
 
 pub async fn writing_selects_go_to_the_primary(env: &Env) -> R {
     on_primary(
@@ -124,6 +132,7 @@ pub async fn writing_selects_go_to_the_primary(env: &Env) -> R {
     }
     Ok(())
 }
+register!(writing_selects_go_to_the_primary);
 
 pub async fn side_effect_functions_go_to_the_primary(env: &Env) -> R {
     on_primary(
@@ -146,6 +155,7 @@ pub async fn side_effect_functions_go_to_the_primary(env: &Env) -> R {
     )
     .await
 }
+register!(side_effect_functions_go_to_the_primary);
 
 pub async fn user_functions_by_volatility(env: &Env) -> R {
     // bump() is VOLATILE and writes: primary, every time.
@@ -158,6 +168,7 @@ pub async fn user_functions_by_volatility(env: &Env) -> R {
     check!(e.is_err(), "an unknown function should fail");
     Ok(())
 }
+register!(user_functions_by_volatility);
 
 pub async fn unparseable_goes_to_the_primary(env: &Env) -> R {
     // Valid PostgreSQL that sqlparser does not accept and that may write (a window frame with
@@ -177,6 +188,7 @@ pub async fn unparseable_goes_to_the_primary(env: &Env) -> R {
     }
     Ok(())
 }
+register!(unparseable_goes_to_the_primary);
 
 pub async fn multi_statement_queries(env: &Env) -> R {
     let c = env.client().await?;
@@ -197,6 +209,7 @@ pub async fn multi_statement_queries(env: &Env) -> R {
     check!(v == "1", "first row {v}");
     Ok(())
 }
+register!(multi_statement_queries);
 
 pub async fn transactions_stay_on_one_server(env: &Env) -> R {
     let mut c = env.client().await?;
@@ -222,6 +235,7 @@ pub async fn transactions_stay_on_one_server(env: &Env) -> R {
     check!(env.replica_ports().contains(&p), "after ROLLBACK a read ran on {p}");
     Ok(())
 }
+register!(transactions_stay_on_one_server);
 
 pub async fn read_only_transactions_use_a_replica(env: &Env) -> R {
     let c = env.client().await?;
@@ -237,6 +251,7 @@ pub async fn read_only_transactions_use_a_replica(env: &Env) -> R {
     }
     Ok(())
 }
+register!(read_only_transactions_use_a_replica);
 
 pub async fn hints_and_route_setting(env: &Env) -> R {
     on_primary(
@@ -259,6 +274,7 @@ pub async fn hints_and_route_setting(env: &Env) -> R {
     check!(env.replica_ports().contains(&p), "after route = auto a read ran on {p}");
     Ok(())
 }
+register!(hints_and_route_setting);
 
 pub async fn views_that_write_go_to_the_primary(env: &Env) -> R {
     let c = env.client().await?;
@@ -272,6 +288,7 @@ pub async fn views_that_write_go_to_the_primary(env: &Env) -> R {
     on_primary(env, &["SELECT port FROM writing_view", "SELECT port FROM view_over_writing_view"]).await?;
     on_replica(env, &["SELECT port FROM plain_view", "SELECT port FROM plain_view"]).await
 }
+register!(views_that_write_go_to_the_primary);
 
 pub async fn two_phase_commit_goes_to_the_primary(env: &Env) -> R {
     let c = env.client().await?;
@@ -283,6 +300,7 @@ pub async fn two_phase_commit_goes_to_the_primary(env: &Env) -> R {
     check!(n == "1", "two-phase commit left {n} rows");
     Ok(())
 }
+register!(two_phase_commit_goes_to_the_primary);
 
 pub async fn route_setting_in_the_extended_protocol(env: &Env) -> R {
     // tokio-postgres' execute() sends Parse/Bind/Execute: the unquoted form must work there too.
@@ -299,3 +317,4 @@ pub async fn route_setting_in_the_extended_protocol(env: &Env) -> R {
     check!(env.replica_ports().contains(&p), "after route = auto a read ran on {p}");
     Ok(())
 }
+register!(route_setting_in_the_extended_protocol);

@@ -8,6 +8,11 @@ use crate::check;
 use crate::common::{Env, R, connect};
 use pgsplit::config::ReadYourWrites;
 
+use crate::register;
+
+/// Where this file's tests run in the sequence (see `register!`).
+const RANK: u32 = 10;
+
 /// Delays replay on replica `i` (1-based node index) by `delay` ('0' to stop).
 async fn apply_delay(env: &Env, i: usize, delay: &str) -> R {
     let cluster = &env.cluster;
@@ -118,6 +123,7 @@ pub async fn reads_see_their_own_writes_in_every_mode(env: &Env) -> R {
     apply_delay(env, 2, "0").await?;
     result
 }
+register!(reads_see_their_own_writes_in_every_mode);
 
 pub async fn min_lsn_carries_the_floor_between_connections(env: &Env) -> R {
     // Both replicas replay a second late but stay in rotation. A connection that did not
@@ -155,6 +161,7 @@ pub async fn min_lsn_carries_the_floor_between_connections(env: &Env) -> R {
     apply_delay_all(env, "0").await?;
     result
 }
+register!(min_lsn_carries_the_floor_between_connections);
 
 /// In session mode, a connection opened after another connection's commit reads that commit
 /// (a web request commits, a worker connects): it starts at the latest write pgsplit has seen
@@ -198,6 +205,7 @@ pub async fn connections_opened_after_a_commit_see_it(env: &Env) -> R {
     proxy.stop();
     result
 }
+register!(connections_opened_after_a_commit_see_it);
 
 /// Objects created on one connection and used at once on another that was already open
 /// (its floor predates them), replicas replaying a second late: every read answers as on the
@@ -274,3 +282,4 @@ pub async fn objects_not_replayed_yet_are_read_on_the_primary(env: &Env) -> R {
     off.stop();
     result
 }
+register!(objects_not_replayed_yet_are_read_on_the_primary);

@@ -8,6 +8,11 @@ use tokio_postgres::NoTls;
 use crate::check;
 use crate::common::{Env, R, connect, sqlstate};
 
+use crate::register;
+
+/// Where this file's tests run in the sequence (see `register!`).
+const RANK: u32 = 12;
+
 /// A cancel counter of the proxy's metrics, by outcome.
 fn cancels(proxy: &pgsplit::proxy::Proxy, outcome: &str) -> u64 {
     proxy.shared.metrics.cancel_requests.with_label_values(&[outcome]).get()
@@ -72,6 +77,7 @@ pub async fn the_console_asks_for_a_password_when_clients_are_trusted(env: &Env)
     check!(e.contains("trust_network"), "trust on 0.0.0.0 was accepted: {e:?}");
     Ok(())
 }
+register!(the_console_asks_for_a_password_when_clients_are_trusted);
 
 pub async fn cancels_reach_only_running_statements(env: &Env) -> R {
     // One server connection per server: whoever runs next on the primary gets the same backend
@@ -146,6 +152,7 @@ pub async fn cancels_reach_only_running_statements(env: &Env) -> R {
     proxy.stop();
     Ok(())
 }
+register!(cancels_reach_only_running_statements);
 
 /// The pid pgsplit gives a new client in its BackendKeyData.
 async fn backend_key(addr: std::net::SocketAddr) -> Result<i32, Box<dyn std::error::Error + Send + Sync>> {
@@ -210,6 +217,7 @@ pub async fn no_secret_in_show_config_or_config_errors(env: &Env) -> R {
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
+register!(no_secret_in_show_config_or_config_errors);
 
 /// Logs in as `user` with the empty password by hand (libpq refuses to send one): md5 or
 /// SCRAM-SHA-256, as the proxy asks. The SQLSTATE of the answer, or "ok".
@@ -302,3 +310,4 @@ pub async fn empty_passwords_never_log_in(env: &Env) -> R {
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
+register!(empty_passwords_never_log_in);

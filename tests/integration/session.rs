@@ -5,6 +5,11 @@ use std::collections::BTreeSet;
 use crate::check;
 use crate::common::{Env, R, connect, port_of, simple_value};
 
+use crate::register;
+
+/// Where this file's tests run in the sequence (see `register!`).
+const RANK: u32 = 4;
+
 pub async fn settings_follow_the_client(env: &Env) -> R {
     let a = env.client().await?;
     let b = env.client().await?;
@@ -51,6 +56,7 @@ pub async fn settings_follow_the_client(env: &Env) -> R {
     }
     Ok(())
 }
+register!(settings_follow_the_client);
 
 pub async fn set_config_is_replayed_not_pinned(env: &Env) -> R {
     // What Django sends on every new connection.
@@ -77,6 +83,7 @@ pub async fn set_config_is_replayed_not_pinned(env: &Env) -> R {
     );
     Ok(())
 }
+register!(set_config_is_replayed_not_pinned);
 
 pub async fn settings_in_rolled_back_transactions_are_forgotten(env: &Env) -> R {
     let c = env.client().await?;
@@ -91,6 +98,7 @@ pub async fn settings_in_rolled_back_transactions_are_forgotten(env: &Env) -> R 
     }
     Ok(())
 }
+register!(settings_in_rolled_back_transactions_are_forgotten);
 
 pub async fn session_state_pins_to_the_primary(env: &Env) -> R {
     for (setup, why) in [
@@ -118,6 +126,7 @@ pub async fn session_state_pins_to_the_primary(env: &Env) -> R {
     check!(p.is_some(), "another session's prepared statement must not be visible");
     Ok(())
 }
+register!(session_state_pins_to_the_primary);
 
 pub async fn parameter_status_looks_like_a_primary(env: &Env) -> R {
     // libpq's target_session_attrs=read-write checks in_hot_standby and
@@ -133,6 +142,7 @@ pub async fn parameter_status_looks_like_a_primary(env: &Env) -> R {
     check!(lines.len() == 2, "unexpected output {stdout}");
     Ok(())
 }
+register!(parameter_status_looks_like_a_primary);
 
 pub async fn role_changes_never_leak_to_other_clients(env: &Env) -> R {
     let proxy = env.proxy_with(|c| c.pool.size = 1).await?;
@@ -161,3 +171,4 @@ pub async fn role_changes_never_leak_to_other_clients(env: &Env) -> R {
     proxy.stop();
     Ok(())
 }
+register!(role_changes_never_leak_to_other_clients);

@@ -11,6 +11,11 @@ use crate::common::{Env, R, connect, port_of, simple_value, sqlstate};
 use crate::differential::login;
 use crate::protocol::{bind_execute_named, parse, read_until_ready};
 
+use crate::register;
+
+/// Where this file's tests run in the sequence (see `register!`).
+const RANK: u32 = 2;
+
 /// The port of the server that ran `sql` in the extended protocol.
 async fn port_extended(c: &tokio_postgres::Client, sql: &str) -> Result<i32, Box<dyn std::error::Error + Send + Sync>> {
     Ok(c.query_one(sql, &[]).await.map_err(|e| format!("{sql}: {e}"))?.get(0))
@@ -40,6 +45,7 @@ pub async fn serializable_read_only_transactions_run_on_the_primary(env: &Env) -
     c.batch_execute("COMMIT").await?;
     Ok(())
 }
+register!(serializable_read_only_transactions_run_on_the_primary);
 
 pub async fn serializable_first_statement_moves_a_fresh_transaction(env: &Env) -> R {
     let c = env.client().await?;
@@ -74,6 +80,7 @@ pub async fn serializable_first_statement_moves_a_fresh_transaction(env: &Env) -
     c.batch_execute("COMMIT").await?;
     Ok(())
 }
+register!(serializable_first_statement_moves_a_fresh_transaction);
 
 pub async fn transaction_modes_outside_transactions_never_fail(env: &Env) -> R {
     let c = env.client().await?;
@@ -94,6 +101,7 @@ pub async fn transaction_modes_outside_transactions_never_fail(env: &Env) -> R {
     check!(env.replica_ports().contains(&p), "read after transaction modes ran on {p}");
     Ok(())
 }
+register!(transaction_modes_outside_transactions_never_fail);
 
 pub async fn serializable_sessions_read_on_the_primary(env: &Env) -> R {
     let c = env.client().await?;
@@ -144,6 +152,7 @@ pub async fn serializable_sessions_read_on_the_primary(env: &Env) -> R {
     }
     Ok(())
 }
+register!(serializable_sessions_read_on_the_primary);
 
 pub async fn reads_the_parser_cannot_read_reach_replicas(env: &Env) -> R {
     let c = env.client().await?;
@@ -179,6 +188,7 @@ pub async fn reads_the_parser_cannot_read_reach_replicas(env: &Env) -> R {
     }
     Ok(())
 }
+register!(reads_the_parser_cannot_read_reach_replicas);
 
 pub async fn bound_set_config_is_replayed_not_pinned(env: &Env) -> R {
     let c = env.client().await?;
@@ -220,6 +230,7 @@ pub async fn bound_set_config_is_replayed_not_pinned(env: &Env) -> R {
     }
     Ok(())
 }
+register!(bound_set_config_is_replayed_not_pinned);
 
 /// The same bytes sent directly to the primary and through pgsplit get the same answers.
 async fn same_answers(
@@ -320,3 +331,4 @@ pub async fn duplicate_statement_names_and_aborted_transactions(env: &Env) -> R 
     let _ = sqlstate;
     Ok(())
 }
+register!(duplicate_statement_names_and_aborted_transactions);

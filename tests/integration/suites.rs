@@ -11,6 +11,11 @@ use std::path::{Path, PathBuf};
 use crate::check;
 use crate::common::{Env, R};
 
+use crate::register;
+
+/// Where this file's tests run in the sequence (see `register!`).
+const RANK: u32 = 22;
+
 /// The labels CI runs (`PGSPLIT_DJANGO_LABELS` overrides; `all` is the whole suite).
 const CI_LABELS: &str = "transactions select_for_update backends queries model_fields postgres_tests";
 
@@ -192,6 +197,7 @@ pub async fn django_suite_through_pgsplit(env: &Env) -> R {
     let what = format!("Django {}", version_of("Django")?);
     differential(env, &what, "django_suite.py", &source, &labels, ("pgsd", "pgsp")).await
 }
+register!(django_suite_through_pgsplit);
 
 pub async fn sqlalchemy_suite_through_pgsplit(env: &Env) -> R {
     check!(python().exists(), "no Python client venv: run scripts/test, which installs the drivers");
@@ -201,3 +207,4 @@ pub async fn sqlalchemy_suite_through_pgsplit(env: &Env) -> R {
     let what = format!("SQLAlchemy {}", version_of("SQLAlchemy")?);
     differential(env, &what, "sqlalchemy_suite.py", &source, &tests, ("sqla_direct", "sqla_pgsplit")).await
 }
+register!(sqlalchemy_suite_through_pgsplit);

@@ -13,6 +13,11 @@ use tokio_rustls::rustls;
 use crate::check;
 use crate::common::{Env, R, connect};
 
+use crate::register;
+
+/// Where this file's tests run in the sequence (see `register!`).
+const RANK: u32 = 7;
+
 type E = Box<dyn std::error::Error + Send + Sync>;
 
 fn openssl(dir: &Path, args: &[&str]) -> Result<(), E> {
@@ -249,6 +254,7 @@ pub async fn tls_for_every_client_and_channel_binding(env: &Env) -> R {
     proxy.stop();
     Ok(())
 }
+register!(tls_for_every_client_and_channel_binding);
 
 pub async fn certificates_reload_without_dropping_connections(env: &Env) -> R {
     let dir = cert_dir("reload");
@@ -281,6 +287,7 @@ pub async fn certificates_reload_without_dropping_connections(env: &Env) -> R {
     proxy.stop();
     Ok(())
 }
+register!(certificates_reload_without_dropping_connections);
 
 /// Turns TLS on (or off) on every server of the shared cluster, with `dir`'s certificate.
 fn servers_ssl(env: &Env, dir: &Path, on: bool) -> Result<(), E> {
@@ -326,6 +333,7 @@ pub async fn servers_over_tls(env: &Env) -> R {
     println!("    servers without TLS: server_tls = require refuses them, prefer goes on in plaintext");
     Ok(())
 }
+register!(servers_over_tls);
 
 async fn servers_over_tls_checks(env: &Env, dir: &Path) -> R {
     use pgsplit::tls::upstream::ServerTlsMode;
@@ -418,6 +426,7 @@ pub async fn cleartext_passwords_only_over_verified_tls(env: &Env) -> R {
     servers_ssl(env, &dir, false)?;
     result
 }
+register!(cleartext_passwords_only_over_verified_tls);
 
 /// A client's login and pgsplit's own connection as the cleartext role, with `mode`: "ok" or
 /// the error of each.

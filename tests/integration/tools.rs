@@ -3,6 +3,11 @@
 use crate::check;
 use crate::common::{Env, R};
 
+use crate::register;
+
+/// Where this file's tests run in the sequence (see `register!`).
+const RANK: u32 = 24;
+
 async fn run(
     cmd: &str,
     args: &[&str],
@@ -52,6 +57,7 @@ DROP TABLE psql_probe;
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
+register!(psql_script);
 
 pub async fn psql_watch_repeats(env: &Env) -> R {
     // \watch re-runs the query every interval until interrupted (psql 15 has no count).
@@ -80,6 +86,7 @@ pub async fn psql_watch_repeats(env: &Env) -> R {
     }
     Ok(())
 }
+register!(psql_watch_repeats);
 
 pub async fn pgbench_all_modes(env: &Env) -> R {
     run("pgbench", &["-i", "-q", "-s", "1"], env).await?;
@@ -98,3 +105,4 @@ pub async fn pgbench_all_modes(env: &Env) -> R {
     }
     Ok(())
 }
+register!(pgbench_all_modes);
