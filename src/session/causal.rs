@@ -85,17 +85,6 @@ impl Causal {
     }
 }
 
-/// The text value of a one-column DataRow.
-pub fn data_row_text(body: &[u8]) -> Option<&str> {
-    let n = i16::from_be_bytes([*body.first()?, *body.get(1)?]);
-    if n != 1 {
-        return None;
-    }
-    let len = i32::from_be_bytes(body.get(2..6)?.try_into().ok()?);
-    let len = usize::try_from(len).ok()?;
-    std::str::from_utf8(body.get(6..6 + len)?).ok()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -132,14 +121,5 @@ mod tests {
         assert!(Causal::wanted(Global, true, false, false, true), "COMMIT");
         assert!(!Causal::wanted(Session, true, true, false, false), "a write inside a transaction");
         assert!(!Causal::wanted(Off, false, true, false, false));
-    }
-
-    #[test]
-    fn data_rows() {
-        let mut b = vec![0, 1, 0, 0, 0, 9];
-        b.extend_from_slice(b"0/16B3748");
-        assert_eq!(data_row_text(&b), Some("0/16B3748"));
-        assert_eq!(data_row_text(&[0, 1, 255, 255, 255, 255]), None);
-        assert_eq!(data_row_text(&[0]), None);
     }
 }

@@ -6,6 +6,7 @@ use bytes::BufMut;
 
 use super::{End, Session};
 use crate::ops::admin::{self, Answer};
+use crate::protocol::TxStatus;
 use crate::protocol::{self, ProtocolError, message, put_cstr};
 
 impl Session {
@@ -21,7 +22,7 @@ impl Session {
             self.out.extend_from_slice(&protocol::parameter_status(k, v));
         }
         self.out.extend_from_slice(&protocol::backend_key_data(self.cancel.pid, self.cancel.secret));
-        self.out.extend_from_slice(&protocol::ready_for_query(b'I'));
+        self.out.extend_from_slice(&protocol::ready_for_query(TxStatus::Idle));
         loop {
             self.flush_client().await?;
             let f = match self.client.next().await {
@@ -31,8 +32,7 @@ impl Session {
             };
             match f.tag() {
                 b'Q' => {
-                    let mut body = f.body();
-                    let sql = protocol::read_cstr(&mut body)?.to_string();
+                    let sql = protocol::frontend::read_query(&f)?.to_string();
                     for stmt in crate::sql::lex::split_statements(&sql) {
                         match admin::execute(&self.shared, stmt) {
                             Ok(answer) => self.answer(answer),
@@ -45,13 +45,13 @@ impl Session {
                     if crate::sql::lex::split_statements(&sql).is_empty() {
                         self.out.extend_from_slice(&[b'I', 0, 0, 0, 4]);
                     }
-                    self.out.extend_from_slice(&protocol::ready_for_query(b'I'));
+                    self.out.extend_from_slice(&protocol::ready_for_query(TxStatus::Idle));
                 }
                 b'X' => return Err(End::Terminated),
                 b'S' => {
                     let msg = "the pgsplit admin console takes simple queries only";
                     self.out.extend_from_slice(&protocol::error("0A000", msg));
-                    self.out.extend_from_slice(&protocol::ready_for_query(b'I'));
+                    self.out.extend_from_slice(&protocol::ready_for_query(TxStatus::Idle));
                 }
                 // Extended-protocol messages before their Sync: answered at the Sync.
                 _ => {}

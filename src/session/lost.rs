@@ -16,6 +16,7 @@ use bytes::BufMut;
 
 use super::batch::BatchItem;
 use super::{End, Session};
+use crate::protocol::TxStatus;
 use crate::protocol::{self, message};
 
 /// The transaction's state after its connection was lost.
@@ -60,7 +61,7 @@ impl Session {
             self.out.extend_from_slice(&protocol::fatal("08006", &msg));
             return Err(End::Fatal(msg));
         }
-        let in_tx = self.tx_status != b'I';
+        let in_tx = !self.tx_status.is_idle();
         let requested = self.outstanding > 0;
         self.outstanding = 0;
         self.expect.clear();
@@ -79,16 +80,20 @@ impl Session {
             (true, true, _) | (false, _, true) | (false, true, _) => (
                 "08007",
                 format!("pgsplit: {lost}, during COMMIT (or an autocommit write): its outcome is unknown"),
-                b'I',
+                TxStatus::Idle,
             ),
-            (true, false, _) => ("40001", format!("pgsplit: the transaction was rolled back: {lost}; retry it"), b'E'),
-            (false, false, false) => ("08006", format!("pgsplit: {lost}, while running this statement"), b'I'),
+            (true, false, _) => {
+                ("40001", format!("pgsplit: the transaction was rolled back: {lost}; retry it"), TxStatus::Failed)
+            }
+            (false, false, false) => {
+                ("08006", format!("pgsplit: {lost}, while running this statement"), TxStatus::Idle)
+            }
         };
         self.shared.metrics.error_sent(code);
         self.out.extend_from_slice(&protocol::error(code, &msg));
         self.out.extend_from_slice(&protocol::ready_for_query(status));
         self.tx_status = status;
-        self.lost = if status == b'E' { Lost::Reported } else { Lost::No };
+        self.lost = if status == TxStatus::Failed { Lost::Reported } else { Lost::No };
         Ok(())
     }
 
@@ -105,17 +110,17 @@ impl Session {
                 self.out.extend_from_slice(&protocol::command_complete("ROLLBACK"));
             }
             self.lost = Lost::No;
-            self.tx_status = b'I';
+            self.tx_status = TxStatus::Idle;
         } else {
             let (code, msg) = if reported { ("25P02", ABORTED) } else { ("40001", LOST) };
             self.shared.metrics.error_sent(code);
             self.out.extend_from_slice(&protocol::error(code, msg));
             if commit {
                 self.lost = Lost::No;
-                self.tx_status = b'I';
+                self.tx_status = TxStatus::Idle;
             } else {
                 self.lost = Lost::Reported;
-                self.tx_status = b'E';
+                self.tx_status = TxStatus::Failed;
             }
         }
         self.observe.status(self.tx_status);

@@ -32,6 +32,7 @@ use crate::Shared;
 use crate::auth;
 use crate::cancel::{CancelHandle, ServerKey};
 use crate::pool::Checkout;
+use crate::protocol::TxStatus;
 use crate::protocol::{self, Frame, FrameReader, ProtocolError};
 use crate::sql::RouteMode;
 
@@ -99,7 +100,7 @@ struct Session {
 
     server: Option<Checkout>,
     /// The ReadyForQuery status last relayed: 'I', 'T' or 'E'.
-    tx_status: u8,
+    tx_status: TxStatus,
     /// Requests (Query, Sync, FunctionCall) sent whose ReadyForQuery has not come back.
     outstanding: usize,
     batch: Batch,
@@ -179,7 +180,7 @@ async fn run_client(shared: &Arc<Shared>, stream: TcpStream, peer: Option<std::n
         mode: RouteMode::Auto,
         pin: None,
         server: None,
-        tx_status: b'I',
+        tx_status: TxStatus::Idle,
         outstanding: 0,
         batch: Batch::default(),
         batch_open: false,
@@ -256,7 +257,7 @@ impl Session {
                         self.out.extend_from_slice(&protocol::parameter_status(k, "off"));
                     }
                     self.out.extend_from_slice(&protocol::backend_key_data(self.cancel.pid, self.cancel.secret));
-                    self.out.extend_from_slice(&protocol::ready_for_query(b'I'));
+                    self.out.extend_from_slice(&protocol::ready_for_query(TxStatus::Idle));
                     self.release_server();
                     return Ok(());
                 }
@@ -268,8 +269,9 @@ impl Session {
                 Err(AttachError::Failed(f)) => last_error = f,
             }
         }
-        let code = protocol::error_field(&last_error[5..], b'C').unwrap_or("08006").to_string();
-        let msg = protocol::error_field(&last_error[5..], b'M').unwrap_or("no server is reachable").to_string();
+        let err = protocol::backend::error_fields(&last_error);
+        let code = err.code().unwrap_or("08006").to_string();
+        let msg = err.message().unwrap_or("no server is reachable").to_string();
         self.out.extend_from_slice(&protocol::fatal(&code, &msg));
         Err(End::Fatal(msg))
     }
@@ -487,7 +489,7 @@ impl Session {
             return None;
         }
         let limits = &self.shared.config.load().limits;
-        let (ms, in_tx) = if self.tx_status != b'I' {
+        let (ms, in_tx) = if !self.tx_status.is_idle() {
             (limits.idle_transaction_timeout_ms, true)
         } else {
             (limits.idle_client_timeout_ms, false)
@@ -543,7 +545,7 @@ impl Session {
         let cancelled = self.cancel.detach();
         let clean = !cancelled
             && self.outstanding == 0
-            && self.tx_status == b'I'
+            && self.tx_status.is_idle()
             && self.pin.is_none()
             && !self.batch_open
             && !self.copy_in

@@ -10,6 +10,7 @@ use prometheus::{Counter, Histogram, IntCounter};
 
 pub use crate::clients::ClientSlot;
 use crate::metrics::{Metrics, reason_class};
+use crate::protocol::TxStatus;
 
 struct ServerCounters {
     queries: IntCounter,
@@ -104,9 +105,9 @@ impl Observe {
         }
     }
 
-    pub fn status(&self, status: u8) {
+    pub fn status(&self, status: TxStatus) {
         if let Some(s) = &self.slot {
-            s.tx_status.store(status as usize, Ordering::Relaxed);
+            s.tx_status.store(status.byte() as usize, Ordering::Relaxed);
         }
     }
 }

@@ -12,6 +12,7 @@ use crate::cluster::Role;
 use crate::cluster::topology::LoadGuard;
 use crate::pool::CheckoutError;
 use crate::protocol;
+use crate::protocol::TxStatus;
 use crate::router::{CAUSAL, Decision, NOT_REPLAYED_YET, SessionView, route};
 use crate::sql::Target;
 use crate::sql::cache::Analysis;
@@ -55,7 +56,7 @@ impl Session {
     ) -> Decision {
         let mode = self.shared.config.load().routing.read_your_writes;
         let view = SessionView {
-            in_transaction: self.tx_status != b'I' || self.batch_open,
+            in_transaction: !self.tx_status.is_idle() || self.batch_open,
             pinned: self.pin.is_some(),
             mode: self.mode,
             serializable: self.settings.serializable(),
@@ -213,7 +214,7 @@ impl Session {
         self.shared.metrics.error_sent("40001");
         self.out.extend_from_slice(&protocol::error("40001", &msg));
         self.effects = super::state::PendingEffects::default();
-        self.tx_status = b'E';
+        self.tx_status = TxStatus::Failed;
         self.lost = super::lost::Lost::Reported;
         Ok(false)
     }
@@ -224,7 +225,7 @@ impl Session {
         let mut decision = decision;
         let mut primary_deadline = None;
         if matches!(decision, Decision::Primary { .. })
-            && self.tx_status == b'I'
+            && self.tx_status.is_idle()
             && self.pin.is_none()
             && self.shared.writes_blocked().is_some()
         {
@@ -270,7 +271,9 @@ impl Session {
                     let _ = f;
                 }
                 Err(AttachError::Failed(f))
-                    if matches!(decision, Decision::Primary { .. }) && self.tx_status == b'I' && self.pin.is_none() =>
+                    if matches!(decision, Decision::Primary { .. })
+                        && self.tx_status.is_idle()
+                        && self.pin.is_none() =>
                 {
                     // The primary is down: outside a transaction nothing has started, so the
                     // work waits for a new primary (a failover) up to failover_wait.
@@ -423,8 +426,8 @@ impl Session {
 /// A server's FATAL during connection set-up becomes an ERROR for a client whose session
 /// goes on.
 pub(super) fn as_error(f: &[u8]) -> Bytes {
-    let body = &f[5..];
-    let code = protocol::error_field(body, b'C').unwrap_or("08006");
-    let msg = protocol::error_field(body, b'M').unwrap_or("server error");
+    let err = protocol::backend::error_fields(f);
+    let code = err.code().unwrap_or("08006");
+    let msg = err.message().unwrap_or("server error");
     protocol::error(code, msg)
 }

@@ -7,6 +7,7 @@ use super::causal;
 use super::extended::Statements;
 use super::{End, Expect, HIDDEN_PARAMETERS, Session};
 use crate::lsn::Lsn;
+use crate::protocol::backend::{self, ErrorFields, error_fields};
 use crate::protocol::{self, Frame, ProtocolError};
 use crate::sql::{Effect, Own};
 
@@ -14,15 +15,16 @@ impl Session {
     /// One server message for the client. Err ends the client's session: the server ended the
     /// connection the client was using with a FATAL, relayed as a direct connection gets it.
     pub(super) fn on_server_frame(&mut self, f: Frame) -> Result<(), End> {
-        let fatal = f.tag() == b'E' && matches!(protocol::error_field(f.body(), b'V'), Some("FATAL" | "PANIC"));
+        let err = error_fields(&f.bytes);
+        let fatal = f.tag() == b'E' && err.is_fatal();
         if fatal && self.retry.is_some() {
             // A read on a replica that had not started answering (a shutdown, a recovery
             // conflict): it runs again elsewhere when the connection closes (server_lost),
             // and the client never knows.
             tracing::info!(
-                code = protocol::error_field(f.body(), b'C').unwrap_or(""),
+                code = err.code().unwrap_or(""),
                 "a replica ended the connection of a read before answering: {}",
-                protocol::error_field(f.body(), b'M').unwrap_or("")
+                err.message().unwrap_or("")
             );
             return Ok(());
         }
@@ -40,7 +42,7 @@ impl Session {
         self.observe.relayed(f.bytes.len());
         match f.tag() {
             b'Z' => {
-                let status = f.body().first().copied().unwrap_or(b'I');
+                let status = protocol::backend::ready_status(&f);
                 if matches!(self.expect.front(), Some(Expect::Sync)) {
                     self.expect.pop_front();
                 }
@@ -68,14 +70,14 @@ impl Session {
                 self.out.extend_from_slice(&f.bytes);
                 self.release_if_idle();
             }
-            b'E' if fatal && self.server_going_away(f.body()) => {
+            b'E' if fatal && self.server_going_away(err) => {
                 // The server itself is going away (its postmaster died, a crash, a failover's
                 // fence): that is the "server lost" path, told when the connection closes
                 // (server_lost), in terms of what the client was doing; its session goes on.
                 tracing::warn!(
-                    code = protocol::error_field(f.body(), b'C').unwrap_or(""),
+                    code = err.code().unwrap_or(""),
                     "server ends the connection: {}",
-                    protocol::error_field(f.body(), b'M').unwrap_or("")
+                    err.message().unwrap_or("")
                 );
             }
             b'E' if fatal => {
@@ -83,8 +85,8 @@ impl Session {
                 // idle_in_transaction_session_timeout, idle_session_timeout): as on a direct
                 // connection, the client gets the FATAL and its connection ends. Only that
                 // server connection is gone; the server stays in rotation (the monitor judges).
-                let code = protocol::error_field(f.body(), b'C').unwrap_or("").to_string();
-                let msg = protocol::error_field(f.body(), b'M').unwrap_or("").to_string();
+                let code = err.code().unwrap_or("").to_string();
+                let msg = err.message().unwrap_or("").to_string();
                 let server = self.discard_server().map(|(_, addr)| addr).unwrap_or_default();
                 tracing::info!(%server, code, "the server ended the client's connection: {msg}");
                 self.shared.metrics.error_sent(&code);
@@ -93,7 +95,7 @@ impl Session {
                 return Err(End::Fatal(format!("{code} from {server}: {msg}")));
             }
             b'E' => {
-                if let Some(code) = protocol::error_field(f.body(), b'C') {
+                if let Some(code) = err.code() {
                     self.shared.metrics.error_sent(code);
                 }
                 self.effects.error_in_request = true;
@@ -128,7 +130,7 @@ impl Session {
                     self.out.extend_from_slice(&protocol::error("42P05", &msg));
                     return Ok(());
                 }
-                if protocol::error_field(f.body(), b'C') == Some("25006") && !self.on_replica() {
+                if err.code() == Some("25006") && !self.on_replica() {
                     // The server pgsplit takes for the primary is read-only: the topology may
                     // have changed under it. Check now.
                     tracing::warn!("the primary answered 25006 (read-only): checking the topology");
@@ -158,8 +160,7 @@ impl Session {
                 if let Some(s) = self.server.as_mut() {
                     s.conn.note_parameter(&f);
                 }
-                let mut body = f.body();
-                let name = protocol::read_cstr(&mut body).unwrap_or("");
+                let name = backend::parameter_name(&f);
                 if !HIDDEN_PARAMETERS.contains(&name) {
                     self.out.extend_from_slice(&f.bytes);
                 }
@@ -175,10 +176,10 @@ impl Session {
                 self.out.extend_from_slice(&f.bytes);
             }
             b'C' => {
-                let body = f.body();
-                if body.starts_with(b"ROLLBACK") {
+                let tag = backend::command_tag(&f);
+                if tag.starts_with("ROLLBACK") {
                     self.effects.rolled_back = true;
-                } else if body.starts_with(b"COMMIT") {
+                } else if tag.starts_with("COMMIT") {
                     self.effects.rolled_back = false;
                 }
                 self.out.extend_from_slice(&f.bytes);
@@ -192,9 +193,9 @@ impl Session {
     /// its postmaster died (57P01 "unexpected postmaster exit"), a crash (57P02), a server
     /// that refuses connections (57P03), or pgsplit itself is fencing or switching over (its
     /// fence terminates the old primary's backends).
-    fn server_going_away(&self, body: &[u8]) -> bool {
-        let code = protocol::error_field(body, b'C').unwrap_or("");
-        let msg = protocol::error_field(body, b'M').unwrap_or("");
+    fn server_going_away(&self, err: ErrorFields<'_>) -> bool {
+        let code = err.code().unwrap_or("");
+        let msg = err.message().unwrap_or("");
         let node = self.server.as_ref().map(|s| s.conn.node);
         let t = self.shared.cluster.load();
         let fenced = node.and_then(|n| t.nodes.get(n)).is_some_and(|n| n.fenced);
@@ -205,7 +206,8 @@ impl Session {
     }
 
     fn release_if_idle(&mut self) {
-        if self.tx_status == b'I' && self.outstanding == 0 && !self.batch_open && self.pin.is_none() && !self.copy_in {
+        if self.tx_status.is_idle() && self.outstanding == 0 && !self.batch_open && self.pin.is_none() && !self.copy_in
+        {
             self.release_server();
         }
     }
@@ -216,7 +218,7 @@ impl Session {
     fn on_probe_frame(&mut self, f: Frame) {
         let Some(p) = self.causal.probe.as_mut() else { return };
         match f.tag() {
-            b'D' => p.lsn = causal::data_row_text(f.body()).and_then(Lsn::parse),
+            b'D' => p.lsn = backend::single_text(&f).and_then(Lsn::parse),
             b'E' => p.lsn = None,
             b'Z' => {
                 self.outstanding = self.outstanding.saturating_sub(1);
@@ -294,7 +296,7 @@ impl Session {
             self.causal.unknown();
         }
         if self.outstanding == 1
-            && self.tx_status == b'I'
+            && self.tx_status.is_idle()
             && let Some(r) = self.retry.take()
         {
             self.expect.clear();

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 
 use super::batch::BatchItem;
-use super::extended::{self, Prepared};
+use super::extended::Prepared;
 use super::{End, Session};
 use crate::protocol::{self, ProtocolError};
 
@@ -48,7 +48,7 @@ impl Session {
         let mut buf = BytesMut::new();
         for p in &needed {
             buf.extend_from_slice(&p.parse);
-            buf.extend_from_slice(&extended::target_message(b'D', b'S', &p.server_name));
+            buf.extend_from_slice(&crate::protocol::frontend::target_message(b'D', b'S', &p.server_name));
         }
         buf.extend_from_slice(&protocol::sync());
         if let Err(e) = server.conn.send(&buf).await {
@@ -81,7 +81,7 @@ impl Session {
                 b'S' => server.conn.note_parameter(&f),
                 b'N' => self.out.extend_from_slice(&f.bytes),
                 b'Z' => {
-                    self.tx_status = f.body().first().copied().unwrap_or(self.tx_status);
+                    self.tx_status = protocol::backend::ready_status(&f);
                     return Ok(error.map_or(Checked::Ready, Checked::Refused));
                 }
                 _ => {}
@@ -92,7 +92,7 @@ impl Session {
     /// The connection died during the check, before the client's batch was sent: outside a
     /// transaction the batch can simply go to another connection.
     fn lost_while_checking(&mut self, e: ProtocolError) -> Result<Checked, End> {
-        if self.tx_status == b'I' && self.pin.is_none() {
+        if self.tx_status.is_idle() && self.pin.is_none() {
             self.drop_broken_server(&e);
             return Ok(Checked::Lost);
         }

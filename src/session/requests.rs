@@ -3,6 +3,7 @@
 use super::causal::Causal;
 use super::placement::AttachError;
 use super::{End, Session};
+use crate::protocol::TxStatus;
 use crate::protocol::{self, Frame, ProtocolError};
 use crate::router::Decision;
 use crate::sql::session_cmd::{READ_ONLY_TRANSACTION, STANDBY_REFUSES};
@@ -60,7 +61,7 @@ impl Session {
     /// connection is closed (the server rolls it back) and the client's request is answered as
     /// for a lost transaction (40001, safe to retry; ROLLBACK succeeds).
     fn cut_if_writes_suspended(&mut self) -> Result<(), End> {
-        if self.shared.coord.is_none() || self.tx_status == b'I' || self.copy_in || self.outstanding > 0 {
+        if self.shared.coord.is_none() || self.tx_status.is_idle() || self.copy_in || self.outstanding > 0 {
             return Ok(());
         }
         let Some(node) = self.server.as_ref().map(|s| s.conn.node) else { return Ok(()) };
@@ -73,15 +74,14 @@ impl Session {
     }
 
     pub(super) async fn simple_query(&mut self, f: Frame) -> Result<(), End> {
-        let mut body = f.body();
-        let sql = protocol::read_cstr(&mut body)?;
+        let sql = protocol::frontend::read_query(&f)?;
         let analysis = self.shared.cache.analyze(sql);
         if self.lost != super::lost::Lost::No {
             let rollback = analysis.only_rollback && !analysis.statements.is_empty();
             self.answer_lost(rollback, analysis.commits, None);
             return Ok(());
         }
-        if !analysis.exclusive.is_empty() && self.tx_status == b'I' {
+        if !analysis.exclusive.is_empty() && self.tx_status.is_idle() {
             let exclusive: Vec<_> = analysis.exclusive.iter().collect();
             if !Box::pin(self.free_databases(&exclusive)).await {
                 self.out.extend_from_slice(&protocol::ready_for_query(self.tx_status));
@@ -89,14 +89,14 @@ impl Session {
             }
         }
         let fresh_begin = self.fresh_begin.take();
-        if self.batch_open && self.tx_status == b'I' && self.pin.is_none() {
+        if self.batch_open && self.tx_status.is_idle() && self.pin.is_none() {
             // A simple Query after Parse/Describe/Flush with no Sync (asyncpg prepares that
             // way): the flushed part is over; the query is routed on its own.
             self.close_open_batch().await?;
         }
         if let [c] = analysis.statements.as_slice()
             && let Effect::Deallocate(_) = &c.effect
-            && self.tx_status == b'E'
+            && self.tx_status == TxStatus::Failed
         {
             // As PostgreSQL answers it in an aborted transaction.
             let msg = "current transaction is aborted, commands ignored until end of transaction block";
@@ -140,7 +140,7 @@ impl Session {
         for c in &analysis.statements {
             self.note_effect(&c.effect, c.own);
         }
-        if self.tx_status == b'I' && self.pin.is_none() && matches!(decision, Decision::Replica { .. }) {
+        if self.tx_status.is_idle() && self.pin.is_none() && matches!(decision, Decision::Replica { .. }) {
             let work = super::rerun::RetryWork::Query(f.bytes.clone());
             self.retry = Some(super::rerun::Retry { work, target, reason, hint: analysis.hint });
             if let [c] = analysis.statements.as_slice()
@@ -171,7 +171,7 @@ impl Session {
     /// Whether the request about to go to the server needs the commit-position probe.
     pub(super) fn wants_commit_probe(&self, target: Target, opens: bool, commits: bool) -> bool {
         let mode = self.shared.config.load().routing.read_your_writes;
-        !self.on_replica() && Causal::wanted(mode, self.tx_status != b'I', target == Target::Primary, opens, commits)
+        !self.on_replica() && Causal::wanted(mode, !self.tx_status.is_idle(), target == Target::Primary, opens, commits)
     }
 
     /// Appends the commit-position probe behind a request (see `causal.rs`).
@@ -195,7 +195,7 @@ impl Session {
     /// it has no snapshot and no effects yet, so it starts again on the primary and the client
     /// never knows. If that fails the client's transaction is gone: its connection is closed.
     pub(super) async fn move_fresh_transaction(&mut self, begin: &str) -> Result<(), End> {
-        if self.tx_status != b'T' || !self.on_replica() || self.outstanding > 0 {
+        if self.tx_status != TxStatus::InTransaction || !self.on_replica() || self.outstanding > 0 {
             return Ok(());
         }
         if let Some(s) = self.server.as_mut() {

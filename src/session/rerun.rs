@@ -21,6 +21,7 @@ use bytes::BytesMut;
 
 use super::batch::{BatchItem, encode_item};
 use super::{End, Expect, Session};
+use crate::protocol::backend::error_fields;
 use crate::protocol::{self, Frame};
 use crate::router::NOT_REPLAYED_YET;
 use crate::sql::Target;
@@ -51,16 +52,15 @@ const STATEMENT: [&str; 5] = ["3D000", "3F000", "42P01", "42883", "42704"];
 const LOGIN_ONLY: &str = "28000";
 
 /// The code of an ErrorResponse that a read on a lagging replica can get, as a static label.
-pub(super) fn statement_code(error_body: &[u8]) -> Option<&'static str> {
-    let code = protocol::error_field(error_body, b'C')?;
+pub(super) fn statement_code(error: &[u8]) -> Option<&'static str> {
+    let code = error_fields(error).code()?;
     STATEMENT.iter().copied().find(|c| *c == code)
 }
 
 /// The code of a replica's refusal of a connection (or of the client's settings) that may only
 /// mean it has not replayed the database, role or object yet. `frame` is a whole ErrorResponse.
 pub(super) fn login_refusal(frame: &[u8]) -> Option<&'static str> {
-    let body = frame.get(5..)?;
-    statement_code(body).or_else(|| (protocol::error_field(body, b'C')? == LOGIN_ONLY).then_some(LOGIN_ONLY))
+    statement_code(frame).or_else(|| (error_fields(frame).code()? == LOGIN_ONLY).then_some(LOGIN_ONLY))
 }
 
 impl Session {
@@ -103,21 +103,21 @@ impl Session {
     /// replica has not replayed an object yet: the read goes again to the primary, and the
     /// frame must not reach the client.
     pub(super) fn rerun_if_not_replayed(&mut self, f: &Frame, r: Retry) -> bool {
-        if f.tag() != b'E' || self.outstanding != 1 || self.tx_status != b'I' || self.causal.probe.is_some() {
+        if f.tag() != b'E' || self.outstanding != 1 || !self.tx_status.is_idle() || self.causal.probe.is_some() {
             return false;
         }
-        let body = f.body();
-        if matches!(protocol::error_field(body, b'V'), Some("FATAL" | "PANIC")) {
+        let err = error_fields(&f.bytes);
+        if err.is_fatal() {
             return false;
         }
-        let Some(code) = statement_code(body) else { return false };
+        let Some(code) = statement_code(&f.bytes) else { return false };
         self.shared.metrics.replica_retries.with_label_values(&[code]).inc();
         let server = self.discard_server().map(|(_, addr)| addr).unwrap_or_default();
         tracing::debug!(
             %server,
             code,
             "a read on a replica found no such object ({}): running it on the primary",
-            protocol::error_field(body, b'M').unwrap_or("")
+            err.message().unwrap_or("")
         );
         self.observe.abandoned();
         self.expect.clear();
@@ -150,10 +150,10 @@ mod tests {
             ("57P03", false, false),
         ] {
             let f = error(code);
-            assert_eq!(statement_code(&f[5..]).is_some(), statement, "{code}");
+            assert_eq!(statement_code(&f).is_some(), statement, "{code}");
             assert_eq!(login_refusal(&f).is_some(), login, "{code}");
         }
-        assert_eq!(statement_code(&error("42P01")[5..]), Some("42P01"));
+        assert_eq!(statement_code(&error("42P01")), Some("42P01"));
         assert_eq!(login_refusal(b"E\0\0"), None, "a truncated frame is not a refusal");
     }
 }

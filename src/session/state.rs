@@ -5,6 +5,7 @@
 
 use std::hash::{Hash, Hasher};
 
+use crate::protocol::TxStatus;
 use crate::sql::{Effect, Own};
 
 #[derive(Debug, Default)]
@@ -153,7 +154,7 @@ pub struct PendingEffects {
 
 impl PendingEffects {
     /// At ReadyForQuery: returns the effects that now hold, if the transaction is over.
-    pub fn settle(&mut self, status: u8) -> Vec<(Effect, Option<Own>)> {
+    pub fn settle(&mut self, status: TxStatus) -> Vec<(Effect, Option<Own>)> {
         let request = std::mem::take(&mut self.request);
         if !self.error_in_request {
             self.transaction.extend(request);
@@ -161,7 +162,7 @@ impl PendingEffects {
         let rolled_back = self.rolled_back || self.error_in_request;
         self.error_in_request = false;
         self.rolled_back = false;
-        if status != b'I' {
+        if !status.is_idle() {
             return Vec::new();
         }
         let done = std::mem::take(&mut self.transaction);
@@ -230,17 +231,17 @@ mod tests {
     fn effects_wait_for_commit() {
         let mut p = PendingEffects::default();
         p.request.push((set("a", "1"), None));
-        assert!(p.settle(b'T').is_empty());
+        assert!(p.settle(TxStatus::InTransaction).is_empty());
         p.request.push((set("b", "1"), None));
-        assert_eq!(p.settle(b'I').len(), 2);
+        assert_eq!(p.settle(TxStatus::Idle).len(), 2);
 
         p.request.push((set("a", "1"), None));
-        assert!(p.settle(b'T').is_empty());
+        assert!(p.settle(TxStatus::InTransaction).is_empty());
         p.rolled_back = true;
-        assert!(p.settle(b'I').is_empty());
+        assert!(p.settle(TxStatus::Idle).is_empty());
 
         p.request.push((set("a", "1"), None));
         p.error_in_request = true;
-        assert!(p.settle(b'I').is_empty());
+        assert!(p.settle(TxStatus::Idle).is_empty());
     }
 }
