@@ -45,10 +45,10 @@ fn main() {
             if sqlparser::parser::Parser::parse_sql(&sqlparser::dialect::PostgreSqlDialect {}, stmt).is_err() {
                 parser_failed += 1;
             }
-            if c.reason == "read (checked word by word)" {
+            if c.reason == pgsplit::reason::Reason::ReadCheckedWordByWord {
                 word_checked += 1;
             }
-            if c.reason == "does not parse" {
+            if c.reason == pgsplit::reason::Reason::DoesNotParse {
                 unparsed += 1;
                 let err = match sqlparser::parser::Parser::parse_sql(&sqlparser::dialect::PostgreSqlDialect {}, stmt) {
                     Err(e) => shape(&e.to_string()),

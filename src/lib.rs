@@ -18,6 +18,7 @@ pub use ops::metrics;
 pub mod pool;
 pub mod protocol;
 pub mod proxy;
+pub mod reason;
 pub mod router;
 pub mod session;
 pub mod shared;

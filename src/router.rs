@@ -4,18 +4,19 @@
 use crate::cluster::{Node, Role, Topology, balance};
 use crate::config::OnAllLagging;
 use crate::lsn::Lsn;
+use crate::reason::Reason;
 use crate::sql::{Hint, RouteMode, Target};
 
 /// The reason of a read sent to the primary because no replica in rotation has replayed the
 /// client's last write yet (or is within its `pgsplit.max_lag`).
-pub const CAUSAL: &str = "read your writes";
+pub const CAUSAL: Reason = Reason::Causal;
 /// A read run again on the primary because a replica answered that what it names does not
 /// exist (it had not replayed it yet).
-pub const NOT_REPLAYED_YET: &str = "not replayed on the replica yet";
+pub const NOT_REPLAYED_YET: Reason = Reason::NotReplayedYet;
 /// A read sent to the least lagged replica because none is in rotation (on_all_lagging).
-pub const LAG_FALLBACK: &str = "all replicas lagging: least lagged";
+pub const LAG_FALLBACK: Reason = Reason::LagFallback;
 /// A read refused because no replica is in rotation (on_all_lagging = error).
-pub const NO_REPLICA_ERROR: &str = "no replica in rotation (on_all_lagging = error)";
+pub const NO_REPLICA_ERROR: Reason = Reason::NoReplicaError;
 
 /// What the session knows about itself when a statement arrives.
 #[derive(Debug, Clone, Copy, Default)]
@@ -37,29 +38,29 @@ pub struct SessionView {
 pub enum Decision {
     /// Keep using the server connection the client holds.
     Held {
-        reason: &'static str,
+        reason: Reason,
     },
     Primary {
         node: usize,
-        reason: &'static str,
+        reason: Reason,
     },
     Replica {
         node: usize,
-        reason: &'static str,
+        reason: Reason,
     },
     /// No server may run it (on_all_lagging = error): the client gets an error.
     Refuse {
-        reason: &'static str,
+        reason: Reason,
     },
 }
 
 impl Decision {
-    pub fn reason(&self) -> &'static str {
+    pub fn reason(&self) -> Reason {
         match self {
             Decision::Held { reason }
             | Decision::Primary { reason, .. }
             | Decision::Replica { reason, .. }
-            | Decision::Refuse { reason } => reason,
+            | Decision::Refuse { reason } => *reason,
         }
     }
     pub fn node(&self) -> Option<usize> {
@@ -74,7 +75,7 @@ impl Decision {
 /// `target` is the strictest need of its statements. `exclude` lists replicas that just failed.
 pub fn route(
     target: Target,
-    reason: &'static str,
+    reason: Reason,
     hint: Option<Hint>,
     session: SessionView,
     topology: &Topology,
@@ -82,14 +83,14 @@ pub fn route(
     exclude: &[usize],
 ) -> Decision {
     if session.in_transaction {
-        return Decision::Held { reason: "inside a transaction" };
+        return Decision::Held { reason: Reason::InsideTransaction };
     }
     if session.pinned {
-        return Decision::Held { reason: "session pinned to the primary" };
+        return Decision::Held { reason: Reason::SessionPinned };
     }
     let primary = topology.primary();
     if session.serializable {
-        return Decision::Primary { node: primary, reason: "serializable isolation" };
+        return Decision::Primary { node: primary, reason: Reason::SerializableIsolation };
     }
     // Nothing overrides a statement that needs the primary: a hint only ever makes a read
     // stricter, never a write looser.
@@ -97,10 +98,10 @@ pub fn route(
         return Decision::Primary { node: primary, reason };
     }
     if hint == Some(Hint::Primary) {
-        return Decision::Primary { node: primary, reason: "pgsplit:primary hint" };
+        return Decision::Primary { node: primary, reason: Reason::PrimaryHint };
     }
     if session.mode == RouteMode::Primary && hint != Some(Hint::Replica) {
-        return Decision::Primary { node: primary, reason: "pgsplit.route = primary" };
+        return Decision::Primary { node: primary, reason: Reason::RoutePrimary };
     }
     // A read about the server it runs on answers for the primary, as for a client connected
     // to it, unless the client asks for a replica.
@@ -108,8 +109,8 @@ pub fn route(
         return Decision::Primary { node: primary, reason };
     }
     let reason = match (hint, target) {
-        (Some(Hint::Replica), _) => "pgsplit:replica hint",
-        (_, Target::Any) => "session command",
+        (Some(Hint::Replica), _) => Reason::ReplicaHint,
+        (_, Target::Any) => Reason::SessionCommand,
         _ => reason,
     };
     // Session commands (SET, SHOW) run anywhere: freshness does not matter to them.
@@ -126,7 +127,7 @@ pub fn route(
         return Decision::Primary { node: primary, reason: CAUSAL };
     }
     match topology.on_all_lagging {
-        OnAllLagging::Primary => Decision::Primary { node: primary, reason: "no replica in rotation" },
+        OnAllLagging::Primary => Decision::Primary { node: primary, reason: Reason::NoReplica },
         OnAllLagging::LeastLagged => {
             let least = topology
                 .nodes
@@ -144,12 +145,10 @@ pub fn route(
                 .min_by_key(|(_, n)| n.lag_bytes.unwrap_or(u64::MAX));
             match least {
                 Some((node, _)) => Decision::Replica { node, reason: LAG_FALLBACK },
-                None => Decision::Primary { node: primary, reason: "no replica in rotation" },
+                None => Decision::Primary { node: primary, reason: Reason::NoReplica },
             }
         }
-        OnAllLagging::Error if target == Target::Any => {
-            Decision::Primary { node: primary, reason: "no replica in rotation" }
-        }
+        OnAllLagging::Error if target == Target::Any => Decision::Primary { node: primary, reason: Reason::NoReplica },
         OnAllLagging::Error => Decision::Refuse { reason: NO_REPLICA_ERROR },
     }
 }
@@ -229,7 +228,7 @@ mod tests {
             n.in_rotation = false;
         }
         let d = decide("SELECT 1", SessionView::default(), &t);
-        assert_eq!(d, Decision::Primary { node: 0, reason: "no replica in rotation" });
+        assert_eq!(d, Decision::Primary { node: 0, reason: Reason::NoReplica });
         let t = topo();
         let a = Analysis::of("SELECT 1", 1 << 20);
         let d = route(a.target, a.reason, None, SessionView::default(), &t, 0, &[1, 2]);
@@ -283,7 +282,7 @@ mod tests {
         t.on_all_lagging = OnAllLagging::Primary;
         assert_eq!(
             route(a.target, a.reason, None, s, &t, 0, &[]),
-            Decision::Primary { node: 0, reason: "no replica in rotation" }
+            Decision::Primary { node: 0, reason: Reason::NoReplica }
         );
         t.on_all_lagging = OnAllLagging::LeastLagged;
         assert_eq!(route(a.target, a.reason, None, s, &t, 0, &[]), Decision::Replica { node: 2, reason: LAG_FALLBACK });

@@ -299,35 +299,6 @@ impl Metrics {
     }
 }
 
-/// The reason class of a routing decision, for the `reason` label: write, lock, function,
-/// transaction, session_pin, hint, causal, not_replayed, server_local, lag_fallback, parse_error,
-/// no_replica, read, session.
-pub fn reason_class(reason: &str) -> &'static str {
-    match reason {
-        "read" | "read (checked word by word)" | "COPY TO" | "read-only transaction" => "read",
-        "session command"
-        | "transaction-level SET"
-        | "transaction control"
-        | "cursor command"
-        | "transaction-local set_config"
-        | "empty query" => "session",
-        "locking clause" => "lock",
-        "inside a transaction" | "transaction" | "two-phase commit" | "serializable isolation" => "transaction",
-        crate::sql::session_cmd::STANDBY_REFUSES => "transaction",
-        "session pinned to the primary" => "session_pin",
-        "pgsplit:primary hint" | "pgsplit:replica hint" | "pgsplit.route = primary" => "hint",
-        crate::router::CAUSAL => "causal",
-        crate::router::NOT_REPLAYED_YET => "not_replayed",
-        crate::router::LAG_FALLBACK => "lag_fallback",
-        "does not parse" | "too long to parse" | "not a single statement" => "parse_error",
-        "no replica in rotation" | "no replica reachable" | crate::router::NO_REPLICA_ERROR => "no_replica",
-        "function or view not known to be read-only" | "set_config that cannot be replayed" => "function",
-        crate::sql::functions::SERVER_LOCAL => "server_local",
-        r if crate::sql::functions::is_function_reason(r) => "function",
-        _ => "write",
-    }
-}
-
 /// Serves `GET /metrics` (any path, really) as Prometheus text. Deliberately minimal: one
 /// request per connection, no keep-alive. `refresh` updates gauges computed at scrape time.
 pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, refresh: Arc<dyn Fn() + Send + Sync>) {
@@ -351,18 +322,3 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, refresh: Arc<dy
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn reasons_fall_into_classes() {
-        assert_eq!(reason_class("write or utility statement"), "write");
-        assert_eq!(reason_class("sequence function"), "function");
-        assert_eq!(reason_class("session advisory lock"), "function");
-        assert_eq!(reason_class("locking clause"), "lock");
-        assert_eq!(reason_class("does not parse"), "parse_error");
-        assert_eq!(reason_class("no replica in rotation"), "no_replica");
-        assert_eq!(reason_class("read"), "read");
-    }
-}

@@ -1,6 +1,7 @@
 //! Extended-protocol batches: queued until Flush or Sync, routed as one unit, and written for
 //! the connection that runs them (statements it lacks are prepared first).
 
+use crate::reason::Reason;
 use std::collections::VecDeque;
 use std::sync::Arc;
 
@@ -35,7 +36,7 @@ pub(super) enum BatchItem {
 pub(super) struct Batch {
     items: Vec<BatchItem>,
     target: Target,
-    reason: &'static str,
+    reason: Reason,
     /// Analyses of the batch's statements whose look-ups are still to be checked.
     lookups: Vec<Arc<Analysis>>,
     hint: Option<crate::sql::Hint>,
@@ -57,7 +58,7 @@ impl Default for Batch {
         Batch {
             items: Vec::new(),
             target: Target::Any,
-            reason: "session command",
+            reason: Reason::SessionCommand,
             lookups: Vec::new(),
             hint: None,
             min_lsn: None,
@@ -73,7 +74,7 @@ impl Default for Batch {
 
 impl Batch {
     /// Raises what the batch needs (a Bind can tell more than its statement's text).
-    pub(super) fn require(&mut self, target: Target, reason: &'static str) {
+    pub(super) fn require(&mut self, target: Target, reason: Reason) {
         if target > self.target {
             self.target = target;
             self.reason = reason;
@@ -91,7 +92,7 @@ impl Batch {
         self.min_lsn = self.min_lsn.max(a.min_lsn);
         self.commits |= a.commits;
         self.opens |= a.opens;
-        self.copies_in |= a.statements.iter().any(|c| c.reason == "COPY FROM");
+        self.copies_in |= a.statements.iter().any(|c| c.reason == Reason::CopyFrom);
         self.statements += a.statements.len();
         self.only_rollback &= a.only_rollback;
         if a.statements.iter().any(|c| !c.lookups.is_empty()) && !self.lookups.iter().any(|x| Arc::ptr_eq(x, a)) {
@@ -104,7 +105,7 @@ impl Batch {
 const WRITE_CHUNK: usize = 256 * 1024;
 
 /// The reason of a batch sent on to the primary before its Sync because it grew too large.
-const STREAMED_BATCH: &str = "extended batch past limits.max_batch_bytes";
+const STREAMED_BATCH: Reason = Reason::StreamedBatch;
 
 impl Session {
     pub(super) fn queue_extended(&mut self, f: Frame) -> Result<(), End> {
@@ -201,9 +202,9 @@ impl Session {
             Resolved::Set(e) => self.note_effect(&e, None),
             Resolved::Local => {}
             Resolved::Unknown => {
-                let why = "set_config that cannot be replayed";
+                let why = Reason::UnreplayableSetConfig;
                 self.batch.require(Target::Primary, why);
-                self.note_effect(&Effect::Pin(why), None);
+                self.note_effect(&Effect::Pin(why.label()), None);
             }
         }
         Ok(())

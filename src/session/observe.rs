@@ -9,8 +9,9 @@ use std::time::Instant;
 use prometheus::{Counter, Histogram, IntCounter};
 
 pub use crate::clients::ClientSlot;
-use crate::metrics::{Metrics, reason_class};
+use crate::metrics::Metrics;
 use crate::protocol::TxStatus;
+use crate::reason::Reason;
 
 struct ServerCounters {
     queries: IntCounter,
@@ -31,15 +32,16 @@ pub(super) struct Observe {
 
 impl Observe {
     /// Counts a routing decision.
-    pub fn route(&mut self, metrics: &Metrics, server: &str, node: usize, role: &'static str, reason: &'static str) {
-        if let Some((_, _, _, c)) = self.routed.iter().find(|(r, why, n, _)| *r == role && *why == reason && *n == node)
+    pub fn route(&mut self, metrics: &Metrics, server: &str, node: usize, role: &'static str, reason: Reason) {
+        let class = reason.class();
+        if let Some((_, _, _, c)) = self.routed.iter().find(|(r, why, n, _)| *r == role && *why == class && *n == node)
         {
             c.inc();
             return;
         }
-        let c = metrics.routed.with_label_values(&[server, role, reason_class(reason)]);
+        let c = metrics.routed.with_label_values(&[server, role, class]);
         c.inc();
-        self.routed.push((role, reason, node, c));
+        self.routed.push((role, class, node, c));
     }
 
     /// A request was sent to `node`.

@@ -1,6 +1,7 @@
 //! Where work runs: resolving catalog look-ups, the routing decision, checking out a server
 //! connection and bringing it to the client's settings.
 
+use crate::reason::Reason;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -32,9 +33,9 @@ impl Session {
     pub(super) async fn resolve(
         &self,
         target: Target,
-        reason: &'static str,
+        reason: Reason,
         analyses: &[impl std::ops::Deref<Target = Analysis>],
-    ) -> (Target, &'static str) {
+    ) -> (Target, Reason) {
         if target == Target::Primary || analyses.iter().all(|a| a.statements.iter().all(|c| c.lookups.is_empty())) {
             return (target, reason);
         }
@@ -43,14 +44,14 @@ impl Session {
         if Box::pin(self.shared.catalog.all_read_only(&self.database, analyses)).await {
             (target.max(Target::Replica), reason)
         } else {
-            (Target::Primary, "function or view not known to be read-only")
+            (Target::Primary, Reason::UnknownFunction)
         }
     }
 
     pub(super) fn decide(
         &self,
         target: Target,
-        reason: &'static str,
+        reason: Reason,
         hint: Option<crate::sql::Hint>,
         statement_lsn: Option<crate::lsn::Lsn>,
     ) -> Decision {
@@ -76,7 +77,7 @@ impl Session {
     pub(super) async fn decide_waiting(
         &self,
         target: Target,
-        reason: &'static str,
+        reason: Reason,
         hint: Option<crate::sql::Hint>,
         statement_lsn: Option<crate::lsn::Lsn>,
     ) -> Decision {
@@ -92,7 +93,7 @@ impl Session {
     async fn wait_for_replica(
         &self,
         target: Target,
-        reason: &'static str,
+        reason: Reason,
         hint: Option<crate::sql::Hint>,
         statement_lsn: Option<crate::lsn::Lsn>,
         wait: u64,
@@ -266,7 +267,7 @@ impl Session {
                     let primary = topology.primary();
                     decision = match topology.pick_replica(rand::random::<u32>() as usize, &exclude) {
                         Some(n) => Decision::Replica { node: n, reason: decision.reason() },
-                        None => Decision::Primary { node: primary, reason: "no replica reachable" },
+                        None => Decision::Primary { node: primary, reason: Reason::NoReplicaReachable },
                     };
                     let _ = f;
                 }

@@ -5,6 +5,7 @@ use super::placement::AttachError;
 use super::{End, Session};
 use crate::protocol::TxStatus;
 use crate::protocol::{self, Frame, ProtocolError};
+use crate::reason::Reason;
 use crate::router::Decision;
 use crate::sql::session_cmd::{READ_ONLY_TRANSACTION, STANDBY_REFUSES};
 use crate::sql::{Effect, Own, Target};
@@ -42,7 +43,7 @@ impl Session {
             b'F' => {
                 // FunctionCall (fast-path): may do anything, so the primary.
                 let primary = self.shared.cluster.load().primary();
-                let d = Decision::Primary { node: primary, reason: "fast-path function call" };
+                let d = Decision::Primary { node: primary, reason: Reason::FastPath };
                 if self.place(d).await? {
                     self.outstanding += 1;
                     self.send_server(&f.bytes).await?;
@@ -156,7 +157,7 @@ impl Session {
         s.conn.unnamed = None;
         let (node, replica) = (s.conn.node, matches!(decision, Decision::Replica { .. }));
         self.observe.sent(node, replica);
-        if probe && analysis.statements.iter().any(|c| c.reason == "COPY FROM") {
+        if probe && analysis.statements.iter().any(|c| c.reason == Reason::CopyFrom) {
             // The server will be in COPY: the probe follows the client's CopyDone instead.
             self.causal.after_copy = true;
         } else if probe {

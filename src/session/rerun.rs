@@ -23,6 +23,7 @@ use super::batch::{BatchItem, encode_item};
 use super::{End, Expect, Session};
 use crate::protocol::backend::error_fields;
 use crate::protocol::{self, Frame};
+use crate::reason::Reason;
 use crate::router::NOT_REPLAYED_YET;
 use crate::sql::Target;
 
@@ -32,7 +33,7 @@ use crate::sql::Target;
 pub(super) struct Retry {
     pub(super) work: RetryWork,
     pub(super) target: Target,
-    pub(super) reason: &'static str,
+    pub(super) reason: Reason,
     pub(super) hint: Option<crate::sql::Hint>,
 }
 
@@ -68,7 +69,7 @@ impl Session {
     pub(super) async fn rerun(&mut self, r: Retry) -> Result<(), End> {
         let decision = self.decide(r.target, r.reason, r.hint, None);
         if r.reason != NOT_REPLAYED_YET {
-            tracing::info!(reason = r.reason, "rerunning a read whose replica connection died before answering");
+            tracing::info!(reason = %r.reason, "rerunning a read whose replica connection died before answering");
         }
         if !self.place(decision).await? {
             // The client has the error; it still waits for its ReadyForQuery.

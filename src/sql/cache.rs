@@ -1,6 +1,7 @@
 //! Whole-query analysis (all statements of a simple Query, or the one of a Parse) cached by
 //! query text, so the common case costs one hash look-up instead of a parse.
 
+use crate::reason::Reason;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -14,7 +15,7 @@ pub struct Analysis {
     pub hint: Option<Hint>,
     /// The strictest target of all statements.
     pub target: Target,
-    pub reason: &'static str,
+    pub reason: Reason,
     /// `/* pgsplit:min_lsn=... */`: read only where this much WAL has been replayed.
     pub min_lsn: Option<crate::lsn::Lsn>,
     /// Some statement commits / opens a transaction.
@@ -32,7 +33,7 @@ impl Analysis {
         let exclusive = texts.iter().filter_map(|s| database_ddl::exclusive(s)).collect();
         let statements: Vec<Class> = texts.into_iter().map(|s| classify(s, max_parse_len)).collect();
         let strictest = statements.iter().max_by_key(|c| c.target);
-        let (target, reason) = strictest.map(|c| (c.target, c.reason)).unwrap_or((Target::Any, "empty query"));
+        let (target, reason) = strictest.map(|c| (c.target, c.reason)).unwrap_or((Target::Any, Reason::EmptyQuery));
         let commits = statements.iter().any(|c| c.commits);
         let opens = statements.iter().any(|c| c.opens);
         let only_rollback = statements.iter().all(|c| c.rolls_back);

@@ -1,6 +1,7 @@
 //! Classifies one statement: session commands by keyword, everything else with sqlparser.
 //! Anything that does not parse, or that is not provably a plain read, needs the primary.
 
+use crate::reason::Reason;
 use std::ops::ControlFlow;
 
 use sqlparser::ast::{
@@ -24,10 +25,10 @@ pub fn classify(stmt: &str, max_parse_len: usize) -> Class {
     if !matches!(first, "select" | "with" | "values" | "table" | "explain" | "copy")
         && !stmt.trim_start().starts_with('(')
     {
-        return Class::new(Target::Primary, "write or utility statement");
+        return Class::new(Target::Primary, Reason::Write);
     }
     if stmt.len() > max_parse_len {
-        return Class::new(Target::Primary, "too long to parse");
+        return Class::new(Target::Primary, Reason::TooLongToParse);
     }
     let statements = match Parser::parse_sql(&PostgreSqlDialect {}, stmt) {
         Ok(s) => s,
@@ -38,12 +39,12 @@ pub fn classify(stmt: &str, max_parse_len: usize) -> Class {
             match reparsed {
                 Some(s) => s,
                 None if first != "explain" && first != "copy" => return word_check(stmt),
-                None => return Class::new(Target::Primary, "does not parse"),
+                None => return Class::new(Target::Primary, Reason::DoesNotParse),
             }
         }
     };
     let [statement] = statements.as_slice() else {
-        return Class::new(Target::Primary, "not a single statement");
+        return Class::new(Target::Primary, Reason::NotSingleStatement);
     };
     classify_statement(statement)
 }
@@ -59,13 +60,13 @@ fn word_check(stmt: &str) -> Class {
     for (i, w) in words.iter().enumerate() {
         let bare = !w.quoted;
         if bare && matches!(w.text.as_str(), "insert" | "update" | "delete" | "merge" | "into") {
-            return Class::new(Target::Primary, "does not parse");
+            return Class::new(Target::Primary, Reason::DoesNotParse);
         }
         if bare
             && w.text == "for"
             && words.get(i + 1).is_some_and(|n| !n.quoted && matches!(n.text.as_str(), "share" | "key" | "no"))
         {
-            return Class::new(Target::Primary, "does not parse");
+            return Class::new(Target::Primary, Reason::DoesNotParse);
         }
         let keyword = bare && (RESERVED.contains(&w.text.as_str()) || COLUMN_NAME_KEYWORDS.contains(&w.text.as_str()));
         if w.call {
@@ -80,12 +81,12 @@ fn word_check(stmt: &str) -> Class {
         }
     }
     if scan.lookups.len() > MAX_WORD_LOOKUPS {
-        return Class::new(Target::Primary, "does not parse");
+        return Class::new(Target::Primary, Reason::DoesNotParse);
     }
     let mut c = match scan.primary {
         Some(reason) => Class::new(Target::Primary, reason),
         None if scan.local => Class::new(Target::Local, SERVER_LOCAL),
-        None => Class::new(Target::Replica, "read (checked word by word)"),
+        None => Class::new(Target::Replica, Reason::ReadCheckedWordByWord),
     };
     if let Some(pin) = scan.pin {
         c.effect = Effect::Pin(pin);
@@ -274,21 +275,21 @@ fn classify_statement(statement: &Statement) -> Class {
             let analyze = *analyze || options.as_deref().is_some_and(has_analyze_option);
             let inner = classify_statement(statement);
             if inner.target == Target::Primary {
-                return Class { reason: if analyze { "EXPLAIN ANALYZE of a write" } else { inner.reason }, ..inner };
+                return Class { reason: if analyze { Reason::ExplainAnalyzeWrite } else { inner.reason }, ..inner };
             }
             // EXPLAIN of a read runs (or only plans) a read.
             Class { effect: Effect::None, ..inner }
         }
         // COPY TO a file or a program acts on the server's machine: the primary's.
         Statement::Copy { to: true, target, .. } if !matches!(target, sqlparser::ast::CopyTarget::Stdout) => {
-            Class::new(Target::Primary, "COPY TO a server file")
+            Class::new(Target::Primary, Reason::CopyToServerFile)
         }
         Statement::Copy { source, to: true, .. } => match source {
             sqlparser::ast::CopySource::Query(q) => classify_query(q),
-            sqlparser::ast::CopySource::Table { .. } => Class::new(Target::Replica, "COPY TO"),
+            sqlparser::ast::CopySource::Table { .. } => Class::new(Target::Replica, Reason::CopyTo),
         },
-        Statement::Copy { .. } => Class::new(Target::Primary, "COPY FROM"),
-        _ => Class::new(Target::Primary, "write or utility statement"),
+        Statement::Copy { .. } => Class::new(Target::Primary, Reason::CopyFrom),
+        _ => Class::new(Target::Primary, Reason::Write),
     }
 }
 
@@ -309,7 +310,7 @@ fn classify_query(q: &Query) -> Class {
     let mut c = match scan.primary {
         Some(reason) => Class::new(Target::Primary, reason),
         None if scan.local => Class::new(Target::Local, SERVER_LOCAL),
-        None => Class::new(Target::Replica, "read"),
+        None => Class::new(Target::Replica, Reason::Read),
     };
     if let Some(pin) = scan.pin {
         c.effect = Effect::Pin(pin);
@@ -322,7 +323,7 @@ fn classify_query(q: &Query) -> Class {
 /// that makes it more than a read.
 #[derive(Default)]
 struct QueryScan {
-    primary: Option<&'static str>,
+    primary: Option<Reason>,
     /// Reads a server-local view or function (`Target::Local`).
     local: bool,
     pin: Option<&'static str>,
@@ -330,7 +331,7 @@ struct QueryScan {
 }
 
 impl QueryScan {
-    fn needs_primary(&mut self, why: &'static str) {
+    fn needs_primary(&mut self, why: Reason) {
         if self.primary.is_none() {
             self.primary = Some(why);
         }
@@ -344,14 +345,14 @@ impl QueryScan {
         match function_kind(qualified) {
             FunctionKind::ReadOnly => {}
             FunctionKind::Primary(why) => {
-                self.needs_primary(why);
+                self.needs_primary(Reason::Function(why));
                 if qualified.ends_with("set_config") && !args.is_some_and(super::set_config::is_local) {
                     // A session-level set_config we cannot replay (not literal arguments).
                     self.pin.get_or_insert("set_config that cannot be replayed");
                 }
             }
             FunctionKind::PinsSession(why) => {
-                self.needs_primary(why);
+                self.needs_primary(Reason::Function(why));
                 self.pin.get_or_insert(why);
             }
             FunctionKind::ServerLocal => self.local = true,
@@ -371,17 +372,17 @@ impl Visitor for QueryScan {
 
     fn pre_visit_query(&mut self, q: &Query) -> ControlFlow<()> {
         if !q.locks.is_empty() {
-            self.needs_primary("locking clause");
+            self.needs_primary(Reason::LockingClause);
         }
         if matches!(*q.body, SetExpr::Insert(_) | SetExpr::Update(_) | SetExpr::Delete(_) | SetExpr::Merge(_)) {
-            self.needs_primary("data-modifying CTE");
+            self.needs_primary(Reason::DataModifyingCte);
         }
         ControlFlow::Continue(())
     }
 
     fn pre_visit_select(&mut self, s: &sqlparser::ast::Select) -> ControlFlow<()> {
         if let Some(into) = &s.into {
-            self.needs_primary("SELECT INTO");
+            self.needs_primary(Reason::SelectInto);
             if into.temporary {
                 self.pin.get_or_insert("temporary table");
             }
@@ -391,7 +392,7 @@ impl Visitor for QueryScan {
 
     fn pre_visit_statement(&mut self, _s: &Statement) -> ControlFlow<()> {
         // Only reached for statements nested in a query: INSERT/UPDATE/DELETE/MERGE in a CTE.
-        self.needs_primary("data-modifying CTE");
+        self.needs_primary(Reason::DataModifyingCte);
         ControlFlow::Continue(())
     }
 

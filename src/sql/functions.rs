@@ -6,6 +6,7 @@
 //! `builtin_functions.tsv` beside this file. Functions elsewhere (user and extension functions)
 //! are looked up in pg_proc: read-only unless VOLATILE.
 
+use crate::reason::Reason;
 use std::collections::HashMap;
 use std::sync::OnceLock;
 
@@ -28,7 +29,7 @@ const BUILTINS_TSV: &str = include_str!("builtin_functions.tsv");
 const VIEWS_TSV: &str = include_str!("server_local_views.tsv");
 
 /// The reason of a read sent to the primary because it answers about the server it runs on.
-pub const SERVER_LOCAL: &str = "server-local view or function";
+pub const SERVER_LOCAL: Reason = Reason::ServerLocal;
 
 /// The audited pg_catalog views (and extensions' views) whose answers differ per server.
 fn local_views() -> &'static std::collections::HashSet<&'static str> {
@@ -109,25 +110,6 @@ pub fn function_kind(qualified: &str) -> FunctionKind {
         return FunctionKind::ReadOnly;
     }
     FunctionKind::Unknown
-}
-
-/// Whether a routing reason is one of the audited functions' (for the metrics' reason class).
-pub fn is_function_reason(reason: &str) -> bool {
-    static REASONS: OnceLock<Vec<&'static str>> = OnceLock::new();
-    REASONS
-        .get_or_init(|| {
-            let mut r: Vec<&'static str> = builtins()
-                .values()
-                .filter_map(|k| match k {
-                    FunctionKind::Primary(why) | FunctionKind::PinsSession(why) => Some(*why),
-                    _ => None,
-                })
-                .collect();
-            r.sort_unstable();
-            r.dedup();
-            r
-        })
-        .contains(&reason)
 }
 
 /// Whether `name` is a function of pg_catalog (any verdict).

@@ -9,6 +9,7 @@ pub mod lex;
 pub mod session_cmd;
 pub mod set_config;
 
+pub use crate::reason::Reason;
 pub use lex::Hint;
 
 /// What a statement needs from the server it runs on. Ordered from least to most strict, so a
@@ -106,7 +107,7 @@ pub enum Lookup {
 pub struct Class {
     pub target: Target,
     /// Why, for logs, metrics and tests.
-    pub reason: &'static str,
+    pub reason: Reason,
     pub effect: Effect,
     /// Names whose safety only the catalog can tell (looked up once per database and cached):
     /// any that may write sends the statement to the primary.
@@ -122,7 +123,7 @@ pub struct Class {
 }
 
 impl Class {
-    pub fn new(target: Target, reason: &'static str) -> Class {
+    pub fn new(target: Target, reason: Reason) -> Class {
         Class {
             target,
             reason,

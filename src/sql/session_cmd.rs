@@ -4,6 +4,7 @@
 //! rather than a full SQL parser: a statement the parser does not know must still be tracked.
 
 use super::{Class, Effect, Own, RouteMode, Target};
+use crate::reason::Reason;
 
 /// Returns the classification when `stmt` is a session or transaction command, else None.
 /// `kw` are the statement's first keywords (`lex::keywords(stmt, 12)`).
@@ -13,14 +14,15 @@ pub fn classify(stmt: &str, kw: &[String]) -> Option<Class> {
     let c = match first {
         "set" => return Some(classify_set(stmt, kw)),
         "reset" => match second {
-            "all" => Class::new(Target::Any, "session command").with_effect(Effect::ResetAll),
-            "" => Class::new(Target::Primary, "unrecognised RESET"),
+            "all" => Class::new(Target::Any, Reason::SessionCommand).with_effect(Effect::ResetAll),
+            "" => Class::new(Target::Primary, Reason::UnrecognisedReset),
             "session" if kw.get(2).map(String::as_str) == Some("authorization") => {
-                Class::new(Target::Any, "session command")
+                Class::new(Target::Any, Reason::SessionCommand)
                     .with_effect(Effect::Reset { name: "session_authorization".into() })
             }
             name => {
-                let mut c = Class::new(Target::Any, "session command").with_effect(Effect::Reset { name: name.into() });
+                let mut c =
+                    Class::new(Target::Any, Reason::SessionCommand).with_effect(Effect::Reset { name: name.into() });
                 c.own = match name {
                     "pgsplit.route" => Some(Own::Route(RouteMode::Auto)),
                     "pgsplit.min_lsn" => Some(Own::MinLsn(crate::lsn::Lsn::ZERO)),
@@ -30,10 +32,10 @@ pub fn classify(stmt: &str, kw: &[String]) -> Option<Class> {
                 c
             }
         },
-        "show" => Class::new(Target::Any, "session command"),
+        "show" => Class::new(Target::Any, Reason::SessionCommand),
         "discard" => match second {
-            "all" => Class::new(Target::Any, "session command").with_effect(Effect::DiscardAll),
-            _ => Class::new(Target::Any, "session command"),
+            "all" => Class::new(Target::Any, Reason::SessionCommand).with_effect(Effect::DiscardAll),
+            _ => Class::new(Target::Any, Reason::SessionCommand),
         },
         "begin" | "start" => {
             // The transaction itself is tracked by ReadyForQuery: nothing to record.
@@ -41,50 +43,49 @@ pub fn classify(stmt: &str, kw: &[String]) -> Option<Class> {
                 // A standby refuses SERIALIZABLE even for READ ONLY transactions.
                 (true, true) => Class::new(Target::Primary, STANDBY_REFUSES),
                 (true, false) => Class::new(Target::Replica, READ_ONLY_TRANSACTION),
-                (false, _) => Class::new(Target::Primary, "transaction"),
+                (false, _) => Class::new(Target::Primary, Reason::Transaction),
             };
             c.opens = true;
             c
         }
         "commit" | "rollback" | "end" | "abort" if second == "prepared" => {
-            let mut c = Class::new(Target::Primary, "two-phase commit");
+            let mut c = Class::new(Target::Primary, Reason::TwoPhaseCommit);
             c.commits = first == "commit";
             c
         }
         "commit" | "rollback" | "end" | "abort" | "savepoint" | "release" => {
-            let mut c = Class::new(Target::Any, "transaction control");
+            let mut c = Class::new(Target::Any, Reason::TransactionControl);
             c.commits = first == "commit" || first == "end";
             c.rolls_back = (first == "rollback" || first == "abort") && !kw.iter().any(|w| w == "to");
             c
         }
-        "prepare" if second == "transaction" => Class::new(Target::Primary, "two-phase commit"),
-        "prepare" => Class::new(Target::Primary, "SQL PREPARE").with_effect(Effect::Pin("SQL PREPARE")),
-        "execute" => Class::new(Target::Primary, "SQL EXECUTE"),
+        "prepare" if second == "transaction" => Class::new(Target::Primary, Reason::TwoPhaseCommit),
+        "prepare" => Class::new(Target::Primary, Reason::SqlPrepare).with_effect(Effect::Pin("SQL PREPARE")),
+        "execute" => Class::new(Target::Primary, Reason::SqlExecute),
         "deallocate" => {
             let rest: Vec<&str> = kw[1..].iter().map(String::as_str).filter(|w| *w != "prepare").collect();
             match rest.first() {
-                Some(&"all") => Class::new(Target::Any, "session command").with_effect(Effect::Deallocate(None)),
-                Some(name) => {
-                    Class::new(Target::Any, "session command").with_effect(Effect::Deallocate(Some(name.to_string())))
-                }
-                None => Class::new(Target::Primary, "unrecognised DEALLOCATE"),
+                Some(&"all") => Class::new(Target::Any, Reason::SessionCommand).with_effect(Effect::Deallocate(None)),
+                Some(name) => Class::new(Target::Any, Reason::SessionCommand)
+                    .with_effect(Effect::Deallocate(Some(name.to_string()))),
+                None => Class::new(Target::Primary, Reason::UnrecognisedDeallocate),
             }
         }
-        "listen" => Class::new(Target::Primary, "LISTEN").with_effect(Effect::Pin("LISTEN")),
-        "unlisten" | "notify" => Class::new(Target::Primary, "notification"),
+        "listen" => Class::new(Target::Primary, Reason::Listen).with_effect(Effect::Pin("LISTEN")),
+        "unlisten" | "notify" => Class::new(Target::Primary, Reason::Notification),
         "declare" => {
             let hold = kw.windows(2).any(|w| w[0] == "with" && w[1] == "hold");
             if hold {
-                Class::new(Target::Primary, "WITH HOLD cursor").with_effect(Effect::Pin("WITH HOLD cursor"))
+                Class::new(Target::Primary, Reason::WithHoldCursor).with_effect(Effect::Pin("WITH HOLD cursor"))
             } else {
-                Class::new(Target::Primary, "cursor")
+                Class::new(Target::Primary, Reason::Cursor)
             }
         }
-        "fetch" | "move" | "close" => Class::new(Target::Any, "cursor command"),
+        "fetch" | "move" | "close" => Class::new(Target::Any, Reason::CursorCommand),
         // A library loaded into one server session: it cannot follow the client.
-        "load" => Class::new(Target::Primary, "LOAD").with_effect(Effect::Pin("LOAD")),
+        "load" => Class::new(Target::Primary, Reason::Load).with_effect(Effect::Pin("LOAD")),
         "create" if kw[1..kw.len().min(3)].iter().any(|w| w == "temp" || w == "temporary") => {
-            Class::new(Target::Primary, "temporary object").with_effect(Effect::Pin("temporary table"))
+            Class::new(Target::Primary, Reason::TemporaryObject).with_effect(Effect::Pin("temporary table"))
         }
         _ => return None,
     };
@@ -99,11 +100,11 @@ fn is_read_only(kw: &[String]) -> bool {
 }
 
 /// The reason of a BEGIN READ ONLY that a replica may run.
-pub const READ_ONLY_TRANSACTION: &str = "read-only transaction";
+pub const READ_ONLY_TRANSACTION: Reason = Reason::ReadOnlyTransaction;
 
 /// The reason of statements a standby refuses though the primary accepts them: SERIALIZABLE
 /// (even READ ONLY) and READ WRITE transaction modes.
-pub const STANDBY_REFUSES: &str = "transaction mode a standby refuses";
+pub const STANDBY_REFUSES: Reason = Reason::StandbyRefuses;
 
 /// Whether setting the transaction-scoped parameter `name` (or `SET TRANSACTION`, name
 /// "transaction") as `stmt` does would be refused by a standby.
@@ -148,7 +149,7 @@ fn classify_set(stmt: &str, kw: &[String]) -> Class {
     }
     let name = match kw.get(i).map(String::as_str) {
         Some(n) => n,
-        None => return Class::new(Target::Primary, "unrecognised SET"),
+        None => return Class::new(Target::Primary, Reason::UnrecognisedSet),
     };
     // Transaction-scoped forms: they die with the transaction, nothing to replay. Outside a
     // transaction they change nothing, but a standby refuses some of them outright.
@@ -156,7 +157,7 @@ fn classify_set(stmt: &str, kw: &[String]) -> Class {
         if standby_refuses(name, stmt) {
             return Class::new(Target::Primary, STANDBY_REFUSES);
         }
-        return Class::new(Target::Any, "transaction-level SET");
+        return Class::new(Target::Any, Reason::TransactionLevelSet);
     }
     let name = match name {
         "time" if kw.get(i + 1).map(String::as_str) == Some("zone") => "timezone",
@@ -195,7 +196,7 @@ fn classify_set(stmt: &str, kw: &[String]) -> Class {
             parse_duration_ms(&value).map(|ms| Own::MaxLagMs(Some(ms)))
         };
         let Some(own) = own else {
-            return Class::new(Target::Any, "invalid pgsplit setting");
+            return Class::new(Target::Any, Reason::InvalidPgsplitSetting);
         };
         let mut c = session_set(name, &format!("SET {name} = '{value}'"));
         c.own = Some(own);
@@ -254,13 +255,13 @@ fn session_characteristics(kw: &[String]) -> Class {
         i += 1;
     }
     if sets.is_empty() {
-        return Class::new(Target::Primary, "unrecognised SET SESSION CHARACTERISTICS");
+        return Class::new(Target::Primary, Reason::UnrecognisedSetSession);
     }
-    Class::new(Target::Any, "session command").with_effect(Effect::SetMany(sets))
+    Class::new(Target::Any, Reason::SessionCommand).with_effect(Effect::SetMany(sets))
 }
 
 fn session_set(name: &str, stmt: &str) -> Class {
-    Class::new(Target::Any, "session command")
+    Class::new(Target::Any, Reason::SessionCommand)
         .with_effect(Effect::Set { name: name.to_string(), sql: stmt.trim().to_string() })
 }
 

@@ -3,6 +3,7 @@
 //! bind them (psycopg 3 server-side binding, asyncpg, JDBC, node-postgres), from the Bind
 //! message's parameters. Only a set_config pgsplit cannot know pins the session.
 
+use crate::reason::Reason;
 use sqlparser::ast::{
     DataType, Expr, FunctionArg, FunctionArgExpr, FunctionArguments, Query, SelectItem, SetExpr, Value,
 };
@@ -47,15 +48,15 @@ pub fn replayable(q: &Query) -> Option<Class> {
         .collect::<Option<_>>()?;
     let [a, b, c]: [Arg; 3] = args.try_into().ok()?;
     if c == Arg::Bool(true) {
-        return Some(Class::new(Target::Any, "transaction-local set_config"));
+        return Some(Class::new(Target::Any, Reason::TransactionLocalSetConfig));
     }
     let args = [a, b, c];
     if args.iter().any(|a| matches!(a, Arg::Param(_))) {
-        return Some(Class::new(Target::Any, "session command").with_effect(Effect::SetConfigBound(args)));
+        return Some(Class::new(Target::Any, Reason::SessionCommand).with_effect(Effect::SetConfigBound(args)));
     }
     match resolved(&args, &[]) {
-        Resolved::Set(e) => Some(Class::new(Target::Any, "session command").with_effect(e)),
-        Resolved::Local => Some(Class::new(Target::Any, "transaction-local set_config")),
+        Resolved::Set(e) => Some(Class::new(Target::Any, Reason::SessionCommand).with_effect(e)),
+        Resolved::Local => Some(Class::new(Target::Any, Reason::TransactionLocalSetConfig)),
         Resolved::Unknown => None,
     }
 }
