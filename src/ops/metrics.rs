@@ -321,4 +321,3 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, refresh: Arc<dy
         });
     }
 }
-

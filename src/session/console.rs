@@ -11,21 +11,25 @@ use crate::protocol::{self, ProtocolError, message, put_cstr};
 
 impl Session {
     pub(super) async fn console(&mut self) -> Result<(), End> {
-        if !self.shared.config.load().is_admin(&self.user) {
-            let msg =
-                format!("user \"{}\" may not use the pgsplit admin console (list it in [admin] users)", self.user);
-            self.out.extend_from_slice(&protocol::fatal("42501", &msg));
+        if !self.shared.config.load().is_admin(&self.client.user) {
+            let msg = format!(
+                "user \"{}\" may not use the pgsplit admin console (list it in [admin] users)",
+                self.client.user
+            );
+            self.client.out.extend_from_slice(&protocol::fatal("42501", &msg));
             return Err(End::Fatal(msg));
         }
-        tracing::info!(user = %self.user, "admin console session");
+        tracing::info!(user = %self.client.user, "admin console session");
         for (k, v) in [("server_version", "15.0 (pgsplit admin console)"), ("client_encoding", "UTF8")] {
-            self.out.extend_from_slice(&protocol::parameter_status(k, v));
+            self.client.out.extend_from_slice(&protocol::parameter_status(k, v));
         }
-        self.out.extend_from_slice(&protocol::backend_key_data(self.cancel.pid, self.cancel.secret));
-        self.out.extend_from_slice(&protocol::ready_for_query(TxStatus::Idle));
+        self.client
+            .out
+            .extend_from_slice(&protocol::backend_key_data(self.client.cancel.pid, self.client.cancel.secret));
+        self.client.out.extend_from_slice(&protocol::ready_for_query(TxStatus::Idle));
         loop {
             self.flush_client().await?;
-            let f = match self.client.next().await {
+            let f = match self.client.reader.next().await {
                 Ok(f) => f,
                 Err(ProtocolError::Closed) => return Err(End::Terminated),
                 Err(e) => return Err(e.into()),
@@ -37,21 +41,21 @@ impl Session {
                         match admin::execute(&self.shared, stmt) {
                             Ok(answer) => self.answer(answer),
                             Err(r) => {
-                                self.out.extend_from_slice(&protocol::error(r.code, &r.message));
+                                self.client.out.extend_from_slice(&protocol::error(r.code, &r.message));
                                 break;
                             }
                         }
                     }
                     if crate::sql::lex::split_statements(&sql).is_empty() {
-                        self.out.extend_from_slice(&[b'I', 0, 0, 0, 4]);
+                        self.client.out.extend_from_slice(&[b'I', 0, 0, 0, 4]);
                     }
-                    self.out.extend_from_slice(&protocol::ready_for_query(TxStatus::Idle));
+                    self.client.out.extend_from_slice(&protocol::ready_for_query(TxStatus::Idle));
                 }
                 b'X' => return Err(End::Terminated),
                 b'S' => {
                     let msg = "the pgsplit admin console takes simple queries only";
-                    self.out.extend_from_slice(&protocol::error("0A000", msg));
-                    self.out.extend_from_slice(&protocol::ready_for_query(TxStatus::Idle));
+                    self.client.out.extend_from_slice(&protocol::error("0A000", msg));
+                    self.client.out.extend_from_slice(&protocol::ready_for_query(TxStatus::Idle));
                 }
                 // Extended-protocol messages before their Sync: answered at the Sync.
                 _ => {}
@@ -62,7 +66,7 @@ impl Session {
     fn answer(&mut self, answer: Answer) {
         match answer {
             Answer::Rows { columns, rows } => {
-                self.out.extend_from_slice(&message(b'T', |b| {
+                self.client.out.extend_from_slice(&message(b'T', |b| {
                     b.put_i16(columns.len() as i16);
                     for c in &columns {
                         put_cstr(b, c);
@@ -75,7 +79,7 @@ impl Session {
                     }
                 }));
                 for row in &rows {
-                    self.out.extend_from_slice(&message(b'D', |b| {
+                    self.client.out.extend_from_slice(&message(b'D', |b| {
                         b.put_i16(row.len() as i16);
                         for v in row {
                             match v {
@@ -88,13 +92,13 @@ impl Session {
                         }
                     }));
                 }
-                self.out.extend_from_slice(&protocol::command_complete(&format!("SHOW {}", rows.len())));
+                self.client.out.extend_from_slice(&protocol::command_complete(&format!("SHOW {}", rows.len())));
             }
             Answer::Done { tag, notice } => {
                 if let Some(n) = notice {
-                    self.out.extend_from_slice(&protocol::notice("00000", &n));
+                    self.client.out.extend_from_slice(&protocol::notice("00000", &n));
                 }
-                self.out.extend_from_slice(&protocol::command_complete(&tag));
+                self.client.out.extend_from_slice(&protocol::command_complete(&tag));
             }
         }
     }

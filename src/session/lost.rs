@@ -14,28 +14,10 @@
 
 use bytes::BufMut;
 
-use super::batch::BatchItem;
+use super::work::{BatchItem, Lost};
 use super::{End, Session};
 use crate::protocol::TxStatus;
 use crate::protocol::{self, message};
-
-/// The transaction's state after its connection was lost.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub(super) enum Lost {
-    #[default]
-    No,
-    /// Lost while the client was idle in it: the client has not been told yet.
-    Unreported,
-    /// The client has been told (40001); it is in a failed transaction.
-    Reported,
-}
-
-/// What the request in flight would have done, for the error it gets if it is lost.
-#[derive(Debug, Clone, Copy, Default)]
-pub(super) struct InFlight {
-    pub commits: bool,
-    pub writes: bool,
-}
 
 /// A transaction lost while the client was idle in it, told at its next statement.
 const LOST: &str = "pgsplit: the transaction was rolled back: its server connection was lost; retry it";
@@ -54,28 +36,28 @@ impl Session {
             if known_down || demoted { " (the primary failed)" } else { "" }
         };
         let lost = format!("its server connection to {server} was lost{failed}: {seen}");
-        if let Some(why) = self.pin {
+        if let Some(why) = self.hold.pin {
             let msg = format!(
                 "pgsplit: the session's server connection was lost; its {why} cannot move to another server ({lost})"
             );
-            self.out.extend_from_slice(&protocol::fatal("08006", &msg));
+            self.client.out.extend_from_slice(&protocol::fatal("08006", &msg));
             return Err(End::Fatal(msg));
         }
-        let in_tx = !self.tx_status.is_idle();
-        let requested = self.outstanding > 0;
-        self.outstanding = 0;
-        self.expect.clear();
-        self.effects = super::state::PendingEffects::default();
-        self.batch_open = false;
-        self.copy_in = false;
+        let in_tx = !self.hold.tx_status.is_idle();
+        let requested = self.hold.outstanding > 0;
+        self.hold.outstanding = 0;
+        self.hold.expect.clear();
+        self.state.effects = super::state::PendingEffects::default();
+        self.hold.batch_open = false;
+        self.hold.copy_in = false;
         self.causal.probe = None;
         if !requested {
             if in_tx {
-                self.lost = Lost::Unreported;
+                self.work.lost = Lost::Unreported;
             }
             return Ok(());
         }
-        let f = self.in_flight;
+        let f = self.work.in_flight;
         let (code, msg, status) = match (in_tx, f.commits, f.writes) {
             (true, true, _) | (false, _, true) | (false, true, _) => (
                 "08007",
@@ -90,59 +72,59 @@ impl Session {
             }
         };
         self.shared.metrics.error_sent(code);
-        self.out.extend_from_slice(&protocol::error(code, &msg));
-        self.out.extend_from_slice(&protocol::ready_for_query(status));
-        self.tx_status = status;
-        self.lost = if status == TxStatus::Failed { Lost::Reported } else { Lost::No };
+        self.client.out.extend_from_slice(&protocol::error(code, &msg));
+        self.client.out.extend_from_slice(&protocol::ready_for_query(status));
+        self.hold.tx_status = status;
+        self.work.lost = if status == TxStatus::Failed { Lost::Reported } else { Lost::No };
         Ok(())
     }
 
     /// A request while the transaction is lost: answered here, never sent to a server.
     /// `rollback` / `commit`: the request only ends the transaction.
     pub(super) fn answer_lost(&mut self, rollback: bool, commit: bool, items: Option<&[BatchItem]>) {
-        let reported = self.lost == Lost::Reported;
+        let reported = self.work.lost == Lost::Reported;
         let ends = rollback || commit;
-        self.effects.request.clear();
+        self.state.effects.request.clear();
         if ends && (reported || rollback) {
             if let Some(items) = items {
                 self.answer_items(items, "ROLLBACK");
             } else {
-                self.out.extend_from_slice(&protocol::command_complete("ROLLBACK"));
+                self.client.out.extend_from_slice(&protocol::command_complete("ROLLBACK"));
             }
-            self.lost = Lost::No;
-            self.tx_status = TxStatus::Idle;
+            self.work.lost = Lost::No;
+            self.hold.tx_status = TxStatus::Idle;
         } else {
             let (code, msg) = if reported { ("25P02", ABORTED) } else { ("40001", LOST) };
             self.shared.metrics.error_sent(code);
-            self.out.extend_from_slice(&protocol::error(code, msg));
+            self.client.out.extend_from_slice(&protocol::error(code, msg));
             if commit {
-                self.lost = Lost::No;
-                self.tx_status = TxStatus::Idle;
+                self.work.lost = Lost::No;
+                self.hold.tx_status = TxStatus::Idle;
             } else {
-                self.lost = Lost::Reported;
-                self.tx_status = TxStatus::Failed;
+                self.work.lost = Lost::Reported;
+                self.hold.tx_status = TxStatus::Failed;
             }
         }
-        self.observe.status(self.tx_status);
-        self.out.extend_from_slice(&protocol::ready_for_query(self.tx_status));
+        self.observe.status(self.hold.tx_status);
+        self.client.out.extend_from_slice(&protocol::ready_for_query(self.hold.tx_status));
     }
 
     /// The answers a server gives an extended batch of transaction-control statements.
     fn answer_items(&mut self, items: &[BatchItem], tag: &str) {
         for item in items {
             match item {
-                BatchItem::Parse(_) => self.out.extend_from_slice(&message(b'1', |_| {})),
-                BatchItem::Bind(..) => self.out.extend_from_slice(&message(b'2', |_| {})),
+                BatchItem::Parse(_) => self.client.out.extend_from_slice(&message(b'1', |_| {})),
+                BatchItem::Bind(..) => self.client.out.extend_from_slice(&message(b'2', |_| {})),
                 BatchItem::DescribeStatement(_) => {
-                    self.out.extend_from_slice(&message(b't', |b| b.put_i16(0)));
-                    self.out.extend_from_slice(&message(b'n', |_| {}));
+                    self.client.out.extend_from_slice(&message(b't', |b| b.put_i16(0)));
+                    self.client.out.extend_from_slice(&message(b'n', |_| {}));
                 }
-                BatchItem::CloseStatement(_) => self.out.extend_from_slice(&message(b'3', |_| {})),
+                BatchItem::CloseStatement(_) => self.client.out.extend_from_slice(&message(b'3', |_| {})),
                 BatchItem::DuplicateParse(_) => {}
                 BatchItem::Raw(f) => match f.tag() {
-                    b'E' => self.out.extend_from_slice(&protocol::command_complete(tag)),
-                    b'D' => self.out.extend_from_slice(&message(b'n', |_| {})),
-                    b'C' => self.out.extend_from_slice(&message(b'3', |_| {})),
+                    b'E' => self.client.out.extend_from_slice(&protocol::command_complete(tag)),
+                    b'D' => self.client.out.extend_from_slice(&message(b'n', |_| {})),
+                    b'C' => self.client.out.extend_from_slice(&message(b'3', |_| {})),
                     _ => {}
                 },
             }

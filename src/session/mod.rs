@@ -8,8 +8,12 @@
 
 mod batch;
 pub mod causal;
+mod client;
 mod console;
+mod dispatch;
+mod encode;
 mod extended;
+mod hold;
 mod lost;
 pub mod observe;
 mod placement;
@@ -20,6 +24,7 @@ mod rerun;
 mod startup;
 pub use crate::auth::failures::AuthFailures;
 mod state;
+mod work;
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -30,13 +35,11 @@ use tokio::net::TcpStream;
 
 use crate::Shared;
 use crate::auth;
-use crate::cancel::{CancelHandle, ServerKey};
-use crate::pool::Checkout;
+use crate::cancel::ServerKey;
 use crate::protocol::TxStatus;
-use crate::protocol::{self, Frame, FrameReader, ProtocolError};
+use crate::protocol::{self, Frame, ProtocolError};
 use crate::sql::RouteMode;
 
-use batch::Batch;
 use extended::{Prepared, Statements};
 use placement::AttachError;
 use state::{PendingEffects, Settings};
@@ -83,66 +86,20 @@ enum Expect {
     Sync,
 }
 
+/// One client's session, in parts that each keep their own invariants: the client side, the
+/// server connection held, the session's own state, the work in progress, and the observers.
 struct Session {
     shared: Arc<Shared>,
-    client: FrameReader<crate::tls::ClientRead>,
-    client_w: crate::tls::ClientWrite,
-    out: BytesMut,
-    user: String,
-    database: String,
-    cancel: CancelHandle,
-
-    settings: Settings,
-    effects: PendingEffects,
-    statements: Statements,
-    mode: RouteMode,
-    pin: Option<&'static str>,
-
-    server: Option<Checkout>,
-    /// The ReadyForQuery status last relayed: 'I', 'T' or 'E'.
-    tx_status: TxStatus,
-    /// Requests (Query, Sync, FunctionCall) sent whose ReadyForQuery has not come back.
-    outstanding: usize,
-    batch: Batch,
-    /// Part of an extended batch was sent with Flush; the rest (up to Sync) follows.
-    batch_open: bool,
-    /// After an error pgsplit raised itself mid-batch: drop messages until Sync.
-    skip_until_sync: bool,
-    expect: VecDeque<Expect>,
-    copy_in: bool,
-    /// Client messages that arrived while the server was still busy (pipelining). Reading
-    /// them early is also how a client that hangs up mid-query is noticed at once.
-    pending: VecDeque<Frame>,
-    pending_bytes: usize,
-    /// This client's pool on each server, looked up once.
-    pools: Vec<Option<Arc<crate::pool::Pool>>>,
-    /// Parse messages seen, for unique server statement names.
-    parses: u64,
+    client: client::ClientSide,
+    hold: hold::Hold,
+    state: state::SessionState,
+    work: work::Work,
     /// Metrics handles and the console's view of this client.
     observe: observe::Observe,
     /// Read-your-writes: this client's floor and the commit probe in flight.
     causal: causal::Causal,
-    /// Counts this client's work on the node it holds (least-outstanding balancing).
-    load: Option<crate::cluster::topology::LoadGuard>,
-    /// The transaction whose server connection was lost.
-    lost: lost::Lost,
-    /// What the request in flight would do (for the error it gets if it is lost).
-    in_flight: lost::InFlight,
     /// Ticks while some server fails its health checks.
     unreachable: tokio::sync::watch::Receiver<u64>,
-    /// The read in flight on a replica, until the server starts answering it.
-    retry: Option<rerun::Retry>,
-    /// A read whose connection died before any answer: to run again elsewhere.
-    retry_now: Option<Box<rerun::Retry>>,
-    /// The BEGIN READ ONLY of a transaction on a replica that has run nothing else yet.
-    fresh_begin: Option<String>,
-    /// A query-timeout cancel was sent to the server connection held (for the request sent at
-    /// that instant): that connection is closed rather than handed on, since a cancel arriving
-    /// late would hit its next user.
-    timeout_cancelled: Option<std::time::Instant>,
-    /// The query-timeout timer of the request in flight (sent at that instant), kept across
-    /// loop turns: one timer per request, not one per message relayed.
-    query_timer: Option<(std::time::Instant, std::pin::Pin<Box<tokio::time::Sleep>>)>,
 }
 
 pub async fn serve_client(shared: Arc<Shared>, stream: TcpStream) {
@@ -168,44 +125,33 @@ async fn run_client(shared: &Arc<Shared>, stream: TcpStream, peer: Option<std::n
     out.extend_from_slice(&auth::ok());
     let mut s = Session {
         shared: shared.clone(),
-        client: reader,
-        client_w: w,
-        out,
-        user,
-        database,
-        cancel: shared.cancels.register(),
-        settings: Settings::new(state::startup_settings(&startup.params)),
-        effects: PendingEffects::default(),
-        statements: Statements::default(),
-        mode: RouteMode::Auto,
-        pin: None,
-        server: None,
-        tx_status: TxStatus::Idle,
-        outstanding: 0,
-        batch: Batch::default(),
-        batch_open: false,
-        skip_until_sync: false,
-        expect: VecDeque::new(),
-        copy_in: false,
-        pending: VecDeque::new(),
-        pending_bytes: 0,
-        pools: Vec::new(),
-        parses: 0,
-        retry: None,
-        retry_now: None,
-        fresh_begin: None,
+        client: client::ClientSide {
+            reader,
+            w,
+            out,
+            user,
+            database,
+            cancel: shared.cancels.register(),
+            pending: VecDeque::new(),
+            pending_bytes: 0,
+        },
+        hold: hold::Hold::default(),
+        state: state::SessionState {
+            settings: Settings::new(state::startup_settings(&startup.params)),
+            effects: PendingEffects::default(),
+            statements: Statements::default(),
+            mode: RouteMode::Auto,
+            parses: 0,
+            pools: Vec::new(),
+        },
+        work: work::Work::default(),
         observe: observe::Observe::default(),
         // Whatever any client had committed through this pgsplit before this one connected
         // is visible to its reads (read_your_writes = "session" and "global").
         causal: causal::Causal::starting_at(&shared.global_floor),
-        load: None,
-        lost: lost::Lost::No,
-        in_flight: lost::InFlight::default(),
         unreachable: shared.cluster.unreachable.subscribe(),
-        timeout_cancelled: None,
-        query_timer: None,
     };
-    if s.database == crate::ops::admin::DATABASE {
+    if s.client.database == crate::ops::admin::DATABASE {
         // The admin console: no server behind it.
         let result = s.console().await;
         let _ = s.flush_client().await;
@@ -215,7 +161,7 @@ async fn run_client(shared: &Arc<Shared>, stream: TcpStream, peer: Option<std::n
         };
     }
     let peer = peer.map(|a| a.to_string()).unwrap_or_default();
-    let slot = shared.clients.register(&s.user, &s.database, &peer);
+    let slot = shared.clients.register(&s.client.user, &s.client.database, &peer);
     s.observe.slot = Some(slot.clone());
     let _registered = crate::clients::Registered(shared.clients.clone(), slot.id);
     // Login (once per client) boxed, so that its state does not size the session's task.
@@ -226,7 +172,7 @@ async fn run_client(shared: &Arc<Shared>, stream: TcpStream, peer: Option<std::n
     if let Err(End::Protocol(ProtocolError::Invalid(msg))) = &result {
         // A malformed message: tell the client why before closing. Everyone else carries on.
         s.shared.metrics.client_protocol_errors.inc();
-        s.out.extend_from_slice(&protocol::fatal("08P01", msg));
+        s.client.out.extend_from_slice(&protocol::fatal("08P01", msg));
     }
     let _ = s.flush_client().await;
     // Boxed, as login is: once per session, and not sizing the task.
@@ -249,21 +195,24 @@ impl Session {
         for node in order {
             match self.attach(node).await {
                 Ok(()) => {
-                    let params = self.server.as_ref().map(|s| s.conn.params.clone()).unwrap_or_default();
+                    let params = self.hold.server.as_ref().map(|s| s.conn.params.clone()).unwrap_or_default();
                     for (k, v) in params.iter().filter(|(k, _)| !HIDDEN_PARAMETERS.contains(&k.as_str())) {
-                        self.out.extend_from_slice(&protocol::parameter_status(k, v));
+                        self.client.out.extend_from_slice(&protocol::parameter_status(k, v));
                     }
                     for k in HIDDEN_PARAMETERS {
-                        self.out.extend_from_slice(&protocol::parameter_status(k, "off"));
+                        self.client.out.extend_from_slice(&protocol::parameter_status(k, "off"));
                     }
-                    self.out.extend_from_slice(&protocol::backend_key_data(self.cancel.pid, self.cancel.secret));
-                    self.out.extend_from_slice(&protocol::ready_for_query(TxStatus::Idle));
+                    self.client.out.extend_from_slice(&protocol::backend_key_data(
+                        self.client.cancel.pid,
+                        self.client.cancel.secret,
+                    ));
+                    self.client.out.extend_from_slice(&protocol::ready_for_query(TxStatus::Idle));
                     self.release_server();
                     return Ok(());
                 }
                 Err(AttachError::Refused(f)) => {
                     // Wrong database, role, password: the server's own FATAL, as is.
-                    self.out.extend_from_slice(&f);
+                    self.client.out.extend_from_slice(&f);
                     return Err(End::Fatal("login refused by server".into()));
                 }
                 Err(AttachError::Failed(f)) => last_error = f,
@@ -272,7 +221,7 @@ impl Session {
         let err = protocol::backend::error_fields(&last_error);
         let code = err.code().unwrap_or("08006").to_string();
         let msg = err.message().unwrap_or("no server is reachable").to_string();
-        self.out.extend_from_slice(&protocol::fatal(&code, &msg));
+        self.client.out.extend_from_slice(&protocol::fatal(&code, &msg));
         Err(End::Fatal(msg))
     }
 
@@ -292,26 +241,26 @@ impl Session {
     /// Idle between requests on plain TCP with nothing buffered: no server, nothing
     /// outstanding or pending, nothing to re-run or to write.
     fn idle_waits(&self) -> bool {
-        self.server.is_none()
-            && self.outstanding == 0
-            && self.pending.is_empty()
-            && self.retry_now.is_none()
-            && self.out.is_empty()
-            && self.client.buffered() == 0
-            && self.client.get_ref().is_plain()
+        self.hold.server.is_none()
+            && self.hold.outstanding == 0
+            && self.client.pending.is_empty()
+            && self.work.retry_now.is_none()
+            && self.client.out.is_empty()
+            && self.client.reader.buffered() == 0
+            && self.client.reader.get_ref().is_plain()
     }
 
     /// Waits with no buffer until the client's socket has bytes (allocating a read buffer only
     /// then; a stale readiness costs one WouldBlock read) or `limits.idle_client_timeout_ms`
     /// passes.
     async fn wait_idle(&mut self) -> Result<(), End> {
-        self.out = BytesMut::new();
-        self.client.release_if_empty();
+        self.client.out = BytesMut::new();
+        self.client.reader.release_if_empty();
         // The idle-session timer boxed, and only when that limit is set (off by default): a
         // timer inline would size every idle client's task.
         let mut timer = self.idle_limit().map(|(d, _)| Box::pin(tokio::time::sleep(d)));
         let timed = timer.is_some();
-        let client = &mut self.client;
+        let client = &mut self.client.reader;
         tokio::select! {
             biased;
             r = async {
@@ -331,7 +280,7 @@ impl Session {
                     return Err(End::Terminated);
                 }
                 // Back from idle: one allocation for the answers to come, not one per append.
-                self.out.reserve(1024);
+                self.client.out.reserve(1024);
                 Ok(())
             }
             _ = async {
@@ -346,7 +295,7 @@ impl Session {
     /// `limits.idle_client_timeout_ms` passed: the FATAL the client gets, and the end.
     fn idle_timeout(&mut self) -> End {
         let msg = "terminating connection due to idle-session timeout (limits.idle_client_timeout_ms)";
-        self.out.extend_from_slice(&protocol::fatal("57P05", msg));
+        self.client.out.extend_from_slice(&protocol::fatal("57P05", msg));
         End::Fatal(msg.into())
     }
 
@@ -354,36 +303,35 @@ impl Session {
     /// clients stay here.
     async fn serve(&mut self) -> Result<(), End> {
         loop {
-            if let Some(r) = self.retry_now.take() {
+            if let Some(r) = self.work.retry_now.take() {
                 Box::pin(self.rerun(*r)).await?;
             }
-            while self.outstanding == 0 || self.copy_in {
-                let Some(f) = self.pending.pop_front() else { break };
-                self.pending_bytes -= f.bytes.len();
+            while self.hold.outstanding == 0 || self.hold.copy_in {
+                let Some(f) = self.client.next_pending() else { break };
                 self.on_client_frame(f).await?;
             }
-            if !self.out.is_empty() {
+            if !self.client.out.is_empty() {
                 self.flush_client().await?;
             }
-            let read_client = self.pending_bytes < MAX_PENDING;
+            let read_client = self.client.pending_bytes < MAX_PENDING;
             let idle = self.idle_limit();
             match self.query_deadline() {
-                Some((t0, _)) if self.query_timer.as_ref().is_some_and(|(t, _)| *t == t0) => {}
-                Some((t0, at)) => self.query_timer = Some((t0, Box::pin(tokio::time::sleep_until(at)))),
-                None => self.query_timer = None,
+                Some((t0, _)) if self.hold.query_timer.as_ref().is_some_and(|(t, _)| *t == t0) => {}
+                Some((t0, at)) => self.hold.query_timer = Some((t0, Box::pin(tokio::time::sleep_until(at)))),
+                None => self.hold.query_timer = None,
             }
             if self.idle_waits() {
                 return Ok(());
             }
             // TLS between requests: no output buffer while the client thinks.
-            let idle_now = self.server.is_none() && self.outstanding == 0 && self.pending.is_empty();
-            if idle_now && self.out.capacity() > 0 {
-                self.out = BytesMut::new();
+            let idle_now = self.hold.server.is_none() && self.hold.outstanding == 0 && self.client.pending.is_empty();
+            if idle_now && self.client.out.capacity() > 0 {
+                self.client.out = BytesMut::new();
             }
             let event = {
-                let server = self.server.as_mut();
-                let client = &mut self.client;
-                let timer = self.query_timer.as_mut();
+                let server = self.hold.server.as_mut();
+                let client = &mut self.client.reader;
+                let timer = self.hold.query_timer.as_mut();
                 let timed = timer.is_some();
                 tokio::select! {
                     biased;
@@ -394,7 +342,7 @@ impl Session {
                         }
                     } => Event::Server(r),
                     r = client.next(), if read_client => Event::Client(r),
-                    _ = self.unreachable.changed(), if self.outstanding > 0 => Event::Unreachable,
+                    _ = self.unreachable.changed(), if self.hold.outstanding > 0 => Event::Unreachable,
                     // Created only when polled: no timer at all unless a limit applies.
                     _ = async { tokio::time::sleep(idle.map(|(d, _)| d).unwrap_or_default()).await }, if idle.is_some() => {
                         Event::Idle(idle.map(|(_, in_tx)| in_tx).unwrap_or(false))
@@ -407,9 +355,9 @@ impl Session {
                     }, if timed => Event::QueryTimeout,
                 }
             };
-            if self.out.capacity() == 0 && matches!(event, Event::Client(Ok(_)) | Event::Server(Ok(_))) {
+            if self.client.out.capacity() == 0 && matches!(event, Event::Client(Ok(_)) | Event::Server(Ok(_))) {
                 // Back from idle: one allocation for the answers to come, not one per append.
-                self.out.reserve(1024);
+                self.client.out.reserve(1024);
             }
             match event {
                 Event::Server(Ok(f)) => {
@@ -418,9 +366,8 @@ impl Session {
                 }
                 Event::Server(Err(e)) => self.server_lost(e)?,
                 Event::Client(Ok(f)) => {
-                    if (self.outstanding > 0 && !self.copy_in) || !self.pending.is_empty() {
-                        self.pending_bytes += f.bytes.len();
-                        self.pending.push_back(f);
+                    if (self.hold.outstanding > 0 && !self.hold.copy_in) || !self.client.pending.is_empty() {
+                        self.client.queue(f);
                     } else {
                         self.on_client_frame(f).await?;
                     }
@@ -429,7 +376,7 @@ impl Session {
                 Event::QueryTimeout => self.cancel_timed_out(),
                 Event::Idle(true) => {
                     let msg = "terminating connection due to idle-in-transaction timeout (limits.idle_transaction_timeout_ms)";
-                    self.out.extend_from_slice(&protocol::fatal("25P03", msg));
+                    self.client.out.extend_from_slice(&protocol::fatal("25P03", msg));
                     return Err(End::Fatal(msg.into()));
                 }
                 Event::Idle(false) => return Err(self.idle_timeout()),
@@ -442,7 +389,7 @@ impl Session {
     /// Relays every server message already buffered, without waiting.
     async fn drain_server(&mut self) -> Result<(), End> {
         loop {
-            let Some(s) = self.server.as_mut() else {
+            let Some(s) = self.hold.server.as_mut() else {
                 return Ok(());
             };
             match s.conn.reader.try_next() {
@@ -450,7 +397,7 @@ impl Session {
                 Ok(None) => return Ok(()),
                 Err(e) => return self.server_lost(e),
             }
-            if self.out.len() >= OUT_FLUSH {
+            if self.client.out.len() >= OUT_FLUSH {
                 self.flush_client().await?;
             }
         }
@@ -461,35 +408,35 @@ impl Session {
     /// (its server query cancelled, the connection given back), so a client that never reads
     /// cannot hold a server connection for ever.
     async fn flush_client(&mut self) -> Result<(), End> {
-        if self.out.is_empty() {
+        if self.client.out.is_empty() {
             return Ok(());
         }
         // A client that takes nothing for client_stall_timeout_ms is dropped.
         let stall = std::time::Duration::from_millis(self.shared.config.load().limits.client_stall_timeout_ms);
         let write = async {
-            self.client_w.write_all(&self.out).await?;
-            self.client_w.flush().await
+            self.client.w.write_all(&self.client.out).await?;
+            self.client.w.flush().await
         };
         match tokio::time::timeout(stall, write).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => return Err(ProtocolError::from(e).into()),
             Err(_) => {
-                self.out.clear();
+                self.client.out.clear();
                 self.shared.metrics.stalled_clients.inc();
                 return Err(End::Fatal("the client does not read its results".into()));
             }
         }
-        self.out.clear();
+        self.client.out.clear();
         Ok(())
     }
 
     /// The idle limit that applies now, if any: (how long, inside a transaction?).
     fn idle_limit(&self) -> Option<(std::time::Duration, bool)> {
-        if self.outstanding > 0 || !self.pending.is_empty() || self.copy_in {
+        if self.hold.outstanding > 0 || !self.client.pending.is_empty() || self.hold.copy_in {
             return None;
         }
         let limits = &self.shared.config.load().limits;
-        let (ms, in_tx) = if !self.tx_status.is_idle() {
+        let (ms, in_tx) = if !self.hold.tx_status.is_idle() {
             (limits.idle_transaction_timeout_ms, true)
         } else {
             (limits.idle_client_timeout_ms, false)
@@ -500,11 +447,11 @@ impl Session {
     /// When the request in flight passes `limits.query_timeout_ms`, if it applies: once per
     /// request, never during COPY FROM STDIN (the client is the one sending).
     fn query_deadline(&self) -> Option<(std::time::Instant, tokio::time::Instant)> {
-        if self.outstanding == 0 || self.copy_in || self.server.is_none() {
+        if self.hold.outstanding == 0 || self.hold.copy_in || self.hold.server.is_none() {
             return None;
         }
         let t0 = self.observe.started_at()?;
-        if self.timeout_cancelled == Some(t0) {
+        if self.hold.timeout_cancelled == Some(t0) {
             return None;
         }
         let ms = self.shared.config.load().limits.query_timeout_ms;
@@ -515,8 +462,8 @@ impl Session {
     /// it, as a client's own CancelRequest would. The server answers with 57014 and its
     /// ReadyForQuery, relayed as usual; the connection is then closed, not pooled.
     fn cancel_timed_out(&mut self) {
-        let Some(s) = self.server.as_ref() else { return };
-        self.timeout_cancelled = self.observe.started_at();
+        let Some(s) = self.hold.server.as_ref() else { return };
+        self.hold.timeout_cancelled = self.observe.started_at();
         tracing::info!(server = %s.conn.addr, "cancelling a request past limits.query_timeout_ms");
         let key = ServerKey { addr: s.conn.addr.as_str().into(), pid: s.conn.pid, secret: s.conn.secret };
         tokio::spawn(async move { crate::cancel::send_cancel(&key).await });
@@ -527,7 +474,7 @@ impl Session {
     /// connection is given up: the client gets the error of a lost connection, in terms of
     /// what it was doing, and its pgsplit connection stays usable.
     fn check_stuck(&mut self) -> Result<(), End> {
-        let Some(node) = self.server.as_ref().map(|s| s.conn.node) else { return Ok(()) };
+        let Some(node) = self.hold.node() else { return Ok(()) };
         let wait = std::time::Duration::from_millis(self.shared.config.load().failover.failover_wait_ms);
         let unhealthy = self.shared.cluster.load().nodes.get(node).is_some_and(|n| !n.healthy);
         if unhealthy && self.observe.waiting_longer_than(wait) {
@@ -541,19 +488,12 @@ impl Session {
     /// The client is gone: a server connection still busy with its work is cancelled and
     /// closed, never handed to someone else.
     async fn finish(&mut self) {
-        let Some(s) = self.server.take() else { return };
-        let cancelled = self.cancel.detach();
-        let clean = !cancelled
-            && self.outstanding == 0
-            && self.tx_status.is_idle()
-            && self.pin.is_none()
-            && !self.batch_open
-            && !self.copy_in
-            && self.timeout_cancelled.is_none();
-        if clean {
+        let Some(s) = self.hold.server.take() else { return };
+        let cancelled = self.client.cancel.detach();
+        if !cancelled && self.hold.clean() {
             s.release(&self.shared.metrics);
         } else {
-            if self.outstanding > 0 {
+            if self.hold.outstanding > 0 {
                 crate::cancel::send_cancel(&ServerKey {
                     addr: s.conn.addr.as_str().into(),
                     pid: s.conn.pid,

@@ -41,7 +41,7 @@ impl Session {
         }
         // Boxed: a catalog look-up is rare and its state large; inline, it would size every
         // client's task.
-        if Box::pin(self.shared.catalog.all_read_only(&self.database, analyses)).await {
+        if Box::pin(self.shared.catalog.all_read_only(&self.client.database, analyses)).await {
             (target.max(Target::Replica), reason)
         } else {
             (Target::Primary, Reason::UnknownFunction)
@@ -57,10 +57,10 @@ impl Session {
     ) -> Decision {
         let mode = self.shared.config.load().routing.read_your_writes;
         let view = SessionView {
-            in_transaction: !self.tx_status.is_idle() || self.batch_open,
-            pinned: self.pin.is_some(),
-            mode: self.mode,
-            serializable: self.settings.serializable(),
+            in_transaction: !self.hold.tx_status.is_idle() || self.hold.batch_open,
+            pinned: self.hold.pin.is_some(),
+            mode: self.state.mode,
+            serializable: self.state.settings.serializable(),
             min_lsn: self.causal.min_lsn(mode, &self.shared.global_floor, statement_lsn),
             max_lag_ms: self.causal.max_lag_ms,
         };
@@ -140,7 +140,7 @@ impl Session {
                         format!("There are {others} other sessions using the database.")
                     };
                     self.shared.metrics.error_sent("55006");
-                    self.out.extend_from_slice(&protocol::error_detail("55006", &e.busy_message(), &detail));
+                    self.client.out.extend_from_slice(&protocol::error_detail("55006", &e.busy_message(), &detail));
                     return false;
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;
@@ -162,7 +162,7 @@ impl Session {
     /// could be had; the client then already has an ErrorResponse in `out`.
     pub(super) async fn place(&mut self, decision: Decision) -> Result<bool, End> {
         let (role, node) = match decision {
-            Decision::Held { .. } => ("held", self.server.as_ref().map(|s| s.conn.node)),
+            Decision::Held { .. } => ("held", self.hold.node()),
             Decision::Primary { node, .. } => ("primary", Some(node)),
             Decision::Replica { node, .. } => ("replica", Some(node)),
             Decision::Refuse { .. } => ("none", None),
@@ -172,10 +172,10 @@ impl Session {
         self.observe.route(&self.shared.metrics, server_label, node.unwrap_or(usize::MAX), role, decision.reason());
         if let Decision::Refuse { reason } = decision {
             self.shared.metrics.error_sent("57P03");
-            self.out.extend_from_slice(&protocol::error("57P03", &format!("pgsplit: {reason}")));
+            self.client.out.extend_from_slice(&protocol::error("57P03", &format!("pgsplit: {reason}")));
             return Ok(false);
         }
-        if let Some(s) = &self.server {
+        if let Some(s) = &self.hold.server {
             if matches!(decision, Decision::Held { .. }) && self.held_on_old_primary(s.conn.node) {
                 return self.leave_old_primary();
             }
@@ -192,7 +192,7 @@ impl Session {
     /// primary. Nothing pgsplit holds may write there again.
     fn held_on_old_primary(&self, node: usize) -> bool {
         let t = self.shared.cluster.load();
-        t.nodes.get(node).is_some_and(|n| n.fenced) || (self.pin.is_some() && node != t.primary())
+        t.nodes.get(node).is_some_and(|n| n.fenced) || (self.hold.pin.is_some() && node != t.primary())
     }
 
     /// The session held a connection to a former primary: it is closed before anything more is
@@ -201,22 +201,22 @@ impl Session {
     fn leave_old_primary(&mut self) -> Result<bool, End> {
         let addr = self.discard_server().map(|(_, a)| a).unwrap_or_default();
         tracing::warn!(server = %addr, "a session held a connection to the former primary: closed");
-        if let Some(why) = self.pin {
+        if let Some(why) = self.hold.pin {
             let msg = format!(
                 "pgsplit: {addr} is no longer the primary (failover or switchover): this session's {why} was there and cannot move; reconnect"
             );
             self.shared.metrics.error_sent("57P01");
-            self.out.extend_from_slice(&protocol::fatal("57P01", &msg));
+            self.client.out.extend_from_slice(&protocol::fatal("57P01", &msg));
             return Err(End::Fatal(msg));
         }
         let msg = format!(
             "pgsplit: the transaction was rolled back: {addr} is no longer the primary (failover or switchover); retry it"
         );
         self.shared.metrics.error_sent("40001");
-        self.out.extend_from_slice(&protocol::error("40001", &msg));
-        self.effects = super::state::PendingEffects::default();
-        self.tx_status = TxStatus::Failed;
-        self.lost = super::lost::Lost::Reported;
+        self.client.out.extend_from_slice(&protocol::error("40001", &msg));
+        self.state.effects = super::state::PendingEffects::default();
+        self.hold.tx_status = TxStatus::Failed;
+        self.work.lost = super::work::Lost::Reported;
         Ok(false)
     }
 
@@ -226,8 +226,7 @@ impl Session {
         let mut decision = decision;
         let mut primary_deadline = None;
         if matches!(decision, Decision::Primary { .. })
-            && self.tx_status.is_idle()
-            && self.pin.is_none()
+            && self.hold.free_to_route()
             && self.shared.writes_blocked().is_some()
         {
             // A switchover or a failover barrier holds new work on the primary, or this
@@ -246,7 +245,7 @@ impl Session {
             }
             if let Some(why) = self.shared.fail_closed() {
                 self.shared.metrics.error_sent("57P03");
-                self.out.extend_from_slice(&protocol::error("57P03", &format!("pgsplit: {why}; try again")));
+                self.client.out.extend_from_slice(&protocol::error("57P03", &format!("pgsplit: {why}; try again")));
                 return Ok(false);
             }
             decision = Decision::Primary { node: self.shared.cluster.load().primary(), reason: decision.reason() };
@@ -272,9 +271,7 @@ impl Session {
                     let _ = f;
                 }
                 Err(AttachError::Failed(f))
-                    if matches!(decision, Decision::Primary { .. })
-                        && self.tx_status.is_idle()
-                        && self.pin.is_none() =>
+                    if matches!(decision, Decision::Primary { .. }) && self.hold.free_to_route() =>
                 {
                     // The primary is down: outside a transaction nothing has started, so the
                     // work waits for a new primary (a failover) up to failover_wait.
@@ -283,7 +280,7 @@ impl Session {
                     match self.wait_for_primary(node, deadline).await {
                         Some(p) => decision = Decision::Primary { node: p, reason: decision.reason() },
                         None => {
-                            self.out.extend_from_slice(&as_error(&f));
+                            self.client.out.extend_from_slice(&as_error(&f));
                             return Ok(false);
                         }
                     }
@@ -300,7 +297,7 @@ impl Session {
                         Decision::Primary { node: self.shared.cluster.load().primary(), reason: NOT_REPLAYED_YET };
                 }
                 Err(AttachError::Failed(f)) | Err(AttachError::Refused(f)) => {
-                    self.out.extend_from_slice(&as_error(&f));
+                    self.client.out.extend_from_slice(&as_error(&f));
                     return Ok(false);
                 }
             }
@@ -337,14 +334,14 @@ impl Session {
                 return Err(AttachError::Failed(protocol::error("08006", "no such server")));
             }
         };
-        if self.pools.len() <= node {
-            self.pools.resize(node + 1, None);
+        if self.state.pools.len() <= node {
+            self.state.pools.resize(node + 1, None);
         }
-        let pool = match &self.pools[node] {
+        let pool = match &self.state.pools[node] {
             Some(p) => p.clone(),
             None => {
-                let p = self.shared.pools.pool_for(&addr, &self.user, &self.database);
-                self.pools[node] = Some(p.clone());
+                let p = self.shared.pools.pool_for(&addr, &self.client.user, &self.client.database);
+                self.state.pools[node] = Some(p.clone());
                 p
             }
         };
@@ -371,13 +368,13 @@ impl Session {
                 return Err(AttachError::Failed(protocol::error("08006", &format!("pgsplit: {e}"))));
             }
         };
-        if co.conn.settings != self.settings.hash() {
-            let (reset, settings) = self.settings.replay_sql();
+        if co.conn.settings != self.state.settings.hash() {
+            let (reset, settings) = self.state.settings.replay_sql();
             let replay = if settings.is_empty() { vec![reset] } else { vec![reset, settings.as_str()] };
             match co.conn.run_silently_each(&replay).await {
                 Ok(None) => {
-                    co.conn.settings = self.settings.hash();
-                    co.conn.identity_changed |= self.settings.changes_identity();
+                    co.conn.settings = self.state.settings.hash();
+                    co.conn.identity_changed |= self.state.settings.changes_identity();
                 }
                 Ok(Some(err)) => {
                     co.discard(&self.shared.metrics);
@@ -390,21 +387,21 @@ impl Session {
                 }
             }
         }
-        self.cancel.attach(ServerKey { addr, pid: co.conn.pid, secret: co.conn.secret });
-        self.server = Some(co);
-        self.timeout_cancelled = None;
-        self.load = Some(LoadGuard::new(&load));
+        self.client.cancel.attach(ServerKey { addr, pid: co.conn.pid, secret: co.conn.secret });
+        self.hold.server = Some(co);
+        self.hold.timeout_cancelled = None;
+        self.hold.load = Some(LoadGuard::new(&load));
         self.observe.attached(Some(node));
         Ok(())
     }
 
     pub(super) fn release_server(&mut self) {
-        if let Some(s) = self.server.take() {
+        if let Some(s) = self.hold.server.take() {
             // A connection a cancel went to may still get it: never pooled for someone else.
-            let cancelled = self.cancel.detach();
-            self.load = None;
+            let cancelled = self.client.cancel.detach();
+            self.hold.load = None;
             self.observe.attached(None);
-            if self.timeout_cancelled.take().is_some() || cancelled {
+            if self.hold.timeout_cancelled.take().is_some() || cancelled {
                 s.discard(&self.shared.metrics);
             } else {
                 s.release(&self.shared.metrics);
@@ -413,10 +410,10 @@ impl Session {
     }
 
     pub(super) async fn send_server(&mut self, bytes: &[u8]) -> Result<(), End> {
-        let Some(s) = self.server.as_mut() else {
+        let Some(s) = self.hold.server.as_mut() else {
             return Ok(());
         };
-        self.cancel.running();
+        self.client.cancel.running();
         if let Err(e) = s.conn.send(bytes).await {
             self.server_lost(e)?;
         }

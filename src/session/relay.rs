@@ -17,7 +17,7 @@ impl Session {
     pub(super) fn on_server_frame(&mut self, f: Frame) -> Result<(), End> {
         let err = error_fields(&f.bytes);
         let fatal = f.tag() == b'E' && err.is_fatal();
-        if fatal && self.retry.is_some() {
+        if fatal && self.work.retry.is_some() {
             // A read on a replica that had not started answering (a shutdown, a recovery
             // conflict): it runs again elsewhere when the connection closes (server_lost),
             // and the client never knows.
@@ -28,7 +28,7 @@ impl Session {
             );
             return Ok(());
         }
-        if let Some(r) = self.retry.take() {
+        if let Some(r) = self.work.retry.take() {
             // The server has started answering: the work may have had effects now, unless the
             // answer says the replica has not replayed what the read names yet.
             if self.rerun_if_not_replayed(&f, r) {
@@ -43,21 +43,21 @@ impl Session {
         match f.tag() {
             b'Z' => {
                 let status = protocol::backend::ready_status(&f);
-                if matches!(self.expect.front(), Some(Expect::Sync)) {
-                    self.expect.pop_front();
+                if matches!(self.hold.expect.front(), Some(Expect::Sync)) {
+                    self.hold.expect.pop_front();
                 }
-                self.outstanding = self.outstanding.saturating_sub(1);
-                if self.outstanding == 0 {
-                    self.cancel.finished();
+                self.hold.outstanding = self.hold.outstanding.saturating_sub(1);
+                if self.hold.outstanding == 0 {
+                    self.client.cancel.finished();
                 }
-                self.tx_status = status;
-                let committed = !self.effects.error_in_request && !self.effects.rolled_back;
-                let settled = self.effects.settle(status);
+                self.hold.tx_status = status;
+                let committed = !self.state.effects.error_in_request && !self.state.effects.rolled_back;
+                let settled = self.state.effects.settle(status);
                 self.apply_effects(settled);
                 let cluster = &self.shared.cluster;
                 self.observe.done(&self.shared.metrics, |n| cluster.load().nodes.get(n).map(|n| n.addr.clone()));
                 self.observe.status(status);
-                if !self.copy_in {
+                if !self.hold.copy_in {
                     // A COPY that never started (or ended): nothing to follow.
                     self.causal.after_copy = false;
                 }
@@ -67,7 +67,7 @@ impl Session {
                     p.committed = committed;
                     return Ok(());
                 }
-                self.out.extend_from_slice(&f.bytes);
+                self.client.out.extend_from_slice(&f.bytes);
                 self.release_if_idle();
             }
             b'E' if fatal && self.server_going_away(err) => {
@@ -90,7 +90,7 @@ impl Session {
                 let server = self.discard_server().map(|(_, addr)| addr).unwrap_or_default();
                 tracing::info!(%server, code, "the server ended the client's connection: {msg}");
                 self.shared.metrics.error_sent(&code);
-                self.out.extend_from_slice(&f.bytes);
+                self.client.out.extend_from_slice(&f.bytes);
                 self.shared.cluster.wake.notify_waiters();
                 return Err(End::Fatal(format!("{code} from {server}: {msg}")));
             }
@@ -98,23 +98,23 @@ impl Session {
                 if let Some(code) = err.code() {
                     self.shared.metrics.error_sent(code);
                 }
-                self.effects.error_in_request = true;
-                self.copy_in = false;
-                let duplicate = match self.expect.front() {
+                self.state.effects.error_in_request = true;
+                self.hold.copy_in = false;
+                let duplicate = match self.hold.expect.front() {
                     Some(Expect::Parse { duplicate_of: Some(n), .. }) => Some(n.clone()),
                     _ => None,
                 };
                 // The server skips to the next Sync: whatever was queued before it gets no answer.
-                while let Some(e) = self.expect.front() {
+                while let Some(e) = self.hold.expect.front() {
                     if matches!(e, Expect::Sync) {
                         break;
                     }
-                    let Some(Expect::Parse { name, swallow, duplicate_of: None }) = self.expect.pop_front() else {
+                    let Some(Expect::Parse { name, swallow, duplicate_of: None }) = self.hold.expect.pop_front() else {
                         continue;
                     };
                     // Statements that failed or were skipped exist neither on the server nor
                     // for the client.
-                    if let Some(s) = self.server.as_mut() {
+                    if let Some(s) = self.hold.server.as_mut() {
                         if name.is_empty() {
                             s.conn.unnamed = None;
                         } else {
@@ -122,12 +122,12 @@ impl Session {
                         }
                     }
                     if !swallow && !name.is_empty() {
-                        self.statements.named.retain(|_, p| p.server_name != name);
+                        self.state.statements.named.retain(|_, p| p.server_name != name);
                     }
                 }
                 if let Some(name) = duplicate {
                     let msg = format!("prepared statement \"{name}\" already exists");
-                    self.out.extend_from_slice(&protocol::error("42P05", &msg));
+                    self.client.out.extend_from_slice(&protocol::error("42P05", &msg));
                     return Ok(());
                 }
                 if err.code() == Some("25006") && !self.on_replica() {
@@ -137,54 +137,54 @@ impl Session {
                     self.shared.failover_wake.notify_one();
                     self.shared.cluster.wake.notify_waiters();
                 }
-                self.out.extend_from_slice(&f.bytes);
+                self.client.out.extend_from_slice(&f.bytes);
             }
             b'1' => {
-                if !matches!(self.expect.pop_front(), Some(Expect::Parse { swallow: true, .. })) {
-                    self.out.extend_from_slice(&f.bytes);
+                if !matches!(self.hold.expect.pop_front(), Some(Expect::Parse { swallow: true, .. })) {
+                    self.client.out.extend_from_slice(&f.bytes);
                 }
             }
             b'3' => {
-                if !matches!(self.expect.pop_front(), Some(Expect::Close { swallow: true })) {
-                    self.out.extend_from_slice(&f.bytes);
+                if !matches!(self.hold.expect.pop_front(), Some(Expect::Close { swallow: true })) {
+                    self.client.out.extend_from_slice(&f.bytes);
                 }
             }
-            b'T' | b'n' if matches!(self.expect.front(), Some(Expect::Describe { .. })) => {
-                if let Some(Expect::Describe { statement: Some(p) }) = self.expect.pop_front() {
+            b'T' | b'n' if matches!(self.hold.expect.front(), Some(Expect::Describe { .. })) => {
+                if let Some(Expect::Describe { statement: Some(p) }) = self.hold.expect.pop_front() {
                     // A copy: a slice would keep the whole read buffer it came from alive.
                     let _ = p.described.set(Bytes::copy_from_slice(&f.bytes));
                 }
-                self.out.extend_from_slice(&f.bytes);
+                self.client.out.extend_from_slice(&f.bytes);
             }
             b'S' => {
-                if let Some(s) = self.server.as_mut() {
+                if let Some(s) = self.hold.server.as_mut() {
                     s.conn.note_parameter(&f);
                 }
                 let name = backend::parameter_name(&f);
                 if !HIDDEN_PARAMETERS.contains(&name) {
-                    self.out.extend_from_slice(&f.bytes);
+                    self.client.out.extend_from_slice(&f.bytes);
                 }
             }
             b'G' => {
-                self.copy_in = true;
+                self.hold.copy_in = true;
                 // In extended mode the server ignores Sync while in copy-in; the client sends
                 // another after CopyDone/CopyFail. That first Sync gets no ReadyForQuery.
-                if let Some(i) = self.expect.iter().position(|e| matches!(e, Expect::Sync)) {
-                    self.expect.remove(i);
-                    self.outstanding = self.outstanding.saturating_sub(1);
+                if let Some(i) = self.hold.expect.iter().position(|e| matches!(e, Expect::Sync)) {
+                    self.hold.expect.remove(i);
+                    self.hold.outstanding = self.hold.outstanding.saturating_sub(1);
                 }
-                self.out.extend_from_slice(&f.bytes);
+                self.client.out.extend_from_slice(&f.bytes);
             }
             b'C' => {
                 let tag = backend::command_tag(&f);
                 if tag.starts_with("ROLLBACK") {
-                    self.effects.rolled_back = true;
+                    self.state.effects.rolled_back = true;
                 } else if tag.starts_with("COMMIT") {
-                    self.effects.rolled_back = false;
+                    self.state.effects.rolled_back = false;
                 }
-                self.out.extend_from_slice(&f.bytes);
+                self.client.out.extend_from_slice(&f.bytes);
             }
-            _ => self.out.extend_from_slice(&f.bytes),
+            _ => self.client.out.extend_from_slice(&f.bytes),
         }
         Ok(())
     }
@@ -196,7 +196,7 @@ impl Session {
     fn server_going_away(&self, err: ErrorFields<'_>) -> bool {
         let code = err.code().unwrap_or("");
         let msg = err.message().unwrap_or("");
-        let node = self.server.as_ref().map(|s| s.conn.node);
+        let node = self.hold.node();
         let t = self.shared.cluster.load();
         let fenced = node.and_then(|n| t.nodes.get(n)).is_some_and(|n| n.fenced);
         matches!(code, "57P02" | "57P03")
@@ -206,8 +206,7 @@ impl Session {
     }
 
     fn release_if_idle(&mut self) {
-        if self.tx_status.is_idle() && self.outstanding == 0 && !self.batch_open && self.pin.is_none() && !self.copy_in
-        {
+        if self.hold.can_release() {
             self.release_server();
         }
     }
@@ -221,9 +220,9 @@ impl Session {
             b'D' => p.lsn = backend::single_text(&f).and_then(Lsn::parse),
             b'E' => p.lsn = None,
             b'Z' => {
-                self.outstanding = self.outstanding.saturating_sub(1);
-                if self.outstanding == 0 {
-                    self.cancel.finished();
+                self.hold.outstanding = self.hold.outstanding.saturating_sub(1);
+                if self.hold.outstanding == 0 {
+                    self.client.cancel.finished();
                 }
                 let Some(p) = self.causal.probe.take() else { return };
                 match p.lsn {
@@ -231,13 +230,15 @@ impl Session {
                         self.causal.wrote(lsn, &self.shared.global_floor);
                         if p.committed {
                             let value = lsn.to_string();
-                            self.out.extend_from_slice(&protocol::parameter_status(causal::LAST_WRITE_LSN, &value));
+                            self.client
+                                .out
+                                .extend_from_slice(&protocol::parameter_status(causal::LAST_WRITE_LSN, &value));
                         }
                     }
                     None => self.causal.unknown(),
                 }
                 if let Some(ready) = p.client_ready {
-                    self.out.extend_from_slice(&ready);
+                    self.client.out.extend_from_slice(&ready);
                 }
                 self.release_if_idle();
             }
@@ -252,27 +253,27 @@ impl Session {
         for (e, mode) in &effects {
             match e {
                 Effect::DiscardAll => {
-                    self.statements = Statements::default();
-                    if let Some(s) = self.server.as_mut() {
+                    self.state.statements = Statements::default();
+                    if let Some(s) = self.hold.server.as_mut() {
                         s.conn.prepared.clear();
                         s.conn.unnamed = None;
                     }
                 }
-                Effect::Deallocate(None) => self.statements.named.clear(),
+                Effect::Deallocate(None) => self.state.statements.named.clear(),
                 Effect::Deallocate(Some(name)) => {
-                    self.statements.named.remove(name);
+                    self.state.statements.named.remove(name);
                 }
                 _ => {}
             }
-            self.settings.apply(e);
+            self.state.settings.apply(e);
             if let Some(own) = mode {
                 self.apply_own(*own);
             }
         }
         // The connection ran these statements: it now has exactly the client's settings.
-        if let Some(s) = self.server.as_mut() {
-            s.conn.settings = self.settings.hash();
-            s.conn.identity_changed |= self.settings.changes_identity();
+        if let Some(s) = self.hold.server.as_mut() {
+            s.conn.settings = self.state.settings.hash();
+            s.conn.identity_changed |= self.state.settings.changes_identity();
         }
     }
 
@@ -286,22 +287,22 @@ impl Session {
             if let Some(ready) = p.client_ready {
                 // The client's request completed; only the probe behind it was lost.
                 self.causal.unknown();
-                self.out.extend_from_slice(&ready);
-                self.outstanding = 0;
-                self.expect.clear();
+                self.client.out.extend_from_slice(&ready);
+                self.hold.outstanding = 0;
+                self.hold.expect.clear();
                 return Ok(());
             }
             // The probe never ran: the request itself is what was lost.
-            self.outstanding = self.outstanding.saturating_sub(1);
+            self.hold.outstanding = self.hold.outstanding.saturating_sub(1);
             self.causal.unknown();
         }
-        if self.outstanding == 1
-            && self.tx_status.is_idle()
-            && let Some(r) = self.retry.take()
+        if self.hold.outstanding == 1
+            && self.hold.tx_status.is_idle()
+            && let Some(r) = self.work.retry.take()
         {
-            self.expect.clear();
-            self.outstanding = 0;
-            self.retry_now = Some(Box::new(r));
+            self.hold.expect.clear();
+            self.hold.outstanding = 0;
+            self.work.retry_now = Some(Box::new(r));
             return Ok(());
         }
         self.transaction_lost(&addr, &e.to_string())
@@ -324,11 +325,11 @@ impl Session {
     /// Closes the server connection the client holds (never pooled: its state is unknown or
     /// must not go on) and forgets it. Its node and address, if there was one.
     pub(super) fn discard_server(&mut self) -> Option<(usize, String)> {
-        let server = self.server.take()?;
+        let server = self.hold.server.take()?;
         let held = (server.conn.node, server.conn.addr.clone());
         server.discard(&self.shared.metrics);
-        let _ = self.cancel.detach();
-        self.load = None;
+        let _ = self.client.cancel.detach();
+        self.hold.load = None;
         self.observe.attached(None);
         Some(held)
     }

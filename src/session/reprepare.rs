@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 
-use super::batch::BatchItem;
 use super::extended::Prepared;
+use super::work::BatchItem;
 use super::{End, Session};
 use crate::protocol::{self, ProtocolError};
 
@@ -26,7 +26,7 @@ impl Session {
     /// uses that this connection lacks and whose row description the client has seen, and
     /// checks each still has that shape. Returns the error for the client when one does not.
     pub(super) async fn prepare_checked(&mut self, items: &[BatchItem]) -> Result<Checked, End> {
-        let Some(server) = self.server.as_mut() else { return Ok(Checked::Ready) };
+        let Some(server) = self.hold.server.as_mut() else { return Ok(Checked::Ready) };
         let mut needed: Vec<Arc<Prepared>> = Vec::new();
         for item in items {
             if let BatchItem::Bind(_, p) | BatchItem::DescribeStatement(p) = item
@@ -57,7 +57,7 @@ impl Session {
         let mut error = None;
         let mut i = 0;
         loop {
-            let Some(server) = self.server.as_mut() else { return Ok(Checked::Lost) };
+            let Some(server) = self.hold.server.as_mut() else { return Ok(Checked::Lost) };
             let f = match server.conn.reader.next().await {
                 Ok(f) => f,
                 Err(e) => return self.lost_while_checking(e),
@@ -79,9 +79,9 @@ impl Session {
                 }
                 b'E' if error.is_none() => error = Some(f.bytes),
                 b'S' => server.conn.note_parameter(&f),
-                b'N' => self.out.extend_from_slice(&f.bytes),
+                b'N' => self.client.out.extend_from_slice(&f.bytes),
                 b'Z' => {
-                    self.tx_status = protocol::backend::ready_status(&f);
+                    self.hold.tx_status = protocol::backend::ready_status(&f);
                     return Ok(error.map_or(Checked::Ready, Checked::Refused));
                 }
                 _ => {}
@@ -92,7 +92,7 @@ impl Session {
     /// The connection died during the check, before the client's batch was sent: outside a
     /// transaction the batch can simply go to another connection.
     fn lost_while_checking(&mut self, e: ProtocolError) -> Result<Checked, End> {
-        if self.tx_status.is_idle() && self.pin.is_none() {
+        if self.hold.free_to_route() {
             self.drop_broken_server(&e);
             return Ok(Checked::Lost);
         }

@@ -19,29 +19,12 @@
 
 use bytes::BytesMut;
 
-use super::batch::{BatchItem, encode_item};
+use super::encode::encode_item;
+use super::work::{Retry, RetryWork};
 use super::{End, Expect, Session};
 use crate::protocol::backend::error_fields;
 use crate::protocol::{self, Frame};
-use crate::reason::Reason;
 use crate::router::NOT_REPLAYED_YET;
-use crate::sql::Target;
-
-/// A read sent outside a transaction to a replica. If that connection dies before the first
-/// byte of an answer, the read had no effect and no result: pgsplit runs it again on another
-/// server, and the client never knows.
-pub(super) struct Retry {
-    pub(super) work: RetryWork,
-    pub(super) target: Target,
-    pub(super) reason: Reason,
-    pub(super) hint: Option<crate::sql::Hint>,
-}
-
-pub(super) enum RetryWork {
-    Query(bytes::Bytes),
-    /// The batch's items and its Sync.
-    Batch(Vec<BatchItem>, Frame),
-}
 
 /// SQLSTATEs a read can get on a replica only because it lacks an object the primary has:
 /// invalid_catalog_name (database), invalid_schema_name, undefined_table, undefined_function,
@@ -67,22 +50,21 @@ pub(super) fn login_refusal(frame: &[u8]) -> Option<&'static str> {
 impl Session {
     /// Runs again, elsewhere, a read whose replica connection died before answering.
     pub(super) async fn rerun(&mut self, r: Retry) -> Result<(), End> {
-        let decision = self.decide(r.target, r.reason, r.hint, None);
-        if r.reason != NOT_REPLAYED_YET {
-            tracing::info!(reason = %r.reason, "rerunning a read whose replica connection died before answering");
+        if r.aim.reason != NOT_REPLAYED_YET {
+            tracing::info!(reason = %r.aim.reason, "rerunning a read whose replica connection died before answering");
         }
-        if !self.place(decision).await? {
+        if self.dispatch(r.aim).await?.is_none() {
             // The client has the error; it still waits for its ReadyForQuery.
-            self.effects.request.clear();
-            self.out.extend_from_slice(&protocol::ready_for_query(self.tx_status));
+            self.state.effects.request.clear();
+            self.client.out.extend_from_slice(&protocol::ready_for_query(self.hold.tx_status));
             return Ok(());
         }
-        let Some(server) = self.server.as_mut() else {
-            self.out.extend_from_slice(&protocol::error("08006", "pgsplit: no server connection"));
-            self.out.extend_from_slice(&protocol::ready_for_query(self.tx_status));
+        let Some(server) = self.hold.server.as_mut() else {
+            self.client.out.extend_from_slice(&protocol::error("08006", "pgsplit: no server connection"));
+            self.client.out.extend_from_slice(&protocol::ready_for_query(self.hold.tx_status));
             return Ok(());
         };
-        self.outstanding += 1;
+        self.hold.outstanding += 1;
         match r.work {
             RetryWork::Query(bytes) => {
                 server.conn.unnamed = None;
@@ -91,10 +73,10 @@ impl Session {
             RetryWork::Batch(items, sync) => {
                 let mut buf = BytesMut::with_capacity(256);
                 for item in items {
-                    encode_item(item, &mut server.conn, &mut self.expect, &mut buf)?;
+                    encode_item(item, &mut server.conn, &mut self.hold.expect, &mut buf)?;
                 }
                 buf.extend_from_slice(&sync.bytes);
-                self.expect.push_back(Expect::Sync);
+                self.hold.expect.push_back(Expect::Sync);
                 self.send_server(&buf).await
             }
         }
@@ -104,7 +86,11 @@ impl Session {
     /// replica has not replayed an object yet: the read goes again to the primary, and the
     /// frame must not reach the client.
     pub(super) fn rerun_if_not_replayed(&mut self, f: &Frame, r: Retry) -> bool {
-        if f.tag() != b'E' || self.outstanding != 1 || !self.tx_status.is_idle() || self.causal.probe.is_some() {
+        if f.tag() != b'E'
+            || self.hold.outstanding != 1
+            || !self.hold.tx_status.is_idle()
+            || self.causal.probe.is_some()
+        {
             return false;
         }
         let err = error_fields(&f.bytes);
@@ -121,9 +107,9 @@ impl Session {
             err.message().unwrap_or("")
         );
         self.observe.abandoned();
-        self.expect.clear();
-        self.outstanding = 0;
-        self.retry_now = Some(Box::new(Retry { target: Target::Primary, reason: NOT_REPLAYED_YET, hint: None, ..r }));
+        self.hold.expect.clear();
+        self.hold.outstanding = 0;
+        self.work.retry_now = Some(Box::new(Retry { aim: r.aim.not_replayed(), ..r }));
         true
     }
 }

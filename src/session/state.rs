@@ -4,9 +4,23 @@
 //! outside a transaction, or at COMMIT.
 
 use std::hash::{Hash, Hasher};
+use std::sync::Arc;
 
 use crate::protocol::TxStatus;
 use crate::sql::{Effect, Own};
+
+/// The session's own state: its settings and their pending changes, its prepared statements,
+/// its routing mode, and its pools.
+pub(super) struct SessionState {
+    pub settings: Settings,
+    pub effects: PendingEffects,
+    pub statements: super::extended::Statements,
+    pub mode: crate::sql::RouteMode,
+    /// Parse messages seen, for unique server statement names.
+    pub parses: u64,
+    /// This client's pool on each server, looked up once.
+    pub pools: Vec<Option<Arc<crate::pool::Pool>>>,
+}
 
 #[derive(Debug, Default)]
 pub struct Settings {
