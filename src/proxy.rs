@@ -95,7 +95,13 @@ impl Proxy {
         let mut tasks = vec![tokio::spawn(crate::failover::run::run(shared.clone()))];
         #[cfg(feature = "etcd")]
         if let Some(c) = shared.coord.clone() {
-            tasks.push(tokio::spawn(crate::coord::etcd::run(shared.clone(), c)));
+            let handles = crate::coord::Handles {
+                config: shared.config.clone(),
+                cluster: shared.cluster.clone(),
+                metrics: shared.metrics.clone(),
+                follower: Arc::new(crate::failover::follow::Follow { shared: shared.clone(), coord: c.clone() }),
+            };
+            tasks.push(tokio::spawn(crate::coord::etcd::run(handles, c)));
         }
         let mut metrics_addr = None;
         if !config.metrics_listen.is_empty() {

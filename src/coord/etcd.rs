@@ -10,9 +10,8 @@ use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, PutOptions, Txn, TxnOp, WatchOptions,
 };
 
-use super::Coordination;
 use super::values::{Member, Request, SharedTopology};
-use crate::Shared;
+use super::{Coordination, Handles};
 
 /// What the failover loop and the console use to reach etcd while the session is up.
 #[derive(Clone)]
@@ -140,22 +139,22 @@ pub fn connect_options(cc: &super::CoordinationConfig) -> Res<ConnectOptions> {
 }
 
 /// The instance's etcd session, for as long as the proxy runs.
-pub async fn run(shared: Arc<Shared>, coord: Arc<Coordination>) {
+pub async fn run(h: Handles, coord: Arc<Coordination>) {
     let mut lease = None;
     loop {
-        match session(&shared, &coord, &mut lease).await {
+        match session(&h, &coord, &mut lease).await {
             Ok(()) => {}
             Err(e) => tracing::error!(instance = %coord.name, "coordination: etcd session ended: {e}"),
         }
         *coord.session.lock().unwrap_or_else(|p| p.into_inner()) = None;
         coord.set_leader(false, "");
-        shared.metrics.coordination_up.set(0);
+        h.metrics.coordination_up.set(0);
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
-async fn session(shared: &Arc<Shared>, coord: &Arc<Coordination>, lease: &mut Option<i64>) -> Res<()> {
-    let config = shared.config.load_full();
+async fn session(h: &Handles, coord: &Arc<Coordination>, lease: &mut Option<i64>) -> Res<()> {
+    let config = h.config.load_full();
     let cc = &config.coordination;
     let timeout = Duration::from_millis(cc.etcd_timeout_ms);
     let options = connect_options(cc)?;
@@ -193,17 +192,17 @@ async fn session(shared: &Arc<Shared>, coord: &Arc<Coordination>, lease: &mut Op
     }
     let s = Session { client: client.clone(), lease: id, timeout };
     *coord.session.lock().unwrap_or_else(|p| p.into_inner()) = Some(s.clone());
-    shared.metrics.coordination_up.set(1);
+    h.metrics.coordination_up.set(1);
 
     // The topology: etcd's if there is one, else this instance's (the first one up writes it).
     let r = s.within(c.get(coord.keys.prefix.clone(), Some(GetOptions::new().with_prefix()))).await?;
     let revision = r.header().map(|h| h.revision()).unwrap_or(0);
     let mut topology = None;
     for kv in r.kvs() {
-        on_key(shared, coord, &s, kv.key(), Some((kv.value(), kv.mod_revision())), &mut topology).await;
+        on_key(h, coord, &s, kv.key(), Some((kv.value(), kv.mod_revision())), &mut topology).await;
     }
     if topology.is_none() {
-        let mine = local_topology(shared, coord);
+        let mine = h.follower.local_topology();
         let value = serde_json::to_vec(&mine).map_err(|e| e.to_string())?;
         let txn = Txn::new()
             .when(vec![Compare::create_revision(coord.keys.topology.clone(), CompareOp::Equal, 0)])
@@ -223,7 +222,7 @@ async fn session(shared: &Arc<Shared>, coord: &Arc<Coordination>, lease: &mut Op
         ));
     }
     campaign(coord, &s).await?;
-    publish_member(coord, &s, shared).await?;
+    publish_member(coord, &s, h).await?;
 
     let mut watch = c
         .watch(coord.keys.prefix.clone(), Some(WatchOptions::new().with_prefix().with_start_revision(revision + 1)))
@@ -255,7 +254,7 @@ async fn session(shared: &Arc<Shared>, coord: &Arc<Coordination>, lease: &mut Op
                     coord.lease_renewed();
                     if was != coord.gate() {
                         tracing::warn!(instance = %coord.name, "coordination: lease renewed, {}", coord.gate().as_str());
-                        shared.cluster.published.notify_waiters();
+                        h.cluster.published.notify_waiters();
                     }
                 }
                 Some(_) => {
@@ -273,18 +272,18 @@ async fn session(shared: &Arc<Shared>, coord: &Arc<Coordination>, lease: &mut Op
                 for e in w.events() {
                     let Some(kv) = e.kv() else { continue };
                     let value = (e.event_type() == EventType::Put).then(|| (kv.value(), kv.mod_revision()));
-                    on_key(shared, coord, &s, kv.key(), value, &mut topology).await;
+                    on_key(h, coord, &s, kv.key(), value, &mut topology).await;
                 }
                 if coord.epoch() != member_epoch {
                     member_epoch = coord.epoch();
-                    publish_member(coord, &s, shared).await?;
+                    publish_member(coord, &s, h).await?;
                 }
             }
             changed = view.changed() => {
                 if changed.is_err() {
                     return Ok(());
                 }
-                publish_member(coord, &s, shared).await?;
+                publish_member(coord, &s, h).await?;
             }
         }
     }
@@ -318,12 +317,12 @@ async fn campaign(coord: &Coordination, s: &Session) -> Res<()> {
     Ok(())
 }
 
-async fn publish_member(coord: &Coordination, s: &Session, shared: &Shared) -> Res<()> {
+async fn publish_member(coord: &Coordination, s: &Session, h: &Handles) -> Res<()> {
     let m = Member {
         name: coord.name.clone(),
         epoch: coord.epoch(),
         primary_ok: *coord.primary_ok.borrow(),
-        listen: shared.config.load().listen.clone(),
+        listen: h.config.load().listen.clone(),
     };
     let value = serde_json::to_vec(&m).map_err(|e| e.to_string())?;
     let mut c = s.client.clone();
@@ -333,7 +332,7 @@ async fn publish_member(coord: &Coordination, s: &Session, shared: &Shared) -> R
 
 /// One key's new value (None: deleted).
 async fn on_key(
-    shared: &Arc<Shared>,
+    h: &Handles,
     coord: &Arc<Coordination>,
     s: &Session,
     key: &[u8],
@@ -348,7 +347,7 @@ async fn on_key(
         };
         match serde_json::from_slice::<SharedTopology>(v) {
             Ok(t) => {
-                crate::failover::follow::apply(shared, coord, &t, revision).await;
+                h.follower.apply(&t, revision).await;
                 *topology = Some(t);
             }
             Err(e) => tracing::error!("coordination: unreadable topology in etcd ({e}); not applied"),
@@ -362,44 +361,30 @@ async fn on_key(
                     tracing::info!(leader = %holder, "coordination: leader");
                 }
                 coord.set_leader(me, &holder);
-                shared.metrics.coordination_leader.set(me as i64);
+                h.metrics.coordination_leader.set(me as i64);
             }
             None => {
                 coord.set_leader(false, "");
-                shared.metrics.coordination_leader.set(0);
+                h.metrics.coordination_leader.set(0);
                 if let Err(e) = campaign(coord, s).await {
                     tracing::warn!("coordination: campaign failed: {e}");
                 }
-                shared.metrics.coordination_leader.set(coord.leader.load(std::sync::atomic::Ordering::SeqCst) as i64);
+                h.metrics.coordination_leader.set(coord.leader.load(std::sync::atomic::Ordering::SeqCst) as i64);
             }
         }
     } else if *key == *coord.keys.request {
         if value.is_some() && coord.is_leader() {
-            shared.failover_wake.notify_one();
+            h.follower.wake();
         }
     } else if *key == *coord.keys.paused {
         let list: Vec<String> = value.and_then(|(v, _)| serde_json::from_slice(v).ok()).unwrap_or_default();
-        let t = shared.cluster.load();
+        let t = h.cluster.load();
         for n in t.nodes.iter().filter(|n| !n.removed) {
             let want = list.iter().any(|a| *a == coord.shared_addr(&n.addr));
             if want != n.paused {
                 tracing::info!(server = %n.addr, paused = want, "coordination: pause set by an instance");
-                shared.cluster.set_paused(&n.addr, want);
+                h.cluster.set_paused(&n.addr, want);
             }
         }
-    }
-}
-
-/// This instance's topology, written when etcd has none yet.
-fn local_topology(shared: &Shared, coord: &Coordination) -> SharedTopology {
-    let t = shared.cluster.load();
-    let state = shared.failover.lock().unwrap_or_else(|p| p.into_inner()).clone();
-    SharedTopology {
-        epoch: state.epoch,
-        primary: t.nodes.get(t.primary()).map(|n| coord.shared_addr(&n.addr)).unwrap_or_default(),
-        timeline: state.timeline,
-        fenced: t.nodes.iter().filter(|n| n.fenced && !n.removed).map(|n| coord.shared_addr(&n.addr)).collect(),
-        barrier: None,
-        by: coord.name.clone(),
     }
 }

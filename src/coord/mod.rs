@@ -30,6 +30,32 @@ pub use crate::config::coordination::CoordinationConfig;
 pub use rules::Gate;
 pub use values::{Member, SharedTopology};
 
+/// What the etcd session needs of the instance around it, implemented by the failover wing
+/// (`failover::follow::Follow`): coord knows nothing of failover, and failover reaches coord
+/// only through [`Coordination`] and the etcd session's client.
+pub trait Follower: Send + Sync {
+    /// A topology read from etcd: applied here before any write goes out under it.
+    fn apply<'a>(
+        &'a self,
+        t: &'a SharedTopology,
+        revision: i64,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>>;
+    /// This instance's own topology, written when etcd has none yet.
+    fn local_topology(&self) -> SharedTopology;
+    /// An operator's request was posted: the leader's failover loop looks at once.
+    fn wake(&self);
+}
+
+/// The handles the etcd session runs with: configuration, the cluster (its topology, the
+/// paused servers), the metrics, and the instance it follows for.
+#[derive(Clone)]
+pub struct Handles {
+    pub config: crate::config::Live,
+    pub cluster: std::sync::Arc<crate::cluster::Cluster>,
+    pub metrics: std::sync::Arc<crate::metrics::Metrics>,
+    pub follower: std::sync::Arc<dyn Follower>,
+}
+
 /// What the rest of pgsplit sees of the coordination. Written by the etcd session and the
 /// failover loop, read by sessions (the write gate) and the console.
 pub struct Coordination {

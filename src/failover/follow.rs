@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use super::decide::{Phase, State};
 use crate::Shared;
-use crate::coord::Coordination;
 use crate::coord::rules::{self, Mapped};
 use crate::coord::values::SharedTopology;
+use crate::coord::{Coordination, Follower};
 
 pub(super) fn addr_of(shared: &Shared, i: usize) -> String {
     shared.cluster.load().nodes.get(i).map(|n| n.addr.to_string()).unwrap_or_default()
@@ -25,6 +25,44 @@ pub(super) fn mapped(shared: &Shared, coord: &Coordination, t: &SharedTopology) 
     let addrs: Vec<String> = topo.nodes.iter().map(|n| coord.shared_addr(&n.addr)).collect();
     let addrs: Vec<&str> = addrs.iter().map(String::as_str).collect();
     rules::map(t, &addrs)
+}
+
+/// The failover wing as the etcd session's follower: what coord calls without knowing it.
+pub struct Follow {
+    pub shared: Arc<Shared>,
+    pub coord: Arc<Coordination>,
+}
+
+impl Follower for Follow {
+    fn apply<'a>(
+        &'a self,
+        t: &'a SharedTopology,
+        revision: i64,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>> {
+        Box::pin(apply(&self.shared, &self.coord, t, revision))
+    }
+
+    fn local_topology(&self) -> SharedTopology {
+        local_topology(&self.shared, &self.coord)
+    }
+
+    fn wake(&self) {
+        self.shared.failover_wake.notify_one();
+    }
+}
+
+/// This instance's topology, written when etcd has none yet.
+fn local_topology(shared: &Shared, coord: &Coordination) -> SharedTopology {
+    let t = shared.cluster.load();
+    let state = shared.failover.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    SharedTopology {
+        epoch: state.epoch,
+        primary: t.nodes.get(t.primary()).map(|n| coord.shared_addr(&n.addr)).unwrap_or_default(),
+        timeline: state.timeline,
+        fenced: t.nodes.iter().filter(|n| n.fenced && !n.removed).map(|n| coord.shared_addr(&n.addr)).collect(),
+        barrier: None,
+        by: coord.name.clone(),
+    }
 }
 
 /// Every instance: a topology read from etcd, applied before another write goes out.
