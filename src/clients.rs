@@ -41,9 +41,22 @@ impl ClientSlot {
 pub struct Clients {
     next: AtomicU64,
     map: Mutex<BTreeMap<u64, Arc<ClientSlot>>>,
+    /// Connections accepted and not yet closed, logged in or not (limits.max_client_conn).
+    connected: AtomicUsize,
 }
 
 impl Clients {
+    /// Counts a new connection until the returned guard is dropped.
+    pub fn admit(self: &Arc<Self>) -> Admitted {
+        self.connected.fetch_add(1, Ordering::Relaxed);
+        Admitted(self.clone())
+    }
+
+    /// Connections accepted and not yet closed.
+    pub fn connected(&self) -> usize {
+        self.connected.load(Ordering::Relaxed)
+    }
+
     pub fn register(&self, user: &str, database: &str, addr: &str) -> Arc<ClientSlot> {
         let id = self.next.fetch_add(1, Ordering::Relaxed) + 1;
         let slot = Arc::new(ClientSlot::new(id, user, database, addr));
@@ -63,6 +76,15 @@ impl Clients {
 
     pub(crate) fn all(&self) -> Vec<Arc<ClientSlot>> {
         self.map.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect()
+    }
+}
+
+/// Counts a connection against `limits.max_client_conn` while it lives.
+pub struct Admitted(Arc<Clients>);
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        self.0.connected.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

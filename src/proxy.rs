@@ -16,6 +16,7 @@ use crate::config::Config;
 use crate::config::Source;
 use crate::metrics::{self, Metrics};
 use crate::pool::Pools;
+use crate::shared::{Analysis, Logins, Origin};
 pub use crate::shared::{LogLevelSetter, Shared};
 use crate::sql::cache::AnalysisCache;
 
@@ -63,43 +64,42 @@ impl Proxy {
             .enabled()
             .then(|| Arc::new(crate::coord::Coordination::new(&config.coordination, &addr.to_string())));
         let cluster = Cluster::new(topology);
-        let credentials = crate::auth::Credentials::new(live.clone(), cluster.clone(), metrics.clone());
+        let credentials = crate::auth::Credentials::new(live.clone());
         let pools = Pools::new(live.clone(), metrics.clone(), credentials.clone());
+        let auth_query = crate::cluster::auth_query::AuthQuery::new(live.clone(), cluster.clone(), metrics.clone());
         let sql = Arc::new(SqlPools::new(live.clone(), crate::cluster::sql_pools::Who::Monitor));
         let monitor = Monitor::start(live.clone(), cluster.clone(), pools.clone(), metrics.clone(), sql.clone());
         let shared = Arc::new(Shared {
-            cache: AnalysisCache::new(config.routing.cache_size, config.routing.max_parse_len),
-            catalog: Catalog::new(live.clone(), cluster.clone(), sql.clone()),
+            analysis: Analysis {
+                cache: AnalysisCache::new(config.routing.cache_size, config.routing.max_parse_len),
+                catalog: Catalog::new(live.clone(), cluster.clone(), sql.clone()),
+            },
             cancels: Arc::new(CancelRegistry::default()),
             config: live,
             cluster,
             pools,
-            credentials,
+            logins: Logins { auth_query, credentials, failures: Default::default() },
             metrics: metrics.clone(),
             sql,
             monitor,
             global_floor: Default::default(),
             clients: Default::default(),
-            source,
-            log_level,
-            failover: std::sync::Mutex::new(crate::failover::State::new(first_primary)),
-            failover_wake: tokio::sync::Notify::new(),
-            failover_request: std::sync::Mutex::new(None),
-            writes_held: std::sync::atomic::AtomicBool::new(false),
-            unrecorded: std::sync::atomic::AtomicBool::new(false),
-            client_count: std::sync::atomic::AtomicUsize::new(0),
-            auth_failures: Default::default(),
+            origin: Origin { source, log_level },
+            failover: Arc::new(crate::failover::Control::new(first_primary)),
             coord,
             tls: arc_swap::ArcSwapOption::new(crate::tls::load(&config.tls)?.map(Arc::new)),
         });
-        let mut tasks = vec![tokio::spawn(crate::failover::run::run(shared.clone()))];
+        let mut tasks = vec![tokio::spawn(crate::failover::run::run(Arc::new(shared.failover_handles())))];
         #[cfg(feature = "etcd")]
         if let Some(c) = shared.coord.clone() {
             let handles = crate::coord::Handles {
                 config: shared.config.clone(),
                 cluster: shared.cluster.clone(),
                 metrics: shared.metrics.clone(),
-                follower: Arc::new(crate::failover::follow::Follow { shared: shared.clone(), coord: c.clone() }),
+                follower: Arc::new(crate::failover::follow::Follow {
+                    h: Arc::new(shared.failover_handles()),
+                    coord: c.clone(),
+                }),
             };
             tasks.push(tokio::spawn(crate::coord::etcd::run(handles, c)));
         }

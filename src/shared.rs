@@ -4,10 +4,13 @@
 
 use std::sync::Arc;
 
+use crate::auth::Credentials;
+use crate::auth::failures::AuthFailures;
 use crate::cancel::CancelRegistry;
 use crate::catalog::Catalog;
 use crate::clients::Clients;
 use crate::cluster::Cluster;
+use crate::cluster::auth_query::AuthQuery;
 use crate::cluster::monitor::Monitor;
 use crate::cluster::sql_pools::SqlPools;
 use crate::config::{Live, Source};
@@ -25,56 +28,78 @@ pub struct Shared {
     pub config: Live,
     pub cluster: Arc<Cluster>,
     pub pools: Arc<Pools>,
-    /// Client secrets (config, auth_query) and server logins.
-    pub credentials: Arc<crate::auth::Credentials>,
-    pub cache: AnalysisCache,
-    pub catalog: Arc<Catalog>,
+    /// Who may log in and how pgsplit logs into the servers for them.
+    pub logins: Logins,
+    /// What statements are: the analysis cache and the functions looked up in pg_proc.
+    pub analysis: Analysis,
     pub cancels: Arc<CancelRegistry>,
     pub metrics: Arc<Metrics>,
     /// pgsplit's own SQL connections (monitor, catalog).
     pub sql: Arc<SqlPools>,
     pub monitor: Arc<Monitor>,
     /// The highest commit bound of any client (read_your_writes = "global").
-    pub global_floor: crate::lsn::AtomicLsn,
+    pub global_floor: Arc<crate::lsn::AtomicLsn>,
+    /// Connected clients: their count (limits.max_client_conn) and rows for SHOW CLIENTS.
     pub clients: Arc<Clients>,
-    pub source: Source,
-    pub log_level: Option<LogLevelSetter>,
-    /// The failover state (for the console and the metrics), written by the failover loop.
-    pub failover: std::sync::Mutex<crate::failover::State>,
-    /// Wakes the failover loop for an immediate check.
-    pub failover_wake: tokio::sync::Notify,
-    /// Authentication failures by address (attempts from a guessing address are slowed).
-    pub auth_failures: crate::auth::failures::AuthFailures,
-    /// Connected clients (for limits.max_client_conn).
-    pub client_count: std::sync::atomic::AtomicUsize,
-    /// A switchover holds new writes (sessions wait as for a failover).
-    pub writes_held: std::sync::atomic::AtomicBool,
-    /// The failover loop could not write a new topology to the state file yet: it is not
-    /// applied, and writes wait until it is recorded (never an unrecorded primary).
-    pub unrecorded: std::sync::atomic::AtomicBool,
-    /// An operator's FAILOVER or PROMOTE, for the failover loop.
-    pub failover_request: std::sync::Mutex<Option<crate::failover::Request>>,
+    /// Where a reload re-reads the configuration and how it sets the log level.
+    pub origin: Origin,
+    /// The failover wing's state, its operator requests and the write holds it sets.
+    pub failover: Arc<crate::failover::Control>,
     /// The client TLS certificate in use (replaced by a reload); None: no TLS offered.
     pub tls: arc_swap::ArcSwapOption<crate::tls::ServerTls>,
     /// Several instances on etcd (`[coordination]`); None: this instance alone.
     pub coord: Option<Arc<crate::coord::Coordination>>,
 }
 
+/// Who may log in, and what pgsplit gives the servers for them.
+pub struct Logins {
+    /// What a client must prove: its `[[users]]` entry, or `[auth_query]` on the servers.
+    pub auth_query: AuthQuery,
+    /// What pgsplit's server logins give for a client's role (the pools hold it too).
+    pub credentials: Arc<Credentials>,
+    /// Authentication failures by address (attempts from a guessing address are slowed).
+    pub failures: AuthFailures,
+}
+
+/// What a statement is: read through the cache, with pg_proc's word on unknown functions.
+pub struct Analysis {
+    pub cache: AnalysisCache,
+    pub catalog: Arc<Catalog>,
+}
+
+/// Where the configuration came from, for a reload.
+pub struct Origin {
+    pub source: Source,
+    pub log_level: Option<LogLevelSetter>,
+}
+
 impl Shared {
+    /// The handles the failover wing runs with.
+    pub fn failover_handles(&self) -> crate::failover::Handles {
+        crate::failover::Handles {
+            config: self.config.clone(),
+            cluster: self.cluster.clone(),
+            pools: self.pools.clone(),
+            metrics: self.metrics.clone(),
+            sql: self.sql.clone(),
+            coord: self.coord.clone(),
+            global_floor: self.global_floor.clone(),
+            control: self.failover.clone(),
+        }
+    }
+
     /// Why writes may not go out now, if they may not (a switchover holds them, or the
     /// coordination's write gate is closed).
     pub fn writes_blocked(&self) -> Option<&'static str> {
-        self.fail_closed().or_else(|| {
-            self.writes_held.load(std::sync::atomic::Ordering::SeqCst).then_some("writes held by a switchover")
-        })
+        self.fail_closed().or_else(|| self.failover.writes_held().then_some("writes held by a switchover"))
     }
 
     /// Why held writes must fail rather than go on to the primary pgsplit knows once the wait
     /// is over: etcd's write gate is closed, or a new topology could not be recorded.
     pub fn fail_closed(&self) -> Option<&'static str> {
         self.coord_blocked().or_else(|| {
-            self.unrecorded
-                .load(std::sync::atomic::Ordering::SeqCst)
+            self.failover
+                .unrecorded()
                 .then_some("the new primary could not be recorded in failover.state_dir (see pgsplit's log)")
         })
     }

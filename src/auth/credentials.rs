@@ -1,40 +1,22 @@
-//! Where secrets come from, both ways: what a client must prove (a `[[users]]` entry, or
-//! `auth_query` on the servers), and what pgsplit gives a server for that client's role (the
-//! configured password, a stored hash, or the SCRAM ClientKey a client proved at its login).
+//! What pgsplit gives a server for a client's role: the configured password, a stored hash, or
+//! the SCRAM ClientKey a client proved at its login. (What a client must prove comes from its
+//! `[[users]]` entry or `cluster::auth_query`, which runs on the servers.)
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use super::lookup::AuthQuery;
 use super::{Proven, Secret, ServerAuth, Verifier};
-use crate::cluster::Cluster;
 use crate::config::Live;
-use crate::ops::metrics::Metrics;
 
 pub struct Credentials {
     config: Live,
-    pub lookup: AuthQuery,
     /// What the last login of each user proved (SCRAM verifier and ClientKey, or md5 hash).
     learned: Mutex<HashMap<String, ServerAuth>>,
 }
 
 impl Credentials {
-    pub fn new(config: Live, cluster: Arc<Cluster>, metrics: Arc<Metrics>) -> Arc<Credentials> {
-        let lookup = AuthQuery::new(config.clone(), cluster, metrics);
-        Arc::new(Credentials { config, lookup, learned: Mutex::new(HashMap::new()) })
-    }
-
-    /// The secret a client logging in as `user` must prove; None: no such user. An error when
-    /// auth_query cannot tell now (no server answers and nothing is cached).
-    pub async fn client_secret(&self, user: &str) -> Result<Option<Secret>, String> {
-        let config = self.config.load_full();
-        if let Some(u) = config.user(user) {
-            return Ok(Some(Secret::parse(&u.password)));
-        }
-        if !config.auth_query.enabled {
-            return Ok(None);
-        }
-        Ok(self.lookup.secret(user).await?.map(|s| Secret::parse(&s)))
+    pub fn new(config: Live) -> Arc<Credentials> {
+        Arc::new(Credentials { config, learned: Mutex::new(HashMap::new()) })
     }
 
     /// Keeps what a client of `user` proved at its login against `secret`: what pgsplit's own

@@ -1,11 +1,11 @@
 //! Authentication: clients to pgsplit (trust, md5, SCRAM-SHA-256 and -PLUS), pgsplit to the
-//! servers (password, md5 hash, SCRAM pass-through), and where the secrets come from (the
-//! config file, or `auth_query` on the servers, cached).
+//! servers (password, md5 hash, SCRAM pass-through), the secrets' types, and what pgsplit's
+//! server logins give for a client's role (`credentials`). Nothing here reaches the servers:
+//! `[auth_query]` is `cluster::auth_query`.
 
 pub mod cleartext;
 pub mod credentials;
 pub mod failures;
-pub mod lookup;
 pub mod scram;
 pub mod secret;
 pub mod upstream;

@@ -1,7 +1,10 @@
 //! The cluster as pgsplit sees it: the servers, their roles, health and replay positions
 //! (`topology`), the probes that observe them (`monitor`), the pure rules that decide which
-//! replicas take reads (`rotation`) and which one a read goes to (`balance`).
+//! replicas take reads (`rotation`) and which one a read goes to (`balance`); pgsplit's own SQL
+//! connections to them (`sql_pools`) and the `[auth_query]` look-up that runs on them
+//! (`auth_query`).
 
+pub mod auth_query;
 pub mod balance;
 pub mod lag;
 pub mod monitor;

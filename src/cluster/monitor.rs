@@ -245,5 +245,5 @@ fn publish(config: &Config, cluster: &Cluster, metrics: &Metrics, probes: &[Prob
         }
         t
     });
-    metrics.publish_nodes(&cluster.load());
+    cluster.load().publish(metrics);
 }

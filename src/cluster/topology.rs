@@ -12,6 +12,7 @@ use arc_swap::ArcSwap;
 
 use crate::config::{Balance, OnAllLagging};
 use crate::lsn::Lsn;
+use crate::metrics::Metrics;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
@@ -309,5 +310,26 @@ impl LoadGuard {
 impl Drop for LoadGuard {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Topology {
+    /// Sets the per-server gauges from this snapshot.
+    pub fn publish(&self, m: &Metrics) {
+        m.primary_lsn.set(self.primary_lsn.0 as f64);
+        for node in self.nodes.iter().filter(|n| !n.removed) {
+            let server = [&*node.addr];
+            m.server_up.with_label_values(&server).set(node.healthy as i64);
+            m.server_primary.with_label_values(&server).set((node.role == Role::Primary && !node.fenced) as i64);
+            m.server_in_rotation.with_label_values(&server).set(node.in_rotation as i64);
+            if node.role == Role::Replica {
+                m.replica_lag_bytes.with_label_values(&server).set(node.lag_bytes.unwrap_or(0) as i64);
+                m.replica_lag_seconds.with_label_values(&server).set(node.lag_ms.unwrap_or(0) as f64 / 1000.0);
+                for r in OutReason::ALL {
+                    let on = node.out == Some(r) && !node.in_rotation;
+                    m.server_out.with_label_values(&[&*node.addr, r.as_str()]).set(on as i64);
+                }
+            }
+        }
     }
 }

@@ -1,4 +1,4 @@
-//! The coordination rules, pure and table-tested. With the failover rules (`cluster/failover.rs`,
+//! The coordination rules, pure and table-tested. With the failover rules (`failover/decide.rs`,
 //! which take the peers' verdict as rule 5b) they are every decision several instances make:
 //!
 //! 1. Writes go out only while this instance's lease is healthy (renewed within half its TTL:

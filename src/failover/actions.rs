@@ -3,21 +3,21 @@
 
 use std::time::{Duration, Instant};
 
+use super::Handles;
 use super::decide::{Action, Check, Phase, State};
 use super::sql::{diverged, fence, repoint};
-use crate::Shared;
 use crate::cluster::topology::{OutReason, Role};
 use crate::config::Config;
 
 /// A new topology whose state file could not be written: written now if it can be, and only
 /// then applied (the held writes go on).
-pub(super) fn retry_record(shared: &Shared, state: &State) {
-    match super::state_file::save(shared, state, &shared.cluster.load()) {
+pub(super) fn retry_record(h: &Handles, state: &State) {
+    match super::state_file::save(h, state, &h.cluster.load()) {
         Ok(()) => {
             tracing::warn!("failover: the state file is written: the new primary takes writes");
-            shared.unrecorded.store(false, std::sync::atomic::Ordering::SeqCst);
-            apply_new_primary(shared, state.primary, &state.fenced);
-            shared.metrics.failovers.inc();
+            h.control.unrecorded.store(false, std::sync::atomic::Ordering::SeqCst);
+            apply_new_primary(h, state.primary, &state.fenced);
+            h.metrics.failovers.inc();
         }
         Err(e) => tracing::error!("failover: still cannot write the state file: {e}"),
     }
@@ -28,7 +28,7 @@ pub(super) fn retry_record(shared: &Shared, state: &State) {
 /// new primary takes writes. One that does not answer cannot take writes from pgsplit; if it
 /// comes back, the rules report a split brain and it gets no traffic.
 pub(super) async fn fence_before_promote(
-    shared: &Shared,
+    h: &Handles,
     config: &Config,
     state: &State,
     check: &Check,
@@ -36,9 +36,9 @@ pub(super) async fn fence_before_promote(
     if !check.nodes.get(state.primary).is_some_and(|n| n.reachable && !n.in_recovery) {
         return Ok(());
     }
-    let addr = shared.cluster.load().nodes.get(state.primary).map(|n| n.addr.to_string()).unwrap_or_default();
-    shared.writes_held.store(true, std::sync::atomic::Ordering::SeqCst);
-    let c = shared
+    let addr = h.cluster.load().nodes.get(state.primary).map(|n| n.addr.to_string()).unwrap_or_default();
+    h.control.writes_held.store(true, std::sync::atomic::Ordering::SeqCst);
+    let c = h
         .sql
         .get(&addr, &config.monitor.database)
         .await
@@ -52,7 +52,7 @@ pub(super) async fn fence_before_promote(
 
 /// Carries out one action. Some(node): that replica turned out diverged (fence it).
 pub(crate) async fn execute(
-    shared: &Shared,
+    h: &Handles,
     config: &Config,
     check: &Check,
     next: &State,
@@ -60,16 +60,16 @@ pub(crate) async fn execute(
     started: Option<Instant>,
     old_timeline: u32,
 ) -> Option<usize> {
-    let t = shared.cluster.topology.load_full();
+    let t = h.cluster.topology.load_full();
     let addr = |i: usize| t.nodes.get(i).map(|n| n.addr.to_string()).unwrap_or_default();
     match action {
         Action::Report(msg) => tracing::warn!("failover: {msg}"),
         Action::Promote(node) => {
             let a = addr(node);
-            match promote(shared, config, &a).await {
+            match promote(h, config, &a).await {
                 Ok(()) => {
                     // The next check sees it out of recovery at once.
-                    shared.failover_wake.notify_one();
+                    h.control.wake.notify_one();
                 }
                 Err(e) => tracing::error!(server = %a, "failover: promotion failed: {e}"),
             }
@@ -78,21 +78,21 @@ pub(crate) async fn execute(
             // The new topology is written down before any client sees it: unrecorded, it is
             // not applied, and writes wait (57P03 after failover_wait_ms) until a later turn
             // of the loop records it.
-            if let Err(e) = super::state_file::save(shared, next, &t) {
+            if let Err(e) = super::state_file::save(h, next, &t) {
                 tracing::error!(
                     "failover: cannot write the state file ({e}): the new primary is not used and writes wait \
                      until it can be written (fix failover.state_dir)"
                 );
-                shared.unrecorded.store(true, std::sync::atomic::Ordering::SeqCst);
+                h.control.unrecorded.store(true, std::sync::atomic::Ordering::SeqCst);
                 return None;
             }
-            apply_new_primary(shared, next.primary, &next.fenced);
-            if shared.coord.is_none() {
+            apply_new_primary(h, next.primary, &next.fenced);
+            if h.coord.is_none() {
                 // (With several instances each counts the new primary as it applies it.)
-                shared.metrics.failovers.inc();
+                h.metrics.failovers.inc();
             }
             if let Some(s) = started {
-                shared.metrics.last_failover_seconds.set(s.elapsed().as_secs_f64());
+                h.metrics.last_failover_seconds.set(s.elapsed().as_secs_f64());
             }
             let old = t.primary();
             run_hook("on_failover_command", &config.failover.on_failover_command, vec![addr(old), addr(next.primary)]);
@@ -104,7 +104,7 @@ pub(crate) async fn execute(
                 return None;
             };
             let timeline = seen.timeline.unwrap_or(old_timeline);
-            match diverged(shared, config, &p, next.timeline, timeline, seen.position).await {
+            match diverged(h, config, &p, next.timeline, timeline, seen.position).await {
                 Ok(Some(fork)) => {
                     tracing::error!(
                         server = %a,
@@ -113,7 +113,7 @@ pub(crate) async fn execute(
                         "failover: replica diverged from the new primary (replayed past the fork): \
                          out of rotation, needs pg_rewind; REJOIN it once it streams again"
                     );
-                    mark_diverged(shared, node);
+                    mark_diverged(h, node);
                     run_hook("rejoin_command", &config.failover.rejoin_command, vec![a.clone(), p.clone()]);
                     return Some(node);
                 }
@@ -122,25 +122,25 @@ pub(crate) async fn execute(
                     tracing::warn!(server = %a, "failover: cannot check the fork point ({e}); re-pointing anyway")
                 }
             }
-            match repoint(shared, config, &a, &p).await {
+            match repoint(h, config, &a, &p).await {
                 Ok(()) => tracing::info!(server = %a, primary = %p, "failover: replica re-pointed"),
                 Err(e) => tracing::error!(server = %a, "failover: re-pointing failed: {e}"),
             }
         }
         Action::Fence(node) | Action::SplitBrain(node) => {
             let a = addr(node);
-            let first_split = matches!(action, Action::SplitBrain(_)) && shared.metrics.split_brain.get() == 0;
+            let first_split = matches!(action, Action::SplitBrain(_)) && h.metrics.split_brain.get() == 0;
             if matches!(action, Action::SplitBrain(_)) {
-                shared.metrics.split_brain.set(1);
+                h.metrics.split_brain.set(1);
                 tracing::error!(server = %a, "split brain: the fenced former primary answers writable; it gets no traffic");
             }
-            // With several instances, fence_command ran before the promotion (coord/leader.rs).
-            if (matches!(action, Action::Fence(_)) && shared.coord.is_none()) || first_split {
+            // With several instances, fence_command ran before the promotion (failover/leader.rs).
+            if (matches!(action, Action::Fence(_)) && h.coord.is_none()) || first_split {
                 run_hook("fence_command", &config.failover.fence_command, vec![a.clone()]);
             }
             if config.failover.fence_old_primary && check.nodes.get(node).is_some_and(|n| n.reachable && !n.in_recovery)
             {
-                match fence(shared, config, &a).await {
+                match fence(h, config, &a).await {
                     Ok(()) => tracing::warn!(server = %a, "fenced: read-only, client sessions ended"),
                     Err(e) => tracing::error!(server = %a, "fencing failed: {e}"),
                 }
@@ -153,10 +153,10 @@ pub(crate) async fn execute(
 
 /// pg_promote on `addr` (unless it is already out of recovery), and the proof that it takes
 /// writes.
-pub(crate) async fn promote(shared: &Shared, config: &Config, a: &str) -> Result<(), String> {
+pub(crate) async fn promote(h: &Handles, config: &Config, a: &str) -> Result<(), String> {
     tracing::warn!(server = %a, "failover: promoting");
     let work = async {
-        let c = shared.sql.get(a, &config.monitor.database).await.ok_or("no connection")?;
+        let c = h.sql.get(a, &config.monitor.database).await.ok_or("no connection")?;
         let in_recovery: bool = c.query_one("SELECT pg_is_in_recovery()", &[]).await.map_err(|e| e.to_string())?.get(0);
         if in_recovery {
             let _ = c.batch_execute("SELECT pg_wal_replay_resume()").await;
@@ -182,9 +182,9 @@ pub(crate) async fn promote(shared: &Shared, config: &Config, a: &str) -> Result
 
 /// The new primary and the fenced servers in the topology sessions read; the old primary's
 /// idle connections closed; held writes released.
-pub(crate) fn apply_new_primary(shared: &Shared, primary: usize, fenced: &[usize]) {
-    let old = shared.cluster.load().primary();
-    shared.cluster.topology.rcu(|t| {
+pub(crate) fn apply_new_primary(h: &Handles, primary: usize, fenced: &[usize]) {
+    let old = h.cluster.load().primary();
+    h.cluster.topology.rcu(|t| {
         let mut t = (**t).clone();
         for (i, n) in t.nodes.iter_mut().enumerate() {
             if i == primary {
@@ -205,23 +205,23 @@ pub(crate) fn apply_new_primary(shared: &Shared, primary: usize, fenced: &[usize
         t
     });
     if old != primary
-        && let Some(n) = shared.cluster.load().nodes.get(old)
+        && let Some(n) = h.cluster.load().nodes.get(old)
     {
-        shared.pools.drop_idle(&n.addr);
+        h.pools.drop_idle(&n.addr);
     }
     if old != primary {
         // Commit bounds taken on the old primary beyond what the new one had replayed name
         // WAL that no longer exists: the floor new sessions start at (and global mode's) is
         // cut to the new primary's position, or reads would stay on it until it wrote as much.
-        let reached = shared.cluster.load().nodes.get(primary).map(|n| n.replay_lsn()).unwrap_or_default();
-        shared.global_floor.cut(reached);
+        let reached = h.cluster.load().nodes.get(primary).map(|n| n.replay_lsn()).unwrap_or_default();
+        h.global_floor.cut(reached);
     }
-    shared.metrics.publish_nodes(&shared.cluster.load());
-    resume_writes(shared);
+    h.cluster.load().publish(&h.metrics);
+    resume_writes(h);
 }
 
-pub(crate) fn mark_diverged(shared: &Shared, node: usize) {
-    shared.cluster.topology.rcu(|t| {
+pub(crate) fn mark_diverged(h: &Handles, node: usize) {
+    h.cluster.topology.rcu(|t| {
         let mut t = (**t).clone();
         if let Some(n) = t.nodes.get_mut(node) {
             n.fenced = true;
@@ -245,14 +245,14 @@ pub(crate) fn run_hook(name: &'static str, cmd: &str, args: Vec<String>) {
     });
 }
 
-pub(crate) fn resume_writes(shared: &Shared) {
-    shared.writes_held.store(false, std::sync::atomic::Ordering::SeqCst);
-    shared.cluster.published.notify_waiters();
+pub(crate) fn resume_writes(h: &Handles) {
+    h.control.writes_held.store(false, std::sync::atomic::Ordering::SeqCst);
+    h.cluster.published.notify_waiters();
 }
 
 /// A fenced node back as a replica of the current primary.
-pub(crate) fn rejoined(shared: &Shared, node: usize) {
-    shared.cluster.topology.rcu(|t| {
+pub(crate) fn rejoined(h: &Handles, node: usize) {
+    h.cluster.topology.rcu(|t| {
         let mut t = (**t).clone();
         if let Some(n) = t.nodes.get_mut(node) {
             n.fenced = false;
@@ -263,5 +263,5 @@ pub(crate) fn rejoined(shared: &Shared, node: usize) {
         }
         t
     });
-    shared.metrics.split_brain.set(0);
+    h.metrics.split_brain.set(0);
 }

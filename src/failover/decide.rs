@@ -1,8 +1,8 @@
 //! Failover decisions: a pure step from what the last health check saw and the failover
 //! state to the actions to carry out and the next state. Every rule that decides whether to
 //! promote, whom, and what becomes of the old primary is here, in order; `tests` is the table.
-//! The I/O around it (checks, pg_promote, re-pointing, fencing, the state file) is in
-//! `failover_io.rs`.
+//! The I/O around it: the checks in `observe.rs`; pg_promote, re-pointing, fencing and the state
+//! file in `actions.rs`.
 //!
 //! The rules, in order:
 //! 1. A fenced node is never the primary again, whatever it says (split brain is reported).

@@ -19,11 +19,11 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use super::actions as failover_io;
+use super::Handles;
+use super::actions;
 use super::decide::{self as failover, Action, Check, Phase, Policy, Request, State};
 use super::follow::{addr_of, mapped, shared_addr, sync};
 use super::sql as failover_sql;
-use crate::Shared;
 use crate::config::Config;
 use crate::coord::Coordination;
 use crate::coord::etcd::{Session, current_session as session};
@@ -33,7 +33,7 @@ use crate::coord::values::{Barrier, Request as Command, SharedTopology};
 /// One round of the failover loop with several instances: this instance's view goes to its
 /// member key, the state follows etcd's topology, and the leader decides (followers observe).
 pub async fn round(
-    shared: &Arc<Shared>,
+    h: &Arc<Handles>,
     config: &Arc<Config>,
     coord: &Arc<Coordination>,
     state: &mut State,
@@ -41,9 +41,9 @@ pub async fn round(
     policy: Policy,
 ) -> State {
     coord.primary_ok.send_if_modified(|v| std::mem::replace(v, check.primary_ok) != check.primary_ok);
-    *state = sync(shared, coord, state.clone());
+    *state = sync(h, coord, state.clone());
     if coord.is_leader() {
-        turn(shared, config, coord, state.clone(), check, policy).await
+        turn(h, config, coord, state.clone(), check, policy).await
     } else {
         follow(state.clone(), &check)
     }
@@ -61,7 +61,7 @@ fn follow(state: State, check: &Check) -> State {
 
 /// The leader's turn of the failover loop.
 async fn turn(
-    shared: &Arc<Shared>,
+    h: &Arc<Handles>,
     config: &Arc<Config>,
     coord: &Arc<Coordination>,
     state: State,
@@ -70,7 +70,7 @@ async fn turn(
 ) -> State {
     let Some(s) = session(coord) else { return state };
     let Some((t, _)) = coord.remote() else { return state };
-    let Ok(m) = mapped(shared, coord, &t) else { return state };
+    let Ok(m) = mapped(h, coord, &t) else { return state };
     match s.members(coord).await {
         Ok(members) => check.peers = Some(rules::peers(&members)),
         Err(e) => {
@@ -83,8 +83,8 @@ async fn turn(
         _ => None,
     };
     if let Some(c) = rules::to_finish(&m, promoting) {
-        tracing::warn!(epoch = t.epoch, candidate = %addr_of(shared, c), "coordination: finishing the failover etcd records");
-        return match finish(shared, config, coord, &s, c).await {
+        tracing::warn!(epoch = t.epoch, candidate = %addr_of(h, c), "coordination: finishing the failover etcd records");
+        return match finish(h, config, coord, &s, c).await {
             Ok(()) => State { phase: Phase::Promoting(c), ..state },
             Err(e) => {
                 tracing::error!("coordination: failover not finished yet: {e}");
@@ -93,7 +93,7 @@ async fn turn(
         };
     }
     let request = match s.take_request(coord).await {
-        Ok(Some(r)) => to_request(shared, coord, &r),
+        Ok(Some(r)) => to_request(h, coord, &r),
         Ok(None) => None,
         Err(e) => {
             tracing::warn!("coordination: cannot read requests: {e}");
@@ -106,8 +106,8 @@ async fn turn(
             let now = Policy { auto: true, failover_after: Duration::ZERO, ..policy };
             failover::step(&state, &check, &now)
         }
-        Some(Request::Switchover(n)) => return switchover(shared, config, coord, &s, state, n).await,
-        Some(Request::Rejoin(n)) => return rejoin(shared, config, coord, &s, state, n).await,
+        Some(Request::Switchover(n)) => return switchover(h, config, coord, &s, state, n).await,
+        Some(Request::Rejoin(n)) => return rejoin(h, config, coord, &s, state, n).await,
         None => failover::step(&state, &check, &policy),
     };
     let started = state.failing_since.map(|(t, _)| t);
@@ -116,8 +116,8 @@ async fn turn(
         match a {
             Action::Promote(c) => {
                 let loss = next.last_loss_bytes.unwrap_or(0);
-                let done = match begin(shared, coord, &s, c, loss).await {
-                    Ok(()) => finish(shared, config, coord, &s, c).await,
+                let done = match begin(h, coord, &s, c, loss).await {
+                    Ok(()) => finish(h, config, coord, &s, c).await,
                     Err(e) => Err(e),
                 };
                 if let Err(e) = done {
@@ -127,19 +127,18 @@ async fn turn(
                 }
             }
             Action::Persist => {
-                if let Err(e) = publish(shared, coord, &s, &next).await {
+                if let Err(e) = publish(h, coord, &s, &next).await {
                     tracing::error!("coordination: cannot publish the new primary: {e}");
                     return state;
                 }
-                failover_io::execute(shared, config, &check, &next, Action::Persist, started, state.timeline).await;
+                actions::execute(h, config, &check, &next, Action::Persist, started, state.timeline).await;
             }
             a => {
-                if let Some(diverged) =
-                    failover_io::execute(shared, config, &check, &next, a, started, state.timeline).await
+                if let Some(diverged) = actions::execute(h, config, &check, &next, a, started, state.timeline).await
                     && !next.fenced.contains(&diverged)
                 {
                     next.fenced.push(diverged);
-                    if let Err(e) = publish(shared, coord, &s, &next).await {
+                    if let Err(e) = publish(h, coord, &s, &next).await {
                         tracing::error!("coordination: cannot publish a diverged replica's fence: {e}");
                     }
                 }
@@ -149,11 +148,9 @@ async fn turn(
     next
 }
 
-fn to_request(shared: &Shared, coord: &Coordination, r: &Command) -> Option<Request> {
-    let node = r
-        .server
-        .as_deref()
-        .and_then(|a| shared.cluster.load().nodes.iter().position(|n| coord.shared_addr(&n.addr) == a));
+fn to_request(h: &Handles, coord: &Coordination, r: &Command) -> Option<Request> {
+    let node =
+        r.server.as_deref().and_then(|a| h.cluster.load().nodes.iter().position(|n| coord.shared_addr(&n.addr) == a));
     let req = match (r.kind.as_str(), node) {
         ("failover", _) => Some(Request::Failover),
         ("promote", Some(n)) => Some(Request::Promote(n)),
@@ -189,7 +186,7 @@ async fn applied(coord: &Coordination, epoch: u64, limit: Duration) -> Result<()
 }
 
 /// Step 2: "epoch N+1, no primary, candidate C".
-async fn begin(shared: &Shared, coord: &Coordination, s: &Session, c: usize, loss: u64) -> Result<(), String> {
+async fn begin(h: &Handles, coord: &Coordination, s: &Session, c: usize, loss: u64) -> Result<(), String> {
     let (t, revision) = coord.remote().ok_or("no topology from etcd")?;
     if t.barrier.is_some() {
         return Err("a failover is already in progress".into());
@@ -197,25 +194,25 @@ async fn begin(shared: &Shared, coord: &Coordination, s: &Session, c: usize, los
     let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
     let next = SharedTopology {
         epoch: t.epoch + 1,
-        barrier: Some(Barrier { candidate: shared_addr(shared, coord, c), since_ms: now_ms, loss_bytes: loss }),
+        barrier: Some(Barrier { candidate: shared_addr(h, coord, c), since_ms: now_ms, loss_bytes: loss }),
         by: coord.name.clone(),
         ..t
     };
     if !s.cas_topology(coord, &next, revision).await? {
         return Err("the topology changed in etcd, or this instance no longer leads".into());
     }
-    tracing::warn!(epoch = next.epoch, candidate = %addr_of(shared, c), "coordination: barrier published");
+    tracing::warn!(epoch = next.epoch, candidate = %addr_of(h, c), "coordination: barrier published");
     applied(coord, next.epoch, coord.ttl).await
 }
 
 /// Steps 3 and 4: every live instance has stopped writing; STONITH; promote.
-async fn finish(shared: &Shared, config: &Config, coord: &Coordination, s: &Session, c: usize) -> Result<(), String> {
+async fn finish(h: &Handles, config: &Config, coord: &Coordination, s: &Session, c: usize) -> Result<(), String> {
     wait_for_everyone(coord, s, config).await?;
     let (t, _) = coord.remote().ok_or("no topology from etcd")?;
-    let old = mapped(shared, coord, &t)?.primary;
-    run_fence_command(config, &addr_of(shared, old)).await;
-    failover_io::promote(shared, config, &addr_of(shared, c)).await?;
-    shared.failover_wake.notify_one();
+    let old = mapped(h, coord, &t)?.primary;
+    run_fence_command(config, &addr_of(h, old)).await;
+    actions::promote(h, config, &addr_of(h, c)).await?;
+    h.control.wake.notify_one();
     Ok(())
 }
 
@@ -255,9 +252,9 @@ async fn run_fence_command(config: &Config, old: &str) {
 }
 
 /// Step 5: "epoch N+2, primary C".
-async fn publish(shared: &Shared, coord: &Coordination, s: &Session, next: &State) -> Result<(), String> {
+async fn publish(h: &Handles, coord: &Coordination, s: &Session, next: &State) -> Result<(), String> {
     let (t, revision) = coord.remote().ok_or("no topology from etcd")?;
-    let addr = |i: usize| shared_addr(shared, coord, i);
+    let addr = |i: usize| shared_addr(h, coord, i);
     let new = SharedTopology {
         epoch: next.epoch.max(t.epoch),
         primary: addr(next.primary),
@@ -277,55 +274,55 @@ async fn publish(shared: &Shared, coord: &Coordination, s: &Session, next: &Stat
 /// single-instance switchover (in-flight transactions finish, the old primary turns read-only,
 /// the target replays everything), then the promotion.
 async fn switchover(
-    shared: &Arc<Shared>,
+    h: &Arc<Handles>,
     config: &Arc<Config>,
     coord: &Coordination,
     s: &Session,
     state: State,
     n: usize,
 ) -> State {
-    if let Err(e) = begin(shared, coord, s, n, 0).await {
+    if let Err(e) = begin(h, coord, s, n, 0).await {
         tracing::error!("switchover refused: {e}");
         return state;
     }
     let done = async {
         wait_for_everyone(coord, s, config).await?;
-        failover_sql::switchover(shared, config, &state, n).await?;
-        failover_io::promote(shared, config, &addr_of(shared, n)).await
+        failover_sql::switchover(h, config, &state, n).await?;
+        actions::promote(h, config, &addr_of(h, n)).await
     };
     match done.await {
         Ok(()) => {
-            shared.failover_wake.notify_one();
+            h.control.wake.notify_one();
             State { phase: Phase::Promoting(n), ..state }
         }
         Err(e) => {
             // Nothing was promoted: the old primary stays, in a new epoch without a barrier.
             tracing::error!("switchover failed, writes resume on the old primary: {e}");
             let back = State { epoch: coord.epoch() + 1, ..state.clone() };
-            if let Err(e) = publish(shared, coord, s, &back).await {
+            if let Err(e) = publish(h, coord, s, &back).await {
                 tracing::error!("coordination: cannot lift the barrier: {e}");
             }
-            failover_io::resume_writes(shared);
+            actions::resume_writes(h);
             back
         }
     }
 }
 
 async fn rejoin(
-    shared: &Arc<Shared>,
+    h: &Arc<Handles>,
     config: &Arc<Config>,
     coord: &Coordination,
     s: &Session,
     state: State,
     n: usize,
 ) -> State {
-    match failover_sql::follows(shared, config, n, state.primary).await {
+    match failover_sql::follows(h, config, n, state.primary).await {
         Ok(()) => {
             let mut next = state.clone();
             next.fenced.retain(|&f| f != n);
-            match publish(shared, coord, s, &next).await {
+            match publish(h, coord, s, &next).await {
                 Ok(()) => {
-                    tracing::warn!(server = %addr_of(shared, n), "rejoined as a replica");
+                    tracing::warn!(server = %addr_of(h, n), "rejoined as a replica");
                     next
                 }
                 Err(e) => {

@@ -4,8 +4,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use super::Handles;
 use super::decide::{Check, Seen, State};
-use crate::Shared;
 use crate::cluster::topology::Role;
 use crate::config::Config;
 use crate::lsn::Lsn;
@@ -34,12 +34,12 @@ struct Answered {
 
 /// One health check of every server, all at once.
 pub(crate) async fn gather(
-    shared: &Arc<Shared>,
+    h: &Arc<Handles>,
     config: &Arc<Config>,
     state: &State,
     sync: &std::sync::Mutex<Option<Vec<bool>>>,
 ) -> Check {
-    let t = shared.cluster.topology.load_full();
+    let t = h.cluster.topology.load_full();
     let timeout = Duration::from_millis(config.failover.check_timeout_ms);
     let now = Instant::now();
     let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
@@ -47,12 +47,12 @@ pub(crate) async fn gather(
         .nodes
         .iter()
         .map(|n| {
-            let (shared, config, addr, removed) = (shared.clone(), config.clone(), n.addr.clone(), n.removed);
+            let (h, config, addr, removed) = (h.clone(), config.clone(), n.addr.clone(), n.removed);
             tokio::spawn(async move {
                 if removed {
                     return Answered { seen: Seen::default(), standby_name: String::new(), sync: None };
                 }
-                seen(&shared, &config, &addr, timeout).await
+                seen(&h, &config, &addr, timeout).await
             })
         })
         .collect();
@@ -87,13 +87,13 @@ pub(crate) async fn gather(
     Check { now, now_ms, primary_ok: kept_ok && fresh_ok, nodes, sync_configured: last_sync.is_some(), peers: None }
 }
 
-async fn seen(shared: &Shared, config: &Config, addr: &str, timeout: Duration) -> Answered {
+async fn seen(h: &Handles, config: &Config, addr: &str, timeout: Duration) -> Answered {
     let work = async {
-        let c = shared.sql.get(addr, &config.monitor.database).await?;
+        let c = h.sql.get(addr, &config.monitor.database).await?;
         c.query_one(REPLICA_SQL, &[]).await.ok()
     };
     let Ok(Some(row)) = tokio::time::timeout(timeout, work).await else {
-        shared.sql.forget(addr);
+        h.sql.forget(addr);
         return Answered { seen: Seen::default(), standby_name: String::new(), sync: None };
     };
     let in_recovery: bool = row.get(0);

@@ -5,23 +5,23 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::Handles;
 use super::actions::*;
 use super::decide::{self, Action, Check, Phase, Policy, Request, State};
 use super::observe::gather;
 use super::sql::{follows, switchover, warn_about_timeouts};
-use crate::Shared;
 use crate::config::{Config, FailoverMode};
 
 /// Runs the failover loop for as long as the proxy runs.
-pub async fn run(shared: Arc<Shared>) {
+pub async fn run(h: Arc<Handles>) {
     let mut state = {
-        let t = shared.cluster.load();
+        let t = h.cluster.load();
         State {
             fenced: t.nodes.iter().enumerate().filter(|(_, n)| n.fenced).map(|(i, _)| i).collect(),
             ..State::new(t.primary())
         }
     };
-    if let Some(saved) = super::state_file::load(&shared) {
+    if let Some(saved) = super::state_file::load(&h) {
         state.epoch = saved.epoch;
         state.timeline = saved.timeline;
     }
@@ -29,81 +29,81 @@ pub async fn run(shared: Arc<Shared>) {
     let last_sync = std::sync::Mutex::new(None);
     let mut timeouts_checked = false;
     loop {
-        let config = shared.config.load_full();
-        if shared.unrecorded.load(std::sync::atomic::Ordering::SeqCst) {
-            retry_record(&shared, &state);
+        let config = h.config.load_full();
+        if h.control.unrecorded.load(std::sync::atomic::Ordering::SeqCst) {
+            retry_record(&h, &state);
         }
         let policy = Policy {
             failover_after: Duration::from_millis(config.failover.failover_after_ms),
             max_failover_lag_bytes: config.failover.max_failover_lag_bytes,
             auto: config.failover.mode == FailoverMode::Auto,
         };
-        let check = gather(&shared, &config, &state, &last_sync).await;
+        let check = gather(&h, &config, &state, &last_sync).await;
         if !check.primary_ok {
-            shared.cluster.topology.rcu(|t| {
+            h.cluster.topology.rcu(|t| {
                 let mut t = (**t).clone();
                 if let Some(n) = t.nodes.get_mut(state.primary) {
                     n.healthy = false;
                 }
                 t
             });
-            shared.cluster.unreachable.send_modify(|n| *n += 1);
+            h.cluster.unreachable.send_modify(|n| *n += 1);
         }
         if !timeouts_checked && check.primary_ok {
             timeouts_checked = true;
-            warn_about_timeouts(&shared, &config).await;
+            warn_about_timeouts(&h, &config).await;
         }
         // Several instances: etcd's topology is the truth and only the leader decides
-        // (coord/leader.rs); alone, this instance decides and acts.
+        // (failover/leader.rs); alone, this instance decides and acts.
         #[cfg(feature = "etcd")]
-        let next = match shared.coord.clone() {
-            Some(coord) => super::leader::round(&shared, &config, &coord, &mut state, check, policy).await,
-            None => alone(&shared, &config, &state, &check, policy).await,
+        let next = match h.coord.clone() {
+            Some(coord) => super::leader::round(&h, &config, &coord, &mut state, check, policy).await,
+            None => alone(&h, &config, &state, &check, policy).await,
         };
         #[cfg(not(feature = "etcd"))]
-        let next = alone(&shared, &config, &state, &check, policy).await;
+        let next = alone(&h, &config, &state, &check, policy).await;
         if next.phase != state.phase {
             tracing::info!(phase = ?next.phase, "failover state");
             if matches!(next.phase, Phase::Vetoed(_)) {
-                shared.metrics.failover_vetoes.inc();
+                h.metrics.failover_vetoes.inc();
             }
         }
         state = next;
-        *shared.failover.lock().unwrap_or_else(|p| p.into_inner()) = state.clone();
+        *h.control.state.lock().unwrap_or_else(|p| p.into_inner()) = state.clone();
         let interval = Duration::from_millis(config.failover.health_interval_ms);
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}
-            _ = shared.failover_wake.notified() => {}
+            _ = h.control.wake.notified() => {}
         }
     }
 }
 
 /// One instance alone: the rules decide and this instance carries out the actions.
-async fn alone(shared: &Arc<Shared>, config: &Arc<Config>, state: &State, check: &Check, policy: Policy) -> State {
-    let request = shared.failover_request.lock().unwrap_or_else(|p| p.into_inner()).take();
+async fn alone(h: &Arc<Handles>, config: &Arc<Config>, state: &State, check: &Check, policy: Policy) -> State {
+    let request = h.control.request.lock().unwrap_or_else(|p| p.into_inner()).take();
     let (next, actions) = match request {
-        Some(Request::Promote(node)) => match fence_before_promote(shared, config, state, check).await {
+        Some(Request::Promote(node)) => match fence_before_promote(h, config, state, check).await {
             Ok(()) => decide::promote_by_hand(state, node),
             Err(e) => {
                 tracing::error!("PROMOTE refused: {e}");
-                resume_writes(shared);
+                resume_writes(h);
                 (state.clone(), vec![Action::Report(format!("PROMOTE of node {node} refused: {e}"))])
             }
         },
-        Some(Request::Switchover(node)) => match switchover(shared, config, state, node).await {
+        Some(Request::Switchover(node)) => match switchover(h, config, state, node).await {
             Ok(()) => decide::promote_by_hand(state, node),
             Err(e) => {
                 tracing::error!("switchover refused: {e}");
-                resume_writes(shared);
+                resume_writes(h);
                 (state.clone(), Vec::new())
             }
         },
-        Some(Request::Rejoin(node)) => match follows(shared, config, node, state.primary).await {
+        Some(Request::Rejoin(node)) => match follows(h, config, node, state.primary).await {
             Ok(()) => {
                 let mut next = state.clone();
                 next.fenced.retain(|&f| f != node);
-                rejoined(shared, node);
-                if let Err(e) = super::state_file::save(shared, &next, &shared.cluster.load()) {
+                rejoined(h, node);
+                if let Err(e) = super::state_file::save(h, &next, &h.cluster.load()) {
                     tracing::error!("cannot write the state file: {e}");
                 }
                 (next, vec![Action::Report(format!("node {node} rejoined as a replica"))])
@@ -119,11 +119,11 @@ async fn alone(shared: &Arc<Shared>, config: &Arc<Config>, state: &State, check:
     let started = state.failing_since.map(|(t, _)| t);
     let mut next = next;
     for a in actions {
-        if let Some(diverged) = execute(shared, config, check, &next, a, started, state.timeline).await
+        if let Some(diverged) = execute(h, config, check, &next, a, started, state.timeline).await
             && !next.fenced.contains(&diverged)
         {
             next.fenced.push(diverged);
-            if let Err(e) = super::state_file::save(shared, &next, &shared.cluster.load()) {
+            if let Err(e) = super::state_file::save(h, &next, &h.cluster.load()) {
                 tracing::error!("cannot write the state file: {e}");
             }
         }

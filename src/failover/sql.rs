@@ -1,13 +1,13 @@
 //! The SQL pgsplit runs on the servers for a failover, a switchover or a rejoin: re-pointing
 //! a replica, fencing a former primary, reading the new timeline's fork point, draining and
 //! handing over for a switchover, checking a node follows the primary. Called by
-//! `failover_io.rs`.
+//! `actions.rs` and `leader.rs`.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::Handles;
 use super::decide::State;
-use crate::Shared;
 use crate::cluster::topology::Role;
 use crate::config::Config;
 use crate::lsn::Lsn;
@@ -16,7 +16,7 @@ use crate::lsn::Lsn;
 /// `new_timeline` (it has replayed past the switchpoint recorded in the new timeline's history
 /// file); None when it can.
 pub(crate) async fn diverged(
-    shared: &Shared,
+    h: &Handles,
     config: &Config,
     primary: &str,
     new_timeline: u32,
@@ -26,7 +26,7 @@ pub(crate) async fn diverged(
     if timeline >= new_timeline {
         return Ok(None);
     }
-    let c = shared.sql.get(primary, &config.monitor.database).await.ok_or("the new primary does not answer")?;
+    let c = h.sql.get(primary, &config.monitor.database).await.ok_or("the new primary does not answer")?;
     let file = format!("pg_wal/{new_timeline:08X}.history");
     let bytes: Vec<u8> =
         c.query_one("SELECT pg_read_binary_file($1)", &[&file]).await.map_err(|e| e.to_string())?.get(0);
@@ -48,13 +48,8 @@ pub fn fork_point(history: &str, timeline: u32) -> Option<Lsn> {
 /// ended), the primary is made read-only, and the target replays everything it wrote. Then
 /// the target is promoted like any candidate; the old primary stays read-only and fenced,
 /// awaiting REJOIN.
-pub(crate) async fn switchover(
-    shared: &Arc<Shared>,
-    config: &Config,
-    state: &State,
-    target: usize,
-) -> Result<(), String> {
-    let t = shared.cluster.topology.load_full();
+pub(crate) async fn switchover(h: &Arc<Handles>, config: &Config, state: &State, target: usize) -> Result<(), String> {
+    let t = h.cluster.topology.load_full();
     let (old, new) = (
         t.nodes.get(state.primary).map(|n| n.addr.to_string()).unwrap_or_default(),
         t.nodes.get(target).map(|n| n.addr.to_string()).ok_or("no such server")?,
@@ -63,8 +58,8 @@ pub(crate) async fn switchover(
         return Err(format!("{new} is not a replica"));
     }
     tracing::warn!(from = %old, to = %new, "switchover: holding writes");
-    shared.writes_held.store(true, std::sync::atomic::Ordering::SeqCst);
-    let p = shared.sql.get(&old, &config.monitor.database).await.ok_or("the primary does not answer")?;
+    h.control.writes_held.store(true, std::sync::atomic::Ordering::SeqCst);
+    let p = h.sql.get(&old, &config.monitor.database).await.ok_or("the primary does not answer")?;
     let deadline = Instant::now() + Duration::from_millis(config.failover.failover_wait_ms / 2);
     const IN_FLIGHT: &str = "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' \
          AND xact_start IS NOT NULL AND pid <> pg_backend_pid()";
@@ -88,7 +83,7 @@ pub(crate) async fn switchover(
     }
     let last: String =
         p.query_one("SELECT pg_current_wal_insert_lsn()::text", &[]).await.map_err(|e| e.to_string())?.get(0);
-    let r = shared.sql.get(&new, &config.monitor.database).await.ok_or("the target does not answer")?;
+    let r = h.sql.get(&new, &config.monitor.database).await.ok_or("the target does not answer")?;
     let t0 = Instant::now();
     loop {
         let caught: bool = r
@@ -111,14 +106,14 @@ pub(crate) async fn switchover(
 }
 
 /// Whether `node` is a replica streaming from `primary`.
-pub(crate) async fn follows(shared: &Shared, config: &Config, node: usize, primary: usize) -> Result<(), String> {
-    let t = shared.cluster.load();
+pub(crate) async fn follows(h: &Handles, config: &Config, node: usize, primary: usize) -> Result<(), String> {
+    let t = h.cluster.load();
     let (addr, paddr) = (
         t.nodes.get(node).map(|n| n.addr.to_string()).ok_or("no such node")?,
         t.nodes.get(primary).map(|n| n.addr.to_string()).ok_or("no primary")?,
     );
     drop(t);
-    let c = shared.sql.get(&addr, &config.monitor.database).await.ok_or("it does not answer")?;
+    let c = h.sql.get(&addr, &config.monitor.database).await.ok_or("it does not answer")?;
     let row = c
         .query_one(
             "SELECT pg_is_in_recovery(), (SELECT sender_port::text FROM pg_stat_wal_receiver WHERE status = 'streaming')",
@@ -139,10 +134,10 @@ pub(crate) async fn follows(shared: &Shared, config: &Config, node: usize, prima
 
 /// Detection behind a silent partition waits for the replicas' wal_receiver_timeout (their
 /// receivers keep "streaming" until then, which vetoes a failover): say so when it is long.
-pub(crate) async fn warn_about_timeouts(shared: &Shared, config: &Config) {
-    let t = shared.cluster.topology.load_full();
+pub(crate) async fn warn_about_timeouts(h: &Handles, config: &Config) {
+    let t = h.cluster.topology.load_full();
     for n in t.nodes.iter().filter(|n| !n.removed) {
-        let Some(c) = shared.sql.get(&n.addr, &config.monitor.database).await else { continue };
+        let Some(c) = h.sql.get(&n.addr, &config.monitor.database).await else { continue };
         let Ok(row) = c
             .query_one(
                 "SELECT current_setting('wal_receiver_timeout'), current_setting('wal_sender_timeout'), \
@@ -169,9 +164,9 @@ pub(crate) async fn warn_about_timeouts(shared: &Shared, config: &Config) {
 /// Points a replica's WAL receiver at a new primary: its primary_conninfo with the new host and
 /// port (the rest kept), then a reload (PostgreSQL 13+ restarts the receiver by itself; the
 /// default recovery_target_timeline = latest follows the promotion).
-pub(crate) async fn repoint(shared: &Shared, config: &Config, replica: &str, primary: &str) -> Result<(), String> {
+pub(crate) async fn repoint(h: &Handles, config: &Config, replica: &str, primary: &str) -> Result<(), String> {
     let (host, port) = primary.rsplit_once(':').ok_or("bad address")?;
-    let c = shared.sql.get(replica, &config.monitor.database).await.ok_or("no connection")?;
+    let c = h.sql.get(replica, &config.monitor.database).await.ok_or("no connection")?;
     let current: String = c.query_one("SHOW primary_conninfo", &[]).await.map_err(|e| e.to_string())?.get(0);
     let conninfo = with_host_port(&current, host, port);
     let quoted = conninfo.replace('\'', "''");
@@ -260,8 +255,8 @@ pub(crate) async fn end_writes(c: &deadpool_postgres::Object) -> Result<(), Stri
 
 /// Against a former primary that answers after a failover: `end_writes`. The real fence is
 /// that pgsplit never sends it anything again (sessions drop what they held there).
-pub(crate) async fn fence(shared: &Shared, config: &Config, addr: &str) -> Result<(), String> {
-    let c = shared.sql.get(addr, &config.monitor.database).await.ok_or("no connection")?;
+pub(crate) async fn fence(h: &Handles, config: &Config, addr: &str) -> Result<(), String> {
+    let c = h.sql.get(addr, &config.monitor.database).await.ok_or("no connection")?;
     end_writes(&c).await
 }
 

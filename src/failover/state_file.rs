@@ -8,8 +8,8 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use super::Handles;
 use super::decide::State;
-use crate::Shared;
 use crate::cluster::topology::{OutReason, Role, Topology};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -24,8 +24,8 @@ fn path(dir: &str) -> Option<PathBuf> {
     (!dir.is_empty()).then(|| PathBuf::from(dir).join("pgsplit-state.toml"))
 }
 
-pub fn save(shared: &Shared, state: &State, t: &Topology) -> Result<(), String> {
-    let Some(path) = path(&shared.config.load().failover.state_dir) else { return Ok(()) };
+pub fn save(h: &Handles, state: &State, t: &Topology) -> Result<(), String> {
+    let Some(path) = path(&h.config.load().failover.state_dir) else { return Ok(()) };
     let addr = |i: usize| t.nodes.get(i).map(|n| n.addr.to_string()).unwrap_or_default();
     let saved = Saved {
         epoch: state.epoch,
@@ -50,8 +50,8 @@ pub fn save(shared: &Shared, state: &State, t: &Topology) -> Result<(), String> 
 }
 
 /// The saved state, read again by the failover loop (checked at start).
-pub fn load(shared: &Shared) -> Option<Saved> {
-    load_from(&shared.config.load().failover.state_dir).ok().flatten()
+pub fn load(h: &Handles) -> Option<Saved> {
+    load_from(&h.config.load().failover.state_dir).ok().flatten()
 }
 
 /// The saved state in `dir`: None when there is none yet. A file that cannot be read or

@@ -192,8 +192,8 @@ fn request(shared: &Shared, r: crate::failover::Request) -> Result<(), Refusal> 
         });
         return Ok(());
     }
-    *shared.failover_request.lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
-    shared.failover_wake.notify_one();
+    *shared.failover.request.lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
+    shared.failover.wake.notify_one();
     Ok(())
 }
 
@@ -216,7 +216,7 @@ fn set_paused(shared: &Shared, server: &str, pause: bool) -> Result<(), Refusal>
 }
 
 fn failover_state(shared: &Shared) -> Answer {
-    let s = shared.failover.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let s = shared.failover.state();
     let t = shared.cluster.load();
     let addr = |i: usize| t.nodes.get(i).map(|n| n.addr.to_string()).unwrap_or_default();
     let config = shared.config.load();

@@ -13,7 +13,7 @@ pub use crate::config::Source;
 
 /// Re-reads the configuration and applies it. Ok: what changed, for the operator.
 pub fn reload(shared: &Shared) -> Result<String, String> {
-    let result = shared.source.load().and_then(|c| apply(shared, c));
+    let result = shared.origin.source.load().and_then(|c| apply(shared, c));
     let label = if result.is_ok() { "ok" } else { "failed" };
     shared.metrics.reloads.with_label_values(&[label]).inc();
     match &result {
@@ -41,7 +41,7 @@ pub fn apply(shared: &Shared, mut new: Config) -> Result<String, String> {
         new.metrics_listen = old.metrics_listen.clone();
     }
     if new.log_level != old.log_level {
-        match &shared.log_level {
+        match &shared.origin.log_level {
             Some(set) => {
                 set(&new.log_level)?;
                 notes.push(format!("log_level {}", new.log_level));
@@ -87,7 +87,7 @@ pub fn apply(shared: &Shared, mut new: Config) -> Result<String, String> {
         shared.sql.clear();
     }
     if new.auth_query != old.auth_query || new.monitor != old.monitor {
-        shared.credentials.lookup.clear();
+        shared.logins.auth_query.clear();
     }
     if !added.is_empty() {
         notes.push(format!("replicas added: {}", added.join(", ")));

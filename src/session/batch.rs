@@ -48,7 +48,7 @@ impl Session {
                     self.work.skip_until_sync = true;
                     return Ok(());
                 }
-                let analysis = self.shared.cache.analyze(p.query);
+                let analysis = self.shared.analysis.cache.analyze(p.query);
                 self.work.batch.route.add_analysis(&analysis);
                 self.state.parses += 1;
                 let prepared =

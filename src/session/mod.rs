@@ -105,8 +105,7 @@ struct Session {
 pub async fn serve_client(shared: Arc<Shared>, stream: TcpStream) {
     let _ = stream.set_nodelay(true);
     let peer = stream.peer_addr().ok();
-    shared.client_count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let _admitted = startup::Admitted(shared.clone());
+    let _admitted = shared.clients.admit();
     shared.metrics.client_connections.inc();
     if let Err(e) = run_client(&shared, stream, peer).await {
         tracing::debug!("client session ended: {e}");

@@ -41,7 +41,7 @@ impl Session {
         }
         // Boxed: a catalog look-up is rare and its state large; inline, it would size every
         // client's task.
-        if Box::pin(self.shared.catalog.all_read_only(&self.client.database, analyses)).await {
+        if Box::pin(self.shared.analysis.catalog.all_read_only(&self.client.database, analyses)).await {
             (target.max(Target::Replica), reason)
         } else {
             (Target::Primary, Reason::UnknownFunction)

@@ -134,7 +134,7 @@ impl Session {
                     // The server pgsplit takes for the primary is read-only: the topology may
                     // have changed under it. Check now.
                     tracing::warn!("the primary answered 25006 (read-only): checking the topology");
-                    self.shared.failover_wake.notify_one();
+                    self.shared.failover.wake.notify_one();
                     self.shared.cluster.wake.notify_waiters();
                 }
                 self.client.out.extend_from_slice(&f.bytes);
@@ -318,7 +318,7 @@ impl Session {
         let (_, addr) = self.discard_server()?;
         tracing::warn!(server = %addr, "server connection lost: {e}");
         self.shared.cluster.wake.notify_waiters();
-        self.shared.failover_wake.notify_one();
+        self.shared.failover.wake.notify_one();
         Some(addr)
     }
 

@@ -81,7 +81,7 @@ impl Session {
 
     pub(super) async fn simple_query(&mut self, f: Frame) -> Result<(), End> {
         let sql = protocol::frontend::read_query(&f)?;
-        let analysis = self.shared.cache.analyze(sql);
+        let analysis = self.shared.analysis.cache.analyze(sql);
         if self.work.lost != super::work::Lost::No {
             let rollback = analysis.only_rollback && !analysis.statements.is_empty();
             self.answer_lost(rollback, analysis.commits, None);

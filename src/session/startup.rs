@@ -4,7 +4,6 @@
 //! thousands of silent sockets cost a bounded amount.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -25,15 +24,6 @@ pub(super) struct Accepted {
     pub startup: Startup,
     pub reader: FrameReader<ClientRead>,
     pub w: ClientWrite,
-}
-
-/// Counts a client against `limits.max_client_conn` while it lives.
-pub(super) struct Admitted(pub Arc<Shared>);
-
-impl Drop for Admitted {
-    fn drop(&mut self) {
-        self.0.client_count.fetch_sub(1, Ordering::Relaxed);
-    }
 }
 
 /// Takes a client through startup and authentication. None: it was answered and is done
@@ -208,7 +198,7 @@ async fn handshake(
     }
     let database = startup.get("database").filter(|d| !d.is_empty()).unwrap_or(&user).to_string();
     let config = shared.config.load_full();
-    if shared.client_count.load(Ordering::Relaxed) > config.limits.max_client_conn {
+    if shared.clients.connected() > config.limits.max_client_conn {
         shared.metrics.error_sent("53300");
         let _ =
             w.write_all(&protocol::fatal("53300", "sorry, too many clients already (limits.max_client_conn)")).await;
@@ -221,14 +211,14 @@ async fn handshake(
     let console = database == crate::ops::admin::DATABASE && config.auth == AuthMethod::Trust && !config.admin.trust;
     let method = if console { AuthMethod::ScramSha256 } else { config.auth };
     if method != AuthMethod::Trust
-        && let Some(delay) = ip.and_then(|ip| shared.auth_failures.delay(ip))
+        && let Some(delay) = ip.and_then(|ip| shared.logins.failures.delay(ip))
     {
         // Repeated failures from this address: each further attempt waits first.
         tokio::time::sleep(delay).await;
     }
     let secret = match method {
         AuthMethod::Trust => None,
-        _ => match shared.credentials.client_secret(&user).await {
+        _ => match shared.logins.auth_query.client_secret(&user).await {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(user, "cannot check a client's password: {e}");
@@ -245,10 +235,10 @@ async fn handshake(
         _ => method,
     };
     match auth::authenticate(method, &user, secret.as_ref(), &mut reader, w, end_point.as_deref()).await {
-        Ok(proven) => shared.credentials.proven(&user, secret.as_ref(), proven),
+        Ok(proven) => shared.logins.credentials.proven(&user, secret.as_ref(), proven),
         Err(AuthError::Failed(u)) => {
             if let Some(ip) = ip {
-                shared.auth_failures.failed(ip);
+                shared.logins.failures.failed(ip);
             }
             let msg = format!("password authentication failed for user \"{u}\"");
             let _ = w.write_all(&protocol::fatal("28P01", &msg)).await;

@@ -273,7 +273,7 @@ pub async fn one_instance_cut_off_no_promotion(_env: &Env) -> R {
     let mut phase = None;
     while t0.elapsed() < Duration::from_secs(7) {
         c1.execute("INSERT INTO co_cut VALUES (1)", &[]).await?;
-        phase = Some(p0.shared.failover.lock().unwrap_or_else(|p| p.into_inner()).phase.clone());
+        phase = Some(p0.shared.failover.state.lock().unwrap_or_else(|p| p.into_inner()).phase.clone());
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let promoted = out_of_recovery(&cluster, &[1, 2]);

@@ -169,7 +169,7 @@ pub async fn auth_query_users_and_pass_through(env: &Env) -> R {
     // A session that logged in keeps getting new server connections after the cache is gone
     // (a reload clears it; eviction and re-fetches do the same): they use what its login proved.
     let c = connect(&url(user, pw)).await?;
-    proxy.shared.credentials.lookup.clear();
+    proxy.shared.logins.auth_query.clear();
     for n in &env.cluster.nodes {
         proxy.shared.pools.drop_idle(&n.addr());
     }

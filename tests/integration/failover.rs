@@ -101,7 +101,7 @@ pub async fn kill_the_primary_under_load(_env: &Env) -> R {
         check!(
             killed.elapsed() < Duration::from_secs(60),
             "no failover after 60 s: {:?}",
-            *proxy.shared.failover.lock().unwrap_or_else(|p| p.into_inner())
+            *proxy.shared.failover.state.lock().unwrap_or_else(|p| p.into_inner())
         );
         drop(t);
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -144,7 +144,7 @@ pub async fn kill_the_primary_under_load(_env: &Env) -> R {
         lost.len()
     );
     println!("    reads outside transactions: {read_ok} ok, {} failed", read_errors.len());
-    let loss = proxy.shared.failover.lock().unwrap_or_else(|p| p.into_inner()).last_loss_bytes;
+    let loss = proxy.shared.failover.state.lock().unwrap_or_else(|p| p.into_inner()).last_loss_bytes;
     println!("    WAL behind the old primary's last observed position at the promotion: {loss:?} bytes");
     check!(first_write_after.is_some(), "no write succeeded after the failover");
     check!(read_errors.is_empty(), "reads outside transactions failed: {:?}", &read_errors[..read_errors.len().min(5)]);
@@ -353,7 +353,7 @@ pub async fn cut_off_from_a_live_primary_no_promotion(_env: &Env) -> R {
     let t0 = Instant::now();
     // Well past failover_after (3 s): no promotion, the phase says why.
     tokio::time::sleep(Duration::from_secs(7)).await;
-    let phase = proxy.shared.failover.lock().unwrap_or_else(|p| p.into_inner()).phase.clone();
+    let phase = proxy.shared.failover.state.lock().unwrap_or_else(|p| p.into_inner()).phase.clone();
     let t = proxy.shared.cluster.load();
     let promoted: Vec<usize> = (1..3).filter(|&i| t.nodes[i].role == pgsplit::cluster::Role::Primary).collect();
     drop(t);
@@ -400,7 +400,7 @@ pub async fn manual_mode_waits_for_promote(_env: &Env) -> R {
     let pid = postmaster_pid(&cluster, 0)?;
     tokio::process::Command::new("kill").args(["-9", &pid]).status().await?;
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let phase = proxy.shared.failover.lock().unwrap_or_else(|p| p.into_inner()).phase.clone();
+    let phase = proxy.shared.failover.state.lock().unwrap_or_else(|p| p.into_inner()).phase.clone();
     check!(proxy.shared.cluster.load().primary() == 0, "manual mode promoted by itself");
     check!(matches!(&phase, pgsplit::failover::decide::Phase::Blocked(w) if w.contains("manual")), "{phase:?}");
     // The operator picks the second replica.
@@ -538,7 +538,7 @@ pub async fn switchover_loses_nothing(_env: &Env) -> R {
         check!(
             t0.elapsed() < Duration::from_secs(30),
             "the switchover did not happen: {:?}",
-            *proxy.shared.failover.lock().unwrap_or_else(|p| p.into_inner())
+            *proxy.shared.failover.state.lock().unwrap_or_else(|p| p.into_inner())
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

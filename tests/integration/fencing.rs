@@ -173,7 +173,7 @@ pub async fn failover_state_cannot_be_lost(env: &Env) -> R {
     let pid = postmaster_pid(&cluster, 0)?;
     tokio::process::Command::new("kill").args(["-9", &pid]).status().await?;
     let t0 = Instant::now();
-    while !proxy.shared.unrecorded.load(Ordering::SeqCst) {
+    while !proxy.shared.failover.unrecorded.load(Ordering::SeqCst) {
         check!(t0.elapsed() < Duration::from_secs(30), "the failover never tried to record its topology");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

@@ -118,7 +118,7 @@ pub async fn a_replica_promoted_by_someone_else_is_adopted(_env: &Env) -> R {
         check!(
             t0.elapsed() < Duration::from_secs(30),
             "the promoted replica was not adopted: {:?}",
-            *proxy.shared.failover.lock().unwrap_or_else(|p| p.into_inner())
+            *proxy.shared.failover.state.lock().unwrap_or_else(|p| p.into_inner())
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

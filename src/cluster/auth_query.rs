@@ -9,11 +9,12 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::cluster::Cluster;
-use crate::cluster::sql_pools::{SqlPools, Who};
+use super::Cluster;
+use super::sql_pools::{SqlPools, Who};
+use crate::auth::Secret;
 use crate::config::Live;
 pub use crate::config::auth_query::{AuthQueryConfig, DEFAULT_QUERY};
-use crate::ops::metrics::Metrics;
+use crate::metrics::Metrics;
 
 /// Users at most in the cache (beyond, answers past their TTL go first, then any).
 const MAX_ENTRIES: usize = 10_000;
@@ -39,6 +40,20 @@ impl AuthQuery {
     pub fn new(config: Live, cluster: Arc<Cluster>, metrics: Arc<Metrics>) -> AuthQuery {
         let sql = SqlPools::new(config.clone(), Who::AuthQuery);
         AuthQuery { config, cluster, metrics, sql, slots: Mutex::new(HashMap::new()) }
+    }
+
+    /// The secret a client logging in as `user` must prove: its `[[users]]` entry's, else (with
+    /// `[auth_query]` enabled) the one stored on the servers. None: no such user. An error when
+    /// auth_query cannot tell now (no server answers and nothing is cached).
+    pub async fn client_secret(&self, user: &str) -> Result<Option<Secret>, String> {
+        let config = self.config.load_full();
+        if let Some(u) = config.user(user) {
+            return Ok(Some(Secret::parse(&u.password)));
+        }
+        if !config.auth_query.enabled {
+            return Ok(None);
+        }
+        Ok(self.secret(user).await?.map(|s| Secret::parse(&s)))
     }
 
     /// The stored secret of `user` (None: no such user), from the cache or the servers.

@@ -10,8 +10,6 @@ use prometheus::{
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
-use crate::cluster::topology::{OutReason, Role, Topology};
-
 pub struct Metrics {
     pub registry: Registry,
     /// Units of work routed, by server, destination role and reason class.
@@ -261,25 +259,6 @@ impl Metrics {
         names.sort();
         names.dedup();
         names.into_iter().map(|n| format!("pgsplit_{n}")).collect()
-    }
-
-    /// Per-server gauges from a topology snapshot.
-    pub fn publish_nodes(&self, t: &Topology) {
-        self.primary_lsn.set(t.primary_lsn.0 as f64);
-        for node in t.nodes.iter().filter(|n| !n.removed) {
-            let server = [&*node.addr];
-            self.server_up.with_label_values(&server).set(node.healthy as i64);
-            self.server_primary.with_label_values(&server).set((node.role == Role::Primary && !node.fenced) as i64);
-            self.server_in_rotation.with_label_values(&server).set(node.in_rotation as i64);
-            if node.role == Role::Replica {
-                self.replica_lag_bytes.with_label_values(&server).set(node.lag_bytes.unwrap_or(0) as i64);
-                self.replica_lag_seconds.with_label_values(&server).set(node.lag_ms.unwrap_or(0) as f64 / 1000.0);
-                for r in OutReason::ALL {
-                    let on = node.out == Some(r) && !node.in_rotation;
-                    self.server_out.with_label_values(&[&*node.addr, r.as_str()]).set(on as i64);
-                }
-            }
-        }
     }
 
     /// Counts an error sent to a client.
