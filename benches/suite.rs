@@ -6,7 +6,7 @@
 //!
 //! Run: `scripts/bench` (installs PgBouncer, Pgpool-II and gnuplot from Debian, then this).
 //! Environment: BENCH_SECONDS (5), BENCH_ROUNDS (2), BENCH_CLIENTS ("1,16,64,256"),
-//! BENCH_WORKLOADS (substring filter on the names below), BENCH_OUT (target/bench),
+//! BENCH_WORKLOADS (substrings of the names below, "|"-separated), BENCH_OUT (target/bench),
 //! BENCH_PGSPLIT (pgsplit variants, "name=setting,setting;name=...", e.g.
 //! "pgsplit=;pgsplit-1-thread=worker_threads = 1", or "old=@/path/to/pgsplit" for another
 //! build, "primary-only" among the settings for no replicas; default: pgsplit as shipped,
@@ -21,7 +21,7 @@ use pgsplit::localcluster::LocalCluster;
 
 #[path = "common/mod.rs"]
 mod support;
-use support::{Run, pgbench};
+use support::{Run, median, pgbench};
 
 type Target = (&'static str, u16, Option<u32>);
 
@@ -38,6 +38,7 @@ const WORKLOADS: &[(&str, &[&str])] = &[
     ("select-only extended", &["-S", "-M", "extended"]),
     ("select-only prepared", &["-S", "-M", "prepared"]),
     ("tpcb-like simple", &["-M", "simple"]),
+    ("simple-update (-N) simple", &["-N", "-M", "simple"]),
     ("select-only simple, new connection per transaction", &["-S", "-M", "simple", "-C"]),
 ];
 
@@ -50,7 +51,9 @@ fn main() {
     let rounds: usize = env("BENCH_ROUNDS", "2").parse().unwrap_or(2);
     let counts: Vec<usize> =
         env("BENCH_CLIENTS", "1,16,64,256").split(',').filter_map(|c| c.trim().parse().ok()).collect();
+    // Workloads whose name contains one of these ("|"-separated; empty: all).
     let filter = env("BENCH_WORKLOADS", "");
+    let filters: Vec<&str> = filter.split('|').filter(|f| !f.is_empty()).collect();
     let out_dir = PathBuf::from(env("BENCH_OUT", "target/bench"));
     let _ = std::fs::create_dir_all(&out_dir);
     let max_clients = counts.iter().copied().max().unwrap_or(1);
@@ -111,7 +114,7 @@ fn main() {
     let log_dir = base.join("pgbench-log");
     for round in 0..rounds {
         for (w, (name, args)) in WORKLOADS.iter().enumerate() {
-            if !name.contains(filter.as_str()) {
+            if !filters.is_empty() && !filters.iter().any(|f| name.contains(f)) {
                 continue;
             }
             for (ci, &clients) in counts.iter().enumerate() {
@@ -178,15 +181,6 @@ struct Row {
     vs_direct: Option<f64>,
     vs_pgbouncer: Option<f64>,
     error: Option<String>,
-}
-
-fn median(mut v: Vec<f64>) -> Option<f64> {
-    if v.is_empty() {
-        return None;
-    }
-    v.sort_by(|a, b| a.total_cmp(b));
-    let n = v.len();
-    Some(if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 })
 }
 
 fn summarize(results: &Results, targets: &[Target], counts: &[usize]) -> Vec<Row> {

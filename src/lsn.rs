@@ -52,6 +52,10 @@ impl AtomicLsn {
     pub fn raise(&self, lsn: Lsn) {
         self.0.fetch_max(lsn.0, Ordering::Relaxed);
     }
+    /// Sets it to `lsn`.
+    pub fn set(&self, lsn: Lsn) {
+        self.0.store(lsn.0, Ordering::Relaxed);
+    }
     /// Lowers it to `lsn` if that is behind (a failover to a server with less WAL).
     pub fn cut(&self, lsn: Lsn) {
         self.0.fetch_min(lsn.0, Ordering::Relaxed);

@@ -52,6 +52,8 @@ pub enum Reason {
     NotReplayedYet,
     /// "all replicas lagging: least lagged"
     LagFallback,
+    /// "the primary's share of reads"
+    PrimaryReadShare,
     /// "does not parse"
     DoesNotParse,
     /// "too long to parse"
@@ -143,6 +145,7 @@ impl Reason {
             Reason::Causal => "read your writes",
             Reason::NotReplayedYet => "not replayed on the replica yet",
             Reason::LagFallback => "all replicas lagging: least lagged",
+            Reason::PrimaryReadShare => "the primary's share of reads",
             Reason::DoesNotParse => "does not parse",
             Reason::TooLongToParse => "too long to parse",
             Reason::NotSingleStatement => "not a single statement",
@@ -181,7 +184,11 @@ impl Reason {
     /// not_replayed, lag_fallback, parse_error, no_replica, function, server_local, write.
     pub fn class(self) -> &'static str {
         match self {
-            Reason::Read | Reason::ReadCheckedWordByWord | Reason::CopyTo | Reason::ReadOnlyTransaction => "read",
+            Reason::Read
+            | Reason::ReadCheckedWordByWord
+            | Reason::CopyTo
+            | Reason::ReadOnlyTransaction
+            | Reason::PrimaryReadShare => "read",
             Reason::SessionCommand
             | Reason::TransactionLevelSet
             | Reason::TransactionControl
@@ -253,6 +260,7 @@ impl Reason {
         Reason::Causal,
         Reason::NotReplayedYet,
         Reason::LagFallback,
+        Reason::PrimaryReadShare,
         Reason::DoesNotParse,
         Reason::TooLongToParse,
         Reason::NotSingleStatement,

@@ -119,8 +119,14 @@ pub fn route(
             || (n.replay_lsn() >= session.min_lsn
                 && session.max_lag_ms.is_none_or(|m| n.lag_ms.is_some_and(|l| l <= m)))
     };
-    if let Some(node) = balance::pick(topology, turn, |i, n| n.in_rotation && !exclude.contains(&i) && fresh(n)) {
-        return Decision::Replica { node, reason };
+    let eligible = |i: usize, n: &Node| n.in_rotation && !exclude.contains(&i) && fresh(n);
+    match balance::pick(topology, turn, true, eligible) {
+        Some(node) if node != primary => return Decision::Replica { node, reason },
+        // The primary's share of reads, while a replica could have taken this one.
+        Some(node) if balance::pick(topology, turn, false, eligible).is_some() => {
+            return Decision::Primary { node, reason: Reason::PrimaryReadShare };
+        }
+        _ => {}
     }
     if topology.pick_replica(turn, exclude).is_some() {
         // Replicas take reads, but none has this client's last write yet.
@@ -307,5 +313,40 @@ mod tests {
         let nodes: Vec<_> =
             (0..4).map(|i| route(a.target, a.reason, None, SessionView::default(), &t, i, &[]).node()).collect();
         assert_eq!(nodes, vec![Some(1), Some(2), Some(1), Some(2)]);
+    }
+
+    #[test]
+    fn the_primary_takes_its_share_of_reads() {
+        let mut t = topo();
+        observed(&mut t, 1, 100, 0);
+        observed(&mut t, 2, 200, 0);
+        t.balance = crate::config::Balance::RoundRobin;
+        t.primary_read_weight = 2;
+        let read = Analysis::of("SELECT 1", 1 << 20);
+        let at = |t: &Topology, s: SessionView| {
+            (0..8).map(|turn| route(read.target, read.reason, None, s, t, turn, &[])).collect::<Vec<_>>()
+        };
+        let idle = SessionView::default();
+        // Weights 2 (primary), 1, 1: half the reads on the primary, a quarter on each replica.
+        let d = at(&t, idle);
+        let on = |n: usize| d.iter().filter(|d| d.node() == Some(n)).count();
+        assert_eq!((on(0), on(1), on(2)), (4, 2, 2));
+        assert!(d.iter().filter(|d| d.node() == Some(0)).all(|d| d.reason() == Reason::PrimaryReadShare));
+        // A floor only replica 2 has: the primary and replica 2 share.
+        let d = at(&t, SessionView { min_lsn: Lsn(150), ..idle });
+        assert!(d.iter().all(|d| matches!(d.node(), Some(0) | Some(2))));
+        // A floor no replica has: the primary, for read-your-writes, not as its share.
+        let d = at(&t, SessionView { min_lsn: Lsn(300), ..idle });
+        assert!(d.iter().all(|d| *d == Decision::Primary { node: 0, reason: CAUSAL }));
+        // No replica in rotation: as without a share.
+        for n in &mut t.nodes[1..] {
+            n.in_rotation = false;
+        }
+        assert!(at(&t, idle).iter().all(|d| *d == Decision::Primary { node: 0, reason: Reason::NoReplica }));
+        // Weight 0 (the default): never.
+        let mut t = topo();
+        observed(&mut t, 1, 100, 0);
+        observed(&mut t, 2, 200, 0);
+        assert!(at(&t, idle).iter().all(|d| matches!(d, Decision::Replica { .. })));
     }
 }

@@ -128,6 +128,16 @@ pub fn start_pgpool(cluster: &LocalCluster, children: usize) -> Option<(u16, u32
     }
 }
 
+/// The median of some figures (None for none).
+pub fn median(mut v: Vec<f64>) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    Some(if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 })
+}
+
 /// One pgbench run: throughput, latency percentiles (from the per-transaction log), or why it
 /// failed (any client error makes the run's figures meaningless).
 #[derive(Debug, Clone)]

@@ -1,6 +1,8 @@
 //! Which replica a read goes to, among those a caller finds eligible: random or round robin in
 //! proportion to each replica's `weight`, or the one with the least client work running per
-//! unit of weight. A pure function of the topology and a turn number.
+//! unit of weight. With `routing.primary_read_weight` the primary is a candidate too, with that
+//! weight (it needs no freshness check: it has every write). A pure function of the topology
+//! and a turn number.
 
 use super::topology::{Node, Role, Topology};
 use crate::config::Balance;
@@ -9,28 +11,39 @@ impl Topology {
     /// A replica in rotation, skipping `exclude`, chosen by the balancing policy (`turn` is a
     /// round-robin counter or a random number).
     pub fn pick_replica(&self, turn: usize, exclude: &[usize]) -> Option<usize> {
-        pick(self, turn, |i, n| n.in_rotation && !exclude.contains(&i))
+        pick(self, turn, false, |i, n| n.in_rotation && !exclude.contains(&i))
     }
 }
 
-/// Picks an eligible replica. `turn` is a round-robin counter or a random number, as the
-/// topology's policy wants (see `Cluster::next_turn`).
-pub fn pick(t: &Topology, turn: usize, eligible: impl Fn(usize, &Node) -> bool) -> Option<usize> {
+/// Picks an eligible replica, or with `with_primary` and a `primary_read_weight` the primary
+/// (when it is up). `turn` is a round-robin counter or a random number, as the topology's
+/// policy wants (see `Cluster::next_turn`).
+pub fn pick(t: &Topology, turn: usize, with_primary: bool, eligible: impl Fn(usize, &Node) -> bool) -> Option<usize> {
+    let primary = t.primary();
+    let primary_weight = if with_primary { t.primary_read_weight } else { 0 };
+    let eligible = &eligible;
     let candidates = || {
-        t.nodes
-            .iter()
-            .enumerate()
-            .filter(|(i, n)| n.role == Role::Replica && !n.removed && !n.fenced && !n.paused && eligible(*i, n))
+        t.nodes.iter().enumerate().filter(move |(i, n)| {
+            if n.removed || n.fenced || n.paused {
+                return false;
+            }
+            match n.role {
+                Role::Replica => eligible(*i, n),
+                Role::Primary => primary_weight > 0 && *i == primary && n.healthy,
+            }
+        })
     };
+    let weight =
+        |n: &Node| if n.role == Role::Primary { u64::from(primary_weight) } else { u64::from(n.weight.max(1)) };
     match t.balance {
         Balance::Random | Balance::RoundRobin => {
-            let total: u64 = candidates().map(|(_, n)| u64::from(n.weight.max(1))).sum();
+            let total: u64 = candidates().map(|(_, n)| weight(n)).sum();
             if total == 0 {
                 return None;
             }
             let mut slot = turn as u64 % total;
             for (i, n) in candidates() {
-                let w = u64::from(n.weight.max(1));
+                let w = weight(n);
                 if slot < w {
                     return Some(i);
                 }
@@ -40,14 +53,16 @@ pub fn pick(t: &Topology, turn: usize, eligible: impl Fn(usize, &Node) -> bool) 
         }
         Balance::LeastOutstanding => {
             // Lowest load per weight; ties broken by the turn so equal replicas share.
-            let best = candidates()
-                .map(|(i, n)| (n.outstanding() as u64 * 1000 / u64::from(n.weight.max(1)), i))
-                .min_by_key(|(score, _)| *score)?;
-            let tied: Vec<usize> = candidates()
-                .filter(|(_, n)| n.outstanding() as u64 * 1000 / u64::from(n.weight.max(1)) == best.0)
+            let score = |n: &Node| n.outstanding() as u64 * 1000 / weight(n).max(1);
+            // No allocation: count the tied, then take one of them (loads move meanwhile: then
+            // the least loaded as it is now).
+            let best = candidates().map(|(_, n)| score(n)).min()?;
+            let tied = candidates().filter(|(_, n)| score(n) == best).count().max(1);
+            candidates()
+                .filter(|(_, n)| score(n) == best)
+                .nth(turn % tied)
+                .or_else(|| candidates().min_by_key(|(_, n)| score(n)))
                 .map(|(i, _)| i)
-                .collect();
-            tied.get(turn % tied.len().max(1)).copied()
         }
     }
 }

@@ -8,6 +8,7 @@ pub mod auth_query;
 pub mod balance;
 pub mod lag;
 pub mod monitor;
+pub mod replay;
 pub mod rotation;
 pub mod sql_pools;
 pub mod topology;

@@ -78,9 +78,11 @@ impl Monitor {
         let n = self.cluster.load().nodes.len();
         let mut tasks = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
         self.probes.lock().unwrap_or_else(|p| p.into_inner()).resize(n, Probe::default());
-        for node in tasks.len()..n {
+        for node in tasks.len() / 2..n {
             let me = self.clone();
             tasks.push(tokio::spawn(async move { me.run(node).await }));
+            let watch = super::replay::watch(self.cluster.clone(), self.sql.clone(), self.config.clone(), node);
+            tasks.push(tokio::spawn(watch));
         }
     }
 
@@ -116,6 +118,14 @@ impl Monitor {
             if !probe.ok {
                 self.metrics.monitor_failures.inc();
                 self.cluster.unreachable.send_modify(|n| *n += 1);
+            }
+            if probe.ok
+                && probe.obs.in_recovery
+                && let Some(n) = self.cluster.load().nodes.get(node)
+            {
+                // The probe's answer is the truth now: a replay watch's older, higher position
+                // (a node rewound and rejoined) must not outlive it.
+                n.replayed.cut(probe.obs.replay_lsn);
             }
             {
                 let now = Instant::now();
@@ -186,6 +196,7 @@ fn publish(config: &Config, cluster: &Cluster, metrics: &Metrics, probes: &[Prob
     cluster.topology.rcu(|t| {
         let mut t = (**t).clone();
         t.balance = config.routing.balance;
+        t.primary_read_weight = config.routing.primary_read_weight;
         t.on_all_lagging = config.routing.on_all_lagging;
         let primary = t.primary();
         let pp = probes.get(primary).cloned().unwrap_or_default();

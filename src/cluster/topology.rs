@@ -11,7 +11,7 @@ use std::time::Instant;
 use arc_swap::ArcSwap;
 
 use crate::config::{Balance, OnAllLagging};
-use crate::lsn::Lsn;
+use crate::lsn::{AtomicLsn, Lsn};
 use crate::metrics::Metrics;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -127,6 +127,9 @@ pub struct Node {
     /// Client work running there now (for least-outstanding balancing), shared by every
     /// snapshot of this node.
     pub load: Arc<AtomicUsize>,
+    /// The replay position the replay watch (`replay.rs`) saw since the last probe, shared by
+    /// every snapshot of this node: fresher than `observed` while reads wait for it.
+    pub replayed: Arc<AtomicLsn>,
 }
 
 impl Node {
@@ -152,12 +155,15 @@ impl Node {
             priority: 0,
             promotable: true,
             load: Arc::new(AtomicUsize::new(0)),
+            replayed: Arc::new(AtomicLsn::default()),
         }
     }
 
-    /// The replay position the router may rely on (0 when unknown).
+    /// The replay position the router may rely on (0 when unknown): the last probe's, or the
+    /// replay watch's if that is further.
     pub fn replay_lsn(&self) -> Lsn {
-        self.observed.as_ref().map(|o| o.replay_lsn).unwrap_or_default()
+        let probed = self.observed.as_ref().map(|o| o.replay_lsn).unwrap_or_default();
+        probed.max(self.replayed.load())
     }
 
     pub fn outstanding(&self) -> usize {
@@ -170,6 +176,8 @@ pub struct Topology {
     pub nodes: Vec<Node>,
     /// How reads are spread over the replicas in rotation.
     pub balance: Balance,
+    /// The primary's share of plain reads against the replicas' weights (0: none).
+    pub primary_read_weight: u32,
     /// What reads do when no replica is in rotation.
     pub on_all_lagging: OnAllLagging,
     /// The primary's insert position at its last probe.
@@ -187,6 +195,7 @@ impl Topology {
             t.nodes.push(n);
         }
         t.balance = c.routing.balance;
+        t.primary_read_weight = c.routing.primary_read_weight;
         t.on_all_lagging = c.routing.on_all_lagging;
         t
     }
@@ -196,7 +205,13 @@ impl Topology {
     pub fn new(primary: &str, replicas: &[String]) -> Topology {
         let mut nodes = vec![Node::new(primary, Role::Primary, 1, u64::MAX, u64::MAX)];
         nodes.extend(replicas.iter().map(|r| Node::new(r, Role::Replica, 1, u64::MAX, u64::MAX)));
-        Topology { nodes, balance: Balance::Random, on_all_lagging: OnAllLagging::Primary, primary_lsn: Lsn::ZERO }
+        Topology {
+            nodes,
+            balance: Balance::Random,
+            primary_read_weight: 0,
+            on_all_lagging: OnAllLagging::Primary,
+            primary_lsn: Lsn::ZERO,
+        }
     }
 
     pub fn primary(&self) -> usize {
@@ -236,6 +251,8 @@ pub struct Cluster {
     /// Ticks at every failed health check, so that sessions waiting on a server can give up
     /// on one found unreachable.
     pub unreachable: tokio::sync::watch::Sender<u64>,
+    /// What reads wait for the replicas to replay, and the news that they have.
+    pub replay: super::replay::ReplayWatch,
 }
 
 impl Cluster {
@@ -246,6 +263,7 @@ impl Cluster {
             wake: tokio::sync::Notify::new(),
             published: tokio::sync::Notify::new(),
             unreachable: tokio::sync::watch::Sender::new(0),
+            replay: super::replay::ReplayWatch::default(),
         })
     }
 

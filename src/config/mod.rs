@@ -39,11 +39,12 @@ pub fn live(c: Config) -> Live {
 #[serde(rename_all = "snake_case")]
 pub enum Balance {
     /// Random, in proportion to each replica's weight.
-    #[default]
     Random,
     /// In turn, in proportion to each replica's weight.
     RoundRobin,
-    /// The replica with the least client work running per unit of weight.
+    /// The replica with the least client work running per unit of weight (ties: random):
+    /// a slow or busy replica gets less, an idle one more. The default.
+    #[default]
     LeastOutstanding,
 }
 
@@ -332,6 +333,9 @@ pub struct RoutingConfig {
     pub on_all_lagging: OnAllLagging,
     /// "random", "round_robin" or "least_outstanding" (all weighted).
     pub balance: Balance,
+    /// The primary's share of plain reads, weighed against the replicas' `weight`s (0: the
+    /// primary takes reads only when no replica may).
+    pub primary_read_weight: u32,
     /// "off", "session" or "global".
     pub read_your_writes: ReadYourWrites,
     /// How long a read may wait for a replica to replay the client's last write before it goes
@@ -418,7 +422,8 @@ impl Default for RoutingConfig {
             max_parse_len: 256 * 1024,
             lag_hold_ms: 2000,
             on_all_lagging: OnAllLagging::Primary,
-            balance: Balance::Random,
+            balance: Balance::LeastOutstanding,
+            primary_read_weight: 0,
             read_your_writes: ReadYourWrites::Session,
             causal_wait_ms: 0,
         }

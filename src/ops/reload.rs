@@ -72,6 +72,7 @@ pub fn apply(shared: &Shared, mut new: Config) -> Result<String, String> {
             t.nodes.push(n);
         }
         t.balance = new.routing.balance;
+        t.primary_read_weight = new.routing.primary_read_weight;
         t.on_all_lagging = new.routing.on_all_lagging;
         t
     });

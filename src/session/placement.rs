@@ -48,6 +48,12 @@ impl Session {
         }
     }
 
+    /// The position a read of this session needs a replica to have replayed.
+    fn floor(&self, statement_lsn: Option<crate::lsn::Lsn>) -> crate::lsn::Lsn {
+        let mode = self.shared.config.load().routing.read_your_writes;
+        self.causal.min_lsn(mode, &self.shared.global_floor, statement_lsn)
+    }
+
     pub(super) fn decide(
         &self,
         target: Target,
@@ -65,15 +71,16 @@ impl Session {
             max_lag_ms: self.causal.max_lag_ms,
         };
         let topology = self.shared.cluster.load();
-        // Random by default: it spreads reads evenly whatever the client's pattern of reads
-        // and writes (a shared round-robin counter aliases with periodic patterns).
+        // A random turn (least outstanding breaks ties with it, random uses it whole): it
+        // spreads reads evenly whatever the client's pattern of reads and writes (a shared
+        // round-robin counter aliases with periodic patterns).
         let turn = self.shared.cluster.next_turn(topology.balance);
         route(target, reason, hint, view, &topology, turn, &[])
     }
 
     /// `decide`, and when the read would go to the primary only because no replica has
-    /// replayed the client's last write yet, waits up to `routing.causal_wait_ms` for one
-    /// (waking the probes so that the wait is a probe's round trip, not a poll interval).
+    /// replayed the client's last write yet, has the replay watch ask the replicas and waits
+    /// up to `routing.causal_wait_ms` for one (a replica's round trip, not a poll interval).
     pub(super) async fn decide_waiting(
         &self,
         target: Target,
@@ -82,8 +89,14 @@ impl Session {
         statement_lsn: Option<crate::lsn::Lsn>,
     ) -> Decision {
         let d = self.decide(target, reason, hint, statement_lsn);
+        if d.reason() != CAUSAL {
+            return d;
+        }
+        // No replica is known to have this client's last write yet: the replay watch asks
+        // them now, for this read if it may wait, else for the next.
+        self.shared.cluster.replay.want(self.floor(statement_lsn));
         let wait = self.shared.config.load().routing.causal_wait_ms;
-        if d.reason() != CAUSAL || wait == 0 {
+        if wait == 0 {
             return d;
         }
         // The wait boxed: the rare path's state does not size every client's task.
@@ -104,11 +117,11 @@ impl Session {
             if now >= deadline {
                 return self.decide(target, reason, hint, statement_lsn);
             }
-            let published = self.shared.cluster.published.notified();
-            tokio::pin!(published);
-            published.as_mut().enable();
-            self.shared.cluster.wake.notify_waiters();
-            let _ = tokio::time::timeout(deadline - now, published).await;
+            let learned = self.shared.cluster.replay.learned.notified();
+            tokio::pin!(learned);
+            learned.as_mut().enable();
+            self.shared.cluster.replay.want(self.floor(statement_lsn));
+            let _ = tokio::time::timeout(deadline - now, learned).await;
             let d = self.decide(target, reason, hint, statement_lsn);
             if d.reason() != CAUSAL {
                 return d;

@@ -283,3 +283,56 @@ pub async fn objects_not_replayed_yet_are_read_on_the_primary(env: &Env) -> R {
     result
 }
 register!(objects_not_replayed_yet_are_read_on_the_primary);
+
+/// A client that writes now and then reads mostly on the replicas, in the default
+/// configuration (no causal wait): the read right after a write may go to the primary, and it
+/// sets the replay watch asking the replicas, so the reads after it find one that has the
+/// write. Before the watch, replay positions were learned at the monitor's 100 ms probes and
+/// such a client read on the primary nearly always.
+pub async fn reads_return_to_the_replicas_right_after_a_write(env: &Env) -> R {
+    let proxy = env.proxy_with(|c| c.routing.read_your_writes = ReadYourWrites::Session).await?;
+    env.wait_rotation(&proxy, &env.replica_ports()).await?;
+    let c = connect(&env.conn_string(proxy.addr.port())).await?;
+    c.batch_execute("DROP TABLE IF EXISTS ryw_watch; CREATE TABLE ryw_watch (id int PRIMARY KEY)").await?;
+    env.caught_up().await?;
+    let replicas = env.replica_ports();
+    let (mut reads, mut on_replicas, mut misses) = (0, 0, 0);
+    let t0 = Instant::now();
+    for i in 0..200i32 {
+        c.execute("INSERT INTO ryw_watch (id) VALUES ($1)", &[&i]).await?;
+        // Nine reads of the row, as a client that writes every tenth statement.
+        for _ in 0..9 {
+            reads += 1;
+            match c.query_opt("SELECT inet_server_port() FROM ryw_watch WHERE id = $1", &[&i]).await? {
+                None => misses += 1,
+                Some(row) if replicas.contains(&row.get::<_, i32>(0)) => on_replicas += 1,
+                Some(_) => {}
+            }
+        }
+    }
+    let share = on_replicas as f64 / reads as f64;
+    println!(
+        "    write, then 9 reads, x200 (no causal wait): {reads} reads in {:.1} s, {misses} misses, {:.0}% on replicas",
+        t0.elapsed().as_secs_f64(),
+        share * 100.0
+    );
+    check!(misses == 0, "{misses} of {reads} reads missed their own write");
+    check!(share >= 0.6, "only {:.0}% of the reads after a write went to the replicas", share * 100.0);
+
+    // The primary's share of reads (routing.primary_read_weight = 1 beside two replicas of
+    // weight 1): about a third of the reads of a client that does not write.
+    let shared = env.proxy_with(|c| c.routing.primary_read_weight = 1).await?;
+    env.wait_rotation(&shared, &env.replica_ports()).await?;
+    let r = connect(&env.conn_string(shared.addr.port())).await?;
+    let mut on_primary = 0;
+    for _ in 0..300 {
+        let port: i32 = r.query_one("SELECT inet_server_port()", &[]).await?.get(0);
+        if !replicas.contains(&port) {
+            on_primary += 1;
+        }
+    }
+    println!("    primary_read_weight = 1: {on_primary} of 300 reads on the primary");
+    check!((50..=150).contains(&on_primary), "{on_primary} of 300 reads on the primary, expected about 100");
+    Ok(())
+}
+register!(reads_return_to_the_replicas_right_after_a_write);
