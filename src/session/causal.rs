@@ -7,6 +7,12 @@
 //! the client's ReadyForQuery until the answer is in, then sends the client the ParameterStatus
 //! `pgsplit.last_write_lsn` and its ReadyForQuery. Until a replica has replayed that far, the
 //! client's reads go to the primary (or wait for a replica, `routing.causal_wait_ms`).
+//!
+//! A simple Query that is one plain COMMIT (or END) carries the probe in its own text instead,
+//! `COMMIT` + newline + `;SELECT ...` (`merged`): the COMMIT has completed when the SELECT
+//! starts, and the server answers both in one flush with one ReadyForQuery, which saves the
+//! server a second request and pgsplit a second read of the connection. An autocommit write
+//! cannot: in one Query string it would commit only after the probe had read the position.
 
 use bytes::Bytes;
 
@@ -40,6 +46,11 @@ pub struct Causal {
 /// A commit-position probe sent behind a client's request.
 #[derive(Debug, Default)]
 pub struct Probe {
+    /// Carried in the client's own COMMIT Query: its answers come before the one
+    /// ReadyForQuery, after the client's CommandComplete (or ErrorResponse).
+    pub merged: bool,
+    /// Merged: the client's statement has had its answer; what follows is the probe's.
+    pub client_done: bool,
     /// The client's own ReadyForQuery, held until the probe answers.
     pub client_ready: Option<Bytes>,
     /// The client's request committed (no error, no ROLLBACK).
@@ -69,6 +80,12 @@ impl Causal {
     pub fn wrote(&mut self, lsn: Lsn, global: &AtomicLsn) {
         self.floor = self.floor.max(lsn);
         global.raise(lsn);
+    }
+
+    /// The text of a COMMIT Query with the probe merged into it. The newline ends a trailing
+    /// `--` comment of the client's.
+    pub fn merged_text(sql: &str) -> String {
+        format!("{sql}\n;{PROBE_SQL}")
     }
 
     /// The probe failed (the primary connection broke): nothing is known of the commit's
@@ -108,6 +125,11 @@ mod tests {
         let late = Causal::starting_at(&global);
         assert_eq!(late.min_lsn(ReadYourWrites::Session, &global, None), Lsn(500));
         assert_eq!(late.min_lsn(ReadYourWrites::Off, &global, None), Lsn(0));
+    }
+
+    #[test]
+    fn a_merged_probe_survives_a_trailing_comment() {
+        assert_eq!(Causal::merged_text("END -- done"), format!("END -- done\n;{PROBE_SQL}"));
     }
 
     #[test]

@@ -35,9 +35,15 @@ impl Session {
                 return Ok(());
             }
         }
-        if self.causal.probe.as_ref().is_some_and(|p| p.client_ready.is_some()) {
-            self.on_probe_frame(f);
-            return Ok(());
+        if let Some(p) = self.causal.probe.as_mut() {
+            if p.client_ready.is_some() || (p.merged && p.client_done && f.tag() != b'Z') {
+                self.on_probe_frame(f);
+                return Ok(());
+            }
+            if p.merged && matches!(f.tag(), b'C' | b'E' | b'I') {
+                // The client's COMMIT has its answer: the probe's come next (none if it failed).
+                p.client_done = true;
+            }
         }
         self.observe.relayed(f.bytes.len());
         match f.tag() {
@@ -62,10 +68,18 @@ impl Session {
                     self.causal.after_copy = false;
                 }
                 if let Some(p) = self.causal.probe.as_mut() {
-                    // The commit-position probe follows: the client's ReadyForQuery waits for it.
-                    p.client_ready = Some(f.bytes);
-                    p.committed = committed;
-                    return Ok(());
+                    if p.merged {
+                        // The probe rode in the client's COMMIT: its answer came before this.
+                        let failed = self.state.effects.error_in_request;
+                        if let Some(p) = self.causal.probe.take() {
+                            self.settle_probe(p.lsn, committed, failed);
+                        }
+                    } else {
+                        // The commit-position probe follows: the client's ReadyForQuery waits for it.
+                        p.client_ready = Some(f.bytes);
+                        p.committed = committed;
+                        return Ok(());
+                    }
                 }
                 self.client.out.extend_from_slice(&f.bytes);
                 self.release_if_idle();
@@ -225,24 +239,31 @@ impl Session {
                     self.client.cancel.finished();
                 }
                 let Some(p) = self.causal.probe.take() else { return };
-                match p.lsn {
-                    Some(lsn) => {
-                        self.causal.wrote(lsn, &self.shared.global_floor);
-                        if p.committed {
-                            let value = lsn.to_string();
-                            self.client
-                                .out
-                                .extend_from_slice(&protocol::parameter_status(causal::LAST_WRITE_LSN, &value));
-                        }
-                    }
-                    None => self.causal.unknown(),
-                }
+                self.settle_probe(p.lsn, p.committed, false);
                 if let Some(ready) = p.client_ready {
                     self.client.out.extend_from_slice(&ready);
                 }
                 self.release_if_idle();
             }
             _ => {}
+        }
+    }
+
+    /// What the probe's answer means: the floor rises to `lsn` and a client whose request
+    /// committed is told; no answer leaves the commit's position unknown (reads on the primary
+    /// until a later write is measured), unless the client's COMMIT itself failed before the
+    /// probe could run (`commit_failed`: nothing was written).
+    fn settle_probe(&mut self, lsn: Option<Lsn>, committed: bool, commit_failed: bool) {
+        match lsn {
+            Some(lsn) => {
+                self.causal.wrote(lsn, &self.shared.global_floor);
+                if committed {
+                    let value = lsn.to_string();
+                    self.client.out.extend_from_slice(&protocol::parameter_status(causal::LAST_WRITE_LSN, &value));
+                }
+            }
+            None if commit_failed => {}
+            None => self.causal.unknown(),
         }
     }
 

@@ -163,6 +163,15 @@ impl Session {
         if probe && route.copies_in {
             // The server will be in COPY: the probe follows the client's CopyDone instead.
             self.causal.after_copy = true;
+        } else if probe
+            && let [c] = analysis.statements.as_slice()
+            && c.commits
+            && c.reason == crate::reason::Reason::TransactionControl
+        {
+            // One plain COMMIT: the probe rides in its text (see causal.rs).
+            let merged = protocol::simple_query(&super::causal::Causal::merged_text(sql));
+            self.causal.probe = Some(super::causal::Probe { merged: true, ..Default::default() });
+            return self.send_server(&merged).await;
         } else if probe {
             let mut buf = bytes::BytesMut::with_capacity(f.bytes.len() + 64);
             buf.extend_from_slice(&f.bytes);

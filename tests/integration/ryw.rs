@@ -336,3 +336,64 @@ pub async fn reads_return_to_the_replicas_right_after_a_write(env: &Env) -> R {
     Ok(())
 }
 register!(reads_return_to_the_replicas_right_after_a_write);
+
+/// A plain COMMIT carries the commit-position probe in its own Query: the client still gets
+/// exactly its COMMIT's answer, reads its write at once with the replicas 300 ms late, a
+/// trailing comment does not swallow the probe, and a COMMIT that fails is the client's error
+/// with nothing of the probe in it.
+pub async fn a_commit_carries_its_own_probe(env: &Env) -> R {
+    let proxy = env.proxy_with(|c| c.routing.read_your_writes = ReadYourWrites::Session).await?;
+    let c = connect(&env.conn_string(proxy.addr.port())).await?;
+    c.batch_execute(
+        "DROP TABLE IF EXISTS ryw_commit; \
+         CREATE TABLE ryw_commit (id int, CONSTRAINT ryw_commit_id UNIQUE (id) DEFERRABLE INITIALLY DEFERRED)",
+    )
+    .await?;
+    env.caught_up().await?;
+    apply_delay_all(env, "300ms").await?;
+    let result = async {
+        env.wait_rotation(&proxy, &env.replica_ports()).await?;
+        let mut misses = 0;
+        for i in 0..20 {
+            c.batch_execute("BEGIN").await?;
+            c.batch_execute(&format!("INSERT INTO ryw_commit VALUES ({i})")).await?;
+            let commit = match i % 3 {
+                0 => "COMMIT",
+                1 => "END -- done",
+                _ => "commit;",
+            };
+            let answer = c.simple_query(commit).await?;
+            let tags: Vec<String> = answer
+                .iter()
+                .map(|m| match m {
+                    tokio_postgres::SimpleQueryMessage::CommandComplete(n) => format!("C{n}"),
+                    tokio_postgres::SimpleQueryMessage::Row(_) => "row".into(),
+                    _ => "other".into(),
+                })
+                .collect();
+            check!(tags == ["C0"], "{commit:?} answered {tags:?} (a direct connection: one CommandComplete)");
+            let n = crate::common::simple_value(&c, &format!("SELECT count(*) FROM ryw_commit WHERE id = {i}")).await?;
+            misses += (n != "1") as usize;
+        }
+        check!(misses == 0, "{misses} of 20 reads after COMMIT missed the row");
+        // The last COMMIT had a trailing comment: its probe still answered, so once the
+        // replicas have replayed it reads go back to them (an unknown position would keep
+        // them on the primary).
+        tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+        let port: i32 = crate::common::simple_value(&c, "SELECT inet_server_port()").await?.parse()?;
+        check!(env.replica_ports().contains(&port), "after the replicas caught up, a read ran on {port}");
+        // A COMMIT that fails (a deferred unique violation): the client's error, nothing else;
+        // the session goes on.
+        c.batch_execute("BEGIN; INSERT INTO ryw_commit VALUES (1000); INSERT INTO ryw_commit VALUES (1000)").await?;
+        let e = c.batch_execute("COMMIT").await.err().map(|e| crate::common::sqlstate(&e));
+        check!(e.as_deref() == Some("23505"), "a failing COMMIT gave {e:?}");
+        let n = crate::common::simple_value(&c, "SELECT count(*) FROM ryw_commit WHERE id = 1000").await?;
+        check!(n == "0", "the failed transaction's row is there ({n})");
+        println!("    20 COMMITs carrying the probe: 0 misses, one CommandComplete each; a failing COMMIT: 23505");
+        Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
+    }
+    .await;
+    apply_delay_all(env, "0").await?;
+    result
+}
+register!(a_commit_carries_its_own_probe);
