@@ -8,7 +8,8 @@
 //! that finds no replica known to have its floor raises the wanted position here
 //! (`ReplayWatch::want`), and one watcher per replica asks that replica for its replay
 //! position (`pg_last_wal_replay_lsn()`, one simple query) until it has replayed the wanted
-//! position or `WATCH_FOR` has passed, at most once per `SPACING`. What it learns goes into the
+//! position or `WATCH_FOR` has passed, at most once per `SPACING` (a replica the monitor finds
+//! further behind is asked less often, `spacing`). What it learns goes into the
 //! node's shared `replayed` (read by the router through `Node::replay_lsn`, no new topology
 //! is published) and wakes the reads that wait for it (`routing.causal_wait_ms`).
 //!
@@ -31,6 +32,15 @@ const WATCH_FOR: Duration = Duration::from_millis(50);
 
 /// The least time between two questions to the same replica.
 const SPACING: Duration = Duration::from_millis(1);
+
+/// The time between two questions to a replica whose replay the monitor measured `lag_ms`
+/// behind: a millisecond for one that keeps up (the monitor's clock reads up to a probe
+/// interval for those), once per watch for one half a second or more behind, which cannot
+/// catch up with a fresh write within a watch anyway (asking it every millisecond would only
+/// load it).
+fn spacing(lag_ms: Option<u64>) -> Duration {
+    if lag_ms.unwrap_or(0) >= 500 { WATCH_FOR } else { SPACING }
+}
 
 pub struct ReplayWatch {
     /// The furthest position a read waits for (raised by sessions, read by the watchers).
@@ -71,19 +81,19 @@ pub async fn watch(cluster: Arc<Cluster>, sql: Arc<SqlPools>, config: Live, node
         let until = Instant::now() + WATCH_FOR;
         loop {
             let target = *wanted.borrow_and_update();
-            let (addr, replayed, known, eligible) = {
+            let (addr, replayed, known, eligible, lag_ms) = {
                 let t = cluster.load();
                 let Some(n) = t.nodes.get(node) else { return };
                 if n.removed {
                     return;
                 }
                 let eligible = n.role == Role::Replica && n.in_rotation && !n.fenced;
-                (n.addr.clone(), n.replayed.clone(), n.replay_lsn(), eligible)
+                (n.addr.clone(), n.replayed.clone(), n.replay_lsn(), eligible, n.lag_ms)
             };
             if !eligible || known >= target || Instant::now() >= until {
                 break;
             }
-            tokio::time::sleep(SPACING.saturating_sub(asked.elapsed())).await;
+            tokio::time::sleep(spacing(lag_ms).saturating_sub(asked.elapsed())).await;
             asked = Instant::now();
             let Some(lsn) = ask(&sql, &config, &addr).await else { break };
             if lsn > replayed.load() {
@@ -112,6 +122,13 @@ async fn ask(sql: &SqlPools, config: &Live, addr: &str) -> Option<Lsn> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_replica_far_behind_is_asked_less_often() {
+        assert_eq!(spacing(None), SPACING);
+        assert_eq!(spacing(Some(100)), SPACING);
+        assert_eq!(spacing(Some(2000)), WATCH_FOR);
+    }
 
     #[test]
     fn the_wanted_position_only_rises_and_every_want_wakes_the_watchers() {
