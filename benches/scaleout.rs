@@ -129,12 +129,8 @@ fn main() {
         targets.push(("pgpool-ii".into(), *port, Count::Pgpool(*port)));
     }
     let about = format!(
-        "scale-out {}: each server capped at {share} core (cgroup {}); pool {POOL}; {seconds} s per run, {rounds} rounds; pgbench -n -j2",
-        Command::new("date")
-            .args(["-u", "+%Y-%m-%d"])
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-            .unwrap_or_default(),
+        "{}\neach server capped at {share} core (cgroup {}); pool {POOL}; {seconds} s per run, {rounds} rounds; pgbench -n -j2",
+        support::about(&cluster, "scale-out"),
         caps.kind,
     );
     println!("{about}\n");
@@ -208,7 +204,8 @@ fn main() {
     let doc = serde_json::json!({ "about": about, "results": json });
     let _ = std::fs::write(out_dir.join("scaleout.json"), serde_json::to_string_pretty(&doc).unwrap_or_default());
     let _ = std::fs::write(out_dir.join("scaleout.csv"), csv);
-    println!("written: {0}/scaleout.json, {0}/scaleout.csv", out_dir.display());
+    chart(&out_dir, &json, &about);
+    println!("written: {0}/scaleout.json, {0}/scaleout.csv, {0}/scaleout.png (with gnuplot)", out_dir.display());
 
     if let Some((_, pid, child)) = bouncer {
         support::stop_pgbouncer(pid, child);
@@ -396,4 +393,57 @@ fn children_of(pid: u32) -> Vec<u32> {
         }
     }
     out
+}
+
+/// TPS as a ratio to PgBouncer, one bar per target, one group per (workload, clients), drawn
+/// with gnuplot (pngcairo) when it is installed.
+fn chart(dir: &Path, rows: &[serde_json::Value], about: &str) {
+    let mut targets: Vec<String> = Vec::new();
+    let mut groups: Vec<String> = Vec::new();
+    for r in rows {
+        let t = r["target"].as_str().unwrap_or("").to_string();
+        if !targets.contains(&t) {
+            targets.push(t);
+        }
+        let g = format!("{}, {} clients", r["workload"].as_str().unwrap_or(""), r["clients"]);
+        if !groups.contains(&g) {
+            groups.push(g);
+        }
+    }
+    let mut data = String::new();
+    for g in &groups {
+        data.push_str(&format!("\"{g}\""));
+        for t in &targets {
+            let x = rows
+                .iter()
+                .find(|r| {
+                    r["target"].as_str() == Some(t.as_str())
+                        && format!("{}, {} clients", r["workload"].as_str().unwrap_or(""), r["clients"]) == *g
+                })
+                .and_then(|r| r["x_pgbouncer"].as_f64());
+            data.push_str(&x.map_or(" NaN".into(), |x| format!(" {x:.3}")));
+        }
+        data.push('\n');
+    }
+    let _ = std::fs::write(dir.join("scaleout.dat"), data);
+    let plots: Vec<String> = (0..targets.len())
+        .map(|i| {
+            format!("'{}/scaleout.dat' using {}:xtic(1) title '{}'", dir.display(), i + 2, targets[i].replace('\'', ""))
+        })
+        .collect();
+    let title = about.lines().next().unwrap_or("").replace('"', "'");
+    let script = format!(
+        "set terminal pngcairo size 1500,600 font 'sans,10'\nset output '{}/scaleout.png'\n\
+         set title \"{title}\\nTPS x PgBouncer, each server capped at a fraction of a core\"\n\
+         set style data histograms\nset style histogram clustered gap 1\nset style fill solid 0.8 border -1\n\
+         set key outside right\nset grid ytics\nset yrange [0:*]\nset ylabel 'x PgBouncer'\nplot {}\n",
+        dir.display(),
+        plots.join(", ")
+    );
+    let path = dir.join("scaleout.gp");
+    let _ = std::fs::write(&path, script);
+    match Command::new("gnuplot").arg(&path).status() {
+        Ok(s) if s.success() => {}
+        _ => eprintln!("gnuplot not run (apt-get install gnuplot-nox): the chart's script is {}", path.display()),
+    }
 }

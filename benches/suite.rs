@@ -106,7 +106,7 @@ fn main() {
         Some((port, _, _)) => targets.push(("pgpool-ii", *port, None)),
         None => eprintln!("Pgpool-II not found or did not start (apt-get install pgpool2): left out"),
     }
-    let about = about(&cluster);
+    let about = support::about(&cluster, "pgbench suite");
     println!("{about}");
     println!("{seconds} s per run, {rounds} rounds interleaved, pool {POOL} per server, pgbench -n -j2\n");
 
@@ -340,40 +340,4 @@ fn chart(dir: &std::path::Path, rows: &[Row], about: &str) {
         Ok(s) if s.success() => {}
         _ => eprintln!("gnuplot not run (apt-get install gnuplot-nox): the chart's script is {}", path.display()),
     }
-}
-
-/// Date, machine and versions, for the table and the chart.
-fn about(cluster: &LocalCluster) -> String {
-    let out = |cmd: &str, args: &[&str]| {
-        Command::new(cmd)
-            .args(args)
-            .output()
-            .ok()
-            .map(|o| {
-                String::from_utf8_lossy(&[o.stdout, o.stderr].concat()).lines().next().unwrap_or("").trim().to_string()
-            })
-            .unwrap_or_default()
-    };
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|c| {
-            c.lines()
-                .find(|l| l.starts_with("model name"))
-                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
-        })
-        .unwrap_or_default();
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
-    let mem = std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|m| m.lines().next().and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok()))
-        .map_or(String::new(), |kb| format!("{} GiB", kb / 1024 / 1024));
-    let pg = out(&cluster.bin.join("postgres").display().to_string(), &["--version"]);
-    format!(
-        "pgbench suite {} on {cores} cores ({cpu}), {mem}; pgsplit {} ({}); {pg}; {}; {}",
-        out("date", &["-u", "+%Y-%m-%d"]),
-        env!("CARGO_PKG_VERSION"),
-        out("git", &["rev-parse", "--short", "HEAD"]),
-        out("pgbouncer", &["--version"]),
-        out("pgpool", &["--version"]),
-    )
 }

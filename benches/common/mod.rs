@@ -260,3 +260,39 @@ pub fn start_pgsplit(
     }
     Some((port, child))
 }
+
+/// Date, machine and versions, for the table and the chart.
+pub fn about(cluster: &LocalCluster, what: &str) -> String {
+    let out = |cmd: &str, args: &[&str]| {
+        Command::new(cmd)
+            .args(args)
+            .output()
+            .ok()
+            .map(|o| {
+                String::from_utf8_lossy(&[o.stdout, o.stderr].concat()).lines().next().unwrap_or("").trim().to_string()
+            })
+            .unwrap_or_default()
+    };
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_default();
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| m.lines().next().and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok()))
+        .map_or(String::new(), |kb| format!("{} GiB", kb / 1024 / 1024));
+    let pg = out(&cluster.bin.join("postgres").display().to_string(), &["--version"]);
+    format!(
+        "{what} {} on {cores} cores ({cpu}), {mem}; pgsplit {} ({}); {pg}; {}; {}",
+        out("date", &["-u", "+%Y-%m-%d"]),
+        env!("CARGO_PKG_VERSION"),
+        out("git", &["rev-parse", "--short", "HEAD"]),
+        out("pgbouncer", &["--version"]),
+        out("pgpool", &["--version"]),
+    )
+}

@@ -313,8 +313,11 @@ impl Session {
                 self.hold.expect.clear();
                 return Ok(());
             }
-            // The probe never ran: the request itself is what was lost.
-            self.hold.outstanding = self.hold.outstanding.saturating_sub(1);
+            // The probe never ran: the request itself is what was lost. (A merged probe rode in
+            // the client's own COMMIT: it added no request of its own.)
+            if !p.merged {
+                self.hold.outstanding = self.hold.outstanding.saturating_sub(1);
+            }
             self.causal.unknown();
         }
         if self.hold.outstanding == 1
