@@ -36,7 +36,11 @@ impl Session {
             }
         }
         if let Some(p) = self.causal.probe.as_mut() {
-            if p.client_ready.is_some() || (p.merged && p.client_done && f.tag() != b'Z') {
+            // Merged: only the probe's own answers (row description, row, command tag, error)
+            // are diverted; parameter reports and notices the server sends before its
+            // ReadyForQuery are the client's (a SET LOCAL undone by the COMMIT).
+            let probes = matches!(f.tag(), b'T' | b'D' | b'C' | b'E');
+            if p.client_ready.is_some() || (p.merged && p.client_done && probes) {
                 self.on_probe_frame(f);
                 return Ok(());
             }

@@ -187,3 +187,46 @@ pub async fn no_client_can_eject_a_replica(env: &Env) -> R {
     Ok(())
 }
 register!(no_client_can_eject_a_replica);
+
+/// The parameter reports of a COMMIT that carries pgsplit's commit probe: a `SET LOCAL
+/// application_name` is undone by the COMMIT and the server reports it before its
+/// ReadyForQuery, after the probe's answer; the client gets that report as directly.
+pub async fn a_commit_reports_its_parameters_as_directly(env: &Env) -> R {
+    let proxy = env.proxy_with(|c| c.routing.read_your_writes = pgsplit::config::ReadYourWrites::Session).await?;
+    env.client().await?.batch_execute("DROP TABLE IF EXISTS fid_commit; CREATE TABLE fid_commit (id int)").await?;
+    let reports = |frames: Vec<(u8, Vec<u8>)>| -> Vec<String> {
+        frames
+            .iter()
+            .filter(|(t, _)| *t == b'S')
+            .map(|(_, b)| {
+                let mut parts = b.split(|c| *c == 0).map(|p| String::from_utf8_lossy(p).into_owned());
+                format!("{}={}", parts.next().unwrap_or_default(), parts.next().unwrap_or_default())
+            })
+            .filter(|s| s.starts_with("application_name="))
+            .collect()
+    };
+    let mut seen = Vec::new();
+    for port in [env.primary_port() as u16, proxy.addr.port()] {
+        let mut s = login(port).await?;
+        for step in ["BEGIN", "SET LOCAL application_name = 'inside'", "INSERT INTO fid_commit VALUES (1)"] {
+            s.write_all(&query(step)).await?;
+            read_until_ready(&mut s).await?;
+        }
+        s.write_all(&query("COMMIT")).await?;
+        let frames = read_until_ready(&mut s).await?;
+        let tags: Vec<String> =
+            frames.iter().filter(|(t, _)| !matches!(t, b'S' | b'N')).map(|(t, b)| shape(*t, b)).collect();
+        seen.push((tags, reports(frames)));
+    }
+    println!("    COMMIT undoing SET LOCAL application_name: directly {:?}, through pgsplit {:?}", seen[0], seen[1]);
+    check!(seen[0].0 == seen[1].0, "COMMIT's messages: directly {:?}, through pgsplit {:?}", seen[0].0, seen[1].0);
+    check!(!seen[0].1.is_empty(), "the server reported no application_name after COMMIT: {:?}", seen[0]);
+    check!(
+        seen[0].1 == seen[1].1,
+        "application_name reports: directly {:?}, through pgsplit {:?}",
+        seen[0].1,
+        seen[1].1
+    );
+    Ok(())
+}
+register!(a_commit_reports_its_parameters_as_directly);
