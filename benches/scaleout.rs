@@ -221,39 +221,18 @@ fn main() {
     drop(caps);
 }
 
-/// pgsplit with its variant's settings, reads on the replicas, metrics off.
+/// pgsplit with its variant's `[routing]` settings, reads on the replicas, and a metrics
+/// endpoint (where its reads ran): the port, the metrics port, the process.
 fn start_pgsplit_with(
     exe: &str,
     cluster: &LocalCluster,
     name: &str,
     routing: &str,
 ) -> Option<(u16, u16, std::process::Child)> {
-    let port = pgsplit::localcluster::free_port().ok()?;
     let metrics = pgsplit::localcluster::free_port().ok()?;
-    let dir = cluster.base.join(format!("pgsplit-{}", name.replace([' ', '=', '+'], "-")));
-    std::fs::create_dir_all(&dir).ok()?;
-    let replicas = cluster.replica_addrs().iter().map(|r| format!("\"{r}\"")).collect::<Vec<_>>().join(", ");
-    let config = format!(
-        "listen = \"127.0.0.1:{port}\"\nmetrics_listen = \"127.0.0.1:{metrics}\"\nlog_level = \"warn\"\n\
-         [servers]\nprimary = \"{}\"\nreplicas = [{replicas}]\n[pool]\nsize = {POOL}\n\
-         [limits]\nmax_client_conn = 100000\n[routing]\n{routing}\n",
-        cluster.primary().addr()
-    );
-    std::fs::write(dir.join("pgsplit.toml"), config).ok()?;
-    let child = Command::new(exe)
-        .arg("--config")
-        .arg(dir.join("pgsplit.toml"))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(dir.join("pgsplit.log")).ok()?)
-        .spawn()
-        .ok()?;
-    let t0 = std::time::Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        if t0.elapsed() > Duration::from_secs(10) {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let top = format!("metrics_listen = \"127.0.0.1:{metrics}\"\n[routing]\n{routing}");
+    let dir = name.replace([' ', '=', '+', ','], "-");
+    let (port, child) = support::start_pgsplit(exe, cluster, &dir, &top, true, POOL)?;
     Some((port, metrics, child))
 }
 

@@ -47,7 +47,8 @@ pub struct Monitor {
     probes: Mutex<Vec<Probe>>,
     /// The primary's insert positions over time (lag in time).
     clock: Mutex<WalClock>,
-    tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// Per node: its probe task and its replay watch.
+    tasks: Mutex<Vec<[JoinHandle<()>; 2]>>,
 }
 
 impl Monitor {
@@ -78,16 +79,15 @@ impl Monitor {
         let n = self.cluster.load().nodes.len();
         let mut tasks = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
         self.probes.lock().unwrap_or_else(|p| p.into_inner()).resize(n, Probe::default());
-        for node in tasks.len() / 2..n {
+        for node in tasks.len()..n {
             let me = self.clone();
-            tasks.push(tokio::spawn(async move { me.run(node).await }));
             let watch = super::replay::watch(self.cluster.clone(), self.sql.clone(), self.config.clone(), node);
-            tasks.push(tokio::spawn(watch));
+            tasks.push([tokio::spawn(async move { me.run(node).await }), tokio::spawn(watch)]);
         }
     }
 
     pub fn stop(&self) {
-        for t in self.tasks.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+        for t in self.tasks.lock().unwrap_or_else(|p| p.into_inner()).iter().flatten() {
             t.abort();
         }
     }

@@ -244,7 +244,7 @@ pub struct Cluster {
     pub topology: ArcSwap<Topology>,
     /// Round-robin position.
     pub turn: AtomicUsize,
-    /// Wakes the probes at once (a read waiting for a replica to catch up).
+    /// Wakes the probes at once (a lost server connection: the monitor judges the server).
     pub wake: tokio::sync::Notify,
     /// Signalled after each probe's topology is published.
     pub published: tokio::sync::Notify,

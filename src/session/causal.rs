@@ -82,10 +82,14 @@ impl Causal {
         global.raise(lsn);
     }
 
-    /// The text of a COMMIT Query with the probe merged into it. The newline ends a trailing
-    /// `--` comment of the client's.
-    pub fn merged_text(sql: &str) -> String {
-        format!("{sql}\n;{PROBE_SQL}")
+    /// The Query message of a COMMIT with the probe merged into its text, written once. The
+    /// newline ends a trailing `--` comment of the client's.
+    pub fn merged_commit(sql: &str) -> Bytes {
+        crate::protocol::message(b'Q', |b| {
+            b.extend_from_slice(sql.as_bytes());
+            b.extend_from_slice(b"\n;");
+            crate::protocol::put_cstr(b, PROBE_SQL);
+        })
     }
 
     /// The probe failed (the primary connection broke): nothing is known of the commit's
@@ -129,7 +133,8 @@ mod tests {
 
     #[test]
     fn a_merged_probe_survives_a_trailing_comment() {
-        assert_eq!(Causal::merged_text("END -- done"), format!("END -- done\n;{PROBE_SQL}"));
+        let m = Causal::merged_commit("END -- done");
+        assert_eq!(m, crate::protocol::simple_query(&format!("END -- done\n;{PROBE_SQL}")));
     }
 
     #[test]

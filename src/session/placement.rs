@@ -54,20 +54,20 @@ impl Session {
         self.causal.min_lsn(mode, &self.shared.global_floor, statement_lsn)
     }
 
-    pub(super) fn decide(
+    /// The routing decision for work that needs replicas past `floor` (see `floor`).
+    fn decide(
         &self,
         target: Target,
         reason: Reason,
         hint: Option<crate::sql::Hint>,
-        statement_lsn: Option<crate::lsn::Lsn>,
+        floor: crate::lsn::Lsn,
     ) -> Decision {
-        let mode = self.shared.config.load().routing.read_your_writes;
         let view = SessionView {
             in_transaction: !self.hold.tx_status.is_idle() || self.hold.batch_open,
             pinned: self.hold.pin.is_some(),
             mode: self.state.mode,
             serializable: self.state.settings.serializable(),
-            min_lsn: self.causal.min_lsn(mode, &self.shared.global_floor, statement_lsn),
+            min_lsn: floor,
             max_lag_ms: self.causal.max_lag_ms,
         };
         let topology = self.shared.cluster.load();
@@ -88,13 +88,14 @@ impl Session {
         hint: Option<crate::sql::Hint>,
         statement_lsn: Option<crate::lsn::Lsn>,
     ) -> Decision {
-        let d = self.decide(target, reason, hint, statement_lsn);
+        let floor = self.floor(statement_lsn);
+        let d = self.decide(target, reason, hint, floor);
         if d.reason() != CAUSAL {
             return d;
         }
         // No replica is known to have this client's last write yet: the replay watch asks
         // them now, for this read if it may wait, else for the next.
-        self.shared.cluster.replay.want(self.floor(statement_lsn));
+        self.shared.cluster.replay.want(floor);
         let wait = self.shared.config.load().routing.causal_wait_ms;
         if wait == 0 {
             return d;
@@ -114,15 +115,17 @@ impl Session {
         let deadline = Instant::now() + Duration::from_millis(wait);
         loop {
             let now = Instant::now();
+            // The floor again each turn: in global mode other clients' commits raise it.
+            let floor = self.floor(statement_lsn);
             if now >= deadline {
-                return self.decide(target, reason, hint, statement_lsn);
+                return self.decide(target, reason, hint, floor);
             }
             let learned = self.shared.cluster.replay.learned.notified();
             tokio::pin!(learned);
             learned.as_mut().enable();
-            self.shared.cluster.replay.want(self.floor(statement_lsn));
+            self.shared.cluster.replay.want(floor);
             let _ = tokio::time::timeout(deadline - now, learned).await;
-            let d = self.decide(target, reason, hint, statement_lsn);
+            let d = self.decide(target, reason, hint, self.floor(statement_lsn));
             if d.reason() != CAUSAL {
                 return d;
             }

@@ -169,7 +169,7 @@ impl Session {
             && c.reason == crate::reason::Reason::TransactionControl
         {
             // One plain COMMIT: the probe rides in its text (see causal.rs).
-            let merged = protocol::simple_query(&super::causal::Causal::merged_text(sql));
+            let merged = super::causal::Causal::merged_commit(sql);
             self.causal.probe = Some(super::causal::Probe { merged: true, ..Default::default() });
             return self.send_server(&merged).await;
         } else if probe {

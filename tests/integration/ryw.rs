@@ -326,8 +326,7 @@ pub async fn reads_return_to_the_replicas_right_after_a_write(env: &Env) -> R {
     let r = connect(&env.conn_string(shared.addr.port())).await?;
     let mut on_primary = 0;
     for _ in 0..300 {
-        let port: i32 = r.query_one("SELECT inet_server_port()", &[]).await?.get(0);
-        if !replicas.contains(&port) {
+        if !replicas.contains(&crate::common::port_of(&r, "SELECT inet_server_port()").await?) {
             on_primary += 1;
         }
     }
