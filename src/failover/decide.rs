@@ -16,7 +16,10 @@
 //!    primary unreachable, this one is the one cut off. No promotion.
 //! 6. A replica shows positive evidence the primary is alive (its WAL receiver still streams,
 //!    heard from it after pgsplit's first failed check, or received more WAL since): pgsplit is
-//!    the one cut off. No promotion.
+//!    the one cut off. No promotion, and the failure counts again from this check: the primary
+//!    is down only once it has shown no sign of life for `failover_after` (backends of a killed
+//!    postmaster may still commit and stream for a moment; that delays the failover, it must not
+//!    veto it for good).
 //! 7. `failover = "manual"`: report, wait for the operator.
 //! 8. The candidate: reachable, in recovery, promotable, on the cluster's timeline, in the last
 //!    observed synchronous set when there is one; the highest of received and replayed
@@ -238,7 +241,9 @@ pub fn step(state: &State, check: &Check, policy: &Policy) -> (State, Vec<Action
         s.positions_at_failure = check.nodes.iter().map(|n| n.position).collect();
     }
     if check.now.duration_since(since) < policy.failover_after {
-        s.phase = Phase::Suspect;
+        if !matches!(s.phase, Phase::Vetoed(_)) {
+            s.phase = Phase::Suspect;
+        }
         return (s, actions);
     }
     // 6. Veto.
@@ -257,6 +262,9 @@ pub fn step(state: &State, check: &Check, policy: &Policy) -> (State, Vec<Action
             actions.push(Action::Report(format!("primary unreachable from pgsplit but alive: {why}; no failover")));
         }
         s.phase = Phase::Vetoed(why);
+        // A sign of life: the failure counts from here.
+        s.failing_since = Some((check.now, check.now_ms));
+        s.positions_at_failure = check.nodes.iter().map(|n| n.position).collect();
         return (s, actions);
     }
     // 7. Manual.
@@ -453,6 +461,37 @@ mod tests {
         let old_news = vec![Seen::default(), Seen { heard_ms: Some(1_000_000), ..replica(4900) }, replica(4800)];
         let (s1, _) = step(&s1, &check(t0, 5, false, old_news), &POLICY);
         assert_eq!(s1.phase, Phase::Promoting(1));
+    }
+
+    #[test]
+    fn a_sign_of_life_delays_the_failover_it_does_not_cancel_it() {
+        // kill -9 of the postmaster: its backends may commit and stream for a moment after
+        // pgsplit's first failed check. The veto holds while WAL arrives, and the failure counts
+        // again from the last sign of life.
+        let t0 = Instant::now();
+        let s = healthy(t0);
+        let (s, _) = step(&s, &check(t0, 1, false, vec![Seen::default(), replica(4900), replica(4800)]), &POLICY);
+        let more = vec![Seen::default(), replica(5100), replica(5000)];
+        let (s, a) = step(&s, &check(t0, 5, false, more.clone()), &POLICY);
+        assert!(matches!(&s.phase, Phase::Vetoed(w) if w.contains("received")), "{:?}", s.phase);
+        assert!(!a.iter().any(|x| matches!(x, Action::Promote(_))));
+        // Nothing new since, but less than failover_after since the sign of life: still vetoed.
+        let (s, a) = step(&s, &check(t0, 7, false, more.clone()), &POLICY);
+        assert!(matches!(&s.phase, Phase::Vetoed(_)), "{:?}", s.phase);
+        assert!(a.is_empty());
+        // failover_after of silence: promoted, the most advanced replica.
+        let (s, a) = step(&s, &check(t0, 8, false, more), &POLICY);
+        assert_eq!(s.phase, Phase::Promoting(1));
+        assert!(a.contains(&Action::Promote(1)));
+        // A live primary that keeps streaming is vetoed at every window, never promoted.
+        let mut s = healthy(t0);
+        for secs in 1..30 {
+            let live = vec![Seen::default(), Seen { streaming: true, ..replica(4900) }, replica(4800)];
+            let (next, a) = step(&s, &check(t0, secs, false, live), &POLICY);
+            assert!(!a.iter().any(|x| matches!(x, Action::Promote(_))), "at {secs} s");
+            s = next;
+        }
+        assert!(matches!(&s.phase, Phase::Vetoed(w) if w.contains("streams")), "{:?}", s.phase);
     }
 
     #[test]
