@@ -45,6 +45,8 @@ pub struct ServerConn {
     /// that reliably, so the connection is closed rather than pooled.
     pub identity_changed: bool,
     pub last_used: Instant,
+    /// The shard (`runtime.rs`) whose reactor watches this socket.
+    pub shard: usize,
 }
 
 pub struct ConnectParams<'a> {
@@ -149,6 +151,7 @@ impl ServerConn {
             settings: 0,
             identity_changed: false,
             last_used: now,
+            shard: crate::runtime::current(),
         })
     }
 

@@ -20,6 +20,7 @@ pub mod protocol;
 pub mod proxy;
 pub mod reason;
 pub mod router;
+pub mod runtime;
 pub mod session;
 pub mod shared;
 pub mod sql;

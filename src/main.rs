@@ -56,24 +56,25 @@ fn main() {
         let f = tracing_subscriber::EnvFilter::try_new(level).map_err(|e| format!("log_level {level:?}: {e}"))?;
         handle.reload(f).map_err(|e| e.to_string())
     });
-    // Worker threads: the config's worker_threads, else one per core.
-    let threads = cli.config.as_ref().and_then(|p| Config::load(p).ok()).map_or(0, |c| c.worker_threads);
-    // One thread: tokio's current-thread scheduler (no work stealing, no cross-thread wake-ups).
-    let mut builder = if threads == 1 {
-        tokio::runtime::Builder::new_current_thread()
-    } else {
-        tokio::runtime::Builder::new_multi_thread()
-    };
-    builder.enable_all();
-    if threads > 1 {
-        builder.worker_threads(threads);
-    }
-    let runtime = match builder.build() {
+    // Worker threads and how sessions are spread over them (runtime.rs).
+    let (threads, scheduler) = cli
+        .config
+        .as_ref()
+        .and_then(|p| Config::load(p).ok())
+        .map_or((0, Default::default()), |c| (c.worker_threads, c.scheduler));
+    let (runtime, extra_shards) = match pgsplit::runtime::build(threads, scheduler) {
         Ok(r) => r,
-        Err(e) => fail(&format!("cannot start the runtime: {e}")),
+        Err(e) => fail(&e),
     };
     let code = runtime.block_on(async move {
-        match run(cli, set_level).await {
+        let shards = match extra_shards {
+            0 => None,
+            n => match pgsplit::runtime::Shards::start(tokio::runtime::Handle::current(), n) {
+                Ok(s) => Some(s),
+                Err(e) => fail(&e),
+            },
+        };
+        match run(cli, set_level, shards).await {
             Ok(()) => 0,
             Err(e) => {
                 eprintln!("pgsplit: {e}");
@@ -123,7 +124,11 @@ impl Overrides {
     }
 }
 
-async fn run(cli: Cli, set_level: pgsplit::proxy::LogLevelSetter) -> Result<(), String> {
+async fn run(
+    cli: Cli,
+    set_level: pgsplit::proxy::LogLevelSetter,
+    shards: Option<std::sync::Arc<pgsplit::runtime::Shards>>,
+) -> Result<(), String> {
     let overrides = Overrides {
         listen: cli.listen.clone(),
         primary: cli.primary.clone(),
@@ -179,7 +184,7 @@ async fn run(cli: Cli, set_level: pgsplit::proxy::LogLevelSetter) -> Result<(), 
             })
         },
     };
-    let proxy = Proxy::start_with(config.clone(), source, Some(set_level)).await?;
+    let proxy = Proxy::start_on(config.clone(), source, Some(set_level), shards).await?;
     println!("pgsplit listening on {}", proxy.addr);
     println!("  primary:  {}", config.servers.primary);
     for r in &config.servers.replicas {

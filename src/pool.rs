@@ -163,7 +163,7 @@ impl Pools {
             }
         };
         let permit = Permit::new(permit, pool);
-        while let Some(mut conn) = pool.pop_idle() {
+        while let Some(mut conn) = pool.pop_idle(crate::runtime::current()) {
             if conn.node == node && !conn.is_stale() {
                 return Ok(Checkout { conn, pool: pool.clone(), _permit: permit });
             }
@@ -292,8 +292,14 @@ impl Pools {
 }
 
 impl Pool {
-    fn pop_idle(&self) -> Option<Box<ServerConn>> {
-        self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop()
+    /// The most recently used idle connection opened on `shard` (its socket's wake-ups stay on
+    /// this thread), else any.
+    fn pop_idle(&self, shard: usize) -> Option<Box<ServerConn>> {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        match idle.iter().rposition(|c| c.shard == shard) {
+            Some(i) => Some(idle.remove(i)),
+            None => idle.pop(),
+        }
     }
 }
 

@@ -40,6 +40,17 @@ impl Proxy {
         source: Source,
         log_level: Option<LogLevelSetter>,
     ) -> Result<Proxy, String> {
+        Proxy::start_on(config, source, log_level, None).await
+    }
+
+    /// As `start_with`, handing clients over to `shards` (`runtime.rs`) if given; this task's
+    /// runtime must be their shard 0.
+    pub async fn start_on(
+        config: Config,
+        source: Source,
+        log_level: Option<LogLevelSetter>,
+        shards: Option<Arc<crate::runtime::Shards>>,
+    ) -> Result<Proxy, String> {
         config.validate().map_err(|e| e.to_string())?;
         crate::tls::check(&config.tls)?;
         let live = crate::config::live(config.clone());
@@ -117,9 +128,15 @@ impl Proxy {
         tasks.push(tokio::spawn(async move {
             loop {
                 match listener.accept().await {
-                    Ok((stream, _)) => {
-                        tokio::spawn(crate::session::serve_client(s.clone(), stream));
-                    }
+                    Ok((stream, _)) => match &shards {
+                        Some(shards) => {
+                            let s = s.clone();
+                            shards.hand_over(stream, move |stream| crate::session::serve_client(s, stream));
+                        }
+                        None => {
+                            tokio::spawn(crate::session::serve_client(s.clone(), stream));
+                        }
+                    },
                     Err(e) => {
                         // Out of file descriptors and the like: back off, keep serving.
                         tracing::error!("accept failed: {e}");

@@ -169,9 +169,10 @@ pub struct Config {
     pub tls: tls::TlsConfig,
     /// Several instances on etcd (empty: this instance alone).
     pub coordination: coordination::CoordinationConfig,
-    /// Threads that run sessions (tokio workers); 0: one per core, 1: the current-thread
-    /// scheduler. Read at start only.
+    /// Threads that run sessions; 0: one per core. Read at start only.
     pub worker_threads: usize,
+    /// How sessions are spread over those threads (`runtime.rs`). Read at start only.
+    pub scheduler: Scheduler,
     /// tracing filter (`info`, `debug`, `pgsplit=debug,warn`...); RUST_LOG overrides it at start.
     pub log_level: String,
     pub users: Vec<UserConfig>,
@@ -256,6 +257,17 @@ pub struct FailoverConfig {
     /// Run to fence a former primary (STONITH, a cloud API...), with its HOST:PORT as argument:
     /// at the failover, and again when it comes back writable.
     pub fence_command: String,
+}
+
+/// How sessions are spread over the worker threads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Scheduler {
+    /// One current-thread runtime per thread; a client stays on the thread it was given.
+    #[default]
+    PerCore,
+    /// tokio's multi-threaded runtime: any task on any worker.
+    WorkStealing,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
@@ -400,6 +412,7 @@ impl Default for Config {
             tls: tls::TlsConfig::default(),
             coordination: coordination::CoordinationConfig::default(),
             worker_threads: 0,
+            scheduler: Scheduler::default(),
             log_level: "info".into(),
             users: Vec::new(),
             auth_query: Default::default(),

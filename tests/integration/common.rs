@@ -65,7 +65,10 @@ macro_rules! check {
 
 pub struct Env {
     pub cluster: LocalCluster,
+    /// The main proxy: as the binary runs it, sessions spread over shards (`runtime.rs`): the
+    /// test runtime's and one thread of its own.
     pub proxy: Proxy,
+    pub shards: std::sync::Arc<pgsplit::runtime::Shards>,
 }
 
 /// Objects every test may use, created before the first test.
@@ -87,8 +90,10 @@ impl Env {
         cluster.psql(0, SCHEMA)?;
         cluster.psql(0, include_str!("../corpus/routing_setup.sql"))?;
         cluster.wait_caught_up()?;
-        let proxy = Proxy::start(base_config(&cluster)).await?;
-        Ok(Env { cluster, proxy })
+        let shards = pgsplit::runtime::Shards::start(tokio::runtime::Handle::current(), 1)?;
+        let proxy =
+            Proxy::start_on(base_config(&cluster), pgsplit::config::Source::none(), None, Some(shards.clone())).await?;
+        Ok(Env { cluster, proxy, shards })
     }
 
     pub async fn stop(&self) {

@@ -106,3 +106,66 @@ pub async fn pgbench_all_modes(env: &Env) -> R {
     Ok(())
 }
 register!(pgbench_all_modes);
+
+/// Sessions spread over two shards (`runtime.rs`), as the binary does on two cores: new clients
+/// go to the shard with fewer, each session works whichever shard opened the pooled server
+/// connection it gets (a connection opened on the other shard is used across threads), and a
+/// session's end frees its place. With read-your-writes on, as by default.
+pub async fn sessions_spread_over_the_shards(env: &Env) -> R {
+    let mut config = crate::common::base_config(&env.cluster);
+    config.routing.read_your_writes = pgsplit::config::ReadYourWrites::Session;
+    let proxy =
+        pgsplit::proxy::Proxy::start_on(config, pgsplit::config::Source::none(), None, Some(env.shards.clone()))
+            .await?;
+    let port = proxy.addr.port();
+    let idle = || env.shards.clients().iter().sum::<usize>() == 0;
+    let t0 = std::time::Instant::now();
+    while !idle() {
+        check!(
+            t0.elapsed() < std::time::Duration::from_secs(10),
+            "earlier sessions still counted: {:?}",
+            env.shards.clients()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let mut clients = Vec::new();
+    for _ in 0..6 {
+        clients.push(crate::common::connect(&env.conn_string(port)).await?);
+    }
+    check!(env.shards.clients() == vec![3, 3], "6 clients on the shards: {:?}", env.shards.clients());
+    let primary = env.primary_port();
+    let work = clients.iter().enumerate().map(|(i, c)| async move {
+        for round in 0..20 {
+            let v = 1_000_000 + (i * 100 + round) as i32;
+            let row = c.query_one("INSERT INTO t (v) VALUES ($1) RETURNING id", &[&v]).await?;
+            let id: i32 = row.get(0);
+            // Read-your-writes, wherever the read goes.
+            let back: i32 = c.query_one("SELECT v FROM t WHERE id = $1", &[&id]).await?.get(0);
+            check!(back == v, "client {i} read {back} for its {v}");
+            let tx = c.simple_query("BEGIN; SELECT inet_server_port(); COMMIT").await?;
+            let port = tx.iter().find_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).and_then(|p| p.parse::<i32>().ok()),
+                _ => None,
+            });
+            check!(port == Some(primary), "a transaction ran on {port:?}, not the primary {primary}");
+        }
+        Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
+    });
+    for r in futures_util::future::join_all(work).await {
+        r?;
+    }
+    clients[0].batch_execute("DELETE FROM t WHERE v >= 1000000").await?;
+    drop(clients);
+    let t0 = std::time::Instant::now();
+    while !idle() {
+        check!(
+            t0.elapsed() < std::time::Duration::from_secs(10),
+            "ended sessions still counted: {:?}",
+            env.shards.clients()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    println!("    6 clients over 2 shards: 3 and 3; 120 writes, each read back; 120 transactions on the primary");
+    Ok(())
+}
+register!(sessions_spread_over_the_shards);
