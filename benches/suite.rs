@@ -7,6 +7,7 @@
 //! Run: `scripts/bench` (installs PgBouncer, Pgpool-II and gnuplot from Debian, then this).
 //! Environment: BENCH_SECONDS (5), BENCH_ROUNDS (2), BENCH_CLIENTS ("1,16,64,256"),
 //! BENCH_WORKLOADS (substrings of the names below, "|"-separated), BENCH_OUT (target/bench),
+//! BENCH_TARGETS (names of the targets to run, comma-separated; default all),
 //! BENCH_PGSPLIT (pgsplit variants, "name=setting,setting;name=...", e.g.
 //! "pgsplit=;pgsplit-1-thread=worker_threads = 1", or "old=@/path/to/pgsplit" for another
 //! build, "primary-only" among the settings for no replicas; default: pgsplit as shipped,
@@ -105,6 +106,11 @@ fn main() {
     match &pgpool {
         Some((port, _, _)) => targets.push(("pgpool-ii", *port, None)),
         None => eprintln!("Pgpool-II not found or did not start (apt-get install pgpool2): left out"),
+    }
+    // BENCH_TARGETS: only these targets (comma-separated names; empty: all).
+    let only = env("BENCH_TARGETS", "");
+    if !only.is_empty() {
+        targets.retain(|(name, _, _)| only.split(',').any(|o| o.trim() == *name));
     }
     let about = support::about(&cluster, "pgbench suite");
     println!("{about}");

@@ -1,13 +1,17 @@
 //! The threads pgsplit runs on.
 //!
-//! `scheduler = "per-core"` (the default): one tokio current-thread runtime per thread, a
+//! `scheduler = "work-stealing"` (the default): tokio's multi-threaded runtime, every task on
+//! any worker; with `worker_threads = 1`, its current-thread runtime.
+//!
+//! `scheduler = "per-core"`: one tokio current-thread runtime per thread, a
 //! *shard*. The main thread's runtime is shard 0 and also runs the monitor, the failover wing,
 //! the console's listener and the metrics; shards 1.. run only clients. The listener (on shard 0)
 //! hands each new client to the shard with the fewest clients, where its session runs for good:
 //! its socket, its server connections and every wake-up stay on one thread (no work stealing, no
 //! wake-ups across threads). Server connections remember the shard that opened them and the pool
-//! hands a shard its own first (`pool::Pool::pop_idle`). `scheduler = "work-stealing"`: tokio's
-//! multi-threaded runtime, every task on any worker.
+//! hands a shard its own first (`pool::Pool::pop_idle`). On the 2-core test machine, shared
+//! with the servers and pgbench, it measured within noise of work stealing (README,
+//! Performance), so work stealing stays the default: it also evens out clients of unequal load.
 //!
 //! Why not a SO_REUSEPORT listener per shard: the kernel spreads connections by a hash of the
 //! client's address and port, so 16 clients land 10/6 or worse on two shards and the busier one

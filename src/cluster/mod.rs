@@ -12,5 +12,6 @@ pub mod replay;
 pub mod rotation;
 pub mod sql_pools;
 pub mod topology;
+pub mod watcher;
 
 pub use topology::{Cluster, Node, OutReason, Role, Topology};

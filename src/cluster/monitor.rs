@@ -81,7 +81,7 @@ impl Monitor {
         self.probes.lock().unwrap_or_else(|p| p.into_inner()).resize(n, Probe::default());
         for node in tasks.len()..n {
             let me = self.clone();
-            let watch = super::replay::watch(self.cluster.clone(), self.sql.clone(), self.config.clone(), node);
+            let watch = super::watcher::watch(self.cluster.clone(), self.sql.clone(), self.config.clone(), node);
             tasks.push([tokio::spawn(async move { me.run(node).await }), tokio::spawn(watch)]);
         }
     }

@@ -264,9 +264,9 @@ pub struct FailoverConfig {
 #[serde(rename_all = "kebab-case")]
 pub enum Scheduler {
     /// One current-thread runtime per thread; a client stays on the thread it was given.
-    #[default]
     PerCore,
     /// tokio's multi-threaded runtime: any task on any worker.
+    #[default]
     WorkStealing,
 }
 
