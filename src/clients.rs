@@ -10,9 +10,9 @@ use std::sync::{Arc, Mutex};
 #[derive(Debug)]
 pub struct ClientSlot {
     pub id: u64,
-    pub user: String,
-    pub database: String,
-    pub addr: String,
+    pub user: Arc<str>,
+    pub database: Arc<str>,
+    pub addr: Option<std::net::SocketAddr>,
     pub connected: std::time::SystemTime,
     /// The node of the server connection it holds (usize::MAX: none).
     pub server: AtomicUsize,
@@ -22,12 +22,12 @@ pub struct ClientSlot {
 }
 
 impl ClientSlot {
-    pub fn new(id: u64, user: &str, database: &str, addr: &str) -> ClientSlot {
+    pub fn new(id: u64, user: &Arc<str>, database: &Arc<str>, addr: Option<std::net::SocketAddr>) -> ClientSlot {
         ClientSlot {
             id,
-            user: user.into(),
-            database: database.into(),
-            addr: addr.into(),
+            user: user.clone(),
+            database: database.clone(),
+            addr,
             connected: std::time::SystemTime::now(),
             server: AtomicUsize::new(usize::MAX),
             tx_status: AtomicUsize::new(b'I' as usize),
@@ -57,7 +57,12 @@ impl Clients {
         self.connected.load(Ordering::Relaxed)
     }
 
-    pub fn register(&self, user: &str, database: &str, addr: &str) -> Arc<ClientSlot> {
+    pub fn register(
+        &self,
+        user: &Arc<str>,
+        database: &Arc<str>,
+        addr: Option<std::net::SocketAddr>,
+    ) -> Arc<ClientSlot> {
         let id = self.next.fetch_add(1, Ordering::Relaxed) + 1;
         let slot = Arc::new(ClientSlot::new(id, user, database, addr));
         self.map.lock().unwrap_or_else(|p| p.into_inner()).insert(id, slot.clone());
@@ -67,7 +72,7 @@ impl Clients {
     /// How many clients other than `except` are connected to `database`.
     pub fn count_on(&self, database: &str, except: u64) -> usize {
         let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        map.values().filter(|s| s.id != except && s.database == database).count()
+        map.values().filter(|s| s.id != except && *s.database == *database).count()
     }
 
     pub(crate) fn unregister(&self, id: u64) {

@@ -349,7 +349,7 @@ fn clients(shared: &Shared) -> Answer {
                 text(c.id),
                 text(&c.user),
                 text(&c.database),
-                text(&c.addr),
+                text(c.addr.map(|a| a.to_string()).unwrap_or_default()),
                 text(since),
                 text(state),
                 t.nodes.get(server).map(|n| n.addr.to_string()),

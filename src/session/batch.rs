@@ -226,7 +226,8 @@ impl Session {
                 }
             }
         };
-        let Some(server) = self.hold.server.as_mut() else {
+        let hold = &mut *self.hold;
+        let Some(server) = hold.server.as_mut() else {
             // place() leaves a connection; should that ever fail, the client still gets answered.
             self.client.out.extend_from_slice(&protocol::error("08006", "pgsplit: no server connection"));
             self.abandon_batch(is_sync);
@@ -234,15 +235,15 @@ impl Session {
         };
         let target = aim.target;
         let mut buf = BytesMut::with_capacity(256);
-        if self.hold.tx_status.is_idle() && !self.hold.batch_open {
+        if hold.tx_status.is_idle() && !hold.batch_open {
             // No portal can outlive this point, so statements can be closed safely.
-            evict_statements(&batch.items, &mut server.conn, &mut self.hold.expect, &mut buf);
+            evict_statements(&batch.items, &mut server.conn, &mut hold.expect, &mut buf);
         }
         let retryable = is_sync
             && !was_open
             // (Fields, not free_to_route(): the server connection is borrowed.)
-            && self.hold.tx_status.is_idle()
-            && self.hold.pin.is_none()
+            && hold.tx_status.is_idle()
+            && hold.pin.is_none()
             && matches!(decision, Decision::Replica { .. });
         if retryable {
             let work = RetryWork::Batch(batch.items.clone(), f.clone());
@@ -252,10 +253,11 @@ impl Session {
         // Written on in pieces: a large batch is never copied whole into one buffer.
         let mut items = batch.items.into_iter();
         loop {
-            let Some(server) = self.hold.server.as_mut() else { return Ok(()) };
+            let hold = &mut *self.hold;
+            let Some(server) = hold.server.as_mut() else { return Ok(()) };
             let mut rest = false;
             for item in items.by_ref() {
-                encode_item(item, &mut server.conn, &mut self.hold.expect, &mut buf)?;
+                encode_item(item, &mut server.conn, &mut hold.expect, &mut buf)?;
                 if buf.len() >= WRITE_CHUNK {
                     rest = true;
                     break;

@@ -13,8 +13,9 @@ pub(super) struct ClientSide {
     pub w: crate::tls::ClientWrite,
     /// Bytes relayed or answered, written to the client at the next flush.
     pub out: BytesMut,
-    pub user: String,
-    pub database: String,
+    /// Shared with the client's row in SHOW CLIENTS.
+    pub user: std::sync::Arc<str>,
+    pub database: std::sync::Arc<str>,
     pub cancel: CancelHandle,
     /// Client messages that arrived while the server was still busy (pipelining). Reading
     /// them early is also how a client that hangs up mid-query is noticed at once.

@@ -39,6 +39,17 @@ pub struct Statements {
     pub unnamed: Option<Arc<Prepared>>,
 }
 
+impl super::lazy::Clear for Statements {
+    fn empty() -> &'static Statements {
+        static NONE: std::sync::LazyLock<Statements> = std::sync::LazyLock::new(Statements::default);
+        &NONE
+    }
+
+    fn is_clear(&self) -> bool {
+        self.named.is_empty() && self.unnamed.is_none()
+    }
+}
+
 impl Statements {
     pub fn get(&self, name: &str) -> Option<&Arc<Prepared>> {
         if name.is_empty() { self.unnamed.as_ref() } else { self.named.get(name) }

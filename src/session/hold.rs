@@ -34,6 +34,26 @@ pub(super) struct Hold {
     pub query_timer: Option<(std::time::Instant, std::pin::Pin<Box<tokio::time::Sleep>>)>,
 }
 
+impl super::lazy::Clear for Hold {
+    fn empty() -> &'static Hold {
+        static NO_HOLD: std::sync::LazyLock<Hold> = std::sync::LazyLock::new(Hold::default);
+        &NO_HOLD
+    }
+
+    fn is_clear(&self) -> bool {
+        self.server.is_none()
+            && self.tx_status.is_idle()
+            && self.outstanding == 0
+            && self.expect.is_empty()
+            && !self.copy_in
+            && !self.batch_open
+            && self.pin.is_none()
+            && self.load.is_none()
+            && self.timeout_cancelled.is_none()
+            && self.query_timer.is_none()
+    }
+}
+
 impl Hold {
     /// Nothing ties the session to its server connection: no transaction, no pin, nothing
     /// outstanding, no open batch, no COPY. Then the connection may serve someone else.

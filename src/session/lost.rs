@@ -47,7 +47,7 @@ impl Session {
         let requested = self.hold.outstanding > 0;
         self.hold.outstanding = 0;
         self.hold.expect.clear();
-        self.state.effects = super::state::PendingEffects::default();
+        self.state.effects = super::lazy::Lazy::default();
         self.hold.batch_open = false;
         self.hold.copy_in = false;
         self.causal.probe = None;

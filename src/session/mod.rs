@@ -14,6 +14,7 @@ mod dispatch;
 mod encode;
 mod extended;
 mod hold;
+mod lazy;
 mod lost;
 pub mod observe;
 mod placement;
@@ -27,7 +28,9 @@ mod state;
 mod work;
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::sync::Arc;
+use std::task::Poll;
 
 use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
@@ -40,9 +43,9 @@ use crate::protocol::TxStatus;
 use crate::protocol::{self, Frame, ProtocolError};
 use crate::sql::RouteMode;
 
-use extended::{Prepared, Statements};
+use extended::Prepared;
 use placement::AttachError;
-use state::{PendingEffects, Settings};
+use state::Settings;
 
 /// Parameters a replica reports that would make libpq's target_session_attrs=read-write
 /// reject pgsplit: never relayed; pgsplit reports the primary's values at login.
@@ -91,9 +94,9 @@ enum Expect {
 struct Session {
     shared: Arc<Shared>,
     client: client::ClientSide,
-    hold: hold::Hold,
+    hold: lazy::Lazy<hold::Hold>,
     state: state::SessionState,
-    work: work::Work,
+    work: lazy::Lazy<work::Work>,
     /// Metrics handles and the console's view of this client.
     observe: observe::Observe,
     /// Read-your-writes: this client's floor and the commit probe in flight.
@@ -102,65 +105,41 @@ struct Session {
     unreachable: tokio::sync::watch::Receiver<u64>,
 }
 
-pub async fn serve_client(shared: Arc<Shared>, stream: TcpStream) {
-    let _ = stream.set_nodelay(true);
-    let peer = stream.peer_addr().ok();
+/// A client's task, from its first byte to its end. The socket goes in boxed: an async
+/// function keeps its arguments (twice) for as long as it runs, and a client may idle for hours.
+pub fn serve_client(shared: Arc<Shared>, stream: TcpStream) -> impl std::future::Future<Output = ()> + Send {
+    serve(shared, Box::new(stream))
+}
+
+async fn serve(shared: Arc<Shared>, stream: Box<TcpStream>) {
     let _admitted = shared.clients.admit();
     shared.metrics.client_connections.inc();
-    if let Err(e) = run_client(&shared, stream, peer).await {
+    if let Err(e) = run_client(&shared, stream).await {
         tracing::debug!("client session ended: {e}");
     }
     shared.metrics.client_connections.dec();
 }
 
-async fn run_client(shared: &Arc<Shared>, stream: TcpStream, peer: Option<std::net::SocketAddr>) -> Result<(), End> {
-    let Some(startup::Accepted { user, database, startup, reader, w }) =
-        Box::pin(startup::accept(shared, stream, peer.map(|a| a.ip()))).await?
+async fn run_client(shared: &Arc<Shared>, stream: Box<TcpStream>) -> Result<(), End> {
+    let Some((accepted, peer)) = Box::pin(async {
+        let _ = stream.set_nodelay(true);
+        let peer = stream.peer_addr().ok();
+        let accepted = startup::accept(shared, *stream, peer.map(|a| a.ip())).await?;
+        Ok::<_, End>(accepted.map(|a| (a, peer)))
+    })
+    .await?
     else {
         return Ok(());
     };
-    // AuthenticationOk goes out with the server's parameters and ReadyForQuery: one send.
-    let mut out = BytesMut::with_capacity(1024);
-    out.extend_from_slice(&auth::ok());
-    let mut s = Session {
-        shared: shared.clone(),
-        client: client::ClientSide {
-            reader,
-            w,
-            out,
-            user,
-            database,
-            cancel: shared.cancels.register(),
-            pending: VecDeque::new(),
-            pending_bytes: 0,
-        },
-        hold: hold::Hold::default(),
-        state: state::SessionState {
-            settings: Settings::new(state::startup_settings(&startup.params)),
-            effects: PendingEffects::default(),
-            statements: Statements::default(),
-            mode: RouteMode::Auto,
-            parses: 0,
-            pools: Vec::new(),
-        },
-        work: work::Work::default(),
-        observe: observe::Observe::default(),
-        // Whatever any client had committed through this pgsplit before this one connected
-        // is visible to its reads (read_your_writes = "session" and "global").
-        causal: causal::Causal::starting_at(&shared.global_floor),
-        unreachable: shared.cluster.unreachable.subscribe(),
-    };
-    if s.client.database == crate::ops::admin::DATABASE {
+    // The session boxed, and built outside this function's state: an async function keeps
+    // room for every local it ever had (the startup packet, the first output buffer) for as
+    // long as it runs.
+    let mut s = Box::new(Session::new(shared, accepted));
+    if *s.client.database == *crate::ops::admin::DATABASE {
         // The admin console: no server behind it.
-        let result = s.console().await;
-        let _ = s.flush_client().await;
-        return match result {
-            Err(End::Terminated) => Ok(()),
-            other => other,
-        };
+        return Box::pin(s.console_session()).await;
     }
-    let peer = peer.map(|a| a.to_string()).unwrap_or_default();
-    let slot = shared.clients.register(&s.client.user, &s.client.database, &peer);
+    let slot = shared.clients.register(&s.client.user, &s.client.database, peer);
     s.observe.slot = Some(slot.clone());
     let _registered = crate::clients::Registered(shared.clients.clone(), slot.id);
     // Login (once per client) boxed, so that its state does not size the session's task.
@@ -168,17 +147,71 @@ async fn run_client(shared: &Arc<Shared>, stream: TcpStream, peer: Option<std::n
         Ok(()) => s.run().await,
         Err(e) => Err(e),
     };
-    if let Err(End::Protocol(ProtocolError::Invalid(msg))) = &result {
-        // A malformed message: tell the client why before closing. Everyone else carries on.
-        s.shared.metrics.client_protocol_errors.inc();
-        s.client.out.extend_from_slice(&protocol::fatal("08P01", msg));
-    }
-    let _ = s.flush_client().await;
     // Boxed, as login is: once per session, and not sizing the task.
-    Box::pin(s.finish()).await;
-    match result {
-        Err(End::Terminated) => Ok(()),
-        other => other,
+    Box::pin(s.end(result)).await
+}
+
+impl Session {
+    /// A logged-in client's session, before its first request.
+    fn new(shared: &Arc<Shared>, accepted: startup::Accepted) -> Session {
+        let startup::Accepted { user, database, startup, reader, w } = accepted;
+        // AuthenticationOk goes out with the server's parameters and ReadyForQuery: one send.
+        let mut out = BytesMut::with_capacity(1024);
+        out.extend_from_slice(&auth::ok());
+        Session {
+            shared: shared.clone(),
+            client: client::ClientSide {
+                reader,
+                w,
+                out,
+                user: user.into(),
+                database: database.into(),
+                cancel: shared.cancels.register(),
+                pending: VecDeque::new(),
+                pending_bytes: 0,
+            },
+            hold: lazy::Lazy::default(),
+            state: state::SessionState {
+                settings: Settings::new(state::startup_settings(&startup.params)),
+                effects: lazy::Lazy::default(),
+                statements: lazy::Lazy::default(),
+                mode: RouteMode::Auto,
+                parses: 0,
+                pools: Vec::new(),
+            },
+            work: lazy::Lazy::default(),
+            observe: observe::Observe::default(),
+            // Whatever any client had committed through this pgsplit before this one connected
+            // is visible to its reads (read_your_writes = "session" and "global").
+            causal: causal::Causal::starting_at(&shared.global_floor),
+            unreachable: shared.cluster.unreachable.subscribe(),
+        }
+    }
+
+    /// The admin console's session, to its end.
+    async fn console_session(&mut self) -> Result<(), End> {
+        let result = self.console().await;
+        let _ = self.flush_client().await;
+        match result {
+            Err(End::Terminated) => Ok(()),
+            other => other,
+        }
+    }
+
+    /// The session's end: a malformed message's FATAL, what is left to send, the server
+    /// connection given back or closed.
+    async fn end(&mut self, result: Result<(), End>) -> Result<(), End> {
+        if let Err(End::Protocol(ProtocolError::Invalid(msg))) = &result {
+            // A malformed message: tell the client why before closing. Everyone else carries on.
+            self.shared.metrics.client_protocol_errors.inc();
+            self.client.out.extend_from_slice(&protocol::fatal("08P01", msg));
+        }
+        let _ = self.flush_client().await;
+        self.finish().await;
+        match result {
+            Err(End::Terminated) => Ok(()),
+            other => other,
+        }
     }
 }
 
@@ -255,25 +288,46 @@ impl Session {
     async fn wait_idle(&mut self) -> Result<(), End> {
         self.client.out = BytesMut::new();
         self.client.reader.release_if_empty();
+        self.work.release_if_clear();
+        if self.hold.query_timer.is_some() {
+            // Only a request in flight has a timer.
+            self.hold.query_timer = None;
+        }
+        self.hold.release_if_clear();
+        self.state.effects.release_if_clear();
+        self.state.statements.release_if_clear();
         // The idle-session timer boxed, and only when that limit is set (off by default): a
         // timer inline would size every idle client's task.
         let mut timer = self.idle_limit().map(|(d, _)| Box::pin(tokio::time::sleep(d)));
-        let timed = timer.is_some();
         let client = &mut self.client.reader;
-        tokio::select! {
-            biased;
-            r = async {
-                loop {
-                    client.get_ref().readable().await?;
-                    match client.fill_with(|r, b| r.try_read_buf(b)) {
-                        Ok(n) => return Ok(n),
-                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                            client.release_if_empty();
-                        }
-                        Err(e) => return Err(e),
+        // Polled by hand rather than with `select!` over `readable()`: the socket's readiness
+        // keeps this task's waker itself, so the wait holds a few words, not a waiter node.
+        let woke = std::future::poll_fn(|cx| {
+            loop {
+                match client.get_ref().poll_readable(cx) {
+                    Poll::Ready(Ok(())) => {}
+                    Poll::Ready(Err(e)) => return Poll::Ready(Some(Err(e))),
+                    Poll::Pending => {
+                        return match timer.as_mut().map(|t| t.as_mut().poll(cx)) {
+                            Some(Poll::Ready(())) => Poll::Ready(None),
+                            _ => Poll::Pending,
+                        };
                     }
                 }
-            } => {
+                match client.fill_with(|r, b| r.try_read_buf(b)) {
+                    Ok(n) => return Poll::Ready(Some(Ok(n))),
+                    // Stale readiness, now cleared: poll again to wait for the next.
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        client.release_if_empty();
+                    }
+                    Err(e) => return Poll::Ready(Some(Err(e))),
+                }
+            }
+        })
+        .await;
+        match woke {
+            None => Err(self.idle_timeout()),
+            Some(r) => {
                 if r.map_err(ProtocolError::from)? == 0 {
                     // EOF between messages: the client went away.
                     return Err(End::Terminated);
@@ -282,12 +336,6 @@ impl Session {
                 self.client.out.reserve(1024);
                 Ok(())
             }
-            _ = async {
-                match timer.as_mut() {
-                    Some(sleep) => sleep.as_mut().await,
-                    None => std::future::pending().await,
-                }
-            }, if timed => Err(self.idle_timeout()),
         }
     }
 
@@ -328,9 +376,11 @@ impl Session {
                 self.client.out = BytesMut::new();
             }
             let event = {
-                let server = self.hold.server.as_mut();
+                let hold = &mut *self.hold;
+                let waiting = hold.outstanding > 0;
+                let server = hold.server.as_mut();
                 let client = &mut self.client.reader;
-                let timer = self.hold.query_timer.as_mut();
+                let timer = hold.query_timer.as_mut();
                 let timed = timer.is_some();
                 tokio::select! {
                     biased;
@@ -341,7 +391,7 @@ impl Session {
                         }
                     } => Event::Server(r),
                     r = client.next(), if read_client => Event::Client(r),
-                    _ = self.unreachable.changed(), if self.hold.outstanding > 0 => Event::Unreachable,
+                    _ = self.unreachable.changed(), if waiting => Event::Unreachable,
                     // Created only when polled: no timer at all unless a limit applies.
                     _ = async { tokio::time::sleep(idle.map(|(d, _)| d).unwrap_or_default()).await }, if idle.is_some() => {
                         Event::Idle(idle.map(|(_, in_tx)| in_tx).unwrap_or(false))
@@ -461,8 +511,10 @@ impl Session {
     /// it, as a client's own CancelRequest would. The server answers with 57014 and its
     /// ReadyForQuery, relayed as usual; the connection is then closed, not pooled.
     fn cancel_timed_out(&mut self) {
-        let Some(s) = self.hold.server.as_ref() else { return };
-        self.hold.timeout_cancelled = self.observe.started_at();
+        let started = self.observe.started_at();
+        let hold = &mut *self.hold;
+        let Some(s) = hold.server.as_ref() else { return };
+        hold.timeout_cancelled = started;
         tracing::info!(server = %s.conn.addr, "cancelling a request past limits.query_timeout_ms");
         let key = ServerKey { addr: s.conn.addr.as_str().into(), pid: s.conn.pid, secret: s.conn.secret };
         tokio::spawn(async move { crate::cancel::send_cancel(&key).await });

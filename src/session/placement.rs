@@ -230,7 +230,7 @@ impl Session {
         );
         self.shared.metrics.error_sent("40001");
         self.client.out.extend_from_slice(&protocol::error("40001", &msg));
-        self.state.effects = super::state::PendingEffects::default();
+        self.state.effects = super::lazy::Lazy::default();
         self.hold.tx_status = TxStatus::Failed;
         self.work.lost = super::work::Lost::Reported;
         Ok(false)

@@ -4,7 +4,6 @@
 use bytes::Bytes;
 
 use super::causal;
-use super::extended::Statements;
 use super::{End, Expect, HIDDEN_PARAMETERS, Session};
 use crate::lsn::Lsn;
 use crate::protocol::backend::{self, ErrorFields, error_fields};
@@ -278,7 +277,7 @@ impl Session {
         for (e, mode) in &effects {
             match e {
                 Effect::DiscardAll => {
-                    self.state.statements = Statements::default();
+                    self.state.statements = super::lazy::Lazy::default();
                     if let Some(s) = self.hold.server.as_mut() {
                         s.conn.prepared.clear();
                         s.conn.unnamed = None;

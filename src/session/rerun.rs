@@ -59,12 +59,14 @@ impl Session {
             self.client.out.extend_from_slice(&protocol::ready_for_query(self.hold.tx_status));
             return Ok(());
         }
-        let Some(server) = self.hold.server.as_mut() else {
+        if self.hold.server.is_none() {
             self.client.out.extend_from_slice(&protocol::error("08006", "pgsplit: no server connection"));
             self.client.out.extend_from_slice(&protocol::ready_for_query(self.hold.tx_status));
             return Ok(());
-        };
-        self.hold.outstanding += 1;
+        }
+        let hold = &mut *self.hold;
+        let Some(server) = hold.server.as_mut() else { return Ok(()) };
+        hold.outstanding += 1;
         match r.work {
             RetryWork::Query(bytes) => {
                 server.conn.unnamed = None;
@@ -73,7 +75,7 @@ impl Session {
             RetryWork::Batch(items, sync) => {
                 let mut buf = BytesMut::with_capacity(256);
                 for item in items {
-                    encode_item(item, &mut server.conn, &mut self.hold.expect, &mut buf)?;
+                    encode_item(item, &mut server.conn, &mut hold.expect, &mut buf)?;
                 }
                 buf.extend_from_slice(&sync.bytes);
                 self.hold.expect.push_back(Expect::Sync);

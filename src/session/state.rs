@@ -13,8 +13,8 @@ use crate::sql::{Effect, Own};
 /// its routing mode, and its pools.
 pub(super) struct SessionState {
     pub settings: Settings,
-    pub effects: PendingEffects,
-    pub statements: super::extended::Statements,
+    pub effects: super::lazy::Lazy<PendingEffects>,
+    pub statements: super::lazy::Lazy<super::extended::Statements>,
     pub mode: crate::sql::RouteMode,
     /// Parse messages seen, for unique server statement names.
     pub parses: u64,
@@ -24,16 +24,21 @@ pub(super) struct SessionState {
 
 #[derive(Debug, Default)]
 pub struct Settings {
-    /// Settings from the client's startup packet: what RESET goes back to.
-    base: Vec<(String, String)>,
+    /// Settings from the client's startup packet: what RESET goes back to. (Name, statement)
+    /// pairs shared with `current`, not copied: every client keeps them for its whole life.
+    base: Vec<Setting>,
     /// Current settings in the order they were made, one entry per parameter name.
-    current: Vec<(String, String)>,
+    current: Vec<Setting>,
     hash: u64,
     serializable: bool,
 }
 
+/// A setting's lower-cased name and the statement that makes it.
+type Setting = (Arc<str>, Arc<str>);
+
 impl Settings {
     pub fn new(base: Vec<(String, String)>) -> Settings {
+        let base: Vec<Setting> = base.into_iter().map(|(n, sql)| (n.into(), sql.into())).collect();
         let mut s = Settings { current: base.clone(), base, hash: 0, serializable: false };
         s.rehash();
         s
@@ -47,7 +52,7 @@ impl Settings {
 
     /// The settings change who the session is (SET ROLE, SET SESSION AUTHORIZATION).
     pub fn changes_identity(&self) -> bool {
-        self.current.iter().any(|(n, _)| n == "role" || n == "session_authorization")
+        self.current.iter().any(|(n, _)| &**n == "role" || &**n == "session_authorization")
     }
 
     /// The statements that bring a server connection to these settings: `RESET ALL`, then the
@@ -80,8 +85,8 @@ impl Settings {
                 }
             }
             Effect::Reset { name } => {
-                self.current.retain(|(n, _)| n != name);
-                if let Some(b) = self.base.iter().find(|(n, _)| n == name) {
+                self.current.retain(|(n, _)| &**n != name);
+                if let Some(b) = self.base.iter().find(|(n, _)| &**n == name) {
                     self.current.push(b.clone());
                 }
             }
@@ -92,15 +97,14 @@ impl Settings {
     }
 
     fn set(&mut self, name: &str, sql: &str) {
-        self.current.retain(|(n, _)| n != name);
-        self.current.push((name.to_string(), sql.to_string()));
+        self.current.retain(|(n, _)| &**n != name);
+        self.current.push((name.into(), sql.into()));
     }
 
     fn rehash(&mut self) {
-        self.serializable = self
-            .current
-            .iter()
-            .any(|(n, sql)| n == "default_transaction_isolation" && sql.to_ascii_lowercase().contains("serializable"));
+        self.serializable = self.current.iter().any(|(n, sql)| {
+            &**n == "default_transaction_isolation" && sql.to_ascii_lowercase().contains("serializable")
+        });
         self.hash = if self.current.is_empty() {
             0
         } else {
@@ -164,6 +168,22 @@ pub struct PendingEffects {
     pub error_in_request: bool,
     /// The last CommandComplete of the request was ROLLBACK (also what a failed COMMIT says).
     pub rolled_back: bool,
+}
+
+impl super::lazy::Clear for PendingEffects {
+    fn empty() -> &'static PendingEffects {
+        static NONE: PendingEffects = PendingEffects {
+            request: Vec::new(),
+            transaction: Vec::new(),
+            error_in_request: false,
+            rolled_back: false,
+        };
+        &NONE
+    }
+
+    fn is_clear(&self) -> bool {
+        self.request.is_empty() && self.transaction.is_empty() && !self.error_in_request && !self.rolled_back
+    }
 }
 
 impl PendingEffects {

@@ -166,6 +166,25 @@ pub(super) struct Work {
     pub in_flight: InFlight,
 }
 
+impl super::lazy::Clear for Work {
+    fn empty() -> &'static Work {
+        static NO_WORK: std::sync::LazyLock<Work> = std::sync::LazyLock::new(Work::default);
+        &NO_WORK
+    }
+
+    fn is_clear(&self) -> bool {
+        self.batch.items.is_empty()
+            && self.batch.bytes == 0
+            && !self.skip_until_sync
+            && self.retry.is_none()
+            && self.retry_now.is_none()
+            && self.fresh_begin.is_none()
+            && self.lost == Lost::No
+            && !self.in_flight.commits
+            && !self.in_flight.writes
+    }
+}
+
 /// The transaction's state after its connection was lost.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub(super) enum Lost {

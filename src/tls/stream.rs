@@ -57,6 +57,15 @@ impl<T> Read<T> {
         }
     }
 
+    /// `readable` as a poll: the socket's readiness keeps the waker (the last one given), so
+    /// the waiting future holds nothing.
+    pub fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self {
+            Read::Plain(r) => r.as_ref().poll_read_ready(cx),
+            Read::Tls(_) => Poll::Ready(Ok(())),
+        }
+    }
+
     /// A non-blocking read (plain TCP); WouldBlock clears stale readiness, and so does a short
     /// read (the socket was drained: what comes later raises a new readiness event), as
     /// tokio's own `poll_read` does. Without that, every wait after a request found the old
