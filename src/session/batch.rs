@@ -44,7 +44,9 @@ impl Session {
                     self.shared.metrics.error_sent("54000");
                     self.client.out.extend_from_slice(&protocol::error("54000", &msg));
                     self.work.batch = Batch::default();
-                    self.state.effects.request.clear();
+                    if let Some(e) = self.state.effects.get_mut() {
+                        e.request.clear();
+                    }
                     self.work.skip_until_sync = true;
                     return Ok(());
                 }
@@ -144,7 +146,9 @@ impl Session {
             if is_sync {
                 self.work.skip_until_sync = false;
                 self.work.batch = Batch::default();
-                self.state.effects.request.clear();
+                if let Some(e) = self.state.effects.get_mut() {
+                    e.request.clear();
+                }
                 self.client.out.extend_from_slice(&protocol::ready_for_query(self.hold.tx_status));
             }
             return Ok(());
@@ -299,7 +303,9 @@ impl Session {
     /// The batch will not run (the client already has the error): forget what its statements
     /// would have done, and answer the Sync, or skip to it as the server would.
     fn abandon_batch(&mut self, is_sync: bool) {
-        self.state.effects.request.clear();
+        if let Some(e) = self.state.effects.get_mut() {
+            e.request.clear();
+        }
         if is_sync {
             self.client.out.extend_from_slice(&protocol::ready_for_query(self.hold.tx_status));
         } else {
@@ -337,7 +343,7 @@ impl Session {
                 let failed = self.state.effects.error_in_request;
                 let status = protocol::backend::ready_status(&f);
                 self.hold.tx_status = status;
-                let settled = self.state.effects.settle(status);
+                let settled = self.state.effects.get_mut().map(|e| e.settle(status)).unwrap_or_default();
                 self.apply_effects(settled);
                 self.hold.batch_open = false;
                 if status.is_idle() && self.hold.pin.is_none() {

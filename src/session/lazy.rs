@@ -43,6 +43,12 @@ impl<T: Clear> Lazy<T> {
         }
     }
 
+    /// The part, if allocated: for changes that leave an unallocated part as it is (clearing
+    /// what is already empty), without allocating it.
+    pub fn get_mut(&mut self) -> Option<&mut T> {
+        self.0.as_deref_mut()
+    }
+
     /// Allocated now (for the tests).
     #[cfg(test)]
     pub fn is_allocated(&self) -> bool {

@@ -84,7 +84,9 @@ impl Session {
     pub(super) fn answer_lost(&mut self, rollback: bool, commit: bool, items: Option<&[BatchItem]>) {
         let reported = self.work.lost == Lost::Reported;
         let ends = rollback || commit;
-        self.state.effects.request.clear();
+        if let Some(e) = self.state.effects.get_mut() {
+            e.request.clear();
+        }
         if ends && (reported || rollback) {
             if let Some(items) = items {
                 self.answer_items(items, "ROLLBACK");

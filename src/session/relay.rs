@@ -61,7 +61,7 @@ impl Session {
                 }
                 self.hold.tx_status = status;
                 let committed = !self.state.effects.error_in_request && !self.state.effects.rolled_back;
-                let settled = self.state.effects.settle(status);
+                let settled = self.state.effects.get_mut().map(|e| e.settle(status)).unwrap_or_default();
                 self.apply_effects(settled);
                 let cluster = &self.shared.cluster;
                 self.observe.done(&self.shared.metrics, |n| cluster.load().nodes.get(n).map(|n| n.addr.clone()));
@@ -196,8 +196,10 @@ impl Session {
                 let tag = backend::command_tag(&f);
                 if tag.starts_with("ROLLBACK") {
                     self.state.effects.rolled_back = true;
-                } else if tag.starts_with("COMMIT") {
-                    self.state.effects.rolled_back = false;
+                } else if tag.starts_with("COMMIT")
+                    && let Some(e) = self.state.effects.get_mut()
+                {
+                    e.rolled_back = false;
                 }
                 self.client.out.extend_from_slice(&f.bytes);
             }

@@ -55,7 +55,9 @@ impl Session {
         }
         if self.dispatch(r.aim).await?.is_none() {
             // The client has the error; it still waits for its ReadyForQuery.
-            self.state.effects.request.clear();
+            if let Some(e) = self.state.effects.get_mut() {
+                e.request.clear();
+            }
             self.client.out.extend_from_slice(&protocol::ready_for_query(self.hold.tx_status));
             return Ok(());
         }
