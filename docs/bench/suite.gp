@@ -1,6 +1,6 @@
 set terminal pngcairo size 1500,1260 font 'sans,10'
-set output 'docs/bench/suite.png'
-set multiplot layout 3,2 title "pgbench suite 2026-12-01 on 2 cores (AMD EPYC), 23 GiB; pgsplit 0.1.0 (96e4882); postgres (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1); PgBouncer 1.18.0; pgpool-II version 4.3.5 (tamahomeboshi)"
+set output '/tmp/suite/suite.png'
+set multiplot layout 3,2 title "pgbench suite 2026-12-06 on 2 cores (AMD EPYC), 23 GiB; pgsplit 0.1.0 (42336ee); postgres (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1); PgBouncer 1.18.0; pgpool-II version 4.3.5 (tamahomeboshi)"
 set logscale x 2
 set key top left
 set grid
@@ -9,148 +9,155 @@ set ylabel 'TPS'
 set yrange [0:*]
 set title "select-only simple"
 plot '-' using 1:2 with linespoints title 'direct', '-' using 1:2 with linespoints title 'pgsplit', '-' using 1:2 with linespoints title 'pgsplit-primary', '-' using 1:2 with linespoints title 'pgsplit-primary-1-thread', '-' using 1:2 with linespoints title 'pgbouncer', '-' using 1:2 with linespoints title 'pgpool-ii'
-1 14060
-16 43621
-64 39677
+1 8660
+16 32145
+64 26604
 e
-1 8282
-16 26667
-64 22868
-256 21038
+1 5444
+16 15174
+64 13538
 e
-1 9399
-16 31875
-64 28142
-256 25395
+1 6009
+16 19090
+64 17009
 e
-1 9884
-16 33317
-64 30368
-256 25366
+1 6196
+16 20314
+64 18244
 e
-1 9785
-16 34572
-64 29527
-256 23890
+1 6700
+16 21755
+64 18319
 e
-1 7892
-16 16628
-64 14833
+1 5480
+16 11511
+64 8745
 e
 set title "select-only extended"
 plot '-' using 1:2 with linespoints title 'direct', '-' using 1:2 with linespoints title 'pgsplit', '-' using 1:2 with linespoints title 'pgsplit-primary', '-' using 1:2 with linespoints title 'pgsplit-primary-1-thread', '-' using 1:2 with linespoints title 'pgbouncer', '-' using 1:2 with linespoints title 'pgpool-ii'
-1 13841
-16 47181
-64 35824
+1 7262
+16 22275
+64 20014
 e
-1 7565
-16 25047
-64 20433
-256 17760
+1 4639
+16 13579
+64 12311
 e
-1 8107
-16 30316
-64 27355
-256 22551
+1 4946
+16 17269
+64 14812
 e
-1 9170
-16 31966
-64 27130
-256 24891
+1 5176
+16 17917
+64 15617
 e
-1 9270
-16 34533
-64 27364
-256 24282
+1 5499
+16 20534
+64 14663
 e
-1 5928
-16 7079
-64 5241
+1 3556
+16 5449
+64 3980
 e
 set title "select-only prepared"
 plot '-' using 1:2 with linespoints title 'direct', '-' using 1:2 with linespoints title 'pgsplit', '-' using 1:2 with linespoints title 'pgsplit-primary', '-' using 1:2 with linespoints title 'pgsplit-primary-1-thread', '-' using 1:2 with linespoints title 'pgbouncer', '-' using 1:2 with linespoints title 'pgpool-ii'
-1 17614
-16 66180
-64 61869
+1 11205
+16 41750
+64 30181
 e
-1 10472
-16 31910
-64 29475
-256 20300
+1 5960
+16 16457
+64 13965
 e
-1 10407
-16 35588
-64 30883
-256 24867
+1 7220
+16 21457
+64 18083
 e
-1 10282
-16 36416
-64 29678
-256 24121
+1 6930
+16 24308
+64 22459
 e
 e
-1 7130
-16 10771
-64 8000
+1 4213
+16 7493
+64 6047
 e
 set title "tpcb-like simple"
 plot '-' using 1:2 with linespoints title 'direct', '-' using 1:2 with linespoints title 'pgsplit', '-' using 1:2 with linespoints title 'pgsplit-primary', '-' using 1:2 with linespoints title 'pgsplit-primary-1-thread', '-' using 1:2 with linespoints title 'pgbouncer', '-' using 1:2 with linespoints title 'pgpool-ii'
-1 3235
-16 4131
-64 3099
+1 1121
+16 2645
+64 2195
 e
-1 1379
-16 2701
-64 2243
-256 2173
+1 707
+16 1820
+64 1725
 e
-1 1328
-16 2761
-64 2420
-256 2079
+1 810
+16 1754
+64 1706
 e
-1 1081
-16 2857
-64 2565
-256 2126
+1 705
+16 1798
+64 1581
 e
-1 1410
-16 3162
-64 2799
-256 2222
+1 754
+16 1846
+64 1796
 e
-1 961
-16 1970
-64 1523
+1 644
+16 1394
+64 1029
+e
+set title "simple-update (-N) simple"
+plot '-' using 1:2 with linespoints title 'direct', '-' using 1:2 with linespoints title 'pgsplit', '-' using 1:2 with linespoints title 'pgsplit-primary', '-' using 1:2 with linespoints title 'pgsplit-primary-1-thread', '-' using 1:2 with linespoints title 'pgbouncer', '-' using 1:2 with linespoints title 'pgpool-ii'
+1 1864
+16 3824
+64 3431
+e
+1 1166
+16 2530
+64 2674
+e
+1 1368
+16 2973
+64 2723
+e
+1 1332
+16 3574
+64 3012
+e
+1 1452
+16 3616
+64 3859
+e
+1 767
+16 1790
+64 1666
 e
 set title "select-only simple, new connection per transaction"
 plot '-' using 1:2 with linespoints title 'direct', '-' using 1:2 with linespoints title 'pgsplit', '-' using 1:2 with linespoints title 'pgsplit-primary', '-' using 1:2 with linespoints title 'pgsplit-primary-1-thread', '-' using 1:2 with linespoints title 'pgbouncer', '-' using 1:2 with linespoints title 'pgpool-ii'
-1 355
-16 439
-64 459
+1 320
+16 366
+64 372
 e
-1 2785
-16 5739
-64 5427
-256 5281
+1 2179
+16 3819
+64 3851
 e
-1 2947
-16 5929
-64 5726
-256 5577
+1 2008
+16 4022
+64 3837
 e
-1 3054
-16 6558
-64 6238
-256 5767
+1 2135
+16 4541
+64 3806
 e
-1 3234
-16 6934
-64 6809
-256 5927
+1 2231
+16 4703
+64 4203
 e
-1 130
-16 158
-64 149
+1 111
+16 125
+64 131
 e
 unset multiplot

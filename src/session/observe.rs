@@ -24,6 +24,8 @@ pub(super) struct Observe {
     routed: Vec<(&'static str, &'static str, usize, IntCounter)>,
     servers: Vec<Option<ServerCounters>>,
     durations: [Option<Histogram>; 2],
+    /// pgsplit_pool_checkout_wait_seconds by role (primary, replica).
+    checkout_waits: [Option<Histogram>; 2],
     /// The request in flight: when it was sent, to which node, on a replica or not.
     started: Option<(Instant, usize, bool)>,
     bytes: u64,
@@ -42,6 +44,14 @@ impl Observe {
         let c = metrics.routed.with_label_values(&[server, role, class]);
         c.inc();
         self.routed.push((role, class, node, c));
+    }
+
+    /// How long a checkout waited for a server connection.
+    pub fn checkout_waited(&mut self, metrics: &Metrics, replica: bool, secs: f64) {
+        let h = self.checkout_waits[replica as usize].get_or_insert_with(|| {
+            metrics.checkout_wait.with_label_values(&[if replica { "replica" } else { "primary" }])
+        });
+        h.observe(secs);
     }
 
     /// A request was sent to `node`.

@@ -367,8 +367,7 @@ impl Session {
         };
         let waited = Instant::now();
         let checkout = self.shared.pools.checkout(&pool, node).await;
-        let role = if replica { "replica" } else { "primary" };
-        self.shared.metrics.checkout_wait.with_label_values(&[role]).observe(waited.elapsed().as_secs_f64());
+        self.observe.checkout_waited(&self.shared.metrics, replica, waited.elapsed().as_secs_f64());
         let mut co = match checkout {
             Ok(co) => co,
             Err(CheckoutError::Timeout(ms)) => {
