@@ -118,16 +118,7 @@ pub async fn sessions_spread_over_the_shards(env: &Env) -> R {
         pgsplit::proxy::Proxy::start_on(config, pgsplit::config::Source::none(), None, Some(env.shards.clone()))
             .await?;
     let port = proxy.addr.port();
-    let idle = || env.shards.clients().iter().sum::<usize>() == 0;
-    let t0 = std::time::Instant::now();
-    while !idle() {
-        check!(
-            t0.elapsed() < std::time::Duration::from_secs(10),
-            "earlier sessions still counted: {:?}",
-            env.shards.clients()
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
+    no_sessions_on_the_shards(env, "earlier sessions").await?;
     let mut clients = Vec::new();
     for _ in 0..6 {
         clients.push(crate::common::connect(&env.conn_string(port)).await?);
@@ -156,16 +147,18 @@ pub async fn sessions_spread_over_the_shards(env: &Env) -> R {
     }
     clients[0].batch_execute("DELETE FROM t WHERE v >= 1000000").await?;
     drop(clients);
-    let t0 = std::time::Instant::now();
-    while !idle() {
-        check!(
-            t0.elapsed() < std::time::Duration::from_secs(10),
-            "ended sessions still counted: {:?}",
-            env.shards.clients()
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
+    no_sessions_on_the_shards(env, "ended sessions").await?;
     println!("    6 clients over 2 shards: 3 and 3; 120 writes, each read back; 120 transactions on the primary");
     Ok(())
 }
 register!(sessions_spread_over_the_shards);
+
+/// Waits (up to 10 s) until no session is counted on the shards.
+async fn no_sessions_on_the_shards(env: &Env, what: &str) -> R {
+    let t0 = std::time::Instant::now();
+    while env.shards.clients().iter().sum::<usize>() > 0 {
+        check!(t0.elapsed() < std::time::Duration::from_secs(10), "{what} still counted: {:?}", env.shards.clients());
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    Ok(())
+}
