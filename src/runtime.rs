@@ -76,14 +76,6 @@ impl Shards {
         Ok(Arc::new(Shards { handles, clients }))
     }
 
-    pub fn len(&self) -> usize {
-        self.handles.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.handles.is_empty()
-    }
-
     /// Clients on each shard now.
     pub fn clients(&self) -> Vec<usize> {
         self.clients.iter().map(|c| c.load(Ordering::Relaxed)).collect()

@@ -106,8 +106,9 @@ struct Session {
 }
 
 /// A client's task, from its first byte to its end. The socket goes in boxed: an async
-/// function keeps its arguments (twice) for as long as it runs, and a client may idle for hours.
-pub fn serve_client(shared: Arc<Shared>, stream: TcpStream) -> impl std::future::Future<Output = ()> + Send {
+/// function keeps room for its arguments (twice) for as long as it runs, and a client may idle
+/// for hours.
+pub fn serve_client(shared: Arc<Shared>, stream: TcpStream) -> impl Future<Output = ()> + Send {
     serve(shared, Box::new(stream))
 }
 

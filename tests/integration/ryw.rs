@@ -30,6 +30,15 @@ async fn apply_delay_all(env: &Env, delay: &str) -> R {
     apply_delay(env, 2, delay).await
 }
 
+/// Runs `work` with both replicas replaying `delay` late, and puts replay back to normal
+/// whatever `work` returns.
+async fn with_replay_delay(env: &Env, delay: &str, work: impl std::future::Future<Output = R>) -> R {
+    apply_delay_all(env, delay).await?;
+    let result = work.await;
+    apply_delay_all(env, "0").await?;
+    result
+}
+
 struct Outcome {
     misses: usize,
     on_replicas: usize,
@@ -134,8 +143,7 @@ pub async fn min_lsn_carries_the_floor_between_connections(env: &Env) -> R {
     let c = connect(&env.conn_string(proxy.addr.port())).await?;
     c.batch_execute("DROP TABLE IF EXISTS ryw_lsn; CREATE TABLE ryw_lsn (id int)").await?;
     env.caught_up().await?;
-    apply_delay_all(env, "1s").await?;
-    let result = async {
+    with_replay_delay(env, "1s", async {
         env.wait_rotation(&proxy, &env.replica_ports()).await?;
         let mut misses_without = 0;
         for i in 0..5 {
@@ -156,10 +164,8 @@ pub async fn min_lsn_carries_the_floor_between_connections(env: &Env) -> R {
         }
         println!("    without a floor, {misses_without} of 5 reads on another connection missed the row");
         Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
-    }
-    .await;
-    apply_delay_all(env, "0").await?;
-    result
+    })
+    .await
 }
 register!(min_lsn_carries_the_floor_between_connections);
 
@@ -172,8 +178,7 @@ pub async fn connections_opened_after_a_commit_see_it(env: &Env) -> R {
     let w = connect(&env.conn_string(proxy.addr.port())).await?;
     w.batch_execute("DROP TABLE IF EXISTS ryw_later; CREATE TABLE ryw_later (id int PRIMARY KEY)").await?;
     env.caught_up().await?;
-    apply_delay_all(env, "300ms").await?;
-    let result = async {
+    let result = with_replay_delay(env, "300ms", async {
         env.wait_rotation(&proxy, &env.replica_ports()).await?;
         let n = 200;
         let mut misses = 0;
@@ -199,9 +204,8 @@ pub async fn connections_opened_after_a_commit_see_it(env: &Env) -> R {
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
         Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
-    }
+    })
     .await;
-    apply_delay_all(env, "0").await?;
     proxy.stop();
     result
 }
@@ -223,8 +227,7 @@ pub async fn objects_not_replayed_yet_are_read_on_the_primary(env: &Env) -> R {
     .await?;
     w.batch_execute("DROP DATABASE IF EXISTS behind_db").await?;
     env.caught_up().await?;
-    apply_delay_all(env, "1s").await?;
-    let result = async {
+    let result = with_replay_delay(env, "1s", async {
         env.wait_rotation(&session, &env.replica_ports()).await?;
         env.wait_rotation(&off, &env.replica_ports()).await?;
         let reader = connect(&env.conn_string(session.addr.port())).await?;
@@ -275,9 +278,8 @@ pub async fn objects_not_replayed_yet_are_read_on_the_primary(env: &Env) -> R {
             check!(v == "UTC", "{name}: set_config = {v}");
         }
         Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
-    }
+    })
     .await;
-    apply_delay_all(env, "0").await?;
     session.stop();
     off.stop();
     result
@@ -349,8 +351,7 @@ pub async fn a_commit_carries_its_own_probe(env: &Env) -> R {
     )
     .await?;
     env.caught_up().await?;
-    apply_delay_all(env, "300ms").await?;
-    let result = async {
+    with_replay_delay(env, "300ms", async {
         env.wait_rotation(&proxy, &env.replica_ports()).await?;
         let mut misses = 0;
         for i in 0..20 {
@@ -390,9 +391,7 @@ pub async fn a_commit_carries_its_own_probe(env: &Env) -> R {
         check!(n == "0", "the failed transaction's row is there ({n})");
         println!("    20 COMMITs carrying the probe: 0 misses, one CommandComplete each; a failing COMMIT: 23505");
         Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
-    }
-    .await;
-    apply_delay_all(env, "0").await?;
-    result
+    })
+    .await
 }
 register!(a_commit_carries_its_own_probe);
