@@ -117,7 +117,7 @@ pub fn route(
     let fresh = |n: &Node| {
         target == Target::Any
             || (n.replay_lsn() >= session.min_lsn
-                && session.max_lag_ms.is_none_or(|m| n.lag_ms.is_some_and(|l| l <= m)))
+                && session.max_lag_ms.is_none_or(|m| n.probe.lag_ms.is_some_and(|l| l <= m)))
     };
     let eligible = |i: usize, n: &Node| n.in_rotation && !exclude.contains(&i) && fresh(n);
     match balance::pick(topology, turn, true, eligible) {
@@ -145,10 +145,10 @@ pub fn route(
                         && !n.paused
                         && !n.removed
                         && !exclude.contains(i)
-                        && n.observed.as_ref().is_some_and(|o| o.in_recovery)
+                        && n.probe.observed.as_ref().is_some_and(|o| o.in_recovery)
                         && fresh(n)
                 })
-                .min_by_key(|(_, n)| n.lag_bytes.unwrap_or(u64::MAX));
+                .min_by_key(|(_, n)| n.probe.lag_bytes.unwrap_or(u64::MAX));
             match least {
                 Some((node, _)) => Decision::Replica { node, reason: LAG_FALLBACK },
                 None => Decision::Primary { node: primary, reason: Reason::NoReplica },
@@ -242,13 +242,13 @@ mod tests {
     }
 
     fn observed(t: &mut Topology, node: usize, replay_lsn: u64, lag_bytes: u64) {
-        t.nodes[node].observed = Some(crate::cluster::topology::Observation {
+        t.nodes[node].probe.observed = Some(crate::cluster::topology::Observation {
             in_recovery: true,
             replay_lsn: Lsn(replay_lsn),
             ..Default::default()
         });
-        t.nodes[node].lag_bytes = Some(lag_bytes);
-        t.nodes[node].lag_ms = Some(lag_bytes / 10);
+        t.nodes[node].probe.lag_bytes = Some(lag_bytes);
+        t.nodes[node].probe.lag_ms = Some(lag_bytes / 10);
     }
 
     #[test]

@@ -33,8 +33,9 @@ pub fn pick(t: &Topology, turn: usize, with_primary: bool, eligible: impl Fn(usi
             }
         })
     };
-    let weight =
-        |n: &Node| if n.role == Role::Primary { u64::from(primary_weight) } else { u64::from(n.weight.max(1)) };
+    let weight = |n: &Node| {
+        if n.role == Role::Primary { u64::from(primary_weight) } else { u64::from(n.settings.weight.max(1)) }
+    };
     match t.balance {
         Balance::Random | Balance::RoundRobin => {
             let total: u64 = candidates().map(|(_, n)| weight(n)).sum();
@@ -76,7 +77,7 @@ mod tests {
         let replicas: Vec<String> = (0..weights.len()).map(|i| format!("r{i}:1")).collect();
         let mut t = Topology::new("p:1", &replicas);
         for (n, w) in t.nodes[1..].iter_mut().zip(weights) {
-            n.weight = *w;
+            n.settings.weight = *w;
         }
         t.balance = balance;
         t
@@ -119,7 +120,7 @@ mod tests {
         assert_eq!(counts(&t, 10), vec![0, 5, 5]);
         // Weight: twice the capacity, twice the load before it stops being preferred.
         let mut t = topo(Balance::LeastOutstanding, &[2, 1]);
-        t.nodes[1].weight = 2;
+        t.nodes[1].settings.weight = 2;
         t.nodes[1].load.store(3, Ordering::Relaxed);
         t.nodes[2].load.store(2, Ordering::Relaxed);
         assert_eq!(counts(&t, 4), vec![0, 4, 0]);

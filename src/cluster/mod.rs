@@ -14,4 +14,4 @@ pub mod sql_pools;
 pub mod topology;
 pub mod watcher;
 
-pub use topology::{Cluster, Node, OutReason, Role, Topology};
+pub use topology::{Cluster, Node, NodeSettings, OutReason, Probed, Role, Topology};

@@ -16,7 +16,7 @@ use tokio::task::JoinHandle;
 use super::lag::WalClock;
 use super::rotation::{self, Fitness, Limits};
 use super::sql_pools::SqlPools;
-use super::topology::{Cluster, Observation, OutReason, Role};
+use super::topology::{Cluster, NodeSettings, Observation, OutReason, Role};
 use crate::config::{Config, Live};
 use crate::lsn::Lsn;
 use crate::metrics::Metrics;
@@ -206,13 +206,11 @@ fn publish(config: &Config, cluster: &Cluster, metrics: &Metrics, probes: &[Prob
         }
         for (i, node) in t.nodes.iter_mut().enumerate() {
             if let Some(r) = config.servers.replicas.iter().find(|r| r.addr() == &*node.addr) {
-                node.weight = r.weight();
-                (node.max_lag_bytes, node.max_lag_ms) = r.limits(&config.routing);
-                (node.priority, node.promotable) = r.failover();
+                node.settings = NodeSettings::of(r, &config.routing);
             }
             let Some(p) = probes.get(i).filter(|p| p.done) else { continue };
             node.healthy = p.ok;
-            node.observed = p.ok.then(|| p.obs.clone());
+            node.probe.observed = p.ok.then(|| p.obs.clone());
             if node.role != Role::Replica && !node.fenced {
                 node.in_rotation = p.ok && !node.removed;
                 node.out = if node.in_rotation { None } else { Some(OutReason::Unreachable) };
@@ -221,15 +219,17 @@ fn publish(config: &Config, cluster: &Cluster, metrics: &Metrics, probes: &[Prob
             // Both lags only while the primary answers: with it down every replica stops
             // receiving, and reads must go on during a failover.
             let judged = p.ok && primary_up;
-            node.lag_bytes = judged.then(|| pp.obs.insert_lsn.bytes_since(p.obs.replay_lsn));
-            node.lag_ms = if judged { clock.lag(p.obs.replay_lsn, now).map(|d| d.as_millis() as u64) } else { None };
+            node.probe.lag_bytes = judged.then(|| pp.obs.insert_lsn.bytes_since(p.obs.replay_lsn));
+            node.probe.lag_ms =
+                if judged { clock.lag(p.obs.replay_lsn, now).map(|d| d.as_millis() as u64) } else { None };
             // A receiver that stopped streaming counts only after RECEIVER_GRACE: when the
             // primary dies, every receiver stops before the primary's own probe fails, and
             // the replicas must not leave rotation then (reads go on during a failover).
             let streaming = p.obs.receiver_status.as_deref() == Some("streaming");
-            node.receiver_down_since = if streaming { None } else { Some(node.receiver_down_since.unwrap_or(now)) };
+            node.probe.receiver_down_since =
+                if streaming { None } else { Some(node.probe.receiver_down_since.unwrap_or(now)) };
             let receiver_ok =
-                streaming || node.receiver_down_since.is_some_and(|t| now.duration_since(t) < RECEIVER_GRACE);
+                streaming || node.probe.receiver_down_since.is_some_and(|t| now.duration_since(t) < RECEIVER_GRACE);
             let fitness = Fitness {
                 removed: node.removed,
                 fenced: node.fenced,
@@ -237,14 +237,16 @@ fn publish(config: &Config, cluster: &Cluster, metrics: &Metrics, probes: &[Prob
                 paused: node.paused,
                 healthy: p.ok,
                 in_recovery: p.obs.in_recovery,
-                lag_bytes: node.lag_bytes,
-                lag_ms: node.lag_ms,
+                lag_bytes: node.probe.lag_bytes,
+                lag_ms: node.probe.lag_ms,
                 replay_paused: p.obs.replay_paused,
                 streaming: receiver_ok,
                 primary_healthy: primary_up,
             };
-            let limits = Limits { max_lag_bytes: node.max_lag_bytes, max_lag_ms: node.max_lag_ms, hold };
-            let prev = rotation::State { in_rotation: node.in_rotation, out: node.out, fit_since: node.fit_since };
+            let limits =
+                Limits { max_lag_bytes: node.settings.max_lag_bytes, max_lag_ms: node.settings.max_lag_ms, hold };
+            let prev =
+                rotation::State { in_rotation: node.in_rotation, out: node.out, fit_since: node.probe.fit_since };
             let next = rotation::step(prev, &fitness, &limits, now);
             if next.in_rotation != node.in_rotation {
                 match next.out {
@@ -252,7 +254,7 @@ fn publish(config: &Config, cluster: &Cluster, metrics: &Metrics, probes: &[Prob
                     None => tracing::info!(node = %node.addr, "replica back in rotation"),
                 }
             }
-            (node.in_rotation, node.out, node.fit_since) = (next.in_rotation, next.out, next.fit_since);
+            (node.in_rotation, node.out, node.probe.fit_since) = (next.in_rotation, next.out, next.fit_since);
         }
         t
     });

@@ -93,26 +93,14 @@ pub struct Node {
     pub role: Role,
     /// The last health check (or connection attempt) succeeded.
     pub healthy: bool,
-    /// The last probe's answers (None until the first probe).
-    pub observed: Option<Observation>,
-    /// WAL bytes between the primary's current position and this replica's replay position.
-    pub lag_bytes: Option<u64>,
-    /// Milliseconds of replay delay: the age of the oldest WAL the replica has not replayed
-    /// (`lag.rs`); 0 when it has replayed everything the primary had at its last probe,
-    /// however long ago the last transaction was.
-    pub lag_ms: Option<u64>,
+    /// What the monitor's probes found and derived (lag, hysteresis).
+    pub probe: Probed,
     /// Healthy and within the lag limits: may take reads.
     pub in_rotation: bool,
     /// Why not, when not.
     pub out: Option<OutReason>,
-    /// Since when the replica has been fit to come back (hysteresis).
-    pub fit_since: Option<Instant>,
-    /// Since when its WAL receiver has not been streaming.
-    pub receiver_down_since: Option<Instant>,
-    /// Share of reads relative to the other replicas.
-    pub weight: u32,
-    pub max_lag_bytes: u64,
-    pub max_lag_ms: u64,
+    /// Its settings from the configuration.
+    pub settings: NodeSettings,
     /// Paused by an operator: no new work.
     pub paused: bool,
     /// Gone from the configuration (the slot stays so indices never move).
@@ -121,39 +109,71 @@ pub struct Node {
     pub fenced: bool,
     /// Fenced because it diverged from the new primary's timeline.
     pub diverged: bool,
-    /// Failover: tie-break priority, and whether it may be promoted automatically.
-    pub priority: i32,
-    pub promotable: bool,
     /// Client work running there now (for least-outstanding balancing), shared by every
     /// snapshot of this node.
     pub load: Arc<AtomicUsize>,
     /// The replay position the replay watch (`replay.rs`) saw since the last probe, shared by
-    /// every snapshot of this node: fresher than `observed` while reads wait for it.
+    /// every snapshot of this node: fresher than `probe.observed` while reads wait for it.
     pub replayed: Arc<AtomicLsn>,
 }
 
+/// What the monitor keeps about a server between its probes (written by the monitor alone).
+#[derive(Debug, Clone, Default)]
+pub struct Probed {
+    /// The last probe's answers (None until the first probe).
+    pub observed: Option<Observation>,
+    /// WAL bytes between the primary's current position and this replica's replay position.
+    pub lag_bytes: Option<u64>,
+    /// Milliseconds of replay delay: the age of the oldest WAL the replica has not replayed
+    /// (`lag.rs`); 0 when it has replayed everything the primary had at its last probe,
+    /// however long ago the last transaction was.
+    pub lag_ms: Option<u64>,
+    /// Since when the replica has been fit to come back (hysteresis).
+    pub fit_since: Option<Instant>,
+    /// Since when its WAL receiver has not been streaming.
+    pub receiver_down_since: Option<Instant>,
+}
+
+/// A server's settings from the configuration (applied again at each monitor round, so a
+/// reload changes them in place).
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeSettings {
+    /// Share of reads relative to the other replicas.
+    pub weight: u32,
+    pub max_lag_bytes: u64,
+    pub max_lag_ms: u64,
+    /// Failover: tie-break priority, and whether it may be promoted automatically.
+    pub priority: i32,
+    pub promotable: bool,
+}
+
+impl NodeSettings {
+    /// A server the configuration says nothing more about: weight 1, no lag limit, promotable.
+    pub const PLAIN: NodeSettings =
+        NodeSettings { weight: 1, max_lag_bytes: u64::MAX, max_lag_ms: u64::MAX, priority: 0, promotable: true };
+
+    /// A configured replica's, its own limits or the routing section's.
+    pub fn of(r: &crate::config::ReplicaEntry, routing: &crate::config::RoutingConfig) -> NodeSettings {
+        let (max_lag_bytes, max_lag_ms) = r.limits(routing);
+        let (priority, promotable) = r.failover();
+        NodeSettings { weight: r.weight(), max_lag_bytes, max_lag_ms, priority, promotable }
+    }
+}
+
 impl Node {
-    pub fn new(addr: &str, role: Role, weight: u32, max_lag_bytes: u64, max_lag_ms: u64) -> Node {
+    pub fn new(addr: &str, role: Role, settings: NodeSettings) -> Node {
         Node {
             addr: addr.into(),
             role,
             healthy: true,
-            observed: None,
-            lag_bytes: None,
-            lag_ms: None,
+            probe: Probed::default(),
             in_rotation: true,
             out: None,
-            fit_since: None,
-            receiver_down_since: None,
-            weight,
-            max_lag_bytes,
-            max_lag_ms,
+            settings,
             paused: false,
             removed: false,
             fenced: false,
             diverged: false,
-            priority: 0,
-            promotable: true,
             load: Arc::new(AtomicUsize::new(0)),
             replayed: Arc::new(AtomicLsn::default()),
         }
@@ -162,7 +182,7 @@ impl Node {
     /// The replay position the router may rely on (0 when unknown): the last probe's, or the
     /// replay watch's if that is further.
     pub fn replay_lsn(&self) -> Lsn {
-        let probed = self.observed.as_ref().map(|o| o.replay_lsn).unwrap_or_default();
+        let probed = self.probe.observed.as_ref().map(|o| o.replay_lsn).unwrap_or_default();
         probed.max(self.replayed.load())
     }
 
@@ -189,10 +209,7 @@ impl Topology {
     pub fn from_config(c: &crate::config::Config) -> Topology {
         let mut t = Topology::new(&c.servers.primary, &[]);
         for r in &c.servers.replicas {
-            let (bytes, ms) = r.limits(&c.routing);
-            let mut n = Node::new(r.addr(), Role::Replica, r.weight(), bytes, ms);
-            (n.priority, n.promotable) = r.failover();
-            t.nodes.push(n);
+            t.nodes.push(Node::new(r.addr(), Role::Replica, NodeSettings::of(r, &c.routing)));
         }
         t.balance = c.routing.balance;
         t.primary_read_weight = c.routing.primary_read_weight;
@@ -203,8 +220,8 @@ impl Topology {
     /// Node 0 is the primary, the rest replicas, all healthy until proven otherwise (so the
     /// first queries need not wait for the first health check).
     pub fn new(primary: &str, replicas: &[String]) -> Topology {
-        let mut nodes = vec![Node::new(primary, Role::Primary, 1, u64::MAX, u64::MAX)];
-        nodes.extend(replicas.iter().map(|r| Node::new(r, Role::Replica, 1, u64::MAX, u64::MAX)));
+        let mut nodes = vec![Node::new(primary, Role::Primary, NodeSettings::PLAIN)];
+        nodes.extend(replicas.iter().map(|r| Node::new(r, Role::Replica, NodeSettings::PLAIN)));
         Topology {
             nodes,
             balance: Balance::Random,
@@ -288,7 +305,7 @@ impl Cluster {
                 n.healthy = false;
                 n.in_rotation = false;
                 n.out = Some(OutReason::Unreachable);
-                n.fit_since = None;
+                n.probe.fit_since = None;
             }
             t
         });
@@ -341,8 +358,8 @@ impl Topology {
             m.server_primary.with_label_values(&server).set((node.role == Role::Primary && !node.fenced) as i64);
             m.server_in_rotation.with_label_values(&server).set(node.in_rotation as i64);
             if node.role == Role::Replica {
-                m.replica_lag_bytes.with_label_values(&server).set(node.lag_bytes.unwrap_or(0) as i64);
-                m.replica_lag_seconds.with_label_values(&server).set(node.lag_ms.unwrap_or(0) as f64 / 1000.0);
+                m.replica_lag_bytes.with_label_values(&server).set(node.probe.lag_bytes.unwrap_or(0) as i64);
+                m.replica_lag_seconds.with_label_values(&server).set(node.probe.lag_ms.unwrap_or(0) as f64 / 1000.0);
                 for r in OutReason::ALL {
                     let on = node.out == Some(r) && !node.in_rotation;
                     m.server_out.with_label_values(&[&*node.addr, r.as_str()]).set(on as i64);

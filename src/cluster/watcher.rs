@@ -45,7 +45,7 @@ pub async fn watch(cluster: Arc<Cluster>, sql: Arc<SqlPools>, config: Live, node
                     return;
                 }
                 let eligible = n.role == Role::Replica && n.in_rotation && !n.fenced;
-                (n.addr.clone(), n.replayed.clone(), n.replay_lsn(), eligible, n.lag_ms)
+                (n.addr.clone(), n.replayed.clone(), n.replay_lsn(), eligible, n.probe.lag_ms)
             };
             if !eligible || known >= target || Instant::now() >= until {
                 break;

@@ -75,8 +75,8 @@ pub(crate) async fn gather(
     }
     for (i, n) in t.nodes.iter().enumerate() {
         if let Some(s) = nodes.get_mut(i) {
-            s.promotable = n.promotable && n.role == Role::Replica && !n.fenced;
-            s.priority = n.priority;
+            s.promotable = n.settings.promotable && n.role == Role::Replica && !n.fenced;
+            s.priority = n.settings.priority;
         }
     }
     // The primary on a fresh connection too: a kept connection can outlive a server that no

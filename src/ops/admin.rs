@@ -252,7 +252,7 @@ fn servers(shared: &Shared) -> Answer {
         .iter()
         .filter(|n| !n.removed)
         .map(|n| {
-            let o = n.observed.as_ref();
+            let o = n.probe.observed.as_ref();
             let role = match n.role {
                 Role::Primary => "primary",
                 Role::Replica => "replica",
@@ -279,10 +279,10 @@ fn servers(shared: &Shared) -> Answer {
                 o.and_then(|o| o.timeline).map(|t| t.to_string()),
                 lsn.map(|l| l.to_string()),
                 o.filter(|_| n.role == Role::Replica).map(|o| o.receive_lsn.to_string()),
-                n.lag_bytes.map(|b| b.to_string()),
-                n.lag_ms.map(|ms| format!("{:.3}", ms as f64 / 1000.0)),
+                n.probe.lag_bytes.map(|b| b.to_string()),
+                n.probe.lag_ms.map(|ms| format!("{:.3}", ms as f64 / 1000.0)),
                 o.and_then(|o| o.receiver_status.clone()),
-                text(n.weight),
+                text(n.settings.weight),
                 text(n.paused),
                 text(connections.get(&*n.addr).copied().unwrap_or(0)),
                 text(n.outstanding()),

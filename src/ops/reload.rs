@@ -7,7 +7,7 @@
 //! and the listen addresses (they need a restart; the running ones are kept and said so).
 
 use crate::Shared;
-use crate::cluster::{Node, OutReason, Role};
+use crate::cluster::{Node, NodeSettings, OutReason, Role};
 use crate::config::Config;
 pub use crate::config::Source;
 
@@ -64,8 +64,7 @@ pub fn apply(shared: &Shared, mut new: Config) -> Result<String, String> {
             node.out = Some(OutReason::Removed);
         }
         for r in new.servers.replicas.iter().filter(|r| added.iter().any(|a| a == r.addr())) {
-            let (bytes, ms) = r.limits(&new.routing);
-            let mut n = Node::new(r.addr(), Role::Replica, r.weight(), bytes, ms);
+            let mut n = Node::new(r.addr(), Role::Replica, NodeSettings::of(r, &new.routing));
             // A new replica takes reads once its first probes show it fit.
             n.in_rotation = false;
             n.out = Some(OutReason::Unreachable);

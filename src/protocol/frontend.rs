@@ -1,10 +1,49 @@
-//! Readers of the client messages pgsplit must look into (Query, Parse, Bind, Describe, Close)
-//! and the rewrites it makes of them. Zero-copy over a [`Frame`], bounds-checked: a malformed
+//! Readers of the client messages pgsplit must look into (the untagged first packets, Query,
+//! Parse, Bind, Describe, Close) and the rewrites it makes of them. Zero-copy over a [`Frame`], bounds-checked: a malformed
 //! message is a [`ProtocolError`], never a panic.
 
 use bytes::{BufMut, Bytes};
 
-use super::{Frame, ProtocolError, message, put_cstr, read_cstr};
+use super::{
+    CANCEL_REQUEST, Frame, GSSENC_REQUEST, ProtocolError, SSL_REQUEST, message, put_cstr, read_cstr, read_i32,
+};
+
+/// What an untagged first packet of a connection (its body, after the length word) asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FirstPacket {
+    SslRequest,
+    GssEncRequest,
+    /// A CancelRequest of the right length: the key of the session whose statement to cancel.
+    Cancel {
+        pid: i32,
+        secret: i32,
+    },
+    /// A StartupMessage, or anything else: the protocol version word (3.x is `3 << 16 | x`).
+    Startup {
+        version: i32,
+    },
+}
+
+impl FirstPacket {
+    /// Reads the packet's code (and a cancel's key). A body too short for its code is an error.
+    pub fn read(body: &[u8]) -> Result<FirstPacket, ProtocolError> {
+        let mut rest = body;
+        let code = read_i32(&mut rest)?;
+        Ok(match code {
+            SSL_REQUEST => FirstPacket::SslRequest,
+            GSSENC_REQUEST => FirstPacket::GssEncRequest,
+            CANCEL_REQUEST if rest.len() == 8 => {
+                FirstPacket::Cancel { pid: read_i32(&mut rest)?, secret: read_i32(&mut rest)? }
+            }
+            version => FirstPacket::Startup { version },
+        })
+    }
+
+    /// A StartupMessage of protocol 3 (the only major version PostgreSQL speaks).
+    pub fn is_protocol_3(&self) -> bool {
+        matches!(self, FirstPacket::Startup { version } if version >> 16 == 3)
+    }
+}
 
 /// The SQL text of a simple Query.
 pub fn read_query(f: &Frame) -> Result<&str, ProtocolError> {
@@ -120,6 +159,24 @@ pub fn target_message(tag: u8, kind: u8, name: &str) -> Bytes {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn first_packets_read_from_their_bytes() {
+        use super::FirstPacket;
+        let read = |b: &[u8]| FirstPacket::read(b);
+        assert_eq!(read(&[0x04, 0xd2, 0x16, 0x2f]).ok(), Some(FirstPacket::SslRequest));
+        assert_eq!(read(&[0x04, 0xd2, 0x16, 0x30]).ok(), Some(FirstPacket::GssEncRequest));
+        let cancel = [0x04, 0xd2, 0x16, 0x2e, 0, 0, 0, 7, 0xff, 0xff, 0xff, 0xfe];
+        assert_eq!(read(&cancel).ok(), Some(FirstPacket::Cancel { pid: 7, secret: -2 }));
+        // A cancel of the wrong length is no cancel (PostgreSQL then refuses its version).
+        let short = read(&cancel[..11]).ok();
+        assert_eq!(short, Some(FirstPacket::Startup { version: 80877102 }));
+        assert!(!short.is_some_and(|p| p.is_protocol_3()));
+        let v3 = read(&[0, 3, 0, 0, b'u', 0]).ok();
+        assert!(v3.is_some_and(|p| p.is_protocol_3()));
+        assert!(read(&[0, 3, 0]).is_err());
+        assert!(read(&[]).is_err());
+    }
+
     use super::*;
 
     fn frame(b: Bytes) -> Frame {

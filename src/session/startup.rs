@@ -14,6 +14,7 @@ use super::End;
 use crate::Shared;
 use crate::auth::{self, AuthError};
 use crate::config::AuthMethod;
+use crate::protocol::frontend::FirstPacket;
 use crate::protocol::{self, FrameReader, ProtocolError, Startup};
 use crate::tls::{ClientRead, ClientWrite};
 
@@ -109,8 +110,8 @@ async fn negotiate(shared: &Arc<Shared>, mut stream: TcpStream) -> Result<Option
                 return Err(ProtocolError::Closed.into());
             }
         };
-        match i32::from_be_bytes([body[0], body[1], body[2], body[3]]) {
-            protocol::SSL_REQUEST => match &tls {
+        match FirstPacket::read(&body)? {
+            FirstPacket::SslRequest => match &tls {
                 Some(t) => {
                     if !buf.is_empty() {
                         let msg = "received unencrypted data after SSL request";
@@ -123,14 +124,14 @@ async fn negotiate(shared: &Arc<Shared>, mut stream: TcpStream) -> Result<Option
                 }
                 None => stream.write_all(&[protocol::SSL_REFUSE]).await.map_err(ProtocolError::from)?,
             },
-            protocol::GSSENC_REQUEST => {
+            FirstPacket::GssEncRequest => {
                 stream.write_all(&[protocol::GSSENC_REFUSE]).await.map_err(ProtocolError::from)?
             }
-            protocol::CANCEL_REQUEST if body.len() == 12 => {
-                cancel(shared, stream.peer_addr().ok().map(|a| a.ip()), &body).await;
+            FirstPacket::Cancel { pid, secret } => {
+                cancel(shared, stream.peer_addr().ok().map(|a| a.ip()), pid, secret).await;
                 return Ok(None);
             }
-            _ => {
+            FirstPacket::Startup { .. } => {
                 if tls.as_ref().is_some_and(|t| t.mode == crate::tls::ClientTlsMode::Require) {
                     let msg =
                         "pgsplit accepts only TLS connections (tls.client_tls = \"require\"): use sslmode=require";
@@ -151,23 +152,23 @@ async fn in_tls(
     t: &crate::tls::ServerTls,
 ) -> Result<Option<Negotiated>, End> {
     let body = protocol::read_startup(&mut s).await?;
-    let code = i32::from_be_bytes([body[0], body[1], body[2], body[3]]);
-    if code == protocol::CANCEL_REQUEST && body.len() == 12 {
-        cancel(shared, s.get_ref().0.peer_addr().ok().map(|a| a.ip()), &body).await;
-        return Ok(None);
-    }
-    if code == protocol::SSL_REQUEST || code == protocol::GSSENC_REQUEST {
-        let _ = s.write_all(&protocol::fatal("08P01", "SSLRequest inside TLS")).await;
-        return Ok(None);
+    match FirstPacket::read(&body)? {
+        FirstPacket::Cancel { pid, secret } => {
+            cancel(shared, s.get_ref().0.peer_addr().ok().map(|a| a.ip()), pid, secret).await;
+            return Ok(None);
+        }
+        FirstPacket::SslRequest | FirstPacket::GssEncRequest => {
+            let _ = s.write_all(&protocol::fatal("08P01", "SSLRequest inside TLS")).await;
+            return Ok(None);
+        }
+        FirstPacket::Startup { .. } => {}
     }
     let end_point = t.end_point.clone();
     let (r, w) = crate::tls::secured(s);
     Ok(Some((body, r, w, Some(end_point), BytesMut::new())))
 }
 
-async fn cancel(shared: &Arc<Shared>, from: Option<std::net::IpAddr>, body: &[u8]) {
-    let pid = i32::from_be_bytes([body[4], body[5], body[6], body[7]]);
-    let secret = i32::from_be_bytes([body[8], body[9], body[10], body[11]]);
+async fn cancel(shared: &Arc<Shared>, from: Option<std::net::IpAddr>, pid: i32, secret: i32) {
     let outcome = shared.cancels.cancel(from, pid, secret).await;
     shared.metrics.cancel_request(outcome);
 }
@@ -182,8 +183,7 @@ async fn handshake(
     ip: Option<std::net::IpAddr>,
     end_point: Option<Arc<[u8]>>,
 ) -> Result<Option<Handshake>, End> {
-    let code = i32::from_be_bytes([body[0], body[1], body[2], body[3]]);
-    if code >> 16 != 3 {
+    if !FirstPacket::read(&body)?.is_protocol_3() {
         let _ = w.write_all(&protocol::fatal("0A000", "unsupported frontend protocol")).await;
         return Ok(None);
     }

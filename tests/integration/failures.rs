@@ -117,7 +117,7 @@ pub async fn lagging_replica_leaves_rotation(env: &Env) -> R {
             let p = port_of(&c, "SELECT inet_server_port()").await?;
             check!(p != paused, "a read went to the paused replica {paused}");
         }
-        let lag = proxy.shared.cluster.load().nodes[1].lag_bytes.unwrap_or(0);
+        let lag = proxy.shared.cluster.load().nodes[1].probe.lag_bytes.unwrap_or(0);
         check!(lag > 256 * 1024, "lag of the paused replica is {lag} bytes");
         Ok::<(), Box<dyn std::error::Error + Send + Sync>>(())
     }
@@ -293,7 +293,7 @@ pub async fn replay_delay_in_time_leaves_rotation_but_idleness_does_not(env: &En
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         env.wait_rotation(&proxy, &replicas[..1]).await?;
-        let ms = proxy.shared.cluster.load().nodes[2].lag_ms.unwrap_or(0);
+        let ms = proxy.shared.cluster.load().nodes[2].probe.lag_ms.unwrap_or(0);
         check!(ms > 1000, "the paused replica's lag is {ms} ms");
         Ok::<(), Box<dyn std::error::Error + Send + Sync>>(())
     }

@@ -74,7 +74,7 @@ pub async fn a_stalled_replica_leaves_at_once_and_returns_after_the_hold(env: &E
             if n.in_rotation {
                 break;
             }
-            if fit_at.is_none() && n.fit_since.is_some() {
+            if fit_at.is_none() && n.probe.fit_since.is_some() {
                 fit_at = Some(Instant::now());
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
@@ -191,7 +191,7 @@ pub async fn lag_in_time_after_idleness(env: &Env) -> R {
         while t0.elapsed() < Duration::from_millis(2000) {
             let t = proxy.shared.cluster.load();
             for n in &t.nodes[1..] {
-                worst = worst.max(n.lag_ms.unwrap_or(0));
+                worst = worst.max(n.probe.lag_ms.unwrap_or(0));
                 check!(n.in_rotation, "a replica 300 ms behind left rotation after an idle spell: {n:?}");
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -209,7 +209,7 @@ pub async fn lag_in_time_after_idleness(env: &Env) -> R {
             let t = strict.shared.cluster.load();
             for (k, n) in t.nodes[1..].iter().enumerate() {
                 if !n.in_rotation && left[k].is_none() {
-                    left[k] = Some((t0.elapsed(), n.out, n.lag_ms));
+                    left[k] = Some((t0.elapsed(), n.out, n.probe.lag_ms));
                 }
             }
             if left.iter().all(Option::is_some) {
