@@ -215,6 +215,12 @@ mod tests {
             ("SELECT * FROM pg_locks", in_tx, "held"),
             ("SELECT * FROM pg_tables", idle, "replica"),
             ("SELECT pg_is_in_recovery()", idle, "replica"),
+            ("SHOW transaction_read_only", idle, "primary"),
+            ("show in_hot_standby", idle, "primary"),
+            ("SHOW default_transaction_read_only", idle, "primary"),
+            ("SHOW transaction_read_only", in_tx, "held"),
+            ("/* pgsplit:replica */ SHOW transaction_read_only", idle, "replica"),
+            ("SHOW work_mem", idle, "replica"),
         ];
         for (sql, s, want) in rows {
             let got = match decide(sql, *s, &t) {

@@ -32,6 +32,9 @@ pub fn classify(stmt: &str, kw: &[String]) -> Option<Class> {
                 c
             }
         },
+        // What says whether the server takes writes answers for the primary, as for a client
+        // connected to it (a replica would say on: JDBC's and libpq's read-write checks).
+        "show" if SERVER_ROLE_PARAMETERS.contains(&second) => Class::new(Target::Local, Reason::ServerLocal),
         "show" => Class::new(Target::Any, Reason::SessionCommand),
         "discard" => match second {
             "all" => Class::new(Target::Any, Reason::SessionCommand).with_effect(Effect::DiscardAll),
@@ -128,6 +131,9 @@ fn set_value(lower: &str) -> String {
 }
 
 /// Parameters that live for one transaction only: never replayed.
+/// Settings whose value tells a primary from a standby.
+const SERVER_ROLE_PARAMETERS: [&str; 3] = ["transaction_read_only", "default_transaction_read_only", "in_hot_standby"];
+
 const TRANSACTION_PARAMETERS: [&str; 3] = ["transaction_isolation", "transaction_read_only", "transaction_deferrable"];
 
 fn classify_set(stmt: &str, kw: &[String]) -> Class {

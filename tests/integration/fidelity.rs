@@ -230,3 +230,30 @@ pub async fn a_commit_reports_its_parameters_as_directly(env: &Env) -> R {
     Ok(())
 }
 register!(a_commit_reports_its_parameters_as_directly);
+
+/// What tells a primary from a standby answers as the primary does outside a transaction
+/// (libpq's target_session_attrs=read-write and pgJDBC's targetServerType=primary ask
+/// `SHOW transaction_read_only` of servers that do not report it): through pgsplit, as
+/// directly on the primary; a read-only transaction still says on, and the hint still reaches
+/// a replica.
+pub async fn read_write_checks_answer_as_the_primary(env: &Env) -> R {
+    use crate::common::simple_value;
+    let direct = connect(&env.conn_string(env.cluster.primary().port)).await?;
+    let c = env.client().await?;
+    for name in ["transaction_read_only", "default_transaction_read_only", "in_hot_standby"] {
+        let want = simple_value(&direct, &format!("SHOW {name}")).await?;
+        // Several times: reads are spread, and one answer from a replica is a failure.
+        for _ in 0..6 {
+            let got = simple_value(&c, &format!("SHOW {name}")).await?;
+            check!(got == want, "SHOW {name}: {got} through pgsplit, {want} directly on the primary");
+        }
+    }
+    let on_replica = simple_value(&c, "/* pgsplit:replica */ SHOW in_hot_standby").await?;
+    check!(on_replica == "on", "the replica hint answered in_hot_standby = {on_replica}");
+    c.batch_execute("BEGIN READ ONLY").await?;
+    let ro = simple_value(&c, "SHOW transaction_read_only").await?;
+    c.batch_execute("COMMIT").await?;
+    check!(ro == "on", "a read-only transaction says transaction_read_only = {ro}");
+    Ok(())
+}
+register!(read_write_checks_answer_as_the_primary);
