@@ -1,6 +1,6 @@
 //! Readers of the client messages pgsplit must look into (the untagged first packets, Query,
-//! Parse, Bind, Describe, Close) and the rewrites it makes of them. Zero-copy over a [`Frame`], bounds-checked: a malformed
-//! message is a [`ProtocolError`], never a panic.
+//! Parse, Bind, Describe, Close) and the rewrites it makes of them. Zero-copy over a
+//! [`Frame`], bounds-checked: a malformed message is a [`ProtocolError`], never a panic.
 
 use bytes::{BufMut, Bytes};
 
