@@ -33,6 +33,9 @@ pub const LAST_WRITE_LSN: &str = "pgsplit.last_write_lsn";
 pub struct Causal {
     /// The bound of this client's last committed write.
     pub floor: Lsn,
+    /// A commit went unmeasured (its probe was lost, or it was a COPY FROM in the extended
+    /// protocol): reads go to the primary until a later write is measured, which bounds it.
+    pub unmeasured: bool,
     /// `SET pgsplit.min_lsn`.
     pub explicit: Lsn,
     /// `SET pgsplit.max_lag`.
@@ -68,17 +71,20 @@ impl Causal {
 
     /// How far a replica must have replayed to take this client's next read.
     pub fn min_lsn(&self, mode: ReadYourWrites, global: &AtomicLsn, statement: Option<Lsn>) -> Lsn {
+        let own = if self.unmeasured { Lsn::MAX } else { self.floor };
         let implicit = match mode {
             ReadYourWrites::Off => Lsn::ZERO,
-            ReadYourWrites::Session => self.floor,
-            ReadYourWrites::Global => self.floor.max(global.load()),
+            ReadYourWrites::Session => own,
+            ReadYourWrites::Global => own.max(global.load()),
         };
         implicit.max(self.explicit).max(statement.unwrap_or_default())
     }
 
-    /// A probe answered: the floor rises (global too in that mode).
+    /// A probe answered: the floor rises (global too in that mode). The probe ran after any
+    /// unmeasured commit of this client had completed, so it bounds that one too.
     pub fn wrote(&mut self, lsn: Lsn, global: &AtomicLsn) {
         self.floor = self.floor.max(lsn);
+        self.unmeasured = false;
         global.raise(lsn);
     }
 
@@ -92,10 +98,10 @@ impl Causal {
         })
     }
 
-    /// The probe failed (the primary connection broke): nothing is known of the commit's
-    /// position, so reads go to the primary until a later write is measured.
+    /// The probe failed (the primary connection broke) or could not run: nothing is known of
+    /// the commit's position, so reads go to the primary until a later write is measured.
     pub fn unknown(&mut self) {
-        self.floor = Lsn::MAX;
+        self.unmeasured = true;
     }
 
     /// Whether a request sent to the primary needs a probe behind it: it ends a transaction
@@ -129,6 +135,19 @@ mod tests {
         let late = Causal::starting_at(&global);
         assert_eq!(late.min_lsn(ReadYourWrites::Session, &global, None), Lsn(500));
         assert_eq!(late.min_lsn(ReadYourWrites::Off, &global, None), Lsn(0));
+    }
+
+    #[test]
+    fn an_unmeasured_commit_holds_reads_until_a_later_write_is_measured() {
+        let global = AtomicLsn::default();
+        let mut c = Causal::default();
+        c.wrote(Lsn(100), &global);
+        c.unknown();
+        assert_eq!(c.min_lsn(ReadYourWrites::Session, &global, None), Lsn::MAX);
+        // Before, the unknown floor stayed at its maximum for the rest of the session.
+        c.wrote(Lsn(300), &global);
+        assert_eq!(c.min_lsn(ReadYourWrites::Session, &global, None), Lsn(300));
+        assert_eq!(c.min_lsn(ReadYourWrites::Off, &global, None), Lsn(0));
     }
 
     #[test]
