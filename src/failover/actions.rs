@@ -168,6 +168,19 @@ pub(crate) async fn promote(h: &Handles, config: &Config, a: &str) -> Result<(),
         }
         // Out of recovery and taking writes (an xid is assigned).
         c.query_one("SELECT txid_current()", &[]).await.map_err(|e| e.to_string())?;
+        // Where its WAL stands now, past the new timeline's switchpoint: the read-your-writes
+        // floor is cut to the new primary's position when it is applied, and a position older
+        // than the last WAL it replayed (a probe from before the promotion) would cut below
+        // commits it has, letting new sessions read them on a replica that has not.
+        let at: String = c
+            .query_one("SELECT pg_catalog.pg_current_wal_insert_lsn()::text", &[])
+            .await
+            .map_err(|e| e.to_string())?
+            .get(0);
+        let t = h.cluster.load();
+        if let (Some(lsn), Some(n)) = (crate::lsn::Lsn::parse(&at), t.find(a).and_then(|i| t.nodes.get(i))) {
+            n.replayed.raise(lsn);
+        }
         Ok::<_, String>(())
     };
     match tokio::time::timeout(Duration::from_secs(70), work).await {
@@ -213,6 +226,8 @@ pub(crate) fn apply_new_primary(h: &Handles, primary: usize, fenced: &[usize]) {
         // Commit bounds taken on the old primary beyond what the new one had replayed name
         // WAL that no longer exists: the floor new sessions start at (and global mode's) is
         // cut to the new primary's position, or reads would stay on it until it wrote as much.
+        // (`promote` raised it to where the new primary's WAL stood after its promotion; an
+        // instance that follows another's promotion has its last probe's.)
         let reached = h.cluster.load().nodes.get(primary).map(|n| n.replay_lsn()).unwrap_or_default();
         h.global_floor.cut(reached);
     }
