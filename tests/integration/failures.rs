@@ -117,7 +117,13 @@ pub async fn lagging_replica_leaves_rotation(env: &Env) -> R {
             let p = port_of(&c, "SELECT inet_server_port()").await?;
             check!(p != paused, "a read went to the paused replica {paused}");
         }
-        let lag = proxy.shared.cluster.load().nodes[1].probe.lag_bytes.unwrap_or(0);
+        // The lag as the monitor's next probe sees it (the last one may predate the write).
+        let t0 = std::time::Instant::now();
+        let mut lag = 0;
+        while lag <= 256 * 1024 && t0.elapsed() < Duration::from_secs(5) {
+            lag = proxy.shared.cluster.load().nodes[1].probe.lag_bytes.unwrap_or(0);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         check!(lag > 256 * 1024, "lag of the paused replica is {lag} bytes");
         Ok::<(), Box<dyn std::error::Error + Send + Sync>>(())
     }
