@@ -172,14 +172,16 @@ pub(crate) async fn promote(h: &Handles, config: &Config, a: &str) -> Result<(),
         // floor is cut to the new primary's position when it is applied, and a position older
         // than the last WAL it replayed (a probe from before the promotion) would cut below
         // commits it has, letting new sessions read them on a replica that has not.
-        let at: String = c
-            .query_one("SELECT pg_catalog.pg_current_wal_insert_lsn()::text", &[])
-            .await
-            .map_err(|e| e.to_string())?
-            .get(0);
-        let t = h.cluster.load();
-        if let (Some(lsn), Some(n)) = (crate::lsn::Lsn::parse(&at), t.find(a).and_then(|i| t.nodes.get(i))) {
-            n.replayed.raise(lsn);
+        // The promotion stands if this fails: the cut then uses the last probe, as before.
+        match c.query_one("SELECT pg_catalog.pg_current_wal_insert_lsn()::text", &[]).await {
+            Ok(row) => {
+                let at: String = row.get(0);
+                let t = h.cluster.load();
+                if let (Some(lsn), Some(n)) = (crate::lsn::Lsn::parse(&at), t.find(a).and_then(|i| t.nodes.get(i))) {
+                    n.replayed.raise(lsn);
+                }
+            }
+            Err(e) => tracing::warn!(server = %a, "failover: cannot read the new primary's WAL position: {e}"),
         }
         Ok::<_, String>(())
     };

@@ -130,10 +130,10 @@ fn set_value(lower: &str) -> String {
     rest.trim().trim_matches(|c| c == '\'' || c == '"').trim().to_string()
 }
 
-/// Parameters that live for one transaction only: never replayed.
 /// Settings whose value tells a primary from a standby.
 const SERVER_ROLE_PARAMETERS: [&str; 3] = ["transaction_read_only", "default_transaction_read_only", "in_hot_standby"];
 
+/// Parameters that live for one transaction only: never replayed.
 const TRANSACTION_PARAMETERS: [&str; 3] = ["transaction_isolation", "transaction_read_only", "transaction_deferrable"];
 
 fn classify_set(stmt: &str, kw: &[String]) -> Class {
