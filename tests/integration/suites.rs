@@ -46,25 +46,16 @@ fn version_of(package: &str) -> Result<String, String> {
         .ok_or_else(|| format!("no {prefix} line in tests/clients/python/requirements.txt"))
 }
 
-/// A package's source release (its tests included), downloaded once into target/suites;
-/// `marker` is a file the unpacked tree must have.
-async fn source_release(package: &str, marker: &str) -> Result<PathBuf, Box<dyn std::error::Error + Send + Sync>> {
+/// A package's source release (its tests included), unpacked into target/suites by
+/// `scripts/test` with the client drivers; `marker` is a file the unpacked tree must have.
+fn source_release(package: &str, marker: &str) -> Result<PathBuf, Box<dyn std::error::Error + Send + Sync>> {
     let version = version_of(package)?;
-    let dir = root().join("target/suites");
-    let source = dir.join(format!("{}-{version}", package.to_ascii_lowercase()));
-    if source.join(marker).exists() {
-        return Ok(source);
-    }
-    std::fs::create_dir_all(&dir)?;
-    let pip = root().join("target/clients/venv/bin/pip");
-    let spec = format!("{package}=={version}");
-    let args = ["download", "-q", "--no-deps", "--no-binary", ":all:", &spec, "-d"];
-    let got = tokio::process::Command::new(&pip).args(args).arg(&dir).output().await?;
-    check!(got.status.success(), "pip download {spec}: {}", String::from_utf8_lossy(&got.stderr));
-    let tarball = dir.join(format!("{}-{version}.tar.gz", package.to_ascii_lowercase()));
-    let untar = tokio::process::Command::new("tar").arg("xzf").arg(&tarball).arg("-C").arg(&dir).output().await?;
-    check!(untar.status.success(), "tar: {}", String::from_utf8_lossy(&untar.stderr));
-    check!(source.join(marker).exists(), "{} has no {marker}", source.display());
+    let source = root().join("target/suites").join(format!("{}-{version}", package.to_ascii_lowercase()));
+    check!(
+        source.join(marker).exists(),
+        "no {package} {version} source release in {}: run scripts/test, which fetches it",
+        source.display()
+    );
     Ok(source)
 }
 
@@ -190,7 +181,7 @@ async fn differential(env: &Env, what: &str, runner: &str, source: &Path, labels
 
 pub async fn django_suite_through_pgsplit(env: &Env) -> R {
     check!(python().exists(), "no Python client venv: run scripts/test, which installs the drivers");
-    let source = source_release("Django", "tests/runtests.py").await?;
+    let source = source_release("Django", "tests/runtests.py")?;
     let labels_env = std::env::var("PGSPLIT_DJANGO_LABELS").unwrap_or_else(|_| CI_LABELS.to_string());
     let labels: Vec<&str> =
         if labels_env.trim() == "all" { Vec::new() } else { labels_env.split_whitespace().collect() };
@@ -201,7 +192,7 @@ register!(django_suite_through_pgsplit);
 
 pub async fn sqlalchemy_suite_through_pgsplit(env: &Env) -> R {
     check!(python().exists(), "no Python client venv: run scripts/test, which installs the drivers");
-    let source = source_release("SQLAlchemy", "test/conftest.py").await?;
+    let source = source_release("SQLAlchemy", "test/conftest.py")?;
     let tests = std::env::var("PGSPLIT_SQLALCHEMY_TESTS").unwrap_or_else(|_| SQLALCHEMY_TESTS.to_string());
     let tests: Vec<&str> = tests.split_whitespace().collect();
     let what = format!("SQLAlchemy {}", version_of("SQLAlchemy")?);
